@@ -23,6 +23,13 @@ from common.models import build_mlp
 
 ARTIFACT_FORMAT_VERSION = 1
 
+DEFAULT_D_PRE = {"mnist": 200, "digits": 40}
+
+
+def default_artifacts(dataset: str, d_pre: int | None = None) -> Path:
+    """``artifacts/<dataset>-d<d_pre>`` under the working directory."""
+    return Path("artifacts") / f"{dataset}-d{d_pre or DEFAULT_D_PRE[dataset]}"
+
 
 class ArtifactError(RuntimeError):
     """Artifacts missing, corrupt, or of another format version."""

@@ -31,9 +31,9 @@ from common.channel.fading import (
     NoFading,
     RayleighBlockFading,
     RicianFading,
-    make_rng,
     doppler_hz,
     k_factor_from_db,
+    make_rng,
 )
 from common.channel.nr import (
     MCS_TABLES,

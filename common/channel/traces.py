@@ -35,7 +35,12 @@ import dataclasses
 import math
 import os
 
-from common.channel.emulator import ChannelEmulator, LinkParams, state_from_mcs, state_from_sinr
+from common.channel.emulator import (
+    ChannelEmulator,
+    LinkParams,
+    state_from_mcs,
+    state_from_sinr,
+)
 from common.channel.nr import MCS_TABLES, bler_of, max_mcs, mcs_entry, required_sinr_db
 from common.channel.state import ChannelState
 

@@ -5,7 +5,9 @@ IP interface, or a radio's IP interface). What differs is where the channel
 state comes from and what the link does to a payload:
 :meth:`Sidelink.channel_state` is reported to the TX in CHANNEL, and
 :meth:`Sidelink.deliver` applies air time, HARQ and loss where the link is
-emulated. ``create_sidelink(name, **options)`` builds a registered backend.
+emulated. ``create_sidelink(name, **options)`` builds a registered backend:
+``loopback`` (channel emulator), ``ip`` (real network, nominal rate),
+``sirius`` (SIRIUS 5G-V2X radios behind a :class:`RadioControl` adapter).
 """
 
 from common.sidelink.base import (
@@ -17,7 +19,20 @@ from common.sidelink.base import (
     create_sidelink,
     register_sidelink,
 )
+from common.sidelink.ip import IpLink
 from common.sidelink.loopback import LoopbackLink
+from common.sidelink.radio import (
+    RADIO_CONTROLS,
+    READING_FIELDS,
+    CommandRadioControl,
+    HttpRadioControl,
+    RadioControl,
+    RadioError,
+    create_radio_control,
+)
+from common.sidelink.sirius import SiriusLink
 
-__all__ = ["SIDELINKS", "DeliveryReport", "LoopbackLink", "PayloadLost", "Sidelink",
-           "UnsupportedOperation", "create_sidelink", "register_sidelink"]
+__all__ = ["RADIO_CONTROLS", "READING_FIELDS", "SIDELINKS", "CommandRadioControl", "DeliveryReport",
+           "HttpRadioControl", "IpLink", "LoopbackLink", "PayloadLost", "RadioControl", "RadioError",
+           "Sidelink", "SiriusLink", "UnsupportedOperation", "create_radio_control", "create_sidelink",
+           "register_sidelink"]

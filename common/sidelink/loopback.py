@@ -6,7 +6,12 @@ import time
 from typing import Callable
 
 from common.channel import ChannelEmulator, ChannelState, LinkParams, build_trace
-from common.sidelink.base import DeliveryReport, PayloadLost, Sidelink, register_sidelink
+from common.sidelink.base import (
+    DeliveryReport,
+    PayloadLost,
+    Sidelink,
+    register_sidelink,
+)
 
 
 @register_sidelink
@@ -16,12 +21,18 @@ class LoopbackLink(Sidelink):
     ``trace``: a built-in name or CSV path (see :func:`common.channel.build_trace`);
     round ``seq`` sees ``states[seq % rounds]``. Delivery waits for the HARQ
     air time (``8 * nbytes / rate_bps`` per attempt) plus ``processing_delay_s``.
+    ``params``: LinkParams, or a dict of its fields (a ``[link.params]`` TOML table).
     """
 
     name = "loopback"
 
     def __init__(self, trace: str = "demo", rounds: int = 9, seed: int = 0,
-                 params: LinkParams | None = None, sleep: Callable[[float], None] = time.sleep):
+                 params: LinkParams | dict | None = None, sleep: Callable[[float], None] = time.sleep):
+        if isinstance(params, dict):
+            try:
+                params = LinkParams(**params)
+            except TypeError as e:
+                raise ValueError(f"loopback sidelink: bad link params {sorted(params)} ({e})") from e
         self.states = build_trace(trace, rounds, seed, params)
         self.emulator = ChannelEmulator(params or LinkParams(), seed)
         self._sleep = sleep

@@ -1,0 +1,98 @@
+"""Per-round records and the results files a campaign writes.
+
+``DIR/results.jsonl`` gets one JSON line per round as it ends (append-only,
+flushed), and ``DIR/results.json`` (``{"config": {...}, "rounds": [...]}``) is
+atomically replaced after every round, so a crash leaves both readable.
+The schema is documented in ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LATENCY_STAGES = ("encode", "pack", "transfer", "reconstruct", "finetune", "classify")
+LATENCY_CUMULATIVE = ("communication", "fine_tuning", "classification")
+
+
+@dataclass
+class RoundRecord:
+    """One round as the TX saw it. Sizes in bytes, rates in bit/s, times in ms."""
+
+    round: int
+    status: str = "failed"
+    error: str | None = None
+    session_id: int = 0
+    modulation: str | None = None
+    mcs: int | None = None
+    mcs_table: str | None = None
+    sinr_db: float | None = None
+    rate_bps: float | None = None
+    deadline_s: float | None = None
+    b_max_bytes: int | None = None
+    alpha: int | None = None
+    n_test: int | None = None
+    n_train_max: int | None = None
+    n_train: int | None = None
+    bytes_per_value: int | None = None
+    header_bytes: int | None = None
+    vector_header_bytes: int | None = None
+    payload_bytes: int | None = None
+    acc_pretrained: float | None = None
+    acc_adapted: float | None = None
+    latency_ms: dict = field(default_factory=dict)
+    airtime_ms: float | None = None
+    adapt: dict = field(default_factory=dict)
+    tx_pid: int | None = None
+    rx_pid: int | None = None
+    started_at: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: _json_safe(v) for k, v in asdict(self).items()}
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    return v
+
+
+class ResultsLog:
+    """Writes ``results.jsonl`` and ``results.json`` under ``out_dir``."""
+
+    def __init__(self, out_dir: str | Path, config: dict):
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.rounds: list[dict] = []
+        self.jsonl = self.dir / "results.jsonl"
+        self.jsonl.write_text("")
+        self._write_json()
+
+    def append(self, record: RoundRecord) -> None:
+        row = record.to_dict()
+        self.rounds.append(row)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._write_json()
+
+    def _write_json(self) -> None:
+        path = self.dir / "results.json"
+        tmp = path.with_name("results.json.tmp")
+        tmp.write_text(json.dumps({"config": self.config, "rounds": self.rounds}, indent=1))
+        os.replace(tmp, path)
+
+
+def load_results(path: str | Path) -> dict:
+    """Read ``results.json`` (or a directory holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    return json.loads(p.read_text())

@@ -1,0 +1,61 @@
+"""Builds and runs the RX daemon from an options dictionary (CLI + TOML)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from common.alignment import AdaptConfig, LoraAlignment
+from common.artifacts import default_artifacts, load_codec, load_model
+from common.lora import LoraConfig
+from common.protocol import DecodeLimits
+from common.sidelink import create_sidelink
+from common.transport import RxSocket
+from rx_node.daemon import RxNode, RxStats, serve
+
+
+def lora_strategy(opts: dict) -> LoraAlignment:
+    """LoRA alignment from ``lora_rank, lora_alpha, adapt_steps, adapt_lr, adapt_batch, adapt_budget_ms``."""
+    lora = LoraConfig(**{k: opts[o] for k, o in (("rank", "lora_rank"), ("lora_alpha", "lora_alpha"))
+                         if opts.get(o) is not None})
+    adapt = AdaptConfig(**{k: opts[o] for k, o in (("steps", "adapt_steps"), ("lr", "adapt_lr"),
+                                                    ("batch_size", "adapt_batch"),
+                                                    ("budget_ms", "adapt_budget_ms"), ("seed", "seed"))
+                           if opts.get(o) is not None})
+    return LoraAlignment(lora, adapt)
+
+
+def link_options(opts: dict, link_table: dict) -> tuple[str, dict]:
+    """Backend name and its constructor options from the CLI and the ``[link]`` table."""
+    options = dict(link_table)
+    backend = opts.get("link") or options.pop("backend", "loopback")
+    options.pop("backend", None)
+    if backend == "loopback":
+        for key, opt in (("trace", "trace"), ("rounds", "trace_rounds"), ("seed", "seed")):
+            if opts.get(opt) is not None:
+                options[key] = opts[opt]
+    elif opts.get("link_rate_bps") is not None:
+        options["rate_bps"] = opts["link_rate_bps"]
+    return backend, options
+
+
+def build_rx(opts: dict, link_table: dict) -> tuple[RxNode, RxSocket]:
+    artifacts = Path(opts.get("artifacts") or default_artifacts(opts.get("dataset", "mnist")))
+    codec, meta = load_codec(artifacts)
+    model = load_model(artifacts, meta)
+    limits = DecodeLimits(max_message_bytes=int(opts.get("max_payload_bytes") or 64 * 2**20),
+                          max_alpha=codec.d_max)
+    backend, options = link_options(opts, link_table)
+    link = create_sidelink(backend, **options)
+    node = RxNode(codec, model, lora_strategy(opts), link, limits, meta.n_classes)
+    sock = RxSocket(opts.get("bind") or "tcp://127.0.0.1:5555", limits.max_message_bytes)
+    return node, sock
+
+
+def run_rx(opts: dict, link_table: dict, stop: threading.Event) -> RxStats:
+    node, sock = build_rx(opts, link_table)
+    try:
+        return serve(node, sock, stop, opts.get("max_rounds"))
+    finally:
+        sock.close()
+        node.link.close()

@@ -1,0 +1,3 @@
+from semalign.cli import main
+
+main()

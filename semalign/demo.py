@@ -1,0 +1,55 @@
+"""The loopback demo: RX and TX as two separate OS processes over ZeroMQ on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from common.results import load_results
+from semalign.runner import ensure_artifacts
+
+log = logging.getLogger("semalign.demo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path | None,
+             data_dir: str | None, tx_args: list[str], rx_args: list[str],
+             timeout_s: float = 1800.0) -> dict:
+    """Start the RX, run the TX to completion, stop the RX; returns ``results.json``.
+
+    ``tx_args``/``rx_args``: extra command-line options for each daemon.
+    Daemon logs go to ``out/rx.log`` and ``out/tx.log``.
+    """
+    artifacts = ensure_artifacts(dataset, artifacts, data_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    common = ["--artifacts", str(artifacts), "--dataset", dataset]
+    rx_cmd = [sys.executable, "-m", "semalign", "rx", "--bind", address, "--link", "loopback",
+              "--trace", trace, "--trace-rounds", str(rounds), *common, *rx_args]
+    tx_cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", str(rounds),
+              "--out", str(out), *common, *tx_args]
+    if data_dir:
+        tx_cmd += ["--data-dir", data_dir]
+    with open(out / "rx.log", "w") as rx_log, open(out / "tx.log", "w") as tx_log:
+        rx = subprocess.Popen(rx_cmd, stdout=rx_log, stderr=subprocess.STDOUT)
+        log.info("RX pid %d on %s; TX starting (logs in %s)", rx.pid, address, out)
+        try:
+            tx = subprocess.run(tx_cmd, stdout=tx_log, stderr=subprocess.STDOUT, timeout=timeout_s)
+        finally:
+            rx.send_signal(signal.SIGTERM)
+            try:
+                rx.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                rx.kill()
+    if tx.returncode != 0:
+        raise RuntimeError(f"the TX exited with status {tx.returncode}; see {out / 'tx.log'}")
+    return load_results(out)

@@ -1,0 +1,48 @@
+"""Shared fixtures: small digits artifacts (pre-trained once per session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.artifacts import save_artifacts
+from common.datasets import load_dataset
+from common.pretrain import PretrainConfig, pretrain
+
+torch.set_num_threads(1)
+
+DIGITS_D_PRE = 40
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run long variants (soak, full MNIST)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_artifacts(tmp_path_factory, digits):
+    """Directory with a digits basis (d_pre=40) and an MLP trained on it."""
+    out = tmp_path_factory.mktemp("artifacts") / "digits-d40"
+    res = pretrain(digits, PretrainConfig(d_pre=DIGITS_D_PRE, hidden=(64, 32), epochs=20, batch_size=64))
+    save_artifacts(out, res.codec, res.model, dataset="digits", hidden=(64, 32), n_classes=10,
+                   test_accuracy=res.test_accuracy, train_seconds=res.train_seconds, seed=0)
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

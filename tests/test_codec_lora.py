@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from common.alignment import AdaptConfig, LoraAlignment
+from common.codec import PcaCodec
+from common.lora import LoraConfig, LoraLinear, LoraMergeError, merge_lora, wrap_lora
+from common.models import accuracy, build_mlp, predict
+
+
+def test_pca_reconstruction_error_falls_with_alpha(digits):
+    codec = PcaCodec.fit(digits.x_train, 64)
+    errors = [np.mean((codec.reconstruct(digits.x_test, a) - digits.x_test) ** 2) for a in (5, 10, 20, 40, 64)]
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-9  # full rank reconstructs exactly
+    np.testing.assert_allclose(codec.components @ codec.components.T, np.eye(64), atol=1e-5)
+
+
+def test_pca_fingerprint_is_deterministic(digits):
+    assert PcaCodec.fit(digits.x_train, 20).fingerprint == PcaCodec.fit(digits.x_train, 20).fingerprint
+
+
+def test_pca_alpha_range(digits):
+    codec = PcaCodec.fit(digits.x_train, 10)
+    with pytest.raises(ValueError, match="alpha=11"):
+        codec.encode(digits.x_test, 11)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_mlp(16, (12, 8), 10)
+
+
+def test_fresh_adapter_changes_nothing():
+    model, x = _model(), torch.randn(5, 16)
+    wrapped = wrap_lora(model, LoraConfig(rank=4))
+    torch.testing.assert_close(wrapped(x), model(x))
+
+
+def test_merged_equals_unmerged():
+    model, x = _model(), torch.randn(5, 16)
+    wrapped = wrap_lora(model, LoraConfig(rank=4, lora_alpha=8))
+    with torch.no_grad():
+        for m in wrapped:
+            if isinstance(m, LoraLinear):
+                m.lora_B.normal_()
+    torch.testing.assert_close(merge_lora(wrapped)(x), wrapped(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(wrapped(x), model(x))
+
+
+def test_merge_refuses_non_finite():
+    layer = LoraLinear(torch.nn.Linear(4, 3), LoraConfig(rank=2))
+    with torch.no_grad():
+        layer.lora_B.fill_(float("inf"))
+    with pytest.raises(LoraMergeError, match="not finite"):
+        layer.merged()
+
+
+def test_base_model_is_not_modified(digits):
+    model = _model()
+    before = [p.clone() for p in model.parameters()]
+    x = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+    LoraAlignment(adapt=AdaptConfig(steps=5)).adapt(model, x, np.zeros(32, np.uint8))
+    for a, b in zip(before, model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
+    """Pre-trained on 40 dims, fed 6: LoRA on 300 received vectors must beat the frozen model."""
+    from common.artifacts import load_codec, load_model
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    x_train = codec.reconstruct(digits.x_train[:300], 6)
+    x_test = codec.reconstruct(digits.x_test, 6)
+    before = accuracy(predict(model, x_test), digits.y_test)
+    adapted, report = LoraAlignment(adapt=AdaptConfig(steps=100, lr=1e-2)).adapt(model, x_train, digits.y_train[:300])
+    after = accuracy(predict(adapted, x_test), digits.y_test)
+    assert report.complete and report.steps == 100
+    assert after > before + 0.03, (before, after)
+
+
+def test_time_budget_stops_early(digits):
+    model = build_mlp(64, (256, 256), 10)
+    x = np.random.default_rng(0).normal(size=(4000, 64)).astype(np.float32)
+    _, report = LoraAlignment(adapt=AdaptConfig(steps=100000, budget_ms=50)).adapt(model, x, np.zeros(4000, np.uint8))
+    assert not report.complete and 0 < report.steps < 100000

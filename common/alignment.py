@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.lora import LoraConfig, merge_lora, wrap_lora
+from common.codec import Codec
+from common.lora import FoldedInputLora, LoraConfig, LoraLinear, merge_lora, wrap_lora
 
 
 @dataclass(frozen=True)
@@ -63,24 +64,40 @@ class AlignmentStrategy(ABC):
     name: str
 
     @abstractmethod
-    def adapt(self, model: nn.Sequential, x: np.ndarray, y: np.ndarray) -> tuple[nn.Sequential, AdaptReport]:
-        """``x`` float32 (n, d_in), ``y`` uint8 (n,) -> (adapted model, report)."""
+    def adapt(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray,
+              codec: Codec) -> tuple[nn.Sequential, AdaptReport]:
+        """Received features ``z`` float32 (n, alpha) with labels ``y`` uint8 (n,).
+
+        ``codec`` decodes them (``x_hat = codec.decode(z)``, the model's input).
+        Returns the adapted model (input ``x_hat``) and a report.
+        """
 
 
 class LoraAlignment(AlignmentStrategy):
-    """LoRA on every Linear layer, trained with Adam on cross-entropy, then merged."""
+    """LoRA on every Linear layer, trained with Adam on cross-entropy, then merged.
+
+    With ``fold`` (default) and a linear codec, the first layer trains on ``z``
+    directly (:class:`FoldedInputLora`): same ``W*``, ``alpha/d_raw`` of the cost.
+    """
 
     name = "lora"
 
-    def __init__(self, lora: LoraConfig = LoraConfig(), adapt: AdaptConfig = AdaptConfig()):
+    def __init__(self, lora: LoraConfig = LoraConfig(), adapt: AdaptConfig = AdaptConfig(), fold: bool = True):
         self.lora = lora
         self.config = adapt
+        self.fold = fold
 
-    def adapt(self, model, x, y):
+    def adapt(self, model, z, y, codec):
         t0 = time.perf_counter()
         wrapped = wrap_lora(model, self.lora)
+        linear = codec.linear_decoder(z.shape[1]) if self.fold else None
+        if linear is not None and isinstance(wrapped[0], LoraLinear):
+            m, c = (torch.as_tensor(a) for a in linear)
+            net, inputs = nn.Sequential(FoldedInputLora(wrapped[0], m, c), *wrapped[1:]), z
+        else:
+            net, inputs = wrapped, codec.decode(z)
         params = [p for p in wrapped.parameters() if p.requires_grad]
-        steps, loss = train_steps(wrapped, params, x, y, self.config)
+        steps, loss = train_steps(net, params, inputs, y, self.config)
         merged = merge_lora(wrapped)
         return merged, AdaptReport(self.name, steps, self.config.steps, steps == self.config.steps,
                                    loss, sum(p.numel() for p in params),
@@ -93,7 +110,7 @@ def train_steps(model: nn.Module, params: list[torch.Tensor], x: np.ndarray, y: 
     if len(x) == 0 or config.steps == 0:
         return 0, float("nan")
     xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
+    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
     opt = torch.optim.Adam(params, lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     batch = config.batch_size or len(xt)

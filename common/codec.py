@@ -41,6 +41,10 @@ class Codec(ABC):
     def decode(self, z: np.ndarray) -> np.ndarray:
         """``z`` (n, alpha) -> ``x_hat`` (n, d_raw) float32; alpha is ``z.shape[1]``."""
 
+    def linear_decoder(self, alpha: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(M, c)`` with ``decode(z) == z @ M + c`` (M: (alpha, d_raw)), or None if not linear."""
+        return None
+
 
 class PcaCodec(Codec):
     """Mean-centred PCA: ``z = P_a^T (x - mean)``, ``x_hat = P_a z + mean`` (eqs. 1, 3).
@@ -102,6 +106,10 @@ class PcaCodec(Codec):
         z = np.asarray(z, np.float32)
         self._check_alpha(z.shape[1])
         return z @ self.components[: z.shape[1]] + self.mean
+
+    def linear_decoder(self, alpha: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_alpha(alpha)
+        return self.components[:alpha], self.mean
 
     def reconstruct(self, x: np.ndarray, alpha: int) -> np.ndarray:
         """``decode(encode(x, alpha))``: what the RX sees of ``x`` at dimension ``alpha``."""

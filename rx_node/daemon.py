@@ -173,14 +173,12 @@ class RxNode:
         z = p.features()
         if not np.isfinite(z).all():
             raise _NonFinite(int((~np.isfinite(z)).sum()))
-        x_hat = self.codec.decode(z)
+        x_test = self.codec.decode(z[: p.n_test])
         t_reconstructed = time.time_ns()
         t1 = time.perf_counter()
 
-        x_test, x_train = x_hat[: p.n_test], x_hat[p.n_test:]
-        y_train = p.labels[p.n_test:]
         if p.n_train:
-            adapted, report = self.strategy.adapt(self.model, x_train, y_train)
+            adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
             adapt_info = report.to_dict()
         else:
             adapted, adapt_info = self.model, {"strategy": "none", "steps": 0, "complete": True}

@@ -58,9 +58,10 @@ def test_merge_refuses_non_finite():
 
 def test_base_model_is_not_modified(digits):
     model = _model()
+    codec = PcaCodec.fit(np.random.default_rng(1).normal(size=(100, 16)), 8)
     before = [p.clone() for p in model.parameters()]
-    x = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
-    LoraAlignment(adapt=AdaptConfig(steps=5)).adapt(model, x, np.zeros(32, np.uint8))
+    z = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    LoraAlignment(adapt=AdaptConfig(steps=5)).adapt(model, z, np.zeros(32, np.uint8), codec)
     for a, b in zip(before, model.parameters()):
         torch.testing.assert_close(a, b)
 
@@ -71,10 +72,11 @@ def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
 
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
-    x_train = codec.reconstruct(digits.x_train[:300], 6)
+    z_train = codec.encode(digits.x_train[:300], 6)
     x_test = codec.reconstruct(digits.x_test, 6)
     before = accuracy(predict(model, x_test), digits.y_test)
-    adapted, report = LoraAlignment(adapt=AdaptConfig(steps=100, lr=1e-2)).adapt(model, x_train, digits.y_train[:300])
+    adapted, report = LoraAlignment(adapt=AdaptConfig(steps=100, lr=1e-2)).adapt(
+        model, z_train, digits.y_train[:300], codec)
     after = accuracy(predict(adapted, x_test), digits.y_test)
     assert report.complete and report.steps == 100
     assert after > before + 0.03, (before, after)
@@ -82,6 +84,24 @@ def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
 
 def test_time_budget_stops_early(digits):
     model = build_mlp(64, (256, 256), 10)
-    x = np.random.default_rng(0).normal(size=(4000, 64)).astype(np.float32)
-    _, report = LoraAlignment(adapt=AdaptConfig(steps=100000, budget_ms=50)).adapt(model, x, np.zeros(4000, np.uint8))
+    codec = PcaCodec.fit(digits.x_train, 64)
+    z = np.random.default_rng(0).normal(size=(4000, 64)).astype(np.float32)
+    _, report = LoraAlignment(adapt=AdaptConfig(steps=100000, budget_ms=50)).adapt(
+        model, z, np.zeros(4000, np.uint8), codec)
     assert not report.complete and 0 < report.steps < 100000
+
+
+def test_folded_training_equals_unfolded(digits, digits_artifacts):
+    """Training LoRA on z through the folded first layer gives the same W* as training on x_hat."""
+    from common.artifacts import load_codec, load_model
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    z = codec.encode(digits.x_train[:200], 12)
+    config = AdaptConfig(steps=10, lr=1e-2)
+    torch.manual_seed(3)
+    folded, _ = LoraAlignment(adapt=config, fold=True).adapt(model, z, digits.y_train[:200], codec)
+    torch.manual_seed(3)
+    plain, _ = LoraAlignment(adapt=config, fold=False).adapt(model, z, digits.y_train[:200], codec)
+    for a, b in zip(folded.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)

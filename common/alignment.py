@@ -25,9 +25,9 @@ class AdaptConfig:
     ``budget_ms``: wall-clock cap on the optimisation loop (None = no cap).
     """
 
-    steps: int = 60
-    lr: float = 5e-3
-    batch_size: int = 0
+    steps: int = 100
+    lr: float = 3e-3
+    batch_size: int = 256
     budget_ms: float | None = None
     seed: int = 0
 

@@ -28,6 +28,8 @@ usage: netns-testbed.sh [options]
   --out DIR         output directory (default runs/netns-YYYYmmdd-HHMMSS)
   --artifacts DIR   RX/TX artifacts; default: `semalign pretrain` into OUT/artifacts
   --dataset NAME    mnist | digits (default digits)
+  --config FILE     TOML passed to pretrain and both daemons (e.g. [tx] n_test, deadline_s);
+                    the options above win over it
   --port P          RX TCP port (default 5555)
   --timeout-s S     limit for each daemon, s (default 600)
   --measure         only measure the link's TCP goodput (no semalign)
@@ -44,6 +46,7 @@ ROUNDS=9
 OUT=""
 ARTIFACTS=""
 DATASET=digits
+CONFIG=""
 PORT=5555
 TIMEOUT_S=600
 MEASURE=0
@@ -55,6 +58,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --artifacts) ARTIFACTS=${2:?--artifacts needs a value}; shift 2 ;;
         --dataset) DATASET=${2:?--dataset needs a value}; shift 2 ;;
+        --config) CONFIG=${2:?--config needs a value}; shift 2 ;;
         --port) PORT=${2:?--port needs a value}; shift 2 ;;
         --timeout-s) TIMEOUT_S=${2:?--timeout-s needs a value}; shift 2 ;;
         --measure) MEASURE=1; shift ;;
@@ -73,6 +77,11 @@ fi
 [[ $TIMEOUT_S =~ ^[1-9][0-9]*$ ]] || die "--timeout-s must be an integer >= 1, got '$TIMEOUT_S'"
 positive_number "$MEASURE_S" || die "--measure-s must be a positive number, got '$MEASURE_S'"
 [[ $DATASET == mnist || $DATASET == digits ]] || die "--dataset must be mnist or digits, got '$DATASET'"
+CONFIG_ARGS=()
+if [[ -n $CONFIG ]]; then
+    [[ -f $CONFIG ]] || die "--config '$CONFIG' is not a file"
+    CONFIG_ARGS=(--config "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
+fi
 (( EUID == 0 )) || die "needs root (network namespaces, tc)"
 for tool in ip tc timeout awk; do
     command -v "$tool" >/dev/null || die "'$tool' not found (apt-get install iproute2 coreutils gawk)"
@@ -81,8 +90,8 @@ read -r -a SEMALIGN_CMD <<< "${SEMALIGN:-semalign}"
 PYTHON=${PYTHON:-python3}
 
 RATE_BPS=$(awk -v r="$RATE_MBIT" 'BEGIN { printf "%.0f", r * 1e6 }')
-# tbf bucket: 10 ms at the rate, at least 64 KiB (GSO segments on a veth).
-BURST_B=$(awk -v b="$RATE_BPS" 'BEGIN { x = b / 8 / 100; if (x < 65536) x = 65536; printf "%.0f", x }')
+# tbf bucket: 1 ms at the rate, at least 16 KiB (ten full frames); tbf splits larger GSO packets.
+BURST_B=$(awk -v b="$RATE_BPS" 'BEGIN { x = b / 8 / 1000; if (x < 16384) x = 16384; printf "%.0f", x }')
 OUT=${OUT:-runs/netns-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -171,19 +180,35 @@ fi
 # --- the two daemons over the ip backend -----------------------------------
 if [[ -z $ARTIFACTS ]]; then
     ARTIFACTS=$OUT/artifacts
-    "${SEMALIGN_CMD[@]}" pretrain --dataset "$DATASET" --d-pre 40 --out "$ARTIFACTS" > "$OUT/pretrain.log" 2>&1 \
+    "${SEMALIGN_CMD[@]}" pretrain --dataset "$DATASET" --d-pre 40 --out "$ARTIFACTS" "${CONFIG_ARGS[@]}" \
+        > "$OUT/pretrain.log" 2>&1 \
         || die "pretrain failed, see $OUT/pretrain.log"
 fi
 [[ -d $ARTIFACTS ]] || die "--artifacts '$ARTIFACTS' is not a directory"
 
 start ip netns exec "$NS_RX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx --bind "tcp://$RX_ADDR:$PORT" \
-    --artifacts "$ARTIFACTS" --link ip --link-rate-bps "$RATE_BPS" --max-rounds "$ROUNDS" > "$OUT/rx.log" 2>&1
+    --artifacts "$ARTIFACTS" --link ip --link-rate-bps "$RATE_BPS" --max-rounds "$ROUNDS" "${CONFIG_ARGS[@]}" \
+    > "$OUT/rx.log" 2>&1
 start ip netns exec "$NS_TX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" tx --connect "tcp://$RX_ADDR:$PORT" \
-    --artifacts "$ARTIFACTS" --dataset "$DATASET" --rounds "$ROUNDS" --out "$OUT" > "$OUT/tx.log" 2>&1
+    --artifacts "$ARTIFACTS" --dataset "$DATASET" --rounds "$ROUNDS" --out "$OUT" "${CONFIG_ARGS[@]}" \
+    > "$OUT/tx.log" 2>&1
 tx_status=0
 wait "${BG_PIDS[1]}" || tx_status=$?
+# The RX exits by itself once it has answered --max-rounds payloads. A TX that
+# failed leaves it waiting: stop it (SIGTERM) at once, else after 10 s.
+rx_pid=${BG_PIDS[0]}
+grace_ticks=0
+if (( tx_status == 0 )); then grace_ticks=100; fi
+for (( tick = 0; tick < grace_ticks; tick++ )); do
+    kill -0 "$rx_pid" 2>/dev/null || break
+    sleep 0.1
+done
+rx_stopped=0
+if kill "$rx_pid" 2>/dev/null; then rx_stopped=1; fi
 rx_status=0
-wait "${BG_PIDS[0]}" || rx_status=$?
+wait "$rx_pid" || rx_status=$?
 save_tc_stats
-echo "tx exit $tx_status, rx exit $rx_status; results and logs in $OUT"
-(( tx_status == 0 && rx_status == 0 ))
+stopped=""
+if (( rx_stopped )); then stopped=" (stopped by the testbed)"; fi
+echo "tx exit $tx_status, rx exit $rx_status$stopped; results and logs in $OUT"
+(( tx_status == 0 && rx_status == 0 && rx_stopped == 0 ))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import torch
+
 from common.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import default_artifacts, load_codec, load_model
 from common.lora import LoraConfig
@@ -53,6 +55,7 @@ def build_rx(opts: dict, link_table: dict) -> tuple[RxNode, RxSocket]:
 
 
 def run_rx(opts: dict, link_table: dict, stop: threading.Event) -> RxStats:
+    torch.set_num_threads(int(opts.get("threads") or 1))
     node, sock = build_rx(opts, link_table)
     try:
         return serve(node, sock, stop, opts.get("max_rounds"))

@@ -30,11 +30,12 @@ RX_HELP = {
     "link_rate_bps": "Nominal link rate for the ip backend, bit/s.",
     "lora_rank": "LoRA rank r [default: 8].",
     "lora_alpha": "LoRA alpha; scaling = lora_alpha / rank [default: 16].",
-    "adapt_steps": "Adam steps of fine-tuning per round [default: 60].",
-    "adapt_lr": "Adam learning rate for fine-tuning [default: 5e-3].",
-    "adapt_batch": "Fine-tuning mini-batch in vectors, 0 = full batch [default: 0].",
+    "adapt_steps": "Adam steps of fine-tuning per round [default: 100].",
+    "adapt_lr": "Adam learning rate for fine-tuning [default: 3e-3].",
+    "adapt_batch": "Fine-tuning mini-batch in vectors, 0 = full batch [default: 256].",
     "adapt_budget_ms": "Wall-clock cap on fine-tuning per round, ms [default: none].",
     "max_payload_bytes": "Largest message accepted, bytes [default: 67108864].",
+    "threads": "CPU threads for fine-tuning and inference; small MLPs run best on 1 [default: 1].",
     "max_rounds": "Exit after answering this many payload rounds [default: serve until SIGTERM].",
 }
 
@@ -55,6 +56,7 @@ def rx(
     adapt_budget_ms: Optional[float] = typer.Option(None, help=RX_HELP["adapt_budget_ms"]),
     max_payload_bytes: Optional[int] = typer.Option(None, help=RX_HELP["max_payload_bytes"]),
     max_rounds: Optional[int] = typer.Option(None, help=RX_HELP["max_rounds"]),
+    threads: Optional[int] = typer.Option(None, help=RX_HELP["threads"]),
     seed: Optional[int] = SeedOpt,
     config: Optional[Path] = ConfigOpt,
     log_level: str = LogOpt,

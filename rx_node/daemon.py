@@ -44,6 +44,7 @@ class _Session:
     session_id: int
     value_dtype: str
     rounds: int = 0
+    announced: dict = field(default_factory=dict)  # seq -> ChannelState sent in CHANNEL
 
 
 @dataclass
@@ -74,6 +75,12 @@ class RxNode:
         self.stats = RxStats()
         self.pid = os.getpid()
 
+    def warm_up(self) -> None:
+        """One tiny adaptation and inference so the first real round pays no start-up cost."""
+        z = np.zeros((8, self.codec.d_max), np.float32)
+        adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
+        predict(adapted, self.codec.decode(z))
+
     # ------------------------------------------------------------ dispatch
 
     def handle(self, peer: bytes, frames: list[bytes], received_ns: int | None = None) -> list[bytes]:
@@ -92,7 +99,7 @@ class RxNode:
         if isinstance(msg, Payload):
             replies = [self._on_payload(peer, msg, len(frames[0]), received_ns)]
             if peer in self.sessions:
-                replies.append(self._channel(self.sessions[peer].session_id, msg.seq + 1))
+                replies.append(self._channel(self.sessions[peer], msg.seq + 1))
             return replies
         return [self._error(sid, -1, "unexpected", f"the RX does not accept {msg.TYPE} messages")]
 
@@ -103,9 +110,20 @@ class RxNode:
             self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
         return encode(Error(sid, seq, code, message))
 
-    def _channel(self, sid: int, seq: int) -> bytes:
-        s = self.link.channel_state(seq)
-        return encode(Channel(sid, seq, s.sinr_db, s.mcs, s.mcs_table, s.modulation, s.rate_bps, s.bler))
+    def _channel(self, session: _Session, seq: int) -> bytes:
+        """CHANNEL feedback for round ``seq``; the state is kept so the round uses what was announced.
+
+        A link that cannot tell its state (e.g. a radio that does not answer)
+        yields an ERROR for ``seq`` instead; the TX then re-opens the session.
+        """
+        try:
+            s = self.link.channel_state(seq)
+        except Exception as e:  # backends raise their own classes (RadioError, OSError, ...)
+            return encode(Error(session.session_id, seq, "link", f"channel state unavailable: "
+                                                                  f"{type(e).__name__}: {e}"))
+        session.announced = {seq: s}
+        return encode(Channel(session.session_id, seq, s.sinr_db, s.mcs, s.mcs_table, s.modulation,
+                              s.rate_bps, s.bler))
 
     # ------------------------------------------------------------ HELLO
 
@@ -122,12 +140,12 @@ class RxNode:
                                 f"{self.codec.name}/d_raw={self.codec.d_raw}")
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
-        self.sessions[peer] = _Session(msg.session_id, msg.value_dtype)
+        session = self.sessions[peer] = _Session(msg.session_id, msg.value_dtype)
         log.info("session %d opened by TX pid %d (next seq %d)", msg.session_id, msg.pid, msg.next_seq)
         reply = Hello("rx", msg.session_id, self.codec.name, self.codec.fingerprint, self.codec.d_raw,
                       self.codec.d_max, msg.value_dtype, msg.next_seq, self.limits.max_message_bytes,
                       self.pid, msg.t_origin_ns, received_ns, time.time_ns())
-        return [encode(reply), self._channel(msg.session_id, msg.next_seq)]
+        return [encode(reply), self._channel(session, msg.next_seq)]
 
     # ------------------------------------------------------------ PAYLOAD
 
@@ -140,7 +158,8 @@ class RxNode:
         if problem:
             return self._error(p.session_id, p.seq, *problem)
         try:
-            result = self._process(p, nbytes, received_ns)
+            state = session.announced.get(p.seq) or self.link.channel_state(p.seq)
+            result = self._process(p, state, nbytes, received_ns)
         except PayloadLost as e:
             return self._error(p.session_id, p.seq, "lost", str(e))
         except ProtocolError as e:
@@ -164,8 +183,7 @@ class RxNode:
             return "bad_label", f"training label {bad} outside [0, {self.n_classes})"
         return None
 
-    def _process(self, p: Payload, nbytes: int, received_ns: int) -> Result:
-        state = self.link.channel_state(p.seq)
+    def _process(self, p: Payload, state, nbytes: int, received_ns: int) -> Result:
         delivery = self.link.deliver(nbytes, state, received_ns)
         t_delivered = time.time_ns()
 
@@ -209,6 +227,7 @@ class _NonFinite(ProtocolError):
 def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int | None = None,
           poll_ms: int = 100) -> RxStats:
     """Answer messages until ``stop`` is set or ``max_rounds`` payload rounds were answered."""
+    node.warm_up()
     log.info("RX pid %d serving on %s", node.pid, sock.address)
     while not stop.is_set() and (max_rounds is None or node.stats.rounds < max_rounds):
         got = sock.recv(poll_ms)

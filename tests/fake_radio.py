@@ -47,13 +47,13 @@ class FakeRadio:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 self._answer("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._answer("POST")
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 self._answer("PUT")
 
             def log_message(self, *args: Any) -> None:
@@ -76,7 +76,7 @@ class FakeRadio:
         self.server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "FakeRadio":
+    def __enter__(self) -> FakeRadio:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from common.budget import BudgetError, PayloadLayout, budget_bytes, largest_alpha, n_train_max
+from common.budget import (
+    BudgetError,
+    PayloadLayout,
+    budget_bytes,
+    largest_alpha,
+    n_train_max,
+)
 from common.protocol import Payload, encode
 
 FP = "cd" * 32

@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from common.channel import RayleighBlockFading, RicianFading, bessel_j0, doppler_hz, jakes_rho, k_factor_from_db
+from common.channel import (
+    RayleighBlockFading,
+    RicianFading,
+    bessel_j0,
+    doppler_hz,
+    jakes_rho,
+    k_factor_from_db,
+)
 
 J0_FIRST_ZERO = 2.404825557695773
 

@@ -28,7 +28,7 @@ def rx_process(digits_artifacts):
 
 def run_tx(artifacts, digits, address, out, rounds=4, **cfg):
     codec, _ = load_codec(artifacts)
-    config = TxConfig(**{"n_test": 50, "deadline_s": 0.002, "hello_timeout_s": 1.0, **cfg})
+    config = TxConfig(**{"n_test": 50, "n_min_train": 100, "deadline_s": 0.002, "hello_timeout_s": 1.0, **cfg})
     node = TxNode(codec, digits, TxSocket(address), config)
     results = ResultsLog(out, {"test": True})
     return node.run(rounds, results), node
@@ -47,7 +47,9 @@ def test_rounds_over_real_sockets(rx_process, digits_artifacts, digits, tmp_path
         assert r["rx_pid"] == proc.pid and r["tx_pid"] == os.getpid()
         assert set(LATENCY_STAGES + LATENCY_CUMULATIVE) <= set(r["latency_ms"])
         lat = r["latency_ms"]
-        assert lat["communication"] <= lat["fine_tuning"] <= lat["classification"] <= lat["rtt"] + 1.0
+        assert lat["communication"] <= lat["fine_tuning"] <= lat["classification"]
+        # cross-clock figures agree with the TX-only round trip up to the offset estimate's error
+        assert lat["classification"] <= lat["rtt"] * 1.1 + 10
     # the deep-fade round of the demo trace carries less than the 256-QAM rounds
     assert doc["rounds"][2]["b_max_bytes"] < doc["rounds"][0]["b_max_bytes"]
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4

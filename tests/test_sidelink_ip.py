@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from common.channel import nr_rate_bps, mcs_entry, peak_rate_bps
+from common.channel import mcs_entry, nr_rate_bps, peak_rate_bps
 from common.sidelink import IpLink, UnsupportedOperation, create_sidelink
 
 

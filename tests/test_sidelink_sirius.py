@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fake_radio import FakeRadio
 
-from common.channel import LinkParams, nr_rate_bps, mcs_entry, state_from_sinr
+from common.channel import LinkParams, mcs_entry, nr_rate_bps, state_from_sinr
 from common.sidelink import (
     CommandRadioControl,
     HttpRadioControl,

@@ -24,7 +24,9 @@ def run_tx(opts: dict, stop: threading.Event, on_round=None):
     if meta.dataset != dataset:
         raise ValueError(f"artifacts in {artifacts} were made for {meta.dataset!r}, not {dataset!r}")
     data = load_dataset(dataset, opts.get("data_dir"))
-    config = TxConfig(**{k: opts[k] for k in TX_CONFIG_KEYS if opts.get(k) is not None})
+    given = {k: opts[k] for k in TX_CONFIG_KEYS if opts.get(k) is not None}
+    given.setdefault("n_test", min(TxConfig.n_test, len(data.y_test)))
+    config = TxConfig(**given)
     if config.n_test > len(data.y_test):
         raise ValueError(f"n_test={config.n_test} exceeds the {len(data.y_test)} test vectors of {dataset}")
     policy = get_policy(opts.get("policy") or "largest")

@@ -40,12 +40,16 @@ class HandshakeFailed(RuntimeError):
     """The RX did not accept the session (refused it, or never answered)."""
 
 
+class RoundFailed(RuntimeError):
+    """A round cannot go on; the message is recorded as the round's error."""
+
+
 @dataclass(frozen=True)
 class TxConfig:
     """Per-round payload and timing settings (times in s, sizes in vectors)."""
 
     n_test: int = 500
-    n_min_train: int = 100
+    n_min_train: int = 1000
     max_train: int = 0
     value_dtype: str = "float16"
     deadline_s: float = 0.05
@@ -140,14 +144,24 @@ class TxNode:
         raise HandshakeFailed(f"no HELLO from the RX at {self.sock.address} after "
                               f"{self.config.hello_attempts} attempts of {self.config.hello_timeout_s} s")
 
-    def _channel_for(self, seq: int) -> Channel | None:
-        if seq not in self._channels:
-            self._recv_until(lambda m: isinstance(m, Channel) and m.seq == seq, self.config.hello_timeout_s)
-        if seq not in self._channels:
-            log.info("no CHANNEL for round %d; re-opening the session", seq)
-            self.sock.reset()
-            self.handshake(next_seq=seq)
-        return self._channels.pop(seq, None)
+    def _channel_for(self, seq: int) -> Channel:
+        """The RX's feedback for round ``seq``; re-opens the session once if none came.
+
+        Raises :class:`RoundFailed` with the RX's reason when it cannot give one.
+        """
+        for attempt in range(2):
+            if seq not in self._channels:
+                got = self._recv_until(lambda m: isinstance(m, (Channel, Error)) and m.seq == seq,
+                                       self.config.hello_timeout_s)
+                if isinstance(got, Error):
+                    raise RoundFailed(f"RX error {got.code}: {got.message}")
+            if seq in self._channels:
+                return self._channels.pop(seq)
+            if attempt == 0:
+                log.info("no CHANNEL for round %d; re-opening the session", seq)
+                self.sock.reset()
+                self.handshake(next_seq=seq)
+        raise RoundFailed(f"no channel feedback for round {seq}")
 
     # ------------------------------------------------------------ rounds
 
@@ -177,8 +191,8 @@ class TxNode:
         except HandshakeFailed as e:
             rec.error = f"session lost: {e}"
             return rec
-        if channel is None:
-            rec.error = f"no channel feedback for round {seq}"
+        except RoundFailed as e:
+            rec.error = str(e)
             return rec
         rec.modulation, rec.mcs, rec.mcs_table = channel.modulation, channel.mcs, channel.mcs_table
         rec.sinr_db, rec.rate_bps = channel.sinr_db, channel.rate_bps

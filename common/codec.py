@@ -66,6 +66,7 @@ class PcaCodec(Codec):
         self.mean = mean
         self.components = components
         self._fingerprint = hashlib.sha256(mean.tobytes() + components.tobytes()).hexdigest()
+        self._mean_proj = components @ mean  # (d_max,): P^T mean, so encode needs no centred copy of x
 
     @classmethod
     def fit(cls, x: np.ndarray, n_components: int) -> "PcaCodec":
@@ -100,7 +101,7 @@ class PcaCodec(Codec):
 
     def encode(self, x: np.ndarray, alpha: int) -> np.ndarray:
         self._check_alpha(alpha)
-        return (np.asarray(x, np.float32) - self.mean) @ self.components[:alpha].T
+        return np.asarray(x, np.float32) @ self.components[:alpha].T - self._mean_proj[:alpha]
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z, np.float32)

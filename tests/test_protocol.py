@@ -127,3 +127,11 @@ def test_non_finite_float_field():
     with pytest.raises(ProtocolError, match="rate_bps") as e:
         decode(frame)
     assert e.value.code == "non_finite"
+
+
+def test_protocol_doc_states_the_real_header_sizes():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert f"H = {payload_header_bytes()} bytes" in doc
+    assert f"version {PROTOCOL_VERSION}" in doc.splitlines()[0]

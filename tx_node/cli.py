@@ -27,7 +27,7 @@ TX_HELP = {
     "rounds": "Rounds to run [default: 9].",
     "out": "Directory for results.json and results.jsonl [default: runs/latest].",
     "n_test": "Test vectors per payload (t in eq. 2) [default: 500, or the whole test set if smaller].",
-    "n_min_train": "Fewest training vectors a payload must carry when choosing alpha [default: 1000].",
+    "n_min_train": "Fewest training vectors a payload must carry when choosing alpha [default: 2000].",
     "max_train": "Cap on training vectors per payload, 0 = no cap [default: 0].",
     "value_dtype": "Bytes per value on the wire: float32 (4), float16 (2), int8 + scale (1) [default: float16].",
     "deadline_s": "Delivery deadline per payload, s; B_max = rate_bps * deadline_s / 8 [default: 0.05].",

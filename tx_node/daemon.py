@@ -49,7 +49,7 @@ class TxConfig:
     """Per-round payload and timing settings (times in s, sizes in vectors)."""
 
     n_test: int = 500
-    n_min_train: int = 1000
+    n_min_train: int = 2000
     max_train: int = 0
     value_dtype: str = "float16"
     deadline_s: float = 0.05

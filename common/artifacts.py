@@ -136,3 +136,70 @@ def load_model(directory: str | Path, meta: ArtifactMeta) -> nn.Sequential:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+# ---------------------------------------------------------------- checksummed tensor files
+
+TENSORS_FORMAT_VERSION = 1
+
+
+def save_tensors(path: str | Path, tensors: dict, meta: dict | None = None) -> dict:
+    """Write a ``{name: tensor}`` dict to ``path`` (``torch.save``) and ``path.json`` beside it.
+
+    The sidecar holds the format version, the sha256 of ``path``, the names,
+    shapes and dtypes, and ``meta`` (JSON-able, e.g. the alpha an adapter is
+    for). Both files are replaced atomically, the tensor file first. For the
+    RX's adapter bank and any other learned state that must survive a restart.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    clean = {}
+    for name, t in tensors.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise TypeError(f"save_tensors: {name!r} must map a str to a torch.Tensor, got {type(t).__name__}")
+        clean[name] = t.detach().cpu().contiguous()
+    _atomic_write(p, lambda tmp: torch.save(clean, tmp))
+    side = {"format_version": TENSORS_FORMAT_VERSION, "sha256": sha256_file(p),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+                        for k, v in clean.items()},
+            "meta": meta or {}}
+    _atomic_write(_sidecar(p), lambda tmp: tmp.write_text(json.dumps(side, indent=1)))
+    return side
+
+
+def _sidecar(p: Path) -> Path:
+    return p.with_name(p.name + ".json")
+
+
+def load_tensors(path: str | Path) -> tuple[dict, dict]:
+    """``(tensors, meta)`` from a file written by :func:`save_tensors`.
+
+    Raises :class:`ArtifactError` naming the problem when the sidecar is
+    missing or of another format version, the checksum does not match, or
+    the content differs from what the sidecar lists. Loaded with
+    ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+    """
+    p = Path(path)
+    side_path = _sidecar(p)
+    if not p.exists() or not side_path.exists():
+        raise ArtifactError(f"{p}: missing (or its checksum file {side_path.name} is)")
+    try:
+        side = json.loads(side_path.read_text())
+        version, digest, listed = side["format_version"], side["sha256"], side["tensors"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{side_path}: unreadable ({e})") from e
+    if version != TENSORS_FORMAT_VERSION:
+        raise ArtifactError(f"{p}: tensor file format version {version}, this build reads "
+                            f"version {TENSORS_FORMAT_VERSION}")
+    actual = sha256_file(p)
+    if actual != digest:
+        raise ArtifactError(f"{p}: sha256 {actual[:12]}... does not match {side_path.name} "
+                            f"({str(digest)[:12]}...); the file is corrupt or replaced")
+    try:
+        tensors = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises several classes for bad files
+        raise ArtifactError(f"{p}: not a tensor file ({type(e).__name__}: {e})") from e
+    if not isinstance(tensors, dict) or sorted(tensors) != sorted(listed) or any(
+            list(tensors[k].shape) != listed[k]["shape"] for k in listed):
+        raise ArtifactError(f"{p}: content does not match {side_path.name}")
+    return tensors, side.get("meta", {})

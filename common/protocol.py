@@ -24,6 +24,10 @@ FINGERPRINT_BYTES = 32
 VECTOR_ID_BYTES = 4
 LABEL_BYTES = 1
 NO_LABEL = 255
+MAX_SEQ = 2**63 - 2  # sequence numbers (and seq + 1, the next round's) fit a signed 64-bit int
+MAX_SESSION_ID = 2**63 - 1
+# fields whose range the decoder checks: name -> (lowest, highest); ERROR's seq may be -1
+_INT_RANGES = {"session_id": (0, MAX_SESSION_ID), "seq": (0, MAX_SEQ + 1), "next_seq": (0, MAX_SEQ)}
 
 
 class ProtocolError(ValueError):
@@ -258,6 +262,8 @@ def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()) -> Message:
         raise ProtocolError("bad_message", f"not a msgpack message ({type(e).__name__}: {e})") from e
     if not isinstance(body, dict):
         raise ProtocolError("bad_message", f"message must be a msgpack map, got {type(body).__name__}")
+    if not all(isinstance(k, str) for k in body):
+        raise ProtocolError("bad_message", "message map keys must be strings")
     version = body.pop("v", None)
     if version != PROTOCOL_VERSION:
         raise ProtocolError("version", f"protocol version {version!r} is not supported; "
@@ -293,6 +299,11 @@ def _message_from_body(cls, body: dict):
                                                f"got {type(v).__name__}")
         if f.type == "float" and not math.isfinite(v) and f.name != "sinr_db":
             raise ProtocolError("non_finite", f"{cls.TYPE}: field {f.name!r} is {v}")
+        if f.name in _INT_RANGES:
+            lo, hi = _INT_RANGES[f.name]
+            lo = -1 if (cls is Error and f.name == "seq") else lo
+            if not lo <= v <= hi:
+                raise ProtocolError("bad_message", f"{cls.TYPE}: field {f.name!r}={v} outside [{lo}, {hi}]")
         kwargs[f.name] = float(v) if f.type == "float" else v
     return cls(**kwargs)
 
@@ -325,6 +336,9 @@ def _payload_from_body(body: dict, limits: DecodeLimits) -> Payload:
         if len(body[key]) != size:
             raise ProtocolError("bad_message", f"PAYLOAD: {key} has {len(body[key])} bytes, "
                                                f"expected {size} for n={n}, alpha={alpha}, {fmt.name}")
+    for key, (lo, hi) in (("session_id", _INT_RANGES["session_id"]), ("seq", (0, MAX_SEQ))):
+        if not lo <= body[key] <= hi:
+            raise ProtocolError("bad_message", f"PAYLOAD: {key}={body[key]} outside [{lo}, {hi}]")
     return Payload(body["session_id"], body["seq"], body["fingerprint"], alpha, fmt.name,
                    n_test, n_train, np.frombuffer(body["ids"], "<u4"),
                    np.frombuffer(body["labels"], np.uint8), body["values"], body["scales"])

@@ -49,6 +49,7 @@ class RoundRecord:
     tx_pid: int | None = None
     rx_pid: int | None = None
     started_at: float | None = None
+    attempts: int = 1  # sends of this round's payload (re-sent after a lost reply)
 
     def to_dict(self) -> dict:
         return {k: _json_safe(v) for k, v in asdict(self).items()}
@@ -62,17 +63,51 @@ def _json_safe(v):
     return v
 
 
-class ResultsLog:
-    """Writes ``results.jsonl`` and ``results.json`` under ``out_dir``."""
+FINAL_STATUSES = ("ok", "failed")  # a resumed campaign skips these; ``aborted`` rounds run again
 
-    def __init__(self, out_dir: str | Path, config: dict):
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a ``results.jsonl``; a torn last line (crash while appending) is skipped."""
+    rows = []
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON (only the last line may be torn)")
+    return rows
+
+
+class ResultsLog:
+    """Writes ``results.jsonl`` and ``results.json`` under ``out_dir``.
+
+    ``resume=True`` keeps the finished rounds (:data:`FINAL_STATUSES`) of an
+    existing ``results.jsonl`` (last row per round wins; a torn last line is
+    dropped) and appends after them; :meth:`finished` names their rounds.
+    """
+
+    def __init__(self, out_dir: str | Path, config: dict, resume: bool = False):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.rounds: list[dict] = []
         self.jsonl = self.dir / "results.jsonl"
-        self.jsonl.write_text("")
+        if resume and self.jsonl.exists():
+            kept = {r["round"]: r for r in read_jsonl(self.jsonl) if r.get("status") in FINAL_STATUSES}
+            self.rounds = [kept[k] for k in sorted(kept)]
+            tmp = self.jsonl.with_name("results.jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rounds))
+            os.replace(tmp, self.jsonl)
+        else:
+            self.jsonl.write_text("")
         self._write_json()
+
+    def finished(self) -> set[int]:
+        """Rounds with a final record (ok, or failed with its reason)."""
+        return {r["round"] for r in self.rounds if r.get("status") in FINAL_STATUSES}
 
     def append(self, record: RoundRecord) -> None:
         row = record.to_dict()

@@ -186,10 +186,11 @@ if [[ -z $ARTIFACTS ]]; then
 fi
 [[ -d $ARTIFACTS ]] || die "--artifacts '$ARTIFACTS' is not a directory"
 
-start ip netns exec "$NS_RX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx --bind "tcp://$RX_ADDR:$PORT" \
+# Plain TCP inside the two private namespaces (explicit --insecure; docs/security.md for CURVE).
+start ip netns exec "$NS_RX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx --bind "tcp://$RX_ADDR:$PORT" --insecure \
     --artifacts "$ARTIFACTS" --link ip --link-rate-bps "$RATE_BPS" --max-rounds "$ROUNDS" "${CONFIG_ARGS[@]}" \
     > "$OUT/rx.log" 2>&1
-start ip netns exec "$NS_TX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" tx --connect "tcp://$RX_ADDR:$PORT" \
+start ip netns exec "$NS_TX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" tx --connect "tcp://$RX_ADDR:$PORT" --insecure \
     --artifacts "$ARTIFACTS" --dataset "$DATASET" --rounds "$ROUNDS" --out "$OUT" "${CONFIG_ARGS[@]}" \
     > "$OUT/tx.log" 2>&1
 tx_status=0

@@ -9,8 +9,10 @@ import torch
 
 from common.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import default_artifacts, load_codec, load_model
+from common.fastlora import keep_freed_memory
 from common.lora import LoraConfig
 from common.protocol import DecodeLimits
+from common.security import rx_security
 from common.sidelink import create_sidelink
 from common.transport import RxSocket
 from rx_node.daemon import RxNode, RxStats, serve
@@ -27,6 +29,17 @@ def lora_strategy(opts: dict) -> LoraAlignment:
     return LoraAlignment(lora, adapt)
 
 
+def banked_strategy(opts: dict, strategy: LoraAlignment, codec, model):
+    """``strategy`` wrapped in an adapter bank when ``adapter_bank`` (a directory) or ``bank_size`` is set."""
+    if not opts.get("adapter_bank") and not opts.get("bank_size"):
+        return strategy
+    from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
+
+    bank = AdapterBank(int(opts.get("bank_size") or 16), codec.fingerprint, model_digest(model),
+                       opts.get("adapter_bank"))
+    return BankedAlignment(strategy, bank)
+
+
 def link_options(opts: dict, link_table: dict) -> tuple[str, dict]:
     """Backend name and its constructor options from the CLI and the ``[link]`` table."""
     options = dict(link_table)
@@ -41,24 +54,37 @@ def link_options(opts: dict, link_table: dict) -> tuple[str, dict]:
     return backend, options
 
 
+def rx_limits(opts: dict, d_pre: int) -> DecodeLimits:
+    """Hard input limits from ``max_payload_bytes, max_vectors, max_alpha, max_str_len, max_container_len``."""
+    given = {k: int(opts[o]) for k, o in (("max_message_bytes", "max_payload_bytes"),
+                                          ("max_vectors", "max_vectors"), ("max_str_len", "max_str_len"),
+                                          ("max_container_len", "max_container_len"))
+             if opts.get(o) is not None}
+    max_alpha = min(int(opts.get("max_alpha") or d_pre), d_pre)
+    return DecodeLimits(max_alpha=max_alpha, **given)
+
+
 def build_rx(opts: dict, link_table: dict) -> tuple[RxNode, RxSocket]:
+    security = rx_security(opts)  # first: a missing key or --insecure fails before any loading
     artifacts = Path(opts.get("artifacts") or default_artifacts(opts.get("dataset", "mnist")))
     codec, meta = load_codec(artifacts)
     model = load_model(artifacts, meta)
-    limits = DecodeLimits(max_message_bytes=int(opts.get("max_payload_bytes") or 64 * 2**20),
-                          max_alpha=codec.d_max)
+    limits = rx_limits(opts, codec.d_max)
     backend, options = link_options(opts, link_table)
     link = create_sidelink(backend, **options)
-    node = RxNode(codec, model, lora_strategy(opts), link, limits, meta.n_classes)
-    sock = RxSocket(opts.get("bind") or "tcp://127.0.0.1:5555", limits.max_message_bytes)
+    node = RxNode(codec, model, banked_strategy(opts, lora_strategy(opts), codec, model), link, limits,
+                  meta.n_classes)
+    sock = RxSocket(opts.get("bind") or "tcp://127.0.0.1:5555", limits.max_message_bytes,
+                    security=security)
     return node, sock
 
 
 def run_rx(opts: dict, link_table: dict, stop: threading.Event) -> RxStats:
     torch.set_num_threads(int(opts.get("threads") or 1))
+    keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/fastlora.py)
     node, sock = build_rx(opts, link_table)
     try:
         return serve(node, sock, stop, opts.get("max_rounds"))
     finally:
         sock.close()
-        node.link.close()
+        node.close()

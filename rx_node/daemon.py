@@ -35,6 +35,7 @@ from common.protocol import (
 )
 from common.sidelink import PayloadLost, Sidelink
 from common.transport import PeerGone, RxSocket
+from rx_node.replay import ReplayCache
 
 log = logging.getLogger("semalign.rx")
 
@@ -54,6 +55,7 @@ class RxStats:
     ok: int = 0
     failed: int = 0
     errors_by_code: dict = field(default_factory=dict)
+    replayed: int = 0  # repeated PAYLOADs answered from the record (not counted in rounds)
 
     @property
     def rounds(self) -> int:
@@ -74,6 +76,19 @@ class RxNode:
         self.sessions: dict[bytes, _Session] = {}
         self.stats = RxStats()
         self.pid = os.getpid()
+        self.replay = ReplayCache()
+        self.max_sessions = 1024
+        self.close_hooks: list = []  # called by close(), e.g. to flush an adapter bank
+
+    def close(self) -> None:
+        """Flush what the node holds (``close_hooks``, in order) and release the link; idempotent."""
+        hooks, self.close_hooks = self.close_hooks, []
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.error("close hook %r failed:\n%s", hook, traceback.format_exc())
+        self.link.close()
 
     def warm_up(self) -> None:
         """One tiny adaptation and inference so the first real round pays no start-up cost."""
@@ -84,7 +99,16 @@ class RxNode:
     # ------------------------------------------------------------ dispatch
 
     def handle(self, peer: bytes, frames: list[bytes], received_ns: int | None = None) -> list[bytes]:
-        """Reply frames for one incoming message from ``peer``."""
+        """Reply frames for one incoming message from ``peer``; never raises (last resort: ERROR internal)."""
+        try:
+            return self._handle(peer, frames, received_ns)
+        except Exception as e:  # a bug must not take the daemon down; the sender learns what happened
+            log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
+            session = self.sessions.get(peer)
+            return [encode(Error(session.session_id if session else 0, -1, "internal",
+                                 f"{type(e).__name__}: {e}"))]
+
+    def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None) -> list[bytes]:
         received_ns = received_ns or time.time_ns()
         session = self.sessions.get(peer)
         sid = session.session_id if session else 0
@@ -97,11 +121,25 @@ class RxNode:
         if isinstance(msg, Hello):
             return self._on_hello(peer, msg, received_ns)
         if isinstance(msg, Payload):
-            replies = [self._on_payload(peer, msg, len(frames[0]), received_ns)]
+            replies = [self._answer_payload(peer, msg, len(frames[0]), received_ns)]
             if peer in self.sessions:
                 replies.append(self._channel(self.sessions[peer], msg.seq + 1))
             return replies
         return [self._error(sid, -1, "unexpected", f"the RX does not accept {msg.TYPE} messages")]
+
+    def _answer_payload(self, peer: bytes, p: Payload, nbytes: int, received_ns: int) -> bytes:
+        """A repeated ``(session, seq)`` gets the recorded reply; a new one is processed and recorded."""
+        session = self.sessions.get(peer)
+        if session is None or session.session_id != p.session_id:
+            return self._on_payload(peer, p, nbytes, received_ns)
+        cached = self.replay.get(p.session_id, p.seq)
+        if cached is not None:
+            self.stats.replayed += 1
+            log.info("seq %d of session %d repeated: answering from the record", p.seq, p.session_id)
+            return cached
+        reply = self._on_payload(peer, p, nbytes, received_ns)
+        self.replay.put(p.session_id, p.seq, reply)
+        return reply
 
     def _error(self, sid: int, seq: int, code: str, message: str) -> bytes:
         log.warning("ERROR %s (session %d, seq %d): %s", code, sid, seq, message)
@@ -140,6 +178,11 @@ class RxNode:
                                 f"{self.codec.name}/d_raw={self.codec.d_raw}")
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
+        # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count
+        for other in [k for k, s in self.sessions.items() if s.session_id == msg.session_id or k == peer]:
+            del self.sessions[other]
+        while len(self.sessions) >= self.max_sessions:
+            del self.sessions[next(iter(self.sessions))]
         session = self.sessions[peer] = _Session(msg.session_id, msg.value_dtype)
         log.info("session %d opened by TX pid %d (next seq %d)", msg.session_id, msg.pid, msg.next_seq)
         reply = Hello("rx", msg.session_id, self.codec.name, self.codec.fingerprint, self.codec.d_raw,

@@ -27,12 +27,17 @@ from common.cli_support import (
 from common.datasets import DATASET_NAMES
 from common.pretrain import PretrainConfig
 from rx_node.cli import RX_HELP, rx
+from semalign.campaign_cli import register as register_campaigns
+from semalign.ops_cli import keygen, soak
 from tx_node.cli import TX_HELP, tx
 
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
                "LoRA adaptation at the RX.")
 app.command()(rx)
 app.command()(tx)
+app.command()(keygen)
+app.command()(soak)
+register_campaigns(app)  # sweep, bench, fading (semalign/campaign_cli.py)
 
 # ---------------------------------------------------------------- pretrain
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from common.results import load_results
+from common.security import curve_args
 from semalign.runner import ensure_artifacts
 
 log = logging.getLogger("semalign.demo")
@@ -33,10 +34,12 @@ def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path |
     out.mkdir(parents=True, exist_ok=True)
     address = f"tcp://127.0.0.1:{free_port()}"
     common = ["--artifacts", str(artifacts), "--dataset", dataset]
+    # throwaway CURVE keys in out/keys: the demo runs the same authenticated, encrypted path as a lab
+    rx_curve, tx_curve = curve_args(out / "keys")
     rx_cmd = [sys.executable, "-m", "semalign", "rx", "--bind", address, "--link", "loopback",
-              "--trace", trace, "--trace-rounds", str(rounds), *common, *rx_args]
+              "--trace", trace, "--trace-rounds", str(rounds), *common, *rx_curve, *rx_args]
     tx_cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", str(rounds),
-              "--out", str(out), *common, *tx_args]
+              "--out", str(out), *common, *tx_curve, *tx_args]
     if data_dir:
         tx_cmd += ["--data-dir", data_dir]
     with open(out / "rx.log", "w") as rx_log, open(out / "tx.log", "w") as tx_log:

@@ -51,13 +51,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_rx(artifacts, *extra: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """An RX daemon in its own process; returns (process, address)."""
+def start_rx(artifacts, *extra: str, port: int | None = None, log_file=None) -> tuple[subprocess.Popen, str]:
+    """An RX daemon in its own process; returns (process, address). Plain TCP unless ``extra`` has --curve-*."""
     address = f"tcp://127.0.0.1:{port or free_port()}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, "--artifacts",
+    plain = [] if any(a.startswith("--curve") for a in extra) else ["--insecure"]
+    proc = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, *plain, "--artifacts",
                              str(artifacts), "--adapt-steps", "20", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=open(log_file, "a") if log_file else subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     return proc, address
 
 

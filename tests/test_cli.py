@@ -10,11 +10,11 @@ from semalign.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["pretrain", "rx", "tx", "demo"])
+@pytest.mark.parametrize("command", ["pretrain", "rx", "tx", "demo", "keygen", "soak"])
 def test_help_explains_every_option(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
-    assert "--config" in result.output or command == "pretrain"
+    assert "--config" in result.output or command in ("pretrain", "keygen", "soak")
     for line in result.output.splitlines():
         if line.strip().startswith("--") and "--help" not in line:
             assert len(line.split(None, 2)) >= 2, f"option without help: {line!r}"
@@ -46,7 +46,7 @@ def test_unknown_config_key_is_named(tmp_path):
 
 def test_bad_value_dtype_is_named(digits_artifacts, tmp_path):
     result = runner.invoke(app, ["tx", "--artifacts", str(digits_artifacts), "--dataset", "digits",
-                                 "--value-dtype", "float8", "--out", str(tmp_path)])
+                                 "--value-dtype", "float8", "--out", str(tmp_path), "--insecure"])
     assert result.exit_code == 2 and "float8" in result.output
 
 

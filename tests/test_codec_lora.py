@@ -75,7 +75,7 @@ def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
     z_train = codec.encode(digits.x_train[:300], 6)
     x_test = codec.reconstruct(digits.x_test, 6)
     before = accuracy(predict(model, x_test), digits.y_test)
-    adapted, report = LoraAlignment(adapt=AdaptConfig(steps=100, lr=1e-2)).adapt(
+    adapted, report = LoraAlignment(adapt=AdaptConfig(steps=100, lr=1e-2, max_epochs=0, budget_ms=None)).adapt(
         model, z_train, digits.y_train[:300], codec)
     after = accuracy(predict(adapted, x_test), digits.y_test)
     assert report.complete and report.steps == 100

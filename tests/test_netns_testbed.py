@@ -65,9 +65,9 @@ def test_daemons_run_in_the_two_namespaces_over_the_ip_backend(tmp_path):
     artifacts = str(out / "artifacts")
     assert calls[0] == ["pretrain", "--dataset", "digits", "--d-pre", "40", "--out", artifacts]
     rx, tx = sorted(calls[1:])
-    assert rx == ["rx", "--bind", "tcp://10.77.0.1:5555", "--artifacts", artifacts, "--link", "ip",
+    assert rx == ["rx", "--bind", "tcp://10.77.0.1:5555", "--insecure", "--artifacts", artifacts, "--link", "ip",
                   "--link-rate-bps", "20000000", "--max-rounds", "3"]
-    assert tx == ["tx", "--connect", "tcp://10.77.0.1:5555", "--artifacts", artifacts, "--dataset", "digits",
+    assert tx == ["tx", "--connect", "tcp://10.77.0.1:5555", "--insecure", "--artifacts", artifacts, "--dataset", "digits",
                   "--rounds", "3", "--out", str(out)]
     assert (out / "rx.log").read_text().strip() == "rx got 5 bytes"
 
@@ -92,3 +92,20 @@ def test_bad_options_are_named(tmp_path, args, match):
     done = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path), *args], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 2 and match in done.stderr
+
+
+@needs_netns
+def test_real_daemons_through_the_rate_limited_link(tmp_path, digits_artifacts):
+    """The real RX and TX in two namespaces; the RX reports the tbf rate and every round is ok."""
+    out = tmp_path / "out"
+    cfg = tmp_path / "testbed.toml"
+    cfg.write_text("[tx]\nn_test = 100\nn_min_train = 200\n\n[rx]\nadapt_steps = 20\n")
+    env = {"SEMALIGN": f"{sys.executable} -m semalign", "PYTHONPATH": str(ROOT)}
+    done = run_testbed(out, "--rate-mbit", "40", "--rounds", "3", "--artifacts", str(digits_artifacts),
+                       "--config", str(cfg), env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    assert [r["status"] for r in rounds] == ["ok"] * 3
+    assert all(r["rate_bps"] == 40e6 and r["payload_bytes"] <= r["b_max_bytes"] for r in rounds)
+    # the payload crossed a 40 Mbit/s link: transfer cannot beat its air time
+    assert all(r["latency_ms"]["transfer"] >= 0.9 * 8 * r["payload_bytes"] / 40e6 * 1e3 for r in rounds)

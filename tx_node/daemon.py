@@ -58,6 +58,10 @@ class TxConfig:
     hello_attempts: int = 30
     clock_samples: int = 4
     seed: int = 0
+    round_attempts: int = 3
+    backoff_s: float = 0.2
+    backoff_max_s: float = 5.0
+    stop_grace_s: float = 5.0
 
     def __post_init__(self):
         if self.n_test < 1:
@@ -67,8 +71,11 @@ class TxConfig:
         for name in ("deadline_s", "result_timeout_s", "hello_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.hello_attempts < 1 or self.clock_samples < 1:
-            raise ValueError("hello_attempts and clock_samples must be >= 1")
+        if self.hello_attempts < 1 or self.clock_samples < 1 or self.round_attempts < 1:
+            raise ValueError("hello_attempts, clock_samples and round_attempts must be >= 1")
+        if not 0 < self.backoff_s <= self.backoff_max_s or self.stop_grace_s < 0:
+            raise ValueError(f"need 0 < backoff_s={self.backoff_s} <= backoff_max_s={self.backoff_max_s} "
+                             f"and stop_grace_s={self.stop_grace_s} >= 0")
         PayloadLayout.for_dtype(self.value_dtype)
 
 
@@ -76,7 +83,8 @@ class TxNode:
     """Owns the data and the codec; talks to one RX through ``sock``."""
 
     def __init__(self, codec: Codec, data: Dataset, sock: TxSocket, config: TxConfig = TxConfig(),
-                 policy: AlphaPolicy = largest_fitting, stop: threading.Event | None = None):
+                 policy: AlphaPolicy = largest_fitting, stop: threading.Event | None = None,
+                 session_id: int | None = None):
         self.codec = codec
         self.data = data
         self.sock = sock
@@ -84,7 +92,7 @@ class TxNode:
         self.policy = policy
         self.layout = PayloadLayout.for_dtype(config.value_dtype)
         self.stop = stop or threading.Event()
-        self.session_id = random.SystemRandom().getrandbits(63)
+        self.session_id = session_id if session_id is not None else random.SystemRandom().getrandbits(63)
         self.clock_offset_ns = 0
         self.rx_pid: int | None = None
         self._channels: dict[int, Channel] = {}
@@ -92,10 +100,26 @@ class TxNode:
 
     # ------------------------------------------------------------ messaging
 
-    def _recv_until(self, want, timeout_s: float):
-        """Read messages until ``want(msg)``; CHANNELs are kept by seq. None on timeout."""
+    def _backoff(self, attempt: int) -> None:
+        """Sleep ``backoff_s * 2**attempt`` (at most ``backoff_max_s``, jittered 50-100 %); stop wakes it."""
+        delay = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** min(attempt, 30))
+        self.stop.wait(delay * (0.5 + random.random() / 2))
+
+    def _recv_until(self, want, timeout_s: float, disconnects: int | None = None, grace_s: float = 0.0):
+        """Read messages until ``want(msg)``; CHANNELs are kept by seq. None on timeout.
+
+        ``disconnects``: give up early once the socket has seen more connection
+        drops than this. ``grace_s``: after ``stop`` is set, keep waiting this long.
+        """
         deadline = time.monotonic() + timeout_s
-        while not self.stop.is_set():
+        stopping = False
+        while True:
+            if self.stop.is_set() and not stopping:
+                if grace_s <= 0:
+                    return None
+                stopping, deadline = True, min(deadline, time.monotonic() + grace_s)
+            if disconnects is not None and self.sock.disconnects > disconnects:
+                return None
             left_ms = int((deadline - time.monotonic()) * 1e3)
             if left_ms <= 0:
                 return None
@@ -111,7 +135,6 @@ class TxNode:
                 self._channels[msg.seq] = msg
             if want(msg):
                 return msg
-        return None
 
     def handshake(self, next_seq: int = 0) -> None:
         """Open the session; estimate the RX clock offset from ``clock_samples`` exchanges."""
@@ -128,9 +151,14 @@ class TxNode:
             if isinstance(reply, Error):
                 raise HandshakeFailed(f"RX refused the session: {reply.code}: {reply.message}")
             if reply is None:
+                if self.sock.auth_failures:
+                    raise HandshakeFailed(f"the RX at {self.sock.address} refused the CURVE handshake: "
+                                          "this TX's public key is not in its allow-list, or "
+                                          "--curve-server-public is not the RX's key")
                 log.info("no HELLO from %s (attempt %d/%d); reconnecting", self.sock.address,
                          attempt + 1, self.config.hello_attempts)
                 self.sock.reset()
+                self._backoff(attempt)
                 continue
             self.rx_pid = reply.pid
             delay = (t3 - t0) - (reply.t_transmit_ns - reply.t_receive_ns)
@@ -165,16 +193,40 @@ class TxNode:
 
     # ------------------------------------------------------------ rounds
 
-    def run(self, rounds: int, results: ResultsLog, first_seq: int = 0, on_round=None) -> list[RoundRecord]:
-        """Handshake, then ``rounds`` rounds; each record goes to ``results`` as it ends."""
-        self.handshake(first_seq)
+    def run(self, rounds: int, results: ResultsLog, first_seq: int = 0, on_round=None,
+            skip: set[int] | frozenset = frozenset()) -> list[RoundRecord]:
+        """Handshake, then rounds ``first_seq .. first_seq+rounds-1`` except ``skip`` (resume).
+
+        Each record goes to ``results`` as it ends; a stop (SIGTERM) ends the
+        campaign after the current round (finished, or recorded as ``aborted``).
+        """
+        todo = [s for s in range(first_seq, first_seq + rounds) if s not in skip]
+        if not todo:
+            return []
+        try:
+            self.handshake(todo[0])
+        except HandshakeFailed:
+            if self.stop.is_set():
+                return []
+            raise
         records = []
-        for seq in range(first_seq, first_seq + rounds):
+        previous = todo[0] - 1
+        for seq in todo:
             if self.stop.is_set():
                 break
+            if seq != previous + 1 and seq not in self._channels:
+                try:
+                    self.handshake(seq)  # a gap (resumed campaign): ask for this round's channel now
+                except HandshakeFailed:
+                    if self.stop.is_set():
+                        break
+                    raise
             record = self.run_round(seq)
+            previous = seq
             results.append(record)
             records.append(record)
+            for old in [k for k in self._channels if k <= seq]:
+                del self._channels[old]
             if on_round:
                 on_round(record)
         return records
@@ -190,6 +242,7 @@ class TxNode:
             channel = self._channel_for(seq)
         except HandshakeFailed as e:
             rec.error = f"session lost: {e}"
+            rec.status = "aborted" if self.stop.is_set() else rec.status
             return rec
         except RoundFailed as e:
             rec.error = str(e)
@@ -207,25 +260,63 @@ class TxNode:
         rec.n_train = self._n_train(rec.n_train_max)
         frame, t = self._build_payload(seq, rec.alpha, rec.n_train)
         rec.payload_bytes = len(frame)
-        self.sock.send(frame)
-        reply = self._recv_until(lambda m: isinstance(m, (Result, Error)) and m.seq == seq
-                                 and m.session_id == self.session_id, cfg.result_timeout_s)
+        try:
+            reply = self._exchange(seq, frame, t, rec)
+        except HandshakeFailed as e:
+            rec.error = f"{rec.error}; then session lost: {e}"
+            rec.status = "aborted" if self.stop.is_set() else rec.status
+            return rec
         t_reply = time.time_ns()
         if reply is None:
-            rec.error = (f"no RESULT for round {seq} within {cfg.result_timeout_s} s" if not self.stop.is_set()
-                         else "stopped while waiting for the RESULT")
-            if not self.stop.is_set():
-                self.sock.reset()
-                try:
-                    self.handshake(next_seq=seq + 1)
-                except HandshakeFailed as e:
-                    rec.error += f"; then {e}"
             return rec
         if isinstance(reply, Error):
             rec.error = f"RX error {reply.code}: {reply.message}"
             return rec
         self._fill_result(rec, reply, t, t_reply)
         return rec
+
+    def _exchange(self, seq: int, frame: bytes, t: dict, rec: RoundRecord) -> Result | Error | None:
+        """Send round ``seq`` and wait for its RESULT/ERROR; re-send (same seq) when the reply is lost.
+
+        A reply is lost when none comes within ``result_timeout_s``, when the
+        connection drops (the RX died), or when the RX answers ``no_session``
+        (it was restarted). Then the socket is rebuilt, the session re-opened
+        at ``seq`` after a back-off, and the identical frame sent again, at most
+        ``round_attempts`` times in all; an RX that still has the round answers
+        from its record. None (with ``rec.error`` set) when every attempt failed
+        or the TX is stopping. Raises :class:`HandshakeFailed` if the RX stays away.
+        """
+        cfg = self.config
+        reasons = []
+        for attempt in range(cfg.round_attempts):
+            rec.attempts = attempt + 1
+            self.sock.poll_events()
+            drops = self.sock.disconnects
+            t["sent"] = time.time_ns()
+            self.sock.send(frame)
+            reply = self._recv_until(lambda m: isinstance(m, (Result, Error)) and m.seq == seq
+                                     and m.session_id == self.session_id, cfg.result_timeout_s,
+                                     disconnects=drops, grace_s=cfg.stop_grace_s)
+            if isinstance(reply, Result) or (isinstance(reply, Error) and reply.code != "no_session"):
+                return reply
+            if self.stop.is_set():
+                rec.status = "aborted"
+                rec.error = "stopped while waiting for the RESULT"
+                return None
+            if isinstance(reply, Error):
+                reasons.append("the RX has no session (restarted?)")
+            elif self.sock.disconnects > drops:
+                reasons.append("connection to the RX dropped")
+            else:
+                reasons.append(f"no RESULT for round {seq} within {cfg.result_timeout_s} s")
+            rec.error = "; ".join(reasons) + f" ({attempt + 1} attempt{'s' if attempt else ''})"
+            if attempt + 1 < cfg.round_attempts:
+                log.warning("round %d, attempt %d/%d: %s; re-sending", seq, attempt + 1,
+                            cfg.round_attempts, reasons[-1])
+                self.sock.reset()
+                self._backoff(attempt)
+                self.handshake(next_seq=seq)
+        return None
 
     def _n_train(self, n_max: int) -> int:
         """``n_max`` capped by the training set size and by ``max_train`` (0 = no cap)."""

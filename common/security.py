@@ -1,0 +1,242 @@
+"""ZeroMQ CURVE keys and the RX's allow-list of transmitters (``zmq.auth``).
+
+Key files are ZeroMQ certificates as ``zmq.auth.create_certificates`` writes
+them: ``NAME.key`` holds the public key only (safe to copy to the other host),
+``NAME.key_secret`` holds the public and the secret key (keep it on its host,
+mode 0600).
+
+- RX: its own secret certificate (``--curve-secret``) and a directory of the
+  TX public certificates it accepts (``--curve-allow``). A ZAP handler
+  (:class:`AllowListAuthenticator`, a ``ThreadAuthenticator``) checks every
+  connecting TX against that directory (re-read on each connection, so a TX
+  is admitted or revoked by adding or removing its ``.key`` file) and logs
+  every refusal with the peer address and the key.
+- TX: its own secret certificate (``--curve-secret``) and the RX's public
+  certificate (``--curve-server-public``).
+
+Plain TCP (no authentication, no encryption) is used only when asked for
+explicitly (``--insecure``); :func:`rx_security` / :func:`tx_security` raise a
+``ValueError`` that says so when neither keys nor ``--insecure`` are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+log = logging.getLogger("semalign.security")
+
+INSECURE_WARNING = ("running WITHOUT CURVE (--insecure): any host that reaches this port can "
+                    "talk to the daemon, and traffic is neither authenticated nor encrypted")
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, unreadable or of the wrong kind (public where a secret is needed)."""
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """z85-encoded keys (bytes, 40 characters each)."""
+
+    public: bytes
+    secret: bytes
+
+
+@dataclass(frozen=True)
+class RxSecurity:
+    """CURVE server keys and the allow-list directory; ``None`` keys = plain (insecure)."""
+
+    keys: CurveKeys | None = None
+    allow_dir: Path | None = None
+
+    @property
+    def curve(self) -> bool:
+        return self.keys is not None
+
+
+@dataclass(frozen=True)
+class TxSecurity:
+    """CURVE client keys and the RX's public key; ``None`` keys = plain (insecure)."""
+
+    keys: CurveKeys | None = None
+    server_public: bytes | None = None
+
+    @property
+    def curve(self) -> bool:
+        return self.keys is not None
+
+
+def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """Write ``out_dir/NAME.key`` (public) and ``out_dir/NAME.key_secret`` (0600); returns both paths."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"key name {name!r}: use a plain file name such as 'rx' or 'tx-lab1'")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    public, secret = (Path(p) for p in zmq.auth.create_certificates(out, name))
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def load_secret(path: str | Path) -> CurveKeys:
+    """A key pair from a ``.key_secret`` certificate."""
+    p = Path(path)
+    try:
+        public, secret = zmq.auth.load_certificate(p)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"CURVE key file {p}: cannot read it ({e})") from e
+    if not secret:
+        raise KeyFileError(f"CURVE key file {p} holds no secret key; pass the NAME.key_secret file")
+    return CurveKeys(public, secret)
+
+
+def load_public(path: str | Path) -> bytes:
+    """The public key from a ``.key`` (or ``.key_secret``) certificate."""
+    p = Path(path)
+    try:
+        public, _ = zmq.auth.load_certificate(p)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"CURVE public key file {p}: cannot read it ({e})") from e
+    return public
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise ValueError("this libzmq was built without CURVE support; install pyzmq wheels "
+                         "(bundled libzmq with libsodium/tweetnacl) or pass --insecure")
+
+
+def rx_security(opts: dict) -> RxSecurity:
+    """From ``curve_secret``, ``curve_allow``, ``insecure``: both key options, or ``insecure``."""
+    secret, allow, insecure = opts.get("curve_secret"), opts.get("curve_allow"), opts.get("insecure")
+    if secret or allow:
+        if insecure:
+            raise ValueError("--insecure contradicts --curve-secret/--curve-allow; choose one")
+        if not (secret and allow):
+            raise ValueError("CURVE needs both --curve-secret (the RX's NAME.key_secret) and "
+                             "--curve-allow (directory of the TX public .key files it accepts)")
+        _require_curve()
+        allow_dir = Path(allow)
+        if not allow_dir.is_dir():
+            raise ValueError(f"--curve-allow {allow_dir}: not a directory")
+        if not list(allow_dir.glob("*.key")):
+            log.warning("allow-list %s holds no .key file: every TX will be refused", allow_dir)
+        return RxSecurity(load_secret(secret), allow_dir)
+    if not insecure:
+        raise ValueError("no CURVE keys given: pass --curve-secret and --curve-allow (see "
+                         "`semalign keygen` and docs/security.md), or --insecure to run plain TCP")
+    log.warning(INSECURE_WARNING)
+    return RxSecurity()
+
+
+def tx_security(opts: dict) -> TxSecurity:
+    """From ``curve_secret``, ``curve_server_public``, ``insecure``."""
+    secret, server, insecure = opts.get("curve_secret"), opts.get("curve_server_public"), opts.get("insecure")
+    if secret or server:
+        if insecure:
+            raise ValueError("--insecure contradicts --curve-secret/--curve-server-public; choose one")
+        if not (secret and server):
+            raise ValueError("CURVE needs both --curve-secret (the TX's NAME.key_secret) and "
+                             "--curve-server-public (the RX's public .key file)")
+        _require_curve()
+        return TxSecurity(load_secret(secret), load_public(server))
+    if not insecure:
+        raise ValueError("no CURVE keys given: pass --curve-secret and --curve-server-public (see "
+                         "`semalign keygen` and docs/security.md), or --insecure to run plain TCP")
+    log.warning(INSECURE_WARNING)
+    return TxSecurity()
+
+
+class _AllowList:
+    """ZAP credentials provider: a TX key is allowed when a ``.key`` file in ``directory`` holds it."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def keys(self) -> set[bytes]:
+        try:
+            return set(zmq.auth.load_certificates(self.directory))
+        except (OSError, ValueError) as e:
+            log.error("allow-list %s unreadable (%s): refusing every TX", self.directory, e)
+            return set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys()
+
+
+class AllowListAuthenticator(ThreadAuthenticator):
+    """ZAP handler thread for one context: CURVE clients whose key is in ``allow_dir``.
+
+    Logs each decision: INFO for an admitted TX, WARNING for a refused one
+    (with the peer's address and its public key), and counts refusals in
+    :attr:`refused`.
+    """
+
+    def __init__(self, context: zmq.Context, allow_dir: Path):
+        super().__init__(context, log=logging.getLogger("semalign.security.zap"))
+        self.allow_dir = Path(allow_dir)
+        self.refused = 0
+        self._request: tuple[str, str] = ("?", "?")
+
+    def start(self) -> None:
+        super().start()
+        self.configure_curve_callback("*", _AllowList(self.allow_dir))
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 7:
+            address = msg[3].decode("utf-8", "replace")
+            key = z85.encode(msg[6]).decode() if msg[5] == b"CURVE" and len(msg[6]) == 32 else "-"
+            self._request = (address, key)
+        await super().handle_zap_message(msg)
+
+    def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
+        address, key = self._request
+        if status_code == b"200":
+            log.info("TX %s admitted (CURVE key %s)", address, key)
+        else:
+            self.refused += 1
+            log.warning("TX %s REFUSED (CURVE key %s): %s; add its public .key to %s to admit it",
+                        address, key, status_text.decode("utf-8", "replace"), self.allow_dir)
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
+def apply_server(sock: zmq.Socket, sec: RxSecurity) -> None:
+    """Make ``sock`` a CURVE server (before bind); no-op in insecure mode."""
+    if sec.keys is None:
+        return
+    sock.curve_secretkey = sec.keys.secret
+    sock.curve_publickey = sec.keys.public
+    sock.curve_server = True
+
+
+def apply_client(sock: zmq.Socket, sec: TxSecurity) -> None:
+    """Make ``sock`` a CURVE client of the RX (before connect); no-op in insecure mode."""
+    if sec.keys is None:
+        return
+    sock.curve_secretkey = sec.keys.secret
+    sock.curve_publickey = sec.keys.public
+    sock.curve_serverkey = sec.server_public
+
+
+def curve_args(key_dir: str | Path, tx_name: str = "tx") -> tuple[list[str], list[str]]:
+    """Throwaway keys for a one-machine run: RX and TX command-line options using them.
+
+    Writes ``key_dir/rx.key[_secret]`` and ``key_dir/allow/TX_NAME.key`` +
+    ``key_dir/TX_NAME.key_secret`` (kept if already there).
+    """
+    d = Path(key_dir)
+    if not (d / "rx.key_secret").exists():
+        generate_keypair(d, "rx")
+    if not (d / f"{tx_name}.key_secret").exists():
+        public, _ = generate_keypair(d, tx_name)
+        (d / "allow").mkdir(exist_ok=True)
+        os.replace(public, d / "allow" / public.name)
+    rx = ["--curve-secret", str(d / "rx.key_secret"), "--curve-allow", str(d / "allow")]
+    tx = ["--curve-secret", str(d / f"{tx_name}.key_secret"), "--curve-server-public", str(d / "rx.key")]
+    return rx, tx

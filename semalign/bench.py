@@ -1,0 +1,295 @@
+"""``semalign bench``: micro-benchmarks, each next to the physical floor it stands against.
+
+Figures (medians of ``repeats`` runs, one torch thread):
+
+- ``gemm``: achieved single-thread float32 GEMM rate (the compute reference) and
+  ``memcpy`` bandwidth (the memory reference);
+- ``pca_encode``: vectors/s at alpha 20 and d_pre; floor = GEMM rate / (2 d_raw alpha) FLOP;
+- ``pack`` / ``unpack``: MB/s of a ~1 MB PAYLOAD (encode, decode + dequantize); floor = memcpy;
+- ``zmq_rtt``: one loopback ZeroMQ DEALER/ROUTER round trip of a 1 MB message; floors:
+  two memcpys of it, and (for scale) its air time at the reference link rate;
+- ``adapt``: LoRA adaptation time against n_train at alpha 20 (default settings, and a
+  fixed 150 steps without a budget); floor = FLOPs of the steps / GEMM rate;
+- ``inference``: classification of t vectors; floor = FLOPs / GEMM rate;
+- ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 3-round loopback run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+from common import fastlora
+from common.alignment import AdaptConfig, LoraAlignment
+from common.artifacts import load_codec, load_model
+from common.budget import PayloadLayout, n_train_max
+from common.datasets import load_dataset
+from common.models import mlp_shape, predict
+from common.protocol import Payload, decode, encode
+from semalign.sweep import machine_info, reference_rate_bps
+
+
+def _median_s(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def gemm_rate(repeats: int) -> float:
+    """Best achieved FLOP/s of float32 products on one thread ((m x 784) @ (784 x 256), m = 256 and 4096)."""
+    best = 0.0
+    for m in (256, 4096):
+        a, b = torch.randn(m, 784), torch.randn(784, 256)
+        a @ b
+        t = _median_s(lambda: [a @ b for _ in range(5)], repeats) / 5
+        best = max(best, 2 * m * 784 * 256 / t)
+    return best
+
+
+def memcpy_rate(repeats: int, nbytes: int = 64 * 2**20) -> float:
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    return nbytes / _median_s(lambda: np.copyto(dst, src), repeats)
+
+
+def zmq_round_trip(nbytes: int, repeats: int) -> float:
+    """Median seconds for a DEALER -> ROUTER -> DEALER echo of ``nbytes`` over tcp://127.0.0.1."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    stop = threading.Event()
+
+    def echo():
+        while not stop.is_set():
+            if router.poll(50):
+                router.send_multipart(router.recv_multipart())
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    msg = os.urandom(nbytes)
+    try:
+        def once():
+            dealer.send(msg)
+            if not dealer.poll(10_000):
+                raise RuntimeError("no echo within 10 s")
+            dealer.recv()
+
+        once()
+        return _median_s(once, repeats)
+    finally:
+        stop.set()
+        th.join()
+        dealer.close()
+        router.close()
+        ctx.term()
+
+
+def lora_step_flops(alpha: int, dims: list[int], rank: int, batch: int) -> float:
+    """FLOPs of one folded LoRA training step on ``batch`` vectors.
+
+    The first layer's frozen part is cached, so per vector: frozen MACs
+    ``F = sum of in*out over the later layers`` once forward and once backward
+    (input gradients), low-rank MACs ``L`` (``in*r + r*out`` per layer, ``in =
+    alpha`` first) once forward and twice backward (A and B gradients, input
+    gradient). FLOPs = 2 (2F + 3L) batch.
+    """
+    frozen = sum(a * b for a, b in zip(dims[1:-1], dims[2:]))
+    low = alpha * rank + rank * dims[1] + sum(a * rank + rank * b for a, b in zip(dims[1:-1], dims[2:]))
+    return 2 * (2 * frozen + 3 * low) * batch
+
+
+class _PeakRss:
+    """Polls ``VmHWM`` (the post-exec peak RSS) of a process in ``/proc`` until it exits.
+
+    ``ru_maxrss`` from ``wait4`` is not used: Linux carries the forking
+    parent's RSS into the child's figure across exec.
+    """
+
+    def __init__(self, pid: int, period_s: float = 0.02):
+        self.pid, self.period_s, self.peak_kib = pid, period_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        path = Path(f"/proc/{self.pid}/status")
+        while not self._stop.is_set():
+            try:
+                for line in path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            except (OSError, ValueError, IndexError):
+                return
+            self._stop.wait(self.period_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
+def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -> dict:
+    """Peak RSS (MiB) of an RX and a TX process during a 3-round loopback run (``VmHWM``)."""
+    from semalign.demo import free_port
+
+    if not Path("/proc/self/status").exists():
+        return {"rx_peak_rss_mib": None, "tx_peak_rss_mib": None, "note": "no /proc on this system"}
+    address = f"tcp://127.0.0.1:{free_port()}"
+    common = ["--artifacts", str(artifacts), "--dataset", dataset, "--insecure"]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "rx.log", "w") as rx_log, open(out / "tx.log", "w") as tx_log:
+        rx = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, "--link", "loopback",
+                               "--trace", "demo", "--trace-rounds", "3", *common],
+                              stdout=rx_log, stderr=subprocess.STDOUT)
+        rx_peak = _PeakRss(rx.pid)
+        try:
+            tx_cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", "3",
+                      "--out", str(out / "run"), *common] + (["--data-dir", data_dir] if data_dir else [])
+            tx = subprocess.Popen(tx_cmd, stdout=tx_log, stderr=subprocess.STDOUT)
+            tx_peak = _PeakRss(tx.pid)
+            tx.wait(timeout=600)
+            tx_mib = tx_peak.stop()
+        finally:
+            rx_mib = rx_peak.stop()
+            rx.send_signal(signal.SIGTERM)
+            try:
+                rx.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                rx.kill()
+    if tx.returncode != 0:
+        raise RuntimeError(f"bench TX exited with {tx.returncode}; see {out / 'tx.log'}")
+    return {"rx_peak_rss_mib": rx_mib, "tx_peak_rss_mib": tx_mib}
+
+
+def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None, repeats: int = 7,
+              live: bool = True) -> dict:
+    torch.set_num_threads(1)
+    fastlora.keep_freed_memory()
+    out.mkdir(parents=True, exist_ok=True)
+    codec, meta = load_codec(artifacts)
+    model = load_model(artifacts, meta)
+    data = load_dataset(dataset, data_dir)
+    d_in, hidden, n_classes = mlp_shape(model)
+    dims = [d_in, *hidden, n_classes]
+    rate_bps = reference_rate_bps()
+    flops = gemm_rate(repeats)
+    mem = memcpy_rate(repeats)
+    res: dict = {"machine": machine_info(), "dataset": dataset, "artifacts": str(artifacts),
+                 "reference_rate_bps": rate_bps, "gemm_flops_per_s": flops, "memcpy_bytes_per_s": mem}
+    small_alpha = min(20, codec.d_max)
+
+    # PCA encode
+    x = data.x_test[: min(10000, len(data.x_test))]
+    enc = {}
+    for alpha in sorted({small_alpha, codec.d_max}):
+        t = _median_s(lambda: codec.encode(x, alpha), repeats)
+        per_vec = 2 * codec.d_raw * alpha
+        enc[str(alpha)] = {"vectors_per_s": len(x) / t, "floor_vectors_per_s": flops / per_vec,
+                           "flop_per_vector": per_vec}
+    res["pca_encode"] = enc
+
+    # pack / unpack a ~1 MB payload at the reference budget
+    layout = PayloadLayout.for_dtype("float16")
+    b_max = int(rate_bps * 0.05 / 8)
+    n_test = min(500, len(data.y_test))
+    n = min(n_train_max(b_max, small_alpha, n_test, layout), len(data.y_train)) + n_test
+    xs = np.concatenate([data.x_test[:n_test], data.x_train[: n - n_test]])
+    ys = np.concatenate([data.y_test[:n_test], data.y_train[: n - n_test]])
+    z = codec.encode(xs, small_alpha)
+    ids = np.arange(n, dtype=np.uint32)
+    frame = encode(Payload.build(1, 0, codec.fingerprint, "float16", z, ids, ys, n_test))
+    t_pack = _median_s(lambda: encode(Payload.build(1, 0, codec.fingerprint, "float16", z, ids, ys, n_test)),
+                       repeats)
+    t_unpack = _median_s(lambda: decode(frame).features(), repeats)
+    mb = len(frame) / 1e6
+    res["payload"] = {"alpha": small_alpha, "vectors": n, "bytes": len(frame),
+                      "pack_mb_per_s": mb / t_pack, "unpack_mb_per_s": mb / t_unpack,
+                      "floor_mb_per_s": mem / 1e6, "airtime_ms_at_reference_rate": 8 * len(frame) / rate_bps * 1e3}
+
+    # ZeroMQ loopback round trip of 1 MB
+    rtt = zmq_round_trip(2**20, repeats)
+    res["zmq_rtt_1mib"] = {"ms": rtt * 1e3, "floor_ms_two_memcpy": 2 * 2**20 / mem * 1e3,
+                           "airtime_ms_at_reference_rate": 8 * 2**20 / rate_bps * 1e3}
+
+    # adaptation vs n_train
+    adapt = []
+    full_n = n - n_test
+    for n_train in sorted({min(k, full_n) for k in (500, 2000, 8000, full_n)}):
+        zt, yt = z[n_test:n_test + n_train], ys[n_test:n_test + n_train]
+        row = {"alpha": small_alpha, "n_train": n_train}
+        for label, cfg in (("default", AdaptConfig()), ("150_steps_no_budget",
+                                                         AdaptConfig(budget_ms=None, max_epochs=0))):
+            reports = []
+            t = _median_s(lambda: reports.append(LoraAlignment(adapt=cfg).adapt(model, zt, yt, codec)[1]), repeats)
+            steps = int(np.median([r.steps for r in reports]))
+            floor_ms = steps * lora_step_flops(small_alpha, dims, 8, min(cfg.batch_size, n_train)) / flops * 1e3
+            row[label] = {"ms": t * 1e3, "steps": steps, "ms_per_step": t * 1e3 / max(steps, 1),
+                          "floor_ms": floor_ms}
+        adapt.append(row)
+    res["adapt"] = adapt
+
+    # inference of t vectors
+    inf = []
+    for t_vec in sorted({min(500, len(data.x_test)), len(data.x_test)}):
+        xh = codec.decode(codec.encode(data.x_test[:t_vec], small_alpha))
+        t = _median_s(lambda: predict(model, xh), repeats)
+        fl = 2 * t_vec * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+        inf.append({"t": t_vec, "ms": t * 1e3, "floor_ms": fl / flops * 1e3})
+    res["inference"] = inf
+
+    if live:
+        res["rss"] = daemon_rss(artifacts, dataset, out / "daemons", data_dir)
+    res["loadavg_end"] = list(os.getloadavg())
+    (out / "bench.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def print_bench(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"semalign bench ({res['dataset']}; {res['machine']['cpu']}, load "
+                    f"{res['machine']['loadavg'][0]:.2f})", header_style="bold")
+    for name in ("figure", "measured", "floor", "note"):
+        t.add_column(name, justify="left" if name in ("figure", "note") else "right")
+    t.add_row("GEMM (1 thread)", f"{res['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s", "", "compute reference")
+    t.add_row("memcpy", f"{res['memcpy_bytes_per_s'] / 1e9:.1f} GB/s", "", "memory reference")
+    for alpha, e in res["pca_encode"].items():
+        t.add_row(f"PCA encode alpha={alpha}", f"{e['vectors_per_s'] / 1e6:.2f} M vec/s",
+                  f"{e['floor_vectors_per_s'] / 1e6:.2f} M vec/s", f"{e['flop_per_vector']} FLOP/vector")
+    p = res["payload"]
+    t.add_row(f"pack {p['bytes'] / 1e6:.2f} MB", f"{p['pack_mb_per_s']:.0f} MB/s", f"{p['floor_mb_per_s']:.0f} MB/s",
+              f"air time {p['airtime_ms_at_reference_rate']:.1f} ms")
+    t.add_row("unpack + dequantize", f"{p['unpack_mb_per_s']:.0f} MB/s", f"{p['floor_mb_per_s']:.0f} MB/s", "")
+    r = res["zmq_rtt_1mib"]
+    t.add_row("ZeroMQ RTT 1 MiB", f"{r['ms']:.2f} ms", f"{r['floor_ms_two_memcpy']:.2f} ms",
+              f"air time {r['airtime_ms_at_reference_rate']:.1f} ms")
+    for a in res["adapt"]:
+        for label in ("default", "150_steps_no_budget"):
+            x = a[label]
+            t.add_row(f"adapt a={a['alpha']} n={a['n_train']} ({label})", f"{x['ms']:.0f} ms ({x['steps']} steps)",
+                      f"{x['floor_ms']:.0f} ms", f"{x['ms_per_step']:.2f} ms/step")
+    for i in res["inference"]:
+        t.add_row(f"inference t={i['t']}", f"{i['ms']:.2f} ms", f"{i['floor_ms']:.2f} ms", "")
+    if res.get("rss"):
+        t.add_row("peak RSS RX / TX", f"{res['rss']['rx_peak_rss_mib']:.0f} / {res['rss']['tx_peak_rss_mib']:.0f} MiB",
+                  "", "VmHWM of each process")
+    Console(width=160).print(t)

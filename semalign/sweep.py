@@ -1,0 +1,615 @@
+"""``semalign sweep``: accuracy and latency against the transmitted dimension (the paper's Figs. 5, 6).
+
+For every alpha and seed the payload is the one the TX would send: ``N`` from
+eq. (2) with the real header sizes for a reference budget ``B_max`` (default:
+the top 64-QAM rate of the 40 MHz link x the TX deadline), the same value
+dtype and ``n_test`` test vectors. Methods, all evaluated on the whole test
+set reconstructed from the quantized alpha-dim features:
+
+- ``pretrained``: the frozen RX model;
+- ``lora``: the RX's default adaptation (a cold start);
+- ``lora_nobudget``: the same recipe without the time budget (its step count and
+  epoch cap only): what the recipe reaches when time is no object;
+- ``lora_bank``: the same with an adapter bank that persists across the sweep
+  (alphas from large to small, seeds in turn: a new alpha warm-starts from the
+  nearest stored one, a returning alpha from its own);
+- ``full_ft`` / ``last_layer``: Adam on all weights / the last layer, same vectors;
+- ``end_to_end``: the same MLP trained from scratch on the whole training set
+  reconstructed from alpha components, early stopping on a validation split;
+  cached per (alpha, seed, settings) so reruns are cheap (``cached`` says so).
+
+``--live`` runs the pretrained and lora rows through real daemons (an RX
+process and one TX process per alpha, on loopback with a fixed 64-QAM channel);
+their accuracy is then over the payload's ``n_test`` test vectors.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import fastlora
+from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.alignment import AdaptConfig, LoraAlignment, train_steps
+from common.artifacts import load_codec, load_model
+from common.budget import PayloadLayout, budget_bytes, n_train_max
+from common.channel.emulator import LinkParams, state_from_mcs
+from common.channel.nr import max_mcs
+from common.datasets import Dataset, load_dataset
+from common.models import accuracy, build_mlp, predict
+from common.progress import progress_bar
+from common.protocol import Payload, decode, encode
+from common.values import value_format
+
+log = logging.getLogger("semalign.sweep")
+
+METHODS = ("pretrained", "lora", "lora_bank", "lora_nobudget", "end_to_end", "full_ft", "last_layer")
+CSV_FIELDS = ("mode", "method", "alpha", "seed", "n_train", "accuracy", "eval_n", "adapt_ms", "train_ms",
+              "classify_ms", "communication_ms", "airtime_ms", "encode_ms", "pack_ms", "unpack_ms",
+              "reconstruct_ms", "payload_bytes", "b_max_bytes", "steps", "complete", "kept",
+              "warm_start", "warm_from_alpha", "epochs", "cached")
+
+
+def reference_rate_bps() -> float:
+    """Top MCS of the 64-QAM table on the default 40 MHz / 30 kHz link (about 170.1 Mb/s)."""
+    return state_from_mcs(max_mcs("qam64"), "qam64", LinkParams()).rate_bps
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    """End-to-End training: Adam at ``lr``, ``batch`` vectors, early stop after ``patience``
+    epochs without a better validation accuracy (``val_fraction`` of the training set)."""
+
+    max_epochs: int = 30
+    patience: int = 3
+    batch: int = 128
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    threads: int = 1
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self) | {"threads": 0}, sort_keys=True).encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    dims: tuple[int, ...]
+    seeds: int = 3
+    methods: tuple[str, ...] = METHODS
+    b_max_bytes: int | None = None
+    rate_bps: float | None = None
+    deadline_s: float = 0.05
+    n_test: int = 500
+    value_dtype: str = "float16"
+    ft_steps: int = 150
+    table_fractions: tuple[float, ...] = (0.05, 0.2, 0.5)
+    e2e: E2EConfig = field(default_factory=E2EConfig)
+    live: bool = False
+
+    def __post_init__(self):
+        if not self.dims or any(a < 1 for a in self.dims):
+            raise ValueError(f"dims must be positive integers, got {self.dims}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        unknown = set(self.methods) - set(METHODS)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+
+    @property
+    def rate(self) -> float:
+        return self.rate_bps or reference_rate_bps()
+
+    @property
+    def budget(self) -> int:
+        return self.b_max_bytes or budget_bytes(self.rate, self.deadline_s)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
+
+
+# ---------------------------------------------------------------- payloads
+
+
+@dataclass
+class RoundData:
+    """One payload as the RX sees it, plus TX/RX-side stage timings (ms)."""
+
+    alpha: int
+    n_train: int
+    payload_bytes: int
+    z_train: np.ndarray
+    y_train: np.ndarray
+    x_test_round: np.ndarray
+    timings: dict
+
+
+def build_round(codec, data: Dataset, alpha: int, seed: int, cfg: SweepConfig, layout: PayloadLayout) -> RoundData:
+    """Sample, encode, pack (the TX), unpack, reconstruct (the RX), timing each stage."""
+    n_test = min(cfg.n_test, len(data.y_test))
+    n_train = min(n_train_max(cfg.budget, alpha, n_test, layout), len(data.y_train))
+    rng = np.random.default_rng([seed, alpha])
+    test_idx = rng.choice(len(data.y_test), n_test, replace=False)
+    train_idx = rng.choice(len(data.y_train), n_train, replace=False)
+    x = np.concatenate([data.x_test[test_idx], data.x_train[train_idx]])
+    labels = np.concatenate([data.y_test[test_idx], data.y_train[train_idx]])
+    t0 = time.perf_counter()
+    z = codec.encode(x, alpha)
+    t1 = time.perf_counter()
+    frame = encode(Payload.build(0, seed, codec.fingerprint, cfg.value_dtype, z,
+                                 np.concatenate([test_idx, train_idx]).astype(np.uint32), labels, n_test))
+    t2 = time.perf_counter()
+    p = decode(frame)
+    feats = p.features()
+    t3 = time.perf_counter()
+    x_test = codec.decode(feats[:n_test])
+    t4 = time.perf_counter()
+    airtime_ms = 8 * len(frame) / cfg.rate * 1e3
+    timings = {"encode_ms": (t1 - t0) * 1e3, "pack_ms": (t2 - t1) * 1e3, "unpack_ms": (t3 - t2) * 1e3,
+               "reconstruct_ms": (t4 - t3) * 1e3, "airtime_ms": airtime_ms}
+    timings["communication_ms"] = sum(timings.values())
+    return RoundData(alpha, n_train, len(frame), feats[n_test:], p.labels[n_test:].copy(), x_test, timings)
+
+
+def quantized_test(codec, data: Dataset, alpha: int, value_dtype: str) -> np.ndarray:
+    """The whole test set as the RX would reconstruct it from ``value_dtype`` features."""
+    fmt = value_format(value_dtype)
+    z = codec.encode(data.x_test, alpha)
+    values, scales = fmt.quantize(z)
+    return codec.decode(fmt.dequantize(values, scales, len(z), alpha))
+
+
+def _classify_ms(model: nn.Module, x: np.ndarray, repeats: int = 3) -> float:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict(model, x)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def finetune(model: nn.Sequential, x: np.ndarray, y: np.ndarray, which: str, steps: int, seed: int
+             ) -> tuple[nn.Sequential, float, int]:
+    """Adam on all weights (``full``) or the last Linear layer (``last``) of a copy; (model, ms, steps)."""
+    t0 = time.perf_counter()
+    net = copy.deepcopy(model)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    trainable = linears if which == "full" else linears[-1:]
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params = [p for m in trainable for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    lr = 1e-3 if which == "full" else 1e-2
+    done, _ = train_steps(net, params, x, y, AdaptConfig(steps=steps, lr=lr, budget_ms=None, seed=seed))
+    for p in params:
+        p.requires_grad_(False)
+    return net.eval(), (time.perf_counter() - t0) * 1e3, done
+
+
+def train_end_to_end(x: np.ndarray, y: np.ndarray, n_classes: int, hidden: tuple[int, ...], cfg: E2EConfig,
+                     seed: int) -> tuple[nn.Sequential, dict]:
+    """A fresh MLP on ``x`` (n, d) to convergence: early stopping on a validation split."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(x), generator=gen)
+        n_val = max(1, int(len(x) * cfg.val_fraction))
+        val, tr = perm[:n_val], perm[n_val:]
+        xt, yt = torch.as_tensor(x), torch.as_tensor(y.astype(np.int64))
+        net = build_mlp(x.shape[1], hidden, n_classes)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        best, best_state, bad, epochs, best_epoch = -1.0, None, 0, 0, 0
+        while epochs < cfg.max_epochs and bad < cfg.patience:
+            net.train()
+            order = tr[torch.randperm(len(tr), generator=gen)]
+            for i in range(0, len(order), cfg.batch):
+                idx = order[i:i + cfg.batch]
+                loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            epochs += 1
+            net.eval()
+            acc = accuracy(predict(net, xt[val]), y[val.numpy()])
+            if acc > best:
+                best, bad, best_epoch = acc, 0, epochs
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                bad += 1
+        net.load_state_dict(best_state)
+        net.eval()
+        info = {"train_ms": (time.perf_counter() - t0) * 1e3, "epochs": epochs, "best_epoch": best_epoch,
+                "val_accuracy": best, "threads": cfg.threads}
+        return net, info
+    finally:
+        torch.set_num_threads(threads)
+
+
+def cached_end_to_end(cache_dir: Path, tag: str, x: np.ndarray, y: np.ndarray, n_classes: int,
+                      hidden: tuple[int, ...], cfg: E2EConfig, seed: int) -> tuple[nn.Sequential, dict]:
+    """:func:`train_end_to_end`, or its cached result (plain tensors + a JSON with the training time)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pt, meta = cache_dir / f"{tag}.pt", cache_dir / f"{tag}.json"
+    if pt.exists() and meta.exists():
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("sha256") == hashlib.sha256(pt.read_bytes()).hexdigest():
+                net = build_mlp(x.shape[1], hidden, n_classes)
+                net.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
+                return net.eval(), {**info, "cached": True}
+            log.warning("E2E cache %s: checksum mismatch; retraining", pt)
+        except (ValueError, RuntimeError, OSError) as e:
+            log.warning("E2E cache %s unreadable (%s); retraining", pt, e)
+    net, info = train_end_to_end(x, y, n_classes, hidden, cfg, seed)
+    tmp = pt.with_name(pt.name + ".tmp")
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, pt)
+    info["sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
+    meta.write_text(json.dumps(info))
+    return net, {**info, "cached": False}
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def _row(mode: str, method: str, rd: RoundData, seed: int, acc: float, eval_n: int, b_max: int, **extra) -> dict:
+    row = {"mode": mode, "method": method, "alpha": rd.alpha, "seed": seed, "n_train": rd.n_train,
+           "accuracy": acc, "eval_n": eval_n, "payload_bytes": rd.payload_bytes, "b_max_bytes": b_max,
+           **{k: round(v, 4) for k, v in rd.timings.items()}}
+    row.update(extra)
+    return row
+
+
+def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_dir: Path | None = None,
+              data_dir: str | None = None, progress: bool = True, live_runner=None) -> dict:
+    """Run the sweep; writes sweep.csv, sweep.json, policy_table.json and the plots to ``out``."""
+    torch.set_num_threads(1)
+    fastlora.keep_freed_memory()
+    out.mkdir(parents=True, exist_ok=True)
+    cache_dir = cache_dir or out / "cache"
+    codec, meta = load_codec(artifacts)
+    model = load_model(artifacts, meta)
+    data = load_dataset(dataset, data_dir)
+    layout = PayloadLayout.for_dtype(cfg.value_dtype)
+    dims = sorted({min(a, codec.d_max) for a in cfg.dims}, reverse=True)
+    b_max = cfg.budget
+    mode = "live" if cfg.live else "in-process"  # of the run; rows computed here are "in-process"
+    machine = machine_info()
+    lora = LoraAlignment()
+    lora_free = LoraAlignment(adapt=AdaptConfig(budget_ms=None))
+    bank = AdapterBank(64, codec.fingerprint, model_digest(model))
+    banked = BankedAlignment(LoraAlignment(), bank)
+    x_train_cache: dict[int, np.ndarray] = {}
+    rows: list[dict] = []
+    methods = [m for m in METHODS if m in cfg.methods]
+    live_rows = live_runner(dims, cfg) if (cfg.live and live_runner) else {}
+    total = cfg.seeds * len(dims) * len(methods)
+    log.info("sweep (%s): dims %s, %d seeds, B_max %d B, methods %s", mode, dims, cfg.seeds, b_max, methods)
+    with progress_bar(f"sweep {dataset} ({mode})", total, progress) as advance:
+        for seed in range(cfg.seeds):
+            for alpha in dims:
+                rd = build_round(codec, data, alpha, seed, cfg, layout)
+                x_eval = quantized_test(codec, data, alpha, cfg.value_dtype)
+                n_eval = len(x_eval)
+                x_fit = codec.decode(rd.z_train)
+                for method in methods:
+                    status = ""
+                    if method == "pretrained":
+                        acc = accuracy(predict(model, x_eval), data.y_test)
+                        row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=0.0,
+                                   classify_ms=_classify_ms(model, rd.x_test_round))
+                    elif method in ("lora", "lora_bank", "lora_nobudget"):
+                        strategy = {"lora": lora, "lora_bank": banked, "lora_nobudget": lora_free}[method]
+                        adapted, rep = strategy.adapt(model, rd.z_train, rd.y_train, codec)
+                        acc = accuracy(predict(adapted, x_eval), data.y_test)
+                        row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=rep.duration_ms,
+                                   classify_ms=_classify_ms(adapted, rd.x_test_round), steps=rep.steps,
+                                   complete=rep.complete, kept=rep.kept, warm_start=rep.warm_start,
+                                   warm_from_alpha=rep.warm_from_alpha)
+                        status = f"{rep.duration_ms:.0f} ms"
+                        if method == "lora":
+                            rows.extend(_subset_rows("in-process", model, codec, rd, seed, cfg, x_eval, data, b_max))
+                    elif method in ("full_ft", "last_layer"):
+                        net, ms, done = finetune(model, x_fit, rd.y_train, "full" if method == "full_ft" else "last",
+                                                 cfg.ft_steps, seed)
+                        acc = accuracy(predict(net, x_eval), data.y_test)
+                        row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=ms,
+                                   classify_ms=_classify_ms(net, rd.x_test_round), steps=done, complete=True)
+                    else:  # end_to_end
+                        if alpha not in x_train_cache:
+                            x_train_cache.clear()
+                            x_train_cache[alpha] = quantized_train(codec, data, alpha, cfg.value_dtype)
+                        tag = f"e2e-{dataset}-{codec.fingerprint[:12]}-a{alpha}-s{seed}-{cfg.e2e.key()}"
+                        net, info = cached_end_to_end(cache_dir, tag, x_train_cache[alpha], data.y_train,
+                                                      meta.n_classes, tuple(meta.hidden), cfg.e2e, seed)
+                        acc = accuracy(predict(net, x_eval), data.y_test)
+                        row = _row("in-process", method, rd, seed, acc, n_eval, b_max, train_ms=info["train_ms"],
+                                   classify_ms=_classify_ms(net, rd.x_test_round), epochs=info["epochs"],
+                                   cached=info["cached"], n_train=len(data.y_train))
+                        status = f"E2E {info['train_ms'] / 1e3:.1f} s" + (" (cached)" if info["cached"] else "")
+                    rows.append(row)
+                    advance(1, f"seed {seed} alpha {alpha} {method} {row['accuracy']:.4f} {status}")
+                for lr_row in live_rows.get((seed, alpha), []):
+                    rows.append(lr_row)
+    result = {"mode": mode, "dataset": dataset, "artifacts": str(artifacts), "fingerprint": codec.fingerprint,
+              "d_pre": codec.d_max, "b_max_bytes": b_max, "rate_bps": cfg.rate, "deadline_s": cfg.deadline_s,
+              "n_test": cfg.n_test, "value_dtype": cfg.value_dtype, "header_bytes": layout.header_bytes,
+              "vector_header_bytes": layout.vector_header_bytes, "machine": machine,
+              "loadavg_end": list(os.getloadavg()), "config": _jsonable(asdict(cfg)),
+              "adapt_defaults": _jsonable(asdict(AdaptConfig())), "rows": rows}
+    result["summary"] = summarize(rows)
+    write_outputs(out, result)
+    return result
+
+
+def quantized_train(codec, data: Dataset, alpha: int, value_dtype: str) -> np.ndarray:
+    """The whole training set reconstructed from ``value_dtype`` alpha-dim features (E2E input)."""
+    fmt = value_format(value_dtype)
+    z = codec.encode(data.x_train, alpha)
+    values, scales = fmt.quantize(z)
+    return codec.decode(fmt.dequantize(values, scales, len(z), alpha))
+
+
+def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig, x_eval, data, b_max) -> list[dict]:
+    """LoRA on the first fractions of the received vectors: the n_train axis of the policy table."""
+    rows = []
+    for f in cfg.table_fractions:
+        n = max(1, int(round(rd.n_train * f)))
+        if n >= rd.n_train:
+            continue
+        adapted, rep = LoraAlignment().adapt(model, rd.z_train[:n], rd.y_train[:n], codec)
+        acc = accuracy(predict(adapted, x_eval), data.y_test)
+        row = _row("in-process", "lora_subset", rd, seed, acc, len(x_eval), b_max, adapt_ms=rep.duration_ms,
+                   steps=rep.steps, complete=rep.complete, kept=rep.kept)
+        row["n_train"] = n
+        rows.append(row)
+    return rows
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (method, alpha): mean, std, min, max accuracy over seeds; median adapt/train time."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"] == "lora_subset":
+            continue
+        groups.setdefault((r["mode"], r["method"], r["alpha"]), []).append(r)
+    out = []
+    for (mode, method, alpha), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        acc = np.array([r["accuracy"] for r in rs])
+        def med(key):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            return float(np.median(vals)) if vals else None
+        out.append({"mode": mode, "method": method, "alpha": alpha, "seeds": len(rs),
+                    "n_train": int(np.median([r["n_train"] for r in rs])),
+                    "acc_mean": float(acc.mean()), "acc_std": float(acc.std()), "acc_min": float(acc.min()),
+                    "acc_max": float(acc.max()), "adapt_ms_median": med("adapt_ms"),
+                    "train_ms_median": med("train_ms"), "classify_ms_median": med("classify_ms"),
+                    "communication_ms_median": med("communication_ms"),
+                    "payload_bytes": int(np.median([r["payload_bytes"] for r in rs]))})
+    return out
+
+
+def policy_table(rows: list[dict]) -> dict:
+    """alpha -> [[n_train, mean accuracy], ...] from pretrained (n = 0), lora_subset and lora rows."""
+    acc: dict[int, dict[int, list[float]]] = {}
+    for r in rows:
+        if r["mode"] != "in-process":
+            continue
+        if r["method"] == "pretrained":
+            acc.setdefault(r["alpha"], {}).setdefault(0, []).append(r["accuracy"])
+        elif r["method"] in ("lora", "lora_subset"):
+            acc.setdefault(r["alpha"], {}).setdefault(r["n_train"], []).append(r["accuracy"])
+    alphas = {}
+    for alpha, by_n in acc.items():
+        # seeds draw the same n per alpha; average per n
+        alphas[str(alpha)] = [[n, float(np.mean(v))] for n, v in sorted(by_n.items())]
+    return {"format_version": 1, "method": "lora", "alphas": alphas}
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    rows = result["rows"]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in CSV_FIELDS})
+    (out / "sweep.json").write_text(json.dumps(result, indent=1, default=float))
+    (out / "policy_table.json").write_text(json.dumps(policy_table(rows), indent=1))
+    from semalign.sweep_report import markdown_table
+
+    (out / "sweep.md").write_text(markdown_table(result))
+    try:
+        plot_accuracy(result, out / "accuracy_vs_alpha.png")
+        plot_latency(result, out / "latency_vs_alpha.png")
+    except ImportError as e:  # matplotlib is a dependency, but keep the numbers if it is broken
+        log.warning("plots skipped: %s", e)
+
+
+_LABELS = {"pretrained": "Pre-Trained", "lora": "LoRA (ours, cold)", "lora_bank": "LoRA + adapter bank",
+           "lora_nobudget": "LoRA, no time budget", "end_to_end": "End-to-End", "full_ft": "Full fine-tuning", "last_layer": "Last-layer fine-tuning"}
+
+
+def plot_accuracy(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    summary = [s for s in result["summary"] if s["mode"] == "in-process" or result["mode"] == "live"]
+    for method in METHODS:
+        ss = sorted((s for s in summary if s["method"] == method and s["mode"] == "in-process"),
+                    key=lambda s: s["alpha"])
+        if not ss:
+            continue
+        a = [s["alpha"] for s in ss]
+        m = np.array([s["acc_mean"] for s in ss]) * 100
+        lo = np.array([s["acc_min"] for s in ss]) * 100
+        hi = np.array([s["acc_max"] for s in ss]) * 100
+        ax.plot(a, m, marker="o", label=_LABELS[method])
+        ax.fill_between(a, lo, hi, alpha=0.2)
+    ax.set_xlabel("transmitted dimension alpha")
+    ax.set_ylabel("test accuracy (%)  [mean, band = min..max over seeds]")
+    ax.set_title(f"Accuracy vs dimension ({result['dataset']}, B_max {result['b_max_bytes'] / 1e6:.3f} MB, "
+                 f"{result['mode']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(s["method"], s["alpha"], s["mode"]): s for s in result["summary"]}
+    alphas = sorted({s["alpha"] for s in result["summary"]})
+    mode = "live" if result["mode"] == "live" and any(k[2] == "live" for k in by) else "in-process"
+    lora = [by.get(("lora", a, mode)) or by.get(("lora", a, "in-process")) for a in alphas]
+    if not all(lora):
+        return
+    comm = np.array([s["communication_ms_median"] for s in lora])
+    tune = np.array([s["adapt_ms_median"] for s in lora])
+    cls = np.array([s["classify_ms_median"] for s in lora])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    x = np.arange(len(alphas))
+    ax1.bar(x, comm, label="Communication (encode, pack, air time, unpack, reconstruct)")
+    ax1.bar(x, tune, bottom=comm, label="Fine-tuning (LoRA)")
+    ax1.bar(x, cls, bottom=comm + tune, label="Classification")
+    ax1.set_xticks(x, [str(a) for a in alphas])
+    ax1.set_xlabel("alpha")
+    ax1.set_ylabel("latency (ms, cumulative, median over seeds)")
+    ax1.set_title(f"LoRA round latency ({mode})", fontsize=9)
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3, axis="y")
+    for method, key in (("lora", "adapt_ms_median"), ("lora_bank", "adapt_ms_median"),
+                        ("full_ft", "adapt_ms_median"), ("last_layer", "adapt_ms_median"),
+                        ("end_to_end", "train_ms_median")):
+        ss = [by.get((method, a, "in-process")) for a in alphas]
+        pts = [(a, s[key]) for a, s in zip(alphas, ss) if s and s.get(key)]
+        if pts:
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_LABELS[method])
+    ax2.set_yscale("log")
+    ax2.set_xlabel("alpha")
+    ax2.set_ylabel("adaptation / training time (ms, log)")
+    ax2.set_title("Adaptation vs End-to-End training time", fontsize=9)
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- live mode
+
+
+def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None,
+                rx_extra: tuple[str, ...] = ()):
+    """A ``live_runner`` for :func:`run_sweep`: one RX process per seed, one TX process per alpha."""
+    import subprocess
+    import sys
+
+    from semalign.demo import free_port
+
+    def runner(dims: list[int], cfg: SweepConfig) -> dict:
+        live_dir = out / "live"
+        live_dir.mkdir(parents=True, exist_ok=True)
+        trace = live_dir / "trace-64qam.csv"
+        trace.write_text(f"time_s,mcs,mcs_table\n0,{max_mcs('qam64')},qam64\n")
+        deadline_s = cfg.budget * 8 / cfg.rate
+        rows: dict = {}
+        for seed in range(cfg.seeds):
+            address = f"tcp://127.0.0.1:{free_port()}"
+            common = ["--artifacts", str(artifacts), "--dataset", dataset, "--insecure"]
+            with open(live_dir / f"rx-s{seed}.log", "w") as rx_log:
+                rx = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, "--link",
+                                       "loopback", "--trace", str(trace), "--trace-rounds", "1",
+                                       "--threads", "1", *common, *rx_extra],
+                                      stdout=rx_log, stderr=subprocess.STDOUT)
+                try:
+                    for alpha in dims:
+                        run_dir = live_dir / f"s{seed}-a{alpha}"
+                        cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", "1",
+                               "--out", str(run_dir), "--policy", f"fixed:{alpha}", "--seed", str(seed),
+                               "--deadline-s", repr(deadline_s), "--n-test", str(cfg.n_test),
+                               "--value-dtype", cfg.value_dtype, *common]
+                        if data_dir:
+                            cmd += ["--data-dir", data_dir]
+                        with open(run_dir.with_suffix(".log"), "w") as tx_log:
+                            subprocess.run(cmd, stdout=tx_log, stderr=subprocess.STDOUT, timeout=600)
+                        rows[(seed, alpha)] = _live_rows(run_dir, seed, alpha)
+                finally:
+                    rx.terminate()
+                    try:
+                        rx.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        rx.kill()
+        return rows
+
+    return runner
+
+
+def _live_rows(run_dir: Path, seed: int, alpha: int) -> list[dict]:
+    from common.results import load_results
+
+    try:
+        rounds = load_results(run_dir)["rounds"]
+    except (OSError, ValueError, KeyError):
+        return []
+    out = []
+    for r in rounds:
+        if r.get("status") != "ok":
+            log.warning("live round alpha=%d seed=%d failed: %s", alpha, seed, r.get("error"))
+            continue
+        lat = r.get("latency_ms") or {}
+        base = {"mode": "live", "alpha": alpha, "seed": seed, "n_train": r["n_train"], "eval_n": r["n_test"],
+                "payload_bytes": r["payload_bytes"], "b_max_bytes": r["b_max_bytes"],
+                "communication_ms": lat.get("communication"), "airtime_ms": r.get("airtime_ms"),
+                "encode_ms": lat.get("encode"), "pack_ms": lat.get("pack"),
+                "reconstruct_ms": lat.get("reconstruct"), "classify_ms": lat.get("classify")}
+        adapt = r.get("adapt") or {}
+        out.append({**base, "method": "pretrained", "accuracy": r["acc_pretrained"], "adapt_ms": 0.0})
+        out.append({**base, "method": "lora", "accuracy": r["acc_adapted"], "adapt_ms": lat.get("finetune"),
+                    "steps": adapt.get("steps"), "complete": adapt.get("complete"), "kept": adapt.get("kept"),
+                    "warm_start": adapt.get("warm_start"), "warm_from_alpha": adapt.get("warm_from_alpha")})
+    return out
+
+

@@ -1,0 +1,125 @@
+"""Adapter bank: LRU bound, persistence, refusal of foreign/corrupt banks, warm starts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.adapter_bank import (
+    AdapterBank,
+    AdapterBankError,
+    BankedAlignment,
+    model_digest,
+)
+from common.alignment import AdaptConfig, LoraAlignment
+from common.artifacts import load_codec, load_model
+from common.fastlora import init_adapters
+
+
+def _state(seed=0):
+    weights = [torch.zeros(16, 8), torch.zeros(4, 16)]
+    return init_adapters(weights, (0, 1), 2, 2.0, True, torch.Generator().manual_seed(seed))
+
+
+def test_lru_evicts_least_recently_used():
+    bank = AdapterBank(2, "fp", "model")
+    bank.put(10, _state(1))
+    bank.put(20, _state(2))
+    assert bank.get(10) is not None  # 10 is now the most recent
+    bank.put(30, _state(3))
+    assert bank.alphas() == [10, 30]
+    assert bank.get(20) is None
+
+
+def test_nearest_prefers_closest_then_larger():
+    bank = AdapterBank(4, "fp", "model")
+    for a in (20, 60):
+        bank.put(a, _state(a))
+    assert bank.nearest(30)[0] == 20
+    assert bank.nearest(40)[0] == 60  # tie: the larger alpha
+    assert AdapterBank(1, "fp", "model").nearest(5) is None
+
+
+def test_persists_across_restarts(tmp_path):
+    bank = AdapterBank(3, "fp", "model", tmp_path)
+    s = _state(7)
+    bank.put(40, s)
+    bank.put(80, _state(8))
+    again = AdapterBank(3, "fp", "model", tmp_path)
+    assert again.alphas() == [40, 80]
+    got = again.get(40)
+    for a, b in zip(got.A + got.B + got.d, s.A + s.B + s.d):
+        torch.testing.assert_close(a, b)
+    assert got.layers == s.layers and got.scaling == s.scaling
+
+
+def test_eviction_removes_file(tmp_path):
+    bank = AdapterBank(1, "fp", "model", tmp_path)
+    bank.put(10, _state())
+    bank.put(20, _state())
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["alpha-0020.pt"]
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda d: (d / "alpha-0010.pt").write_bytes((d / "alpha-0010.pt").read_bytes() + b"x"), "sha256"),
+    (lambda d: _edit_manifest(d, format_version=99), "format version 99"),
+    (lambda d: _edit_manifest(d, fingerprint="other"), "other artifacts"),
+    (lambda d: (d / "alpha-0010.pt").unlink(), "missing"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "unreadable"),
+])
+def test_refuses_bad_banks(tmp_path, change, match):
+    AdapterBank(2, "fp", "model", tmp_path).put(10, _state())
+    change(tmp_path)
+    with pytest.raises(AdapterBankError, match=match):
+        AdapterBank(2, "fp", "model", tmp_path)
+
+
+def _edit_manifest(d, **changes):
+    m = json.loads((d / "manifest.json").read_text())
+    m.update(changes)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def test_warm_start_and_returning_alpha(digits, digits_artifacts):
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    cfg = AdaptConfig(steps=30, warm_steps=5, budget_ms=None, max_epochs=0)
+    strategy = BankedAlignment(LoraAlignment(adapt=cfg), AdapterBank(4, codec.fingerprint, model_digest(model)))
+    z20, z12 = codec.encode(digits.x_train[:300], 20), codec.encode(digits.x_train[:300], 12)
+    y = digits.y_train[:300]
+    _, first = strategy.adapt(model, z20, y, codec)
+    assert not first.warm_start and first.steps == 30
+    _, near = strategy.adapt(model, z12, y, codec)
+    assert near.warm_start and near.warm_from_alpha == 20 and near.steps == 30
+    _, back = strategy.adapt(model, z20, y, codec)
+    assert back.warm_start and back.warm_from_alpha == 20 and back.steps == 5 and back.complete
+    assert sorted(strategy.bank.alphas()) == ([12, 20] if near.kept == "adapted" else [20])
+
+
+def test_model_digest_changes_with_weights(digits_artifacts):
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    before = model_digest(model)
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1
+    assert model_digest(model) != before
+    _ = np.zeros(1)
+
+
+def test_rx_options_build_a_persistent_bank(tmp_path, digits, digits_artifacts):
+    from rx_node.app import banked_strategy
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    plain = LoraAlignment(adapt=AdaptConfig(steps=5, budget_ms=None))
+    assert banked_strategy({}, plain, codec, model) is plain
+    strategy = banked_strategy({"adapter_bank": tmp_path / "bank", "bank_size": 2}, plain, codec, model)
+    _, report = strategy.adapt(model, codec.encode(digits.x_train[:200], 16), digits.y_train[:200], codec)
+    info = report.to_dict()
+    assert {"complete", "warm_start", "warm_from_alpha"} <= set(info)
+    if report.kept == "adapted":
+        again = banked_strategy({"adapter_bank": tmp_path / "bank"}, plain, codec, model)
+        assert again.bank.alphas() == [16]

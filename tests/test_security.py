@@ -1,0 +1,126 @@
+"""CURVE between TX and RX: keygen, an admitted TX works, an unknown one is refused and logged."""
+
+import os
+import stat
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from common.artifacts import load_codec
+from common.results import ResultsLog
+from common.security import (
+    TxSecurity,
+    curve_args,
+    generate_keypair,
+    load_public,
+    load_secret,
+    tx_security,
+)
+from common.transport import TxSocket
+from semalign.cli import app
+from tests.helpers import start_rx, stop
+from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
+
+runner = CliRunner()
+CONFIG = TxConfig(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=0.5,
+                  hello_attempts=6, clock_samples=1)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    rx_args, tx_args = curve_args(d, "tx-lab")
+    generate_keypair(d / "stranger", "tx-stranger")  # a valid key pair the RX does not list
+    return d, rx_args, tx_args
+
+
+@pytest.fixture(scope="module")
+def curve_rx(digits_artifacts, keys):
+    d, rx_args, _ = keys
+    proc, address = start_rx(digits_artifacts, "--trace", "demo", "--trace-rounds", "3", *rx_args,
+                             log_file=d / "rx.log")
+    proc.log_file = d / "rx.log"
+    yield proc, address
+    stop(proc)
+
+
+def tx_node(digits_artifacts, digits, address, security, **cfg):
+    codec, _ = load_codec(digits_artifacts)
+    config = TxConfig(**{**CONFIG.__dict__, **cfg})
+    return TxNode(codec, digits, TxSocket(address, security=security), config)
+
+
+def test_keygen_writes_a_pair_with_a_private_secret(tmp_path):
+    result = runner.invoke(app, ["keygen", "--out", str(tmp_path), "--name", "tx1"])
+    assert result.exit_code == 0, result.output
+    pub, sec = tmp_path / "tx1.key", tmp_path / "tx1.key_secret"
+    assert stat.S_IMODE(os.stat(sec).st_mode) == 0o600
+    keys = load_secret(sec)
+    assert load_public(pub) == keys.public and len(keys.secret) == 40
+    assert "secret-key" not in pub.read_text() and "secret-key" in sec.read_text()
+    again = runner.invoke(app, ["keygen", "--out", str(tmp_path), "--name", "tx1"])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_public_file_is_not_a_secret(tmp_path):
+    pub, _ = generate_keypair(tmp_path, "a")
+    with pytest.raises(ValueError, match="no secret key"):
+        load_secret(pub)
+
+
+def test_admitted_tx_runs_rounds_over_curve(curve_rx, keys, digits_artifacts, digits, tmp_path):
+    proc, address = curve_rx
+    _, _, tx_args = keys
+    sec = tx_security({"curve_secret": tx_args[1], "curve_server_public": tx_args[3]})
+    node = tx_node(digits_artifacts, digits, address, sec)
+    try:
+        records = node.run(2, ResultsLog(tmp_path, {}))
+    finally:
+        node.sock.close()
+    assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
+    assert records[0].rx_pid == proc.pid
+
+
+@pytest.mark.parametrize("who", ["unknown key", "plain client", "wrong server key"])
+def test_refused_tx_gets_no_session_and_the_rx_logs_it(curve_rx, keys, digits_artifacts, digits, tmp_path, who):
+    proc, address = curve_rx
+    d, _, tx_args = keys
+    if who == "unknown key":
+        sec = TxSecurity(load_secret(d / "stranger" / "tx-stranger.key_secret"), load_public(tx_args[3]))
+    elif who == "plain client":
+        sec = TxSecurity()
+    else:
+        sec = TxSecurity(load_secret(tx_args[1]), load_public(d / "stranger" / "tx-stranger.key"))
+    node = tx_node(digits_artifacts, digits, address, sec)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(HandshakeFailed):
+            node.run(1, ResultsLog(tmp_path, {}))
+    finally:
+        node.sock.close()
+    assert time.monotonic() - t0 < 10
+    if who == "unknown key":
+        time.sleep(0.2)
+        log = proc.log_file.read_text()
+        assert "REFUSED (CURVE key" in log and sec.keys.public.decode() in log
+
+
+@pytest.mark.parametrize("role,args,needle", [
+    ("rx", [], "no CURVE keys given"),
+    ("tx", [], "no CURVE keys given"),
+    ("rx", ["--insecure", "--curve-allow", "."], "contradicts"),
+    ("tx", ["--curve-secret", "x.key_secret"], "needs both"),
+])
+def test_plain_mode_only_when_asked(digits_artifacts, tmp_path, role, args, needle):
+    result = runner.invoke(app, [role, "--artifacts", str(digits_artifacts), "--dataset", "digits", *args]
+                           + (["--out", str(tmp_path)] if role == "tx" else ["--bind", "tcp://127.0.0.1:0"]))
+    assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_insecure_warns(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert not tx_security({"insecure": True}).curve
+    assert "WITHOUT CURVE" in caplog.text

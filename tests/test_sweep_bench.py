@@ -1,0 +1,140 @@
+"""Measurement campaigns on digits: sweep (with E2E cache), fading policies, bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from common.alignment import AdaptConfig, LoraAlignment
+from common.artifacts import load_codec, load_model
+from common.budget import PayloadLayout
+from semalign.cli import app
+from semalign.sweep import E2EConfig, SweepConfig, build_round, run_sweep
+
+
+def test_round_matches_eq2(digits, digits_artifacts):
+    codec, _ = load_codec(digits_artifacts)
+    layout = PayloadLayout.for_dtype("float16")
+    cfg = SweepConfig(dims=(10,), b_max_bytes=20_000, n_test=50)
+    rd = build_round(codec, digits, 10, 0, cfg, layout)
+    assert rd.payload_bytes == layout.payload_bytes(10, 50 + rd.n_train) <= 20_000
+    assert rd.payload_bytes + layout.vector_bytes(10) > 20_000
+    assert rd.z_train.shape == (rd.n_train, 10)
+    assert rd.timings["communication_ms"] >= rd.timings["airtime_ms"] > 0
+
+
+def test_sweep_writes_rows_plots_table_and_caches_e2e(tmp_path, digits_artifacts):
+    cfg = SweepConfig(dims=(8, 20), seeds=1, b_max_bytes=12_000, n_test=60, ft_steps=10,
+                      e2e=E2EConfig(max_epochs=2, patience=1))
+    res = run_sweep(digits_artifacts, "digits", cfg, tmp_path, progress=False)
+    methods = {r["method"] for r in res["rows"]}
+    assert {"pretrained", "lora", "lora_bank", "end_to_end", "full_ft", "last_layer", "lora_subset"} <= methods
+    for name in ("sweep.csv", "sweep.json", "policy_table.json", "accuracy_vs_alpha.png", "latency_vs_alpha.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["mode"] == "in-process" and saved["b_max_bytes"] == 12_000
+    lora = [r for r in saved["rows"] if r["method"] == "lora"]
+    assert all(r["eval_n"] == 360 and r["payload_bytes"] <= 12_000 and r["adapt_ms"] > 0 for r in lora)
+    e2e = [r for r in saved["rows"] if r["method"] == "end_to_end"]
+    assert all(r["train_ms"] > 0 and r["cached"] is False for r in e2e)
+    table = json.loads((tmp_path / "policy_table.json").read_text())
+    assert set(table["alphas"]) == {"8", "20"} and table["alphas"]["8"][0][0] == 0
+    again = run_sweep(digits_artifacts, "digits", cfg, tmp_path, progress=False)
+    e2e2 = [r for r in again["rows"] if r["method"] == "end_to_end"]
+    assert all(r["cached"] for r in e2e2)
+    assert [r["accuracy"] for r in e2e2] == [r["accuracy"] for r in e2e]
+
+
+def test_sweep_cli(tmp_path, digits_artifacts):
+    out = tmp_path / "sw"
+    result = CliRunner().invoke(app, ["sweep", "--dataset", "digits", "--artifacts", str(digits_artifacts),
+                                      "--dims", "10,20", "--seeds", "1", "--out", str(out), "--b-max-bytes",
+                                      "15000", "--n-test", "50", "--methods", "pretrained,lora,end_to_end",
+                                      "--e2e-max-epochs", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "mode: in-process" in result.output
+    assert (out / "sweep.csv").read_text().splitlines()[0].startswith("mode,method,alpha,seed,n_train,accuracy")
+    bad = CliRunner().invoke(app, ["sweep", "--dataset", "digits", "--artifacts", str(digits_artifacts),
+                                   "--methods", "magic", "--out", str(out), "--no-progress"])
+    assert bad.exit_code == 2 and "unknown methods" in bad.output
+
+
+def test_fading_compares_policies(tmp_path, digits_artifacts):
+    from semalign.fading import run_fading
+
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"format_version": 1, "alphas": {"10": [[0, 0.8], [1000, 0.9]],
+                                                                 "30": [[0, 0.85], [500, 0.88]]}}))
+    res = run_fading(digits_artifacts, "digits", tmp_path, table, "fading", 4, 0.9, 50, 0.05, 0)
+    assert [(r["policy"], r["bank"]) for r in res["runs"]] == [
+        ("largest", False), ("largest", True), ("lookahead", False), ("lookahead", True)]
+    look = res["runs"][2]
+    assert {r["alpha"] for r in look["rounds"] if r["status"] == "ok"} <= {10, 30}
+    assert res["runs"][1]["warm_starts"] >= 1
+    assert (tmp_path / "fading.json").exists()
+
+
+def test_bench_small(tmp_path, digits_artifacts):
+    from semalign.bench import run_bench
+
+    res = run_bench(digits_artifacts, "digits", tmp_path, repeats=1, live=False)
+    assert res["gemm_flops_per_s"] > 0 and res["zmq_rtt_1mib"]["ms"] > 0
+    assert res["payload"]["pack_mb_per_s"] > 0 and res["payload"]["unpack_mb_per_s"] > 0
+    assert [a["n_train"] for a in res["adapt"]] == sorted(a["n_train"] for a in res["adapt"])
+    assert all(a["default"]["floor_ms"] > 0 for a in res["adapt"])
+    assert json.loads((tmp_path / "bench.json").read_text())["dataset"] == "digits"
+
+
+@pytest.mark.slow
+def test_sweep_live_through_daemons(tmp_path, digits_artifacts):
+    from semalign.sweep import live_rounds
+
+    cfg = SweepConfig(dims=(10,), seeds=1, b_max_bytes=15_000, n_test=50, methods=("pretrained", "lora"),
+                      live=True)
+    res = run_sweep(digits_artifacts, "digits", cfg, tmp_path, progress=False,
+                    live_runner=live_rounds(digits_artifacts, "digits", tmp_path))
+    assert res["mode"] == "live"
+    live = [r for r in res["rows"] if r["mode"] == "live"]
+    assert {r["method"] for r in live} == {"pretrained", "lora"}
+    assert all(r["eval_n"] == 50 and r["payload_bytes"] <= 15_000 for r in live)
+
+
+@pytest.mark.slow
+def test_bench_daemon_rss(tmp_path, digits_artifacts):
+    from semalign.bench import daemon_rss
+
+    rss = daemon_rss(digits_artifacts, "digits", tmp_path, None)
+    assert 50 < rss["rx_peak_rss_mib"] < 4000 and 50 < rss["tx_peak_rss_mib"] < 4000
+
+
+@pytest.mark.parametrize("bias, frozen", [(True, 0), (False, 1), (True, 2)])
+def test_fast_trainer_matches_autograd(digits, digits_artifacts, bias, frozen):
+    """The hand-written folded trainer and the autograd reference on x_hat give the same W*."""
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    z = codec.encode(digits.x_train[:300], 12)
+    cfg = AdaptConfig(steps=12, lr=1e-2, batch_size=64, bias=bias, frozen_layers=frozen, budget_ms=None,
+                      holdout=0.0, max_epochs=0)
+    fast, rf, _ = LoraAlignment(adapt=cfg, fold=True).adapt_state(model, z, digits.y_train[:300], codec)
+    ref, rr, _ = LoraAlignment(adapt=cfg, fold=False).adapt_state(model, z, digits.y_train[:300], codec)
+    assert rf.steps == rr.steps == 12
+    assert rf.final_loss == pytest.approx(rr.final_loss, rel=1e-3)
+    for a, b in zip(fast.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)
+
+
+def test_holdout_keeps_frozen_model_when_adaptation_hurts(digits, digits_artifacts):
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    z = codec.encode(digits.x_train[:400], 40)
+    # a learning rate that wrecks the model: the hold-out check must fall back to the frozen one
+    adapted, rep = LoraAlignment(adapt=AdaptConfig(steps=30, lr=1.0, schedule="constant", budget_ms=None,
+                                                   max_epochs=0)).adapt(model, z, digits.y_train[:400], codec)
+    assert rep.n_holdout == 40
+    assert rep.kept == "frozen" and adapted is model
+    assert rep.holdout_acc_adapted < rep.holdout_acc_frozen
+    _ = np.zeros(1)

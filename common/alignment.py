@@ -19,7 +19,6 @@ from common import fastlora
 from common.codec import Codec
 from common.fastlora import LoraState
 from common.lora import LoraConfig, LoraMergeError
-from common.models import accuracy, predict
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,12 @@ class AdaptConfig:
     ``frozen_layers``: leading Linear layers without an adapter (their output
     is computed once). ``holdout``: fraction of the received vectors (at most
     ``holdout_max``) kept aside to check the adapted model against the frozen
-    one; the better of the two is used (0 = no check). ``warm_steps``: steps
-    for a warm start from an adapter already fitted at the same alpha.
-    ``max_epochs``: caps the steps at this many passes over the fitted vectors
-    (few vectors = few steps, against over-fitting at large alpha; 0 = no cap).
+    one; the one with the lower hold-out cross-entropy is used (0 = no check),
+    which also keeps a model that over-fits few vectors at large alpha out.
+    ``warm_steps``: steps for a warm start from an adapter already fitted at
+    the same alpha. ``max_epochs``: caps the steps at this many passes over
+    the fitted vectors (a few dozen vectors get a few steps, not hundreds of
+    passes that over-fit them; 0 = no cap).
 
     Defaults (see docs/benchmarks.md): a cosine schedule at lr 1e-2 reaches in
     150 steps what a constant 3e-3 needs ~300 for; 120 ms keeps adaptation
@@ -53,7 +54,7 @@ class AdaptConfig:
     holdout: float = 0.1
     holdout_max: int = 512
     warm_steps: int = 40
-    max_epochs: float = 4.0
+    max_epochs: float = 10.0
     seed: int = 0
 
     def __post_init__(self):
@@ -81,8 +82,9 @@ class AdaptReport:
 
     ``warm_start``/``warm_from_alpha``: whether the adapter started from a stored
     one (and which alpha it was fitted at). ``kept``: "adapted", or "frozen" when
-    the hold-out check found the frozen model better. ``holdout_acc_*``: the
-    accuracies behind that choice (None without a hold-out).
+    the hold-out check found the frozen model better (lower cross-entropy on the
+    held-out vectors decides). ``holdout_acc_*``: both models' accuracies on
+    them (None without a hold-out).
     """
 
     strategy: str
@@ -190,15 +192,18 @@ class LoraAlignment(AlignmentStrategy):
         merged = _merge(model, state)
         kept, acc_frozen, acc_adapted = "adapted", None, None
         if len(hold):
-            y_hold = y[hold.numpy()]
+            y_hold = torch.as_tensor(y[hold.numpy()].astype(np.int64))
             if linear is not None:  # folded: alpha instead of d_raw per vector in the first layer
-                acc_frozen = _folded_accuracy(model, zt[hold], y_hold, m, c)
-                acc_adapted = _folded_accuracy(merged, zt[hold], y_hold, m, c)
+                frozen_logits = _folded_logits(model, zt[hold], m, c)
+                adapted_logits = _folded_logits(merged, zt[hold], m, c)
             else:
                 x_hold = torch.as_tensor(codec.decode(z[hold.numpy()]))
-                acc_frozen = accuracy(predict(model, x_hold), y_hold)
-                acc_adapted = accuracy(predict(merged, x_hold), y_hold)
-            if acc_adapted < acc_frozen:
+                with torch.no_grad():
+                    frozen_logits, adapted_logits = model(x_hold), merged(x_hold)
+            acc_frozen = float((frozen_logits.argmax(1) == y_hold).float().mean())
+            acc_adapted = float((adapted_logits.argmax(1) == y_hold).float().mean())
+            # cross-entropy decides: far less noisy than accuracy on a few hundred vectors
+            if nn.functional.cross_entropy(adapted_logits, y_hold) > nn.functional.cross_entropy(frozen_logits, y_hold):
                 kept, merged = "frozen", model
         n_params = sum(t.numel() for t in (*state.A, *state.B, *(state.d or [])))
         report = AdaptReport(self.name, done, steps, done == steps, loss, n_params,
@@ -208,14 +213,13 @@ class LoraAlignment(AlignmentStrategy):
 
 
 @torch.no_grad()
-def _folded_accuracy(model: nn.Sequential, z: torch.Tensor, y: np.ndarray, m: torch.Tensor,
-                     c: torch.Tensor) -> float:
-    """Accuracy of ``model`` on ``x_hat = z m + c`` with the decoder folded into its first layer."""
+def _folded_logits(model: nn.Sequential, z: torch.Tensor, m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Logits of ``model`` on ``x_hat = z m + c`` with the decoder folded into its first layer."""
     weights, biases = _mlp_weights(model)
     h = torch.addmm(weights[0] @ c + biases[0], z, (weights[0] @ m.t()).t())
     for w, b in zip(weights[1:], biases[1:]):
         h = torch.addmm(b, h.clamp_(min=0), w.t())
-    return accuracy(h.argmax(1).numpy().astype(np.uint8), y)
+    return h
 
 
 def _mlp_weights(model: nn.Sequential) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -148,7 +147,7 @@ class _PeakRss:
 
 def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -> dict:
     """Peak RSS (MiB) of an RX and a TX process during a 3-round loopback run (``VmHWM``)."""
-    from semalign.demo import free_port
+    from semalign.processes import free_port, stop_process
 
     if not Path("/proc/self/status").exists():
         return {"rx_peak_rss_mib": None, "tx_peak_rss_mib": None, "note": "no /proc on this system"}
@@ -169,11 +168,7 @@ def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -
             tx_mib = tx_peak.stop()
         finally:
             rx_mib = rx_peak.stop()
-            rx.send_signal(signal.SIGTERM)
-            try:
-                rx.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                rx.kill()
+            stop_process(rx)
     if tx.returncode != 0:
         raise RuntimeError(f"bench TX exited with {tx.returncode}; see {out / 'tx.log'}")
     return {"rx_peak_rss_mib": rx_mib, "tx_peak_rss_mib": tx_mib}
@@ -236,7 +231,7 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
         zt, yt = z[n_test:n_test + n_train], ys[n_test:n_test + n_train]
         row = {"alpha": small_alpha, "n_train": n_train}
         for label, cfg in (("default", AdaptConfig()), ("150_steps_no_budget",
-                                                         AdaptConfig(budget_ms=None, max_epochs=0))):
+                                                         AdaptConfig(budget_ms=None))):
             reports = []
             t = _median_s(lambda: reports.append(LoraAlignment(adapt=cfg).adapt(model, zt, yt, codec)[1]), repeats)
             steps = int(np.median([r.steps for r in reports]))

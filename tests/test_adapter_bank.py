@@ -86,7 +86,7 @@ def _edit_manifest(d, **changes):
 def test_warm_start_and_returning_alpha(digits, digits_artifacts):
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
-    cfg = AdaptConfig(steps=30, warm_steps=5, budget_ms=None, max_epochs=0)
+    cfg = AdaptConfig(steps=30, warm_steps=5, budget_ms=None, holdout=0.0, max_epochs=0)  # bank mechanics only
     strategy = BankedAlignment(LoraAlignment(adapt=cfg), AdapterBank(4, codec.fingerprint, model_digest(model)))
     z20, z12 = codec.encode(digits.x_train[:300], 20), codec.encode(digits.x_train[:300], 12)
     y = digits.y_train[:300]

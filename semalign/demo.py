@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import logging
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from common.results import load_results
 from common.security import curve_args
+from semalign.processes import free_port, stop_process
 from semalign.runner import ensure_artifacts
 
 log = logging.getLogger("semalign.demo")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path | None,
@@ -48,11 +41,7 @@ def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path |
         try:
             tx = subprocess.run(tx_cmd, stdout=tx_log, stderr=subprocess.STDOUT, timeout=timeout_s)
         finally:
-            rx.send_signal(signal.SIGTERM)
-            try:
-                rx.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                rx.kill()
+            stop_process(rx)
     if tx.returncode != 0:
         raise RuntimeError(f"the TX exited with status {tx.returncode}; see {out / 'tx.log'}")
     return load_results(out)

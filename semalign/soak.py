@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from common.datasets import load_dataset
 from common.results import ResultsLog, read_jsonl
 from common.security import TxSecurity, curve_args, load_public, load_secret
 from common.transport import TxSocket
-from semalign.demo import free_port
+from semalign.processes import free_port, stop_process
 from semalign.runner import ensure_artifacts
 from tx_node.daemon import TxConfig, TxNode
 
@@ -144,12 +143,7 @@ def run_soak(out: Path, rounds: int = 2000, sessions: int = 2, dataset: str = "d
     finally:
         sampling.set()
         sampler.join()
-        rx.send_signal(signal.SIGTERM)
-        try:
-            rx_status = rx.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rx.kill()
-            rx_status = rx.wait()
+        rx_status = stop_process(rx)
         rx_log.close()
 
     summary = _summarize(out, names, nodes, per_session, total, samples, warmup_frac)

@@ -547,7 +547,7 @@ def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None =
     import subprocess
     import sys
 
-    from semalign.demo import free_port
+    from semalign.processes import free_port, stop_process
 
     def runner(dims: list[int], cfg: SweepConfig) -> dict:
         live_dir = out / "live"
@@ -577,11 +577,7 @@ def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None =
                             subprocess.run(cmd, stdout=tx_log, stderr=subprocess.STDOUT, timeout=600)
                         rows[(seed, alpha)] = _live_rows(run_dir, seed, alpha)
                 finally:
-                    rx.terminate()
-                    try:
-                        rx.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        rx.kill()
+                    stop_process(rx)
         return rows
 
     return runner

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from common.artifacts import load_codec, load_model
 from common.protocol import Hello, Payload, encode
 from common.sidelink import create_sidelink
 from rx_node.daemon import RxNode
+from semalign.processes import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,12 +43,6 @@ def payload(codec, data, seq=0, alpha=10, n_test=20, n_train=50, session_id=5, d
         np.zeros((len(x), alpha), np.float32)
     return Payload.build(session_id, seq, fingerprint or codec.fingerprint, dtype, z,
                          np.arange(len(x)), labels, n_test)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_rx(artifacts, *extra: str, port: int | None = None, log_file=None) -> tuple[subprocess.Popen, str]:

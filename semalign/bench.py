@@ -28,13 +28,11 @@ import numpy as np
 import torch
 import zmq
 
-from common import fastlora
 from common.alignment import AdaptConfig, LoraAlignment
-from common.artifacts import load_codec, load_model
 from common.budget import PayloadLayout, n_train_max
-from common.datasets import load_dataset
 from common.models import mlp_shape, predict
 from common.protocol import Payload, decode, encode
+from semalign.runner import campaign_inputs
 from semalign.sweep import machine_info, reference_rate_bps
 
 
@@ -176,12 +174,8 @@ def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -
 
 def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None, repeats: int = 7,
               live: bool = True) -> dict:
-    torch.set_num_threads(1)
-    fastlora.keep_freed_memory()
-    out.mkdir(parents=True, exist_ok=True)
-    codec, meta = load_codec(artifacts)
-    model = load_model(artifacts, meta)
-    data = load_dataset(dataset, data_dir)
+    inputs = campaign_inputs(artifacts, dataset, out, data_dir)
+    codec, model, data = inputs.codec, inputs.model, inputs.data
     d_in, hidden, n_classes = mlp_shape(model)
     dims = [d_in, *hidden, n_classes]
     rate_bps = reference_rate_bps()

@@ -16,16 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from common import fastlora
 from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
 from common.alignment import LoraAlignment
-from common.artifacts import load_codec, load_model
 from common.budget import BudgetError, PayloadLayout, budget_bytes
 from common.channel import build_trace
-from common.datasets import load_dataset
 from common.models import accuracy, predict
+from semalign.runner import campaign_inputs
 from semalign.sweep import SweepConfig, build_round, machine_info, quantized_test
 from tx_node.daemon import TxConfig
 from tx_node.policy import BudgetView, get_policy
@@ -34,12 +31,8 @@ from tx_node.policy import BudgetView, get_policy
 def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str, rounds: int,
                threshold: float, n_test: int, deadline_s: float, seed: int, data_dir: str | None = None,
                value_dtype: str = "float16") -> dict:
-    torch.set_num_threads(1)
-    fastlora.keep_freed_memory()
-    out.mkdir(parents=True, exist_ok=True)
-    codec, meta = load_codec(artifacts)
-    model = load_model(artifacts, meta)
-    data = load_dataset(dataset, data_dir)
+    inputs = campaign_inputs(artifacts, dataset, out, data_dir)
+    codec, model, data = inputs.codec, inputs.model, inputs.data
     layout = PayloadLayout.for_dtype(value_dtype)
     n_test = min(n_test, len(data.y_test))
     states = build_trace(trace, rounds, seed)

@@ -1,22 +1,51 @@
-"""Pre-training runs behind ``semalign pretrain`` and the demo."""
+"""Pre-training behind ``semalign pretrain`` and the demo; the shared set-up of in-process campaigns."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import nn
+
+from common import fastlora
 from common.artifacts import (
     DEFAULT_D_PRE,
     ArtifactError,
+    ArtifactMeta,
     default_artifacts,
+    load_codec,
+    load_model,
     read_meta,
     save_artifacts,
 )
-from common.datasets import load_dataset
+from common.codec import PcaCodec
+from common.datasets import Dataset, load_dataset
 from common.pretrain import PretrainConfig, pretrain
 from common.progress import progress_bar
 
 log = logging.getLogger("semalign")
+
+
+@dataclass(frozen=True)
+class CampaignInputs:
+    """What an in-process campaign (sweep, fading, bench) works on."""
+
+    codec: PcaCodec
+    meta: ArtifactMeta
+    model: nn.Sequential
+    data: Dataset
+
+
+def campaign_inputs(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None) -> CampaignInputs:
+    """Load artifacts and data, create ``out``, and set up this process like the RX daemon
+    (1 torch thread, freed memory kept) so in-process timings match the daemon's."""
+    torch.set_num_threads(1)
+    fastlora.keep_freed_memory()
+    out.mkdir(parents=True, exist_ok=True)
+    codec, meta = load_codec(artifacts)
+    return CampaignInputs(codec, meta, load_model(artifacts, meta), load_dataset(dataset, data_dir))
 
 def run_pretrain(dataset: str, out: Path | None, config: PretrainConfig, data_dir: str | None = None,
                  progress: bool = True):

@@ -40,18 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from common import fastlora
 from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
 from common.alignment import AdaptConfig, LoraAlignment, train_steps
-from common.artifacts import load_codec, load_model
 from common.budget import PayloadLayout, budget_bytes, n_train_max
 from common.channel.emulator import LinkParams, state_from_mcs
 from common.channel.nr import max_mcs
-from common.datasets import Dataset, load_dataset
+from common.datasets import Dataset
 from common.models import accuracy, build_mlp, predict
 from common.progress import progress_bar
 from common.protocol import Payload, decode, encode
 from common.values import value_format
+from semalign.runner import campaign_inputs
 
 log = logging.getLogger("semalign.sweep")
 
@@ -292,13 +291,9 @@ def _row(mode: str, method: str, rd: RoundData, seed: int, acc: float, eval_n: i
 def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_dir: Path | None = None,
               data_dir: str | None = None, progress: bool = True, live_runner=None) -> dict:
     """Run the sweep; writes sweep.csv, sweep.json, policy_table.json and the plots to ``out``."""
-    torch.set_num_threads(1)
-    fastlora.keep_freed_memory()
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = campaign_inputs(artifacts, dataset, out, data_dir)
+    codec, meta, model, data = inputs.codec, inputs.meta, inputs.model, inputs.data
     cache_dir = cache_dir or out / "cache"
-    codec, meta = load_codec(artifacts)
-    model = load_model(artifacts, meta)
-    data = load_dataset(dataset, data_dir)
     layout = PayloadLayout.for_dtype(cfg.value_dtype)
     dims = sorted({min(a, codec.d_max) for a in cfg.dims}, reverse=True)
     b_max = cfg.budget

@@ -37,7 +37,10 @@ class AdaptConfig:
     ``warm_steps``: steps for a warm start from an adapter already fitted at
     the same alpha. ``max_epochs``: caps the steps at this many passes over
     the fitted vectors (a few dozen vectors get a few steps, not hundreds of
-    passes that over-fit them; 0 = no cap).
+    passes that over-fit them; 0 = no cap). Below ``deep_fraction * d_pre``
+    (alpha 20 for MNIST's d_pre = 200) the misalignment is severe and the
+    payload small (little air time), so a cold start gets ``deep_steps``
+    within ``deep_budget_ms`` instead.
 
     Defaults (see docs/benchmarks.md): a cosine schedule at lr 1e-2 reaches in
     150 steps what a constant 3e-3 needs ~300 for; 120 ms keeps adaptation
@@ -55,6 +58,9 @@ class AdaptConfig:
     holdout_max: int = 512
     warm_steps: int = 40
     max_epochs: float = 10.0
+    deep_fraction: float = 0.1
+    deep_steps: int = 400
+    deep_budget_ms: float | None = 400.0
     seed: int = 0
 
     def __post_init__(self):
@@ -70,6 +76,11 @@ class AdaptConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.frozen_layers < 0:
             raise ValueError(f"frozen_layers must be >= 0, got {self.frozen_layers}")
+        if not 0 <= self.deep_fraction <= 1:
+            raise ValueError(f"deep_fraction must be in [0, 1], got {self.deep_fraction}")
+        if self.deep_steps < 0 or (self.deep_budget_ms is not None and not self.deep_budget_ms > 0):
+            raise ValueError(f"deep_steps={self.deep_steps} must be >= 0 and deep_budget_ms="
+                             f"{self.deep_budget_ms} > 0 or None")
         if self.max_epochs < 0:
             raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
         if not 0 <= self.holdout < 1 or self.holdout_max < 0:
@@ -154,8 +165,10 @@ class LoraAlignment(AlignmentStrategy):
         """
         t0 = time.perf_counter()
         cfg = self.config
-        steps = cfg.steps if steps is None else steps
-        budget_s = None if cfg.budget_ms is None else cfg.budget_ms / 1e3
+        deep = np.shape(z)[1] < cfg.deep_fraction * codec.d_max
+        budget_ms = cfg.deep_budget_ms if deep else cfg.budget_ms
+        steps = (cfg.deep_steps if deep else cfg.steps) if steps is None else steps
+        budget_s = None if budget_ms is None else budget_ms / 1e3
         weights, biases = _mlp_weights(model)
         layers = tuple(range(min(cfg.frozen_layers, len(weights) - 1), len(weights)))
         gen = torch.Generator().manual_seed(cfg.seed)

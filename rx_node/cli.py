@@ -33,7 +33,8 @@ RX_HELP = {
     "adapt_steps": "Most Adam steps of fine-tuning per round [default: 150].",
     "adapt_lr": "Peak Adam learning rate (cosine schedule) for fine-tuning [default: 1e-2].",
     "adapt_batch": "Fine-tuning mini-batch in vectors, 0 = full batch [default: 256].",
-    "adapt_budget_ms": "Wall-clock cap on adaptation per round, ms [default: 120].",
+    "adapt_budget_ms": "Wall-clock cap on adaptation per round, ms, for alpha >= d_pre/10 [default: 120]; "
+                       "below (severe misalignment) up to 400 steps within 400 ms.",
     "adapter_bank": "Directory of a persistent adapter bank (LoRA adapters by alpha, warm starts) [default: none].",
     "bank_size": "Adapters the bank keeps, least recently used evicted [default: 16 when a bank is used].",
     "max_payload_bytes": "Largest message accepted, bytes [default: 67108864].",

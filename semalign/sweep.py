@@ -300,7 +300,7 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     mode = "live" if cfg.live else "in-process"  # of the run; rows computed here are "in-process"
     machine = machine_info()
     lora = LoraAlignment()
-    lora_free = LoraAlignment(adapt=AdaptConfig(budget_ms=None))
+    lora_free = LoraAlignment(adapt=AdaptConfig(budget_ms=None, deep_budget_ms=None))
     bank = AdapterBank(64, codec.fingerprint, model_digest(model))
     banked = BankedAlignment(LoraAlignment(), bank)
     x_train_cache: dict[int, np.ndarray] = {}

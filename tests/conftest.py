@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from common.artifacts import save_artifacts
 from common.datasets import load_dataset
 from common.pretrain import PretrainConfig, pretrain
 
 torch.set_num_threads(1)
+
+# CI runs the property tests with a fixed seed, so a landing never hangs on a lucky draw;
+# everywhere else each run explores new examples (and the atheris run explores far more).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 DIGITS_D_PRE = 40
 

@@ -105,3 +105,17 @@ def test_folded_training_equals_unfolded(digits, digits_artifacts):
     plain, _ = LoraAlignment(adapt=config, fold=False).adapt(model, z, digits.y_train[:200], codec)
     for a, b in zip(folded.parameters(), plain.parameters()):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)
+
+
+def test_deep_alpha_gets_more_steps(digits, digits_artifacts):
+    """Below deep_fraction * d_pre (here 0.25 * 40 = 10) the strategy asks for deep_steps."""
+    from common.artifacts import load_codec, load_model
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    cfg = AdaptConfig(steps=5, deep_fraction=0.25, deep_steps=12, budget_ms=None, deep_budget_ms=None,
+                      max_epochs=0, holdout=0.0)
+    for alpha, want in ((8, 12), (10, 5)):
+        z = codec.encode(digits.x_train[:300], alpha)
+        _, report = LoraAlignment(adapt=cfg).adapt(model, z, digits.y_train[:300], codec)
+        assert report.steps_requested == want and report.steps == want

@@ -131,7 +131,7 @@ def test_decode_mutated_payload_fields(good_frame, data):
             frame[start + 1:start + 1 + width] = data.draw(st.binary(min_size=width, max_size=width))
         elif how == "len" and frame[start] == 0xC6:
             frame[start + 1:start + 5] = struct.pack(">I", data.draw(
-                st.sampled_from([0, 1, n - 6, n - 4, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1)))
+                st.sampled_from([0, 1, max(n - 6, 0), n - 4, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1)))
         elif how == "type":
             frame[start] = data.draw(st.integers(0, 255))
         else:

@@ -48,7 +48,5 @@ def options_from(config: Optional[Path], table: str, cli: dict) -> tuple[dict, d
         fail(str(e))
 
 
-
-
 def make_app(help_text: str) -> typer.Typer:
     return typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=help_text)

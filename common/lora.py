@@ -77,25 +77,3 @@ def wrap_lora(model: nn.Sequential, config: LoraConfig) -> nn.Sequential:
 def merge_lora(model: nn.Sequential) -> nn.Sequential:
     """A new Sequential of plain layers with every adapter merged."""
     return nn.Sequential(*(m.merged() if isinstance(m, LoraLinear) else m for m in model))
-
-
-class FoldedInputLora(nn.Module):
-    """A LoRA layer evaluated on codec features ``z`` instead of ``x_hat = z M + c``.
-
-    ``W x_hat + b = (W M^T) z + (W c + b)`` and ``B A x_hat = B (A M^T) z + B A c``,
-    so training costs ``alpha`` instead of ``d_raw`` per input and yields the same
-    ``W* = W + scaling B A``. ``M``: float32 (alpha, d_raw); ``c``: (d_raw,).
-    """
-
-    def __init__(self, layer: LoraLinear, m: torch.Tensor, c: torch.Tensor):
-        super().__init__()
-        self.layer = layer
-        self.m, self.c = m, c
-        w = layer.base.weight
-        self.w_fold = w @ m.t()
-        self.b_fold = w @ c + layer.base.bias
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        a = self.layer.lora_A
-        low = z @ (a @ self.m.t()).t() + a @ self.c
-        return z @ self.w_fold.t() + self.b_fold + self.layer.scaling * (low @ self.layer.lora_B.t())

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.codec import PcaCodec
-from common.models import build_mlp
+from common.codecs.pca import PcaCodec
+from common.learn.models import build_mlp
 
 ARTIFACT_FORMAT_VERSION = 1
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from common.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import default_artifacts, load_codec, load_model
-from common.fastlora import keep_freed_memory
-from common.lora import LoraConfig
-from common.protocol import DecodeLimits
-from common.security import rx_security
-from common.sidelink import create_sidelink
-from common.transport import RxSocket
+from common.learn.fastlora import keep_freed_memory
+from common.learn.lora import LoraConfig
+from common.wire.protocol import DecodeLimits
+from common.net.security import rx_security
+from common.link.sidelink import create_sidelink
+from common.net.transport import RxSocket
 from rx_node.daemon import RxNode, RxStats, serve
 
 
@@ -33,7 +33,7 @@ def banked_strategy(opts: dict, strategy: LoraAlignment, codec, model):
     """``strategy`` wrapped in an adapter bank when ``adapter_bank`` (a directory) or ``bank_size`` is set."""
     if not opts.get("adapter_bank") and not opts.get("bank_size"):
         return strategy
-    from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
+    from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
 
     bank = AdapterBank(int(opts.get("bank_size") or 16), codec.fingerprint, model_digest(model),
                        opts.get("adapter_bank"))
@@ -81,7 +81,7 @@ def build_rx(opts: dict, link_table: dict) -> tuple[RxNode, RxSocket]:
 
 def run_rx(opts: dict, link_table: dict, stop: threading.Event) -> RxStats:
     torch.set_num_threads(int(opts.get("threads") or 1))
-    keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/fastlora.py)
+    keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/fastlora.py)
     node, sock = build_rx(opts, link_table)
     try:
         return serve(node, sock, stop, opts.get("max_rounds"))

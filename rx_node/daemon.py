@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from common.alignment import AlignmentStrategy
-from common.codec import Codec
-from common.models import accuracy, predict
-from common.protocol import (
+from common.modes.pca_lora.alignment import AlignmentStrategy
+from common.codecs.pca import Codec
+from common.learn.models import accuracy, predict
+from common.wire.protocol import (
     NO_LABEL,
     Channel,
     DecodeLimits,
@@ -33,8 +33,8 @@ from common.protocol import (
     decode,
     encode,
 )
-from common.sidelink import PayloadLost, Sidelink
-from common.transport import PeerGone, RxSocket
+from common.link.sidelink import PayloadLost, Sidelink
+from common.net.transport import PeerGone, RxSocket
 from rx_node.replay import ReplayCache
 
 log = logging.getLogger("semalign.rx")

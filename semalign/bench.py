@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import zmq
 
-from common.alignment import AdaptConfig, LoraAlignment
-from common.budget import PayloadLayout, n_train_max
-from common.models import mlp_shape, predict
-from common.protocol import Payload, decode, encode
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.budget import PayloadLayout, n_train_max
+from common.learn.models import mlp_shape, predict
+from common.wire.protocol import Payload, decode, encode
 from semalign.runner import campaign_inputs
 from semalign.sweep import machine_info, reference_rate_bps
 

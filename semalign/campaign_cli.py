@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from common.cli_support import ArtifactsOpt, DataDirOpt, LogOpt, fail, setup_logging
+from semalign.cli_support import ArtifactsOpt, DataDirOpt, LogOpt, fail, setup_logging
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from common.cli_support import (
+from semalign.cli_support import (
     ArtifactsOpt,
     ConfigOpt,
     DataDirOpt,
@@ -24,12 +24,12 @@ from common.cli_support import (
     options_from,
     setup_logging,
 )
-from common.datasets import DATASET_NAMES
-from common.pretrain import PretrainConfig
-from rx_node.cli import RX_HELP, rx
+from common.data.datasets import DATASET_NAMES
+from common.modes.pca_lora.pretrain import PretrainConfig
+from semalign.rx_cli import RX_HELP, rx
 from semalign.campaign_cli import register as register_campaigns
 from semalign.ops_cli import keygen, soak
-from tx_node.cli import TX_HELP, tx
+from semalign.tx_cli import TX_HELP, tx
 
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
                "LoRA adaptation at the RX.")

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.results import load_results
-from common.security import curve_args
+from common.results.log import load_results
+from common.net.security import curve_args
 from semalign.processes import free_port, stop_process
 from semalign.runner import ensure_artifacts
 

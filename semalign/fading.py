@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.alignment import LoraAlignment
-from common.budget import BudgetError, PayloadLayout, budget_bytes
-from common.channel import build_trace
-from common.models import accuracy, predict
+from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes
+from common.link.channel import build_trace
+from common.learn.models import accuracy, predict
 from semalign.runner import campaign_inputs
 from semalign.sweep import SweepConfig, build_round, machine_info, quantized_test
 from tx_node.daemon import TxConfig
-from tx_node.policy import BudgetView, get_policy
+from common.modes.pca_lora.policy import BudgetView, get_policy
 
 
 def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str, rounds: int,

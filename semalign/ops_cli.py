@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from common.cli_support import ArtifactsOpt, LogOpt, fail, setup_logging
+from semalign.cli_support import ArtifactsOpt, LogOpt, fail, setup_logging
 
 
 def keygen(
@@ -17,7 +17,7 @@ def keygen(
     force: bool = typer.Option(False, help="Overwrite an existing key pair of that name."),
 ):
     """Write a CURVE key pair (zmq.auth certificates) for a TX or an RX."""
-    from common.security import generate_keypair
+    from common.net.security import generate_keypair
 
     if (out / f"{name}.key_secret").exists() and not force:
         fail(f"{out / (name + '.key_secret')} exists; pass --force to replace it")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common import fastlora
+from common.learn import fastlora
 from common.artifacts import (
     DEFAULT_D_PRE,
     ArtifactError,
@@ -20,10 +20,10 @@ from common.artifacts import (
     read_meta,
     save_artifacts,
 )
-from common.codec import PcaCodec
-from common.datasets import Dataset, load_dataset
-from common.pretrain import PretrainConfig, pretrain
-from common.progress import progress_bar
+from common.codecs.pca import PcaCodec
+from common.data.datasets import Dataset, load_dataset
+from common.modes.pca_lora.pretrain import PretrainConfig, pretrain
+from semalign.progress import progress_bar
 
 log = logging.getLogger("semalign")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from common.artifacts import load_codec
-from common.datasets import load_dataset
-from common.results import ResultsLog, read_jsonl
-from common.security import TxSecurity, curve_args, load_public, load_secret
-from common.transport import TxSocket
+from common.data.datasets import load_dataset
+from common.results.log import ResultsLog, read_jsonl
+from common.net.security import TxSecurity, curve_args, load_public, load_secret
+from common.net.transport import TxSocket
 from semalign.processes import free_port, stop_process
 from semalign.runner import ensure_artifacts
 from tx_node.daemon import TxConfig, TxNode

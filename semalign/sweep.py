@@ -40,16 +40,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.alignment import AdaptConfig, LoraAlignment, train_steps
-from common.budget import PayloadLayout, budget_bytes, n_train_max
-from common.channel.emulator import LinkParams, state_from_mcs
-from common.channel.nr import max_mcs
-from common.datasets import Dataset
-from common.models import accuracy, build_mlp, predict
-from common.progress import progress_bar
-from common.protocol import Payload, decode, encode
-from common.values import value_format
+from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment, train_steps
+from common.modes.pca_lora.budget import PayloadLayout, budget_bytes, n_train_max
+from common.link.channel.emulator import LinkParams, state_from_mcs
+from common.link.channel.nr import max_mcs
+from common.data.datasets import Dataset
+from common.learn.models import accuracy, build_mlp, predict
+from semalign.progress import progress_bar
+from common.wire.protocol import Payload, decode, encode
+from common.wire.values import value_format
 from semalign.runner import campaign_inputs
 
 log = logging.getLogger("semalign.sweep")
@@ -579,7 +579,7 @@ def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None =
 
 
 def _live_rows(run_dir: Path, seed: int, alpha: int) -> list[dict]:
-    from common.results import load_results
+    from common.results.log import load_results
 
     try:
         rounds = load_results(run_dir)["rounds"]

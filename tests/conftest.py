@@ -10,8 +10,8 @@ import torch
 from hypothesis import settings
 
 from common.artifacts import save_artifacts
-from common.datasets import load_dataset
-from common.pretrain import PretrainConfig, pretrain
+from common.data.datasets import load_dataset
+from common.modes.pca_lora.pretrain import PretrainConfig, pretrain
 
 torch.set_num_threads(1)
 

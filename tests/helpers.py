@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.protocol import Hello, Payload, encode
-from common.sidelink import create_sidelink
+from common.wire.protocol import Hello, Payload, encode
+from common.link.sidelink import create_sidelink
 from rx_node.daemon import RxNode
 from semalign.processes import free_port  # noqa: F401  (tests import it from here)
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rx_node(artifacts, **limits) -> RxNode:
-    from common.protocol import DecodeLimits
+    from common.wire.protocol import DecodeLimits
 
     codec, meta = load_codec(artifacts)
     model = load_model(artifacts, meta)

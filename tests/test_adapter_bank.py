@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.adapter_bank import (
+from common.modes.pca_lora.adapter_bank import (
     AdapterBank,
     AdapterBankError,
     BankedAlignment,
     model_digest,
 )
-from common.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.fastlora import init_adapters
+from common.learn.fastlora import init_adapters
 
 
 def _state(seed=0):

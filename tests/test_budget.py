@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from common.budget import (
+from common.modes.pca_lora.budget import (
     BudgetError,
     PayloadLayout,
     budget_bytes,
     largest_alpha,
     n_train_max,
 )
-from common.protocol import Payload, encode
+from common.wire.protocol import Payload, encode
 
 FP = "cd" * 32
 

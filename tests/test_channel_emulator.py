@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from common.channel import (
+from common.link.channel import (
     ChannelEmulator,
     ChannelState,
     Delivery,

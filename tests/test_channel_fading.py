@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from common.channel import (
+from common.link.channel import (
     RayleighBlockFading,
     RicianFading,
     bessel_j0,

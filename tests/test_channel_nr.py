@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from common.channel import (
+from common.link.channel import (
     MCS_TABLES,
     bler_of,
     max_mcs,

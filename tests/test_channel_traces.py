@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from common.channel import TRACE_NAMES, LinkParams, build_trace, peak_rate_bps
+from common.link.channel import TRACE_NAMES, LinkParams, build_trace, peak_rate_bps
 
 
 def test_trace_names():

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.alignment import AdaptConfig, LoraAlignment
-from common.codec import PcaCodec
-from common.lora import LoraConfig, LoraLinear, LoraMergeError, merge_lora, wrap_lora
-from common.models import accuracy, build_mlp, predict
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.codecs.pca import PcaCodec
+from common.learn.lora import LoraConfig, LoraLinear, LoraMergeError, merge_lora, wrap_lora
+from common.learn.models import accuracy, build_mlp, predict
 
 
 def test_pca_reconstruction_error_falls_with_alpha(digits):

@@ -7,9 +7,9 @@ import struct
 import numpy as np
 import pytest
 
-from common import datasets
+from common.data import datasets
 from common.artifacts import ArtifactError, load_codec, load_model
-from common.datasets import DatasetUnavailable, load_dataset, read_idx
+from common.data.datasets import DatasetUnavailable, load_dataset, read_idx
 
 
 def write_idx(path, arr, gz=False):

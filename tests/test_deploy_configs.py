@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_toml, merged_options
-from common.sidelink import create_sidelink
-from rx_node.cli import rx
-from tx_node.cli import tx
+from semalign.config import load_toml, merged_options
+from common.link.sidelink import create_sidelink
+from semalign.rx_cli import rx
+from semalign.tx_cli import tx
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 CONFIGS = sorted(DEPLOY.glob("*/*.toml"))

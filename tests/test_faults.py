@@ -13,10 +13,10 @@ import pytest
 import zmq
 
 from common.artifacts import load_codec
-from common.protocol import Payload, Result, decode, encode
-from common.results import ResultsLog, load_results, read_jsonl
-from common.sidelink import PayloadLost
-from common.transport import RxSocket, TxSocket
+from common.wire.protocol import Payload, Result, decode, encode
+from common.results.log import ResultsLog, load_results, read_jsonl
+from common.link.sidelink import PayloadLost
+from common.net.transport import RxSocket, TxSocket
 from rx_node.daemon import serve
 from rx_node.replay import ReplayCache
 from tests.faults_helpers import tx_cmd, wait_rows

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.protocol import (
+from common.wire.protocol import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     DecodeLimits,

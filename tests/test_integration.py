@@ -8,9 +8,9 @@ import pytest
 import zmq
 
 from common.artifacts import load_codec
-from common.protocol import Channel, Error, Hello, decode, encode
-from common.results import LATENCY_CUMULATIVE, LATENCY_STAGES, ResultsLog, load_results
-from common.transport import RxSocket, TxSocket
+from common.wire.protocol import Channel, Error, Hello, decode, encode
+from common.results.log import LATENCY_CUMULATIVE, LATENCY_STAGES, ResultsLog, load_results
+from common.net.transport import RxSocket, TxSocket
 from tests.helpers import start_rx, stop
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from common.budget import PayloadLayout, n_train_max
-from tx_node.policy import (
+from common.modes.pca_lora.budget import PayloadLayout, n_train_max
+from common.modes.pca_lora.policy import (
     AccuracyTable,
     BudgetView,
     LookaheadPolicy,

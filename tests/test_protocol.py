@@ -2,8 +2,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from common.budget import PayloadLayout
-from common.protocol import (
+from common.modes.pca_lora.budget import PayloadLayout
+from common.wire.protocol import (
     PROTOCOL_VERSION,
     Channel,
     DecodeLimits,

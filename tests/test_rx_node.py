@@ -4,7 +4,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from common.protocol import Channel, Error, Hello, Result, decode, encode
+from common.wire.protocol import Channel, Error, Hello, Result, decode, encode
 from tests.helpers import hello, payload, rx_node
 
 

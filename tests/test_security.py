@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from common.artifacts import load_codec
-from common.results import ResultsLog
-from common.security import (
+from common.results.log import ResultsLog
+from common.net.security import (
     TxSecurity,
     curve_args,
     generate_keypair,
@@ -17,7 +17,7 @@ from common.security import (
     load_secret,
     tx_security,
 )
-from common.transport import TxSocket
+from common.net.transport import TxSocket
 from semalign.cli import app
 from tests.helpers import start_rx, stop
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode

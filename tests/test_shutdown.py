@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from common.results import load_results, read_jsonl
+from common.results.log import load_results, read_jsonl
 from tests.faults_helpers import tx_cmd, wait_rows
 from tests.helpers import ROOT, start_rx, stop
 

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from common.channel import mcs_entry, nr_rate_bps, peak_rate_bps
-from common.sidelink import IpLink, UnsupportedOperation, create_sidelink
+from common.link.channel import mcs_entry, nr_rate_bps, peak_rate_bps
+from common.link.sidelink import IpLink, UnsupportedOperation, create_sidelink
 
 
 def test_default_is_top_64qam_mcs_at_40mhz():

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from common.channel import LinkParams
-from common.sidelink import LoopbackLink, PayloadLost, create_sidelink
+from common.link.channel import LinkParams
+from common.link.sidelink import LoopbackLink, PayloadLost, create_sidelink
 
 
 def test_fake_sleep_gets_the_remaining_air_time():

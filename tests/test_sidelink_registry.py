@@ -2,7 +2,7 @@
 
 import pytest
 
-from common.sidelink import SIDELINKS, Sidelink, create_radio_control, create_sidelink
+from common.link.sidelink import SIDELINKS, Sidelink, create_radio_control, create_sidelink
 
 
 def test_all_backends_registered():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fake_radio import FakeRadio
 
-from common.channel import LinkParams, mcs_entry, nr_rate_bps, state_from_sinr
-from common.sidelink import (
+from common.link.channel import LinkParams, mcs_entry, nr_rate_bps, state_from_sinr
+from common.link.sidelink import (
     CommandRadioControl,
     HttpRadioControl,
     RadioError,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from common.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.budget import PayloadLayout
+from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
 from semalign.sweep import E2EConfig, SweepConfig, build_round, run_sweep
 

@@ -6,12 +6,12 @@ import threading
 from pathlib import Path
 
 from common.artifacts import default_artifacts, load_codec
-from common.datasets import load_dataset
-from common.results import ResultsLog, load_results
-from common.security import tx_security
-from common.transport import TxSocket
+from common.data.datasets import load_dataset
+from common.results.log import ResultsLog, load_results
+from common.net.security import tx_security
+from common.net.transport import TxSocket
 from tx_node.daemon import TxConfig, TxNode
-from tx_node.policy import get_policy
+from common.modes.pca_lora.policy import get_policy
 
 TX_CONFIG_KEYS = ("n_test", "n_min_train", "max_train", "value_dtype", "deadline_s", "result_timeout_s",
                   "hello_timeout_s", "hello_attempts", "seed", "round_attempts", "backoff_s", "backoff_max_s",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.budget import BudgetError, PayloadLayout, budget_bytes, n_train_max
-from common.codec import Codec
-from common.datasets import Dataset
-from common.protocol import (
+from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes, n_train_max
+from common.codecs.pca import Codec
+from common.data.datasets import Dataset
+from common.wire.protocol import (
     Channel,
     Error,
     Hello,
@@ -29,9 +29,9 @@ from common.protocol import (
     decode,
     encode,
 )
-from common.results import ResultsLog, RoundRecord
-from common.transport import TxSocket
-from tx_node.policy import AlphaPolicy, BudgetView, largest_fitting
+from common.results.log import ResultsLog, RoundRecord
+from common.net.transport import TxSocket
+from common.modes.pca_lora.policy import AlphaPolicy, BudgetView, largest_fitting
 
 log = logging.getLogger("semalign.tx")
 

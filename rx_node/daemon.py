@@ -1,9 +1,12 @@
-"""The RX daemon: receive -> reconstruct -> align (LoRA) -> classify -> report.
+"""The RX daemon: sessions, mode dispatch, channel feedback, replies.
 
 :meth:`RxNode.handle` turns one incoming frame into reply frames without
 touching a socket (tests drive it directly); :func:`serve` is the socket loop.
-Every PAYLOAD ends in a RESULT or an ERROR naming the problem, followed by the
-CHANNEL feedback for the next round; the daemon keeps serving either way.
+The daemon is mode-agnostic: a HELLO names the session's mode, and every
+later request goes to the handler that mode's :class:`~common.modes.base.RxHalf`
+registered for its message type. Every request ends in the mode's reply or an
+ERROR naming the problem; a round-final reply is followed by the CHANNEL
+feedback for the next round; the daemon keeps serving either way.
 """
 
 from __future__ import annotations
@@ -15,26 +18,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-import numpy as np
-from torch import nn
-
-from common.modes.pca_lora.alignment import AlignmentStrategy
-from common.codecs.pca import Codec
-from common.learn.models import accuracy, predict
-from common.wire.protocol import (
-    NO_LABEL,
-    Channel,
-    DecodeLimits,
-    Error,
-    Hello,
-    Payload,
-    ProtocolError,
-    Result,
-    decode,
-    encode,
-)
 from common.link.sidelink import PayloadLost, Sidelink
+from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.transport import PeerGone, RxSocket
+from common.wire.protocol import Channel, DecodeLimits, Error, Hello, ProtocolError, decode, encode
 from rx_node.replay import ReplayCache
 
 log = logging.getLogger("semalign.rx")
@@ -43,19 +30,20 @@ log = logging.getLogger("semalign.rx")
 @dataclass
 class _Session:
     session_id: int
-    value_dtype: str
+    mode: str
     rounds: int = 0
     announced: dict = field(default_factory=dict)  # seq -> ChannelState sent in CHANNEL
+    store: dict = field(default_factory=dict)  # the mode's per-session state
 
 
 @dataclass
 class RxStats:
-    """Counters since start: payload rounds answered with RESULT / with ERROR."""
+    """Counters since start: rounds answered with the mode's reply / with ERROR."""
 
     ok: int = 0
     failed: int = 0
     errors_by_code: dict = field(default_factory=dict)
-    replayed: int = 0  # repeated PAYLOADs answered from the record (not counted in rounds)
+    replayed: int = 0  # repeated requests answered from the record (not counted in rounds)
 
     @property
     def rounds(self) -> int:
@@ -63,38 +51,36 @@ class RxStats:
 
 
 class RxNode:
-    """Holds the codec, the frozen classifier, the alignment strategy and the sidelink."""
+    """Serves the modes in ``halves`` (mode name -> RX half) over one sidelink."""
 
-    def __init__(self, codec: Codec, model: nn.Sequential, strategy: AlignmentStrategy,
-                 link: Sidelink, limits: DecodeLimits = DecodeLimits(), n_classes: int = 10):
-        self.codec = codec
-        self.model = model
-        self.strategy = strategy
+    def __init__(self, halves: dict[str, RxHalf], link: Sidelink, limits: DecodeLimits = DecodeLimits()):
+        if not halves:
+            raise ValueError("an RX needs at least one mode to serve")
+        self.halves = halves
         self.link = link
         self.limits = limits
-        self.n_classes = n_classes
         self.sessions: dict[bytes, _Session] = {}
         self.stats = RxStats()
         self.pid = os.getpid()
         self.replay = ReplayCache()
         self.max_sessions = 1024
-        self.close_hooks: list = []  # called by close(), e.g. to flush an adapter bank
+        self._handlers = {name: half.handlers() for name, half in halves.items()}
+        self._any_handlers = {t: h for hs in self._handlers.values() for t, h in hs.items()}
 
     def close(self) -> None:
-        """Flush what the node holds (``close_hooks``, in order) and release the link; idempotent."""
-        hooks, self.close_hooks = self.close_hooks, []
-        for hook in hooks:
+        """Flush and release what the modes hold, then the link; idempotent."""
+        halves, self.halves = self.halves, {}
+        for half in halves.values():
             try:
-                hook()
+                half.close()
             except Exception:
-                log.error("close hook %r failed:\n%s", hook, traceback.format_exc())
+                log.error("closing mode %s failed:\n%s", half.mode, traceback.format_exc())
         self.link.close()
 
     def warm_up(self) -> None:
-        """One tiny adaptation and inference so the first real round pays no start-up cost."""
-        z = np.zeros((8, self.codec.d_max), np.float32)
-        adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
-        predict(adapted, self.codec.decode(z))
+        """Let every mode pay its start-up costs before the first real round."""
+        for half in self.halves.values():
+            half.warm_up()
 
     # ------------------------------------------------------------ dispatch
 
@@ -120,26 +106,53 @@ class RxNode:
             return [self._error(sid, -1, e.code, str(e))]
         if isinstance(msg, Hello):
             return self._on_hello(peer, msg, received_ns)
-        if isinstance(msg, Payload):
-            replies = [self._answer_payload(peer, msg, len(frames[0]), received_ns)]
-            if peer in self.sessions:
-                replies.append(self._channel(self.sessions[peer], msg.seq + 1))
+        accepted = self._handlers[session.mode] if session else self._any_handlers
+        handler = accepted.get(msg.TYPE)
+        if handler is None:
+            where = f"mode {session.mode}" if session else "the RX"
+            return [self._error(sid, -1, "unexpected", f"{where} does not accept {msg.TYPE} messages")]
+        if session is None or msg.session_id != session.session_id:
+            replies = [self._error(msg.session_id, msg.seq, "no_session",
+                                   f"no open session {msg.session_id} for this peer; send HELLO first")]
+            if session is not None:
+                replies.append(self._channel(session, msg.seq + 1))
             return replies
-        return [self._error(sid, -1, "unexpected", f"the RX does not accept {msg.TYPE} messages")]
+        reply, final = self._answer(session, msg, handler, len(frames[0]), received_ns)
+        replies = [reply]
+        if final and peer in self.sessions:
+            replies.append(self._channel(session, msg.seq + 1))
+        return replies
 
-    def _answer_payload(self, peer: bytes, p: Payload, nbytes: int, received_ns: int) -> bytes:
-        """A repeated ``(session, seq)`` gets the recorded reply; a new one is processed and recorded."""
-        session = self.sessions.get(peer)
-        if session is None or session.session_id != p.session_id:
-            return self._on_payload(peer, p, nbytes, received_ns)
-        cached = self.replay.get(p.session_id, p.seq)
+    def _answer(self, session: _Session, msg, handler, nbytes: int, received_ns: int) -> tuple[bytes, bool]:
+        """A repeated ``(session, seq, type)`` gets the recorded reply; a new one is handled and recorded."""
+        key = (msg.seq, msg.TYPE)
+        cached = self.replay.get(session.session_id, key)
         if cached is not None:
             self.stats.replayed += 1
-            log.info("seq %d of session %d repeated: answering from the record", p.seq, p.session_id)
+            log.info("%s seq %d of session %d repeated: answering from the record", msg.TYPE, msg.seq,
+                     session.session_id)
             return cached
-        reply = self._on_payload(peer, p, nbytes, received_ns)
-        self.replay.put(p.session_id, p.seq, reply)
-        return reply
+        answer = self._run(session, msg, handler, nbytes, received_ns)
+        self.replay.put(session.session_id, key, answer)
+        return answer
+
+    def _run(self, session: _Session, msg, handler, nbytes: int, received_ns: int) -> tuple[bytes, bool]:
+        sid, seq = session.session_id, msg.seq
+        try:
+            state = session.announced.get(seq) or self.link.channel_state(seq)
+            ctx = RoundContext(sid, seq, state, self.link, nbytes, received_ns, self.pid, session.store)
+            reply = handler(msg, ctx)
+        except PayloadLost as e:
+            return self._error(sid, seq, "lost", str(e)), True
+        except (RoundError, ProtocolError) as e:
+            return self._error(sid, seq, e.code, str(e)), True
+        except Exception as e:  # the daemon must keep serving; the round is recorded as failed
+            log.error("%s round %d failed:\n%s", session.mode, seq, traceback.format_exc())
+            return self._error(sid, seq, "internal", f"{type(e).__name__}: {e}"), True
+        if reply.final:
+            session.rounds += 1
+            self.stats.ok += 1
+        return encode(reply.message), reply.final
 
     def _error(self, sid: int, seq: int, code: str, message: str) -> bytes:
         log.warning("ERROR %s (session %d, seq %d): %s", code, sid, seq, message)
@@ -166,16 +179,22 @@ class RxNode:
     # ------------------------------------------------------------ HELLO
 
     def _on_hello(self, peer: bytes, msg: Hello, received_ns: int) -> list[bytes]:
+        half = self.halves.get(msg.mode)
         problem = None
         if msg.role != "tx":
             problem = ("bad_message", f"HELLO role {msg.role!r}; the RX accepts role 'tx'")
-        elif msg.fingerprint != self.codec.fingerprint:
-            problem = ("fingerprint", f"basis fingerprint {msg.fingerprint[:12]}... does not match "
-                                      f"the RX's {self.codec.fingerprint[:12]}...; both nodes must "
-                                      "load the same artifacts")
-        elif msg.codec != self.codec.name or msg.d_raw != self.codec.d_raw:
-            problem = ("codec", f"codec {msg.codec}/d_raw={msg.d_raw} != RX "
-                                f"{self.codec.name}/d_raw={self.codec.d_raw}")
+        elif half is None:
+            problem = ("mode", f"this RX serves mode{'s' if len(self.halves) > 1 else ''} "
+                               f"{', '.join(sorted(self.halves))}, not {msg.mode!r}; start the RX with "
+                               f"--mode {msg.mode} or the TX with --mode {sorted(self.halves)[0]}")
+        elif msg.fingerprint != half.fingerprint:
+            problem = ("fingerprint", f"artifact fingerprint {msg.fingerprint[:12]}... does not match "
+                                      f"the RX's {half.fingerprint[:12]}...; both nodes must load the "
+                                      "same artifacts")
+        else:
+            reason = half.check_hello(msg.params)
+            if reason:
+                problem = ("params", f"mode {msg.mode}: {reason}")
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
         # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count
@@ -183,95 +202,19 @@ class RxNode:
             del self.sessions[other]
         while len(self.sessions) >= self.max_sessions:
             del self.sessions[next(iter(self.sessions))]
-        session = self.sessions[peer] = _Session(msg.session_id, msg.value_dtype)
-        log.info("session %d opened by TX pid %d (next seq %d)", msg.session_id, msg.pid, msg.next_seq)
-        reply = Hello("rx", msg.session_id, self.codec.name, self.codec.fingerprint, self.codec.d_raw,
-                      self.codec.d_max, msg.value_dtype, msg.next_seq, self.limits.max_message_bytes,
-                      self.pid, msg.t_origin_ns, received_ns, time.time_ns())
+        session = self.sessions[peer] = _Session(msg.session_id, msg.mode)
+        log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
+                 msg.next_seq)
+        reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,
+                      self.limits.max_message_bytes, self.pid, msg.t_origin_ns, received_ns, time.time_ns())
         return [encode(reply), self._channel(session, msg.next_seq)]
-
-    # ------------------------------------------------------------ PAYLOAD
-
-    def _on_payload(self, peer: bytes, p: Payload, nbytes: int, received_ns: int) -> bytes:
-        session = self.sessions.get(peer)
-        if session is None or session.session_id != p.session_id:
-            return self._error(p.session_id, p.seq, "no_session",
-                               f"no open session {p.session_id} for this peer; send HELLO first")
-        problem = self._check_payload(p)
-        if problem:
-            return self._error(p.session_id, p.seq, *problem)
-        try:
-            state = session.announced.get(p.seq) or self.link.channel_state(p.seq)
-            result = self._process(p, state, nbytes, received_ns)
-        except PayloadLost as e:
-            return self._error(p.session_id, p.seq, "lost", str(e))
-        except ProtocolError as e:
-            return self._error(p.session_id, p.seq, e.code, str(e))
-        except Exception as e:  # the daemon must keep serving; the round is recorded as failed
-            log.error("round %d failed:\n%s", p.seq, traceback.format_exc())
-            return self._error(p.session_id, p.seq, "internal", f"{type(e).__name__}: {e}")
-        session.rounds += 1
-        self.stats.ok += 1
-        return encode(result)
-
-    def _check_payload(self, p: Payload) -> tuple[str, str] | None:
-        if p.fingerprint.hex() != self.codec.fingerprint:
-            return "fingerprint", (f"payload basis fingerprint {p.fingerprint.hex()[:12]}... does not "
-                                   f"match the RX's {self.codec.fingerprint[:12]}...")
-        if p.alpha > self.codec.d_max:
-            return "alpha", f"alpha={p.alpha} exceeds d_pre={self.codec.d_max} of the RX's basis"
-        train_labels = p.labels[p.n_test:]
-        if np.any(train_labels >= self.n_classes):
-            bad = int(train_labels[train_labels >= self.n_classes][0])
-            return "bad_label", f"training label {bad} outside [0, {self.n_classes})"
-        return None
-
-    def _process(self, p: Payload, state, nbytes: int, received_ns: int) -> Result:
-        delivery = self.link.deliver(nbytes, state, received_ns)
-        t_delivered = time.time_ns()
-
-        t0 = time.perf_counter()
-        z = p.features()
-        if not np.isfinite(z).all():
-            raise _NonFinite(int((~np.isfinite(z)).sum()))
-        x_test = self.codec.decode(z[: p.n_test])
-        t_reconstructed = time.time_ns()
-        t1 = time.perf_counter()
-
-        if p.n_train:
-            adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
-            adapt_info = report.to_dict()
-        else:
-            adapted, adapt_info = self.model, {"strategy": "none", "steps": 0, "complete": True}
-        t2 = time.perf_counter()
-        pred = predict(adapted, x_test)
-        t3 = time.perf_counter()
-
-        y_test = p.labels[: p.n_test]
-        labelled = y_test != NO_LABEL
-        acc_pre = accuracy(predict(self.model, x_test[labelled]), y_test[labelled])
-        acc_ada = accuracy(pred[labelled], y_test[labelled])
-        log.info("seq %d: alpha=%d n_train=%d acc %.3f -> %.3f (finetune %.0f ms)", p.seq, p.alpha,
-                 p.n_train, acc_pre, acc_ada, (t2 - t1) * 1e3)
-        timings = {"deliver": (t_delivered - received_ns) / 1e6, "reconstruct": (t1 - t0) * 1e3,
-                   "finetune": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3,
-                   "airtime": delivery.airtime_s * 1e3}
-        adapt_info["transmissions"] = delivery.transmissions
-        return Result(p.session_id, p.seq, p.alpha, p.n_test, p.n_train, pred.tobytes(), acc_pre,
-                      acc_ada, timings, adapt_info, self.pid, received_ns, t_delivered,
-                      t_reconstructed, time.time_ns())
-
-
-class _NonFinite(ProtocolError):
-    def __init__(self, count: int):
-        super().__init__("non_finite", f"payload holds {count} NaN/Inf feature values")
 
 
 def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int | None = None,
           poll_ms: int = 100) -> RxStats:
-    """Answer messages until ``stop`` is set or ``max_rounds`` payload rounds were answered."""
+    """Answer messages until ``stop`` is set or ``max_rounds`` rounds were answered."""
     node.warm_up()
-    log.info("RX pid %d serving on %s", node.pid, sock.address)
+    log.info("RX pid %d serving %s on %s", node.pid, ", ".join(sorted(node.halves)), sock.address)
     while not stop.is_set() and (max_rounds is None or node.stats.rounds < max_rounds):
         got = sock.recv(poll_ms)
         if got is None:

@@ -31,7 +31,8 @@ import zmq
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, n_train_max
 from common.learn.models import mlp_shape, predict
-from common.wire.protocol import Payload, decode, encode
+from common.wire.protocol import decode, encode
+from common.modes.pca_lora.messages import Payload
 from semalign.runner import campaign_inputs
 from semalign.sweep import machine_info, reference_rate_bps
 

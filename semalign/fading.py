@@ -24,7 +24,7 @@ from common.link.channel import build_trace
 from common.learn.models import accuracy, predict
 from semalign.runner import campaign_inputs
 from semalign.sweep import SweepConfig, build_round, machine_info, quantized_test
-from tx_node.daemon import TxConfig
+from common.modes.pca_lora.tx import PcaLoraTxConfig
 from common.modes.pca_lora.policy import BudgetView, get_policy
 
 
@@ -36,7 +36,7 @@ def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str
     layout = PayloadLayout.for_dtype(value_dtype)
     n_test = min(n_test, len(data.y_test))
     states = build_trace(trace, rounds, seed)
-    n_min = min(TxConfig().n_min_train, len(data.y_train))
+    n_min = min(PcaLoraTxConfig().n_min_train, len(data.y_train))
     eval_cache: dict[int, np.ndarray] = {}
     runs = []
     for policy_name in ("largest", "lookahead"):

@@ -20,9 +20,11 @@ from semalign.cli_support import (
     setup_logging,
     stop_on_signals,
 )
+from common.net.security import rx_security
 from rx_node.app import run_rx
 
 RX_HELP = {
+    "mode": "Alignment modes served, comma-separated: pca-lora [default: pca-lora].",
     "bind": "ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555 [default: tcp://127.0.0.1:5555].",
     "link": "Sidelink backend: loopback (channel emulator), ip, sirius [default: loopback].",
     "trace": "Channel trace for loopback: demo, paper, fading, stress, or a CSV path [default: demo].",
@@ -51,6 +53,7 @@ RX_HELP = {
 
 
 def rx(
+    mode: Optional[str] = typer.Option(None, help=RX_HELP["mode"]),
     bind: Optional[str] = typer.Option(None, help=RX_HELP["bind"]),
     artifacts: Optional[Path] = ArtifactsOpt,
     dataset: Optional[str] = DatasetOpt,
@@ -86,7 +89,7 @@ def rx(
     opts, cfg = options_from(config, "rx", cli)
     stop = stop_on_signals()
     try:
-        stats = run_rx(opts, cfg.get("link", {}), stop)
+        stats = run_rx(opts, cfg.get("link", {}), rx_security(opts), stop)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     logging.getLogger("semalign.rx").info("RX exiting: %d rounds ok, %d failed %s", stats.ok, stats.failed,

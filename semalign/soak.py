@@ -29,6 +29,7 @@ from common.net.security import TxSecurity, curve_args, load_public, load_secret
 from common.net.transport import TxSocket
 from semalign.processes import free_port, stop_process
 from semalign.runner import ensure_artifacts
+from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from tx_node.daemon import TxConfig, TxNode
 
 log = logging.getLogger("semalign.soak")
@@ -111,14 +112,15 @@ def run_soak(out: Path, rounds: int = 2000, sessions: int = 2, dataset: str = "d
             if kib is not None:
                 samples.append((time.monotonic(), progress.done, kib))
 
-    config = TxConfig(n_test=n_test, n_min_train=min(max_train, 20), max_train=max_train, deadline_s=deadline_s,
-                      result_timeout_s=10.0, hello_timeout_s=1.0, hello_attempts=60)
+    half = PcaLoraTx(codec, data, PcaLoraTxConfig(n_test=n_test, n_min_train=min(max_train, 20),
+                                                   max_train=max_train, deadline_s=deadline_s))
+    config = TxConfig(result_timeout_s=10.0, hello_timeout_s=1.0, hello_attempts=60)
     nodes: dict[str, TxNode] = {}
     errors: dict[str, str] = {}
 
     def session(name: str):
         sock = TxSocket(address, security=tx_secs[name])
-        node = nodes[name] = TxNode(codec, data, sock, config)
+        node = nodes[name] = TxNode(half, sock, config)
         results = ResultsLog(out / "sessions" / name, {"session": name, "session_id": node.session_id})
         try:
             node.run(per_session, results, on_round=progress)

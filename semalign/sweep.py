@@ -48,7 +48,8 @@ from common.link.channel.nr import max_mcs
 from common.data.datasets import Dataset
 from common.learn.models import accuracy, build_mlp, predict
 from semalign.progress import progress_bar
-from common.wire.protocol import Payload, decode, encode
+from common.wire.protocol import decode, encode
+from common.modes.pca_lora.messages import Payload
 from common.wire.values import value_format
 from semalign.runner import campaign_inputs
 

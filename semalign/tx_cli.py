@@ -20,9 +20,11 @@ from semalign.cli_support import (
     setup_logging,
     stop_on_signals,
 )
+from common.net.security import tx_security
 from tx_node.app import run_tx
 
 TX_HELP = {
+    "mode": "Alignment mode of the session: pca-lora [default: pca-lora].",
     "connect": "ZeroMQ address of the RX, e.g. tcp://10.0.0.2:5555 [default: tcp://127.0.0.1:5555].",
     "rounds": "Rounds to run [default: 9].",
     "out": "Directory for results.json and results.jsonl [default: runs/latest].",
@@ -49,6 +51,7 @@ TX_HELP = {
 
 
 def tx(
+    mode: Optional[str] = typer.Option(None, help=TX_HELP["mode"]),
     connect: Optional[str] = typer.Option(None, help=TX_HELP["connect"]),
     rounds: Optional[int] = typer.Option(None, help=TX_HELP["rounds"]),
     out: Optional[Path] = typer.Option(None, help=TX_HELP["out"]),
@@ -83,7 +86,7 @@ def tx(
     opts, _ = options_from(config, "tx", cli)
     stop = stop_on_signals()
     try:
-        records = run_tx(opts, stop)
+        records = run_tx(opts, tx_security(opts), stop)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     ok = sum(r.status == "ok" for r in records)

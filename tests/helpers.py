@@ -10,29 +10,42 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.wire.protocol import Hello, Payload, encode
 from common.link.sidelink import create_sidelink
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.messages import Payload
+from common.modes.pca_lora.rx import PcaLoraRx
+from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
+from common.wire.protocol import DecodeLimits, Hello, encode
 from rx_node.daemon import RxNode
+from tx_node.daemon import TxConfig, TxNode
 from semalign.processes import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def rx_node(artifacts, **limits) -> RxNode:
-    from common.wire.protocol import DecodeLimits
-
+    """An in-process RX serving pca-lora from ``artifacts`` over the loopback emulator."""
     codec, meta = load_codec(artifacts)
     model = load_model(artifacts, meta)
     link = create_sidelink("loopback", trace="demo", rounds=3)
-    return RxNode(codec, model, LoraAlignment(adapt=AdaptConfig(steps=20)), link,
-                  DecodeLimits(max_alpha=codec.d_max, **limits))
+    half = PcaLoraRx(codec, model, LoraAlignment(adapt=AdaptConfig(steps=20)), meta.n_classes)
+    return RxNode({half.mode: half}, link, DecodeLimits(**limits))
 
 
-def hello(codec, session_id=5, next_seq=0, fingerprint=None) -> bytes:
-    return encode(Hello("tx", session_id, codec.name, fingerprint or codec.fingerprint, codec.d_raw,
-                        codec.d_max, "float16", next_seq, 0, os.getpid(), time.time_ns()))
+def hello(codec, session_id=5, next_seq=0, fingerprint=None, mode="pca-lora", **params) -> bytes:
+    params = {"codec": codec.name, "d_raw": codec.d_raw, "d_pre": codec.d_max, "value_dtype": "float16",
+              **params}
+    return encode(Hello("tx", session_id, mode, fingerprint or codec.fingerprint, params, next_seq, 0,
+                        os.getpid(), time.time_ns()))
+
+
+def tx_node(codec, data, sock, stop=None, session_id=None, **cfg) -> TxNode:
+    """A pca-lora TX node; ``cfg`` mixes PcaLoraTxConfig and TxConfig keys."""
+    mode_keys = set(PcaLoraTxConfig.__dataclass_fields__)
+    half = PcaLoraTx(codec, data, PcaLoraTxConfig(**{k: v for k, v in cfg.items() if k in mode_keys}))
+    config = TxConfig(**{k: v for k, v in cfg.items() if k not in mode_keys})
+    return TxNode(half, sock, config, stop, session_id)
 
 
 def payload(codec, data, seq=0, alpha=10, n_test=20, n_train=50, session_id=5, dtype="float16",

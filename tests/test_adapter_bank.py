@@ -110,16 +110,17 @@ def test_model_digest_changes_with_weights(digits_artifacts):
 
 
 def test_rx_options_build_a_persistent_bank(tmp_path, digits, digits_artifacts):
-    from rx_node.app import banked_strategy
+    from common.modes.pca_lora.adapter_bank import BankedAlignment
+    from common.modes.pca_lora.mode import PcaLora
 
-    codec, meta = load_codec(digits_artifacts)
-    model = load_model(digits_artifacts, meta)
-    plain = LoraAlignment(adapt=AdaptConfig(steps=5, budget_ms=None))
-    assert banked_strategy({}, plain, codec, model) is plain
-    strategy = banked_strategy({"adapter_bank": tmp_path / "bank", "bank_size": 2}, plain, codec, model)
-    _, report = strategy.adapt(model, codec.encode(digits.x_train[:200], 16), digits.y_train[:200], codec)
+    opts = {"artifacts": digits_artifacts, "adapt_steps": 5}
+    assert not isinstance(PcaLora.build_rx(opts).strategy, BankedAlignment)
+    half = PcaLora.build_rx({**opts, "adapter_bank": tmp_path / "bank", "bank_size": 2})
+    assert isinstance(half.strategy, BankedAlignment)
+    codec, model = half.codec, half.model
+    _, report = half.strategy.adapt(model, codec.encode(digits.x_train[:200], 16), digits.y_train[:200], codec)
     info = report.to_dict()
     assert {"complete", "warm_start", "warm_from_alpha"} <= set(info)
     if report.kept == "adapted":
-        again = banked_strategy({"adapter_bank": tmp_path / "bank"}, plain, codec, model)
-        assert again.bank.alphas() == [16]
+        again = PcaLora.build_rx({**opts, "adapter_bank": tmp_path / "bank"})
+        assert again.strategy.bank.alphas() == [16]

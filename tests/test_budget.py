@@ -8,7 +8,8 @@ from common.modes.pca_lora.budget import (
     largest_alpha,
     n_train_max,
 )
-from common.wire.protocol import Payload, encode
+from common.wire.protocol import encode
+from common.modes.pca_lora.messages import Payload
 
 FP = "cd" * 32
 

@@ -13,7 +13,8 @@ import pytest
 import zmq
 
 from common.artifacts import load_codec
-from common.wire.protocol import Payload, Result, decode, encode
+from common.wire.protocol import Result, decode, encode
+from common.modes.pca_lora.messages import Payload
 from common.results.log import ResultsLog, load_results, read_jsonl
 from common.link.sidelink import PayloadLost
 from common.net.transport import RxSocket, TxSocket
@@ -21,7 +22,7 @@ from rx_node.daemon import serve
 from rx_node.replay import ReplayCache
 from tests.faults_helpers import tx_cmd, wait_rows
 from tests.helpers import ROOT, free_port, hello, payload, rx_node, start_rx, stop
-from tx_node.daemon import TxConfig, TxNode
+from tests.helpers import tx_node
 
 CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=0.5, clock_samples=1,
               backoff_s=0.05, backoff_max_s=0.5)
@@ -33,13 +34,13 @@ CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_t
 def test_repeated_payload_is_answered_from_the_record(digits_artifacts, digits):
     node = rx_node(digits_artifacts)
     calls = []
-    adapt = node.strategy.adapt
-    node.strategy.adapt = lambda *a, **k: calls.append(1) or adapt(*a, **k)
-    node.handle(b"p1", [hello(node.codec)])
-    frame = encode(payload(node.codec, digits, seq=4))
+    adapt = node.halves["pca-lora"].strategy.adapt
+    node.halves["pca-lora"].strategy.adapt = lambda *a, **k: calls.append(1) or adapt(*a, **k)
+    node.handle(b"p1", [hello(node.halves["pca-lora"].codec)])
+    frame = encode(payload(node.halves["pca-lora"].codec, digits, seq=4))
     first = node.handle(b"p1", [frame])
     # the TX rebuilt its socket (new peer identity) and re-opened the same session
-    node.handle(b"p2", [hello(node.codec, next_seq=4)])
+    node.handle(b"p2", [hello(node.halves["pca-lora"].codec, next_seq=4)])
     again = node.handle(b"p2", [frame])
     assert isinstance(decode(first[0]), Result) and again[0] == first[0]
     assert decode(again[1]).seq == 5  # the next round's CHANNEL follows as usual
@@ -109,8 +110,9 @@ def inproc_rx(digits_artifacts):
         node = rx_node(digits_artifacts)
         if lose:
             node.link = LossyLink(node.link, set(lose))
-            process = node._process
-            node._process = lambda p, *a: (setattr(node.link, "_seq", p.seq), process(p, *a))[1]
+            on_payload = node.halves["pca-lora"].on_payload
+            node._handlers["pca-lora"]["PAYLOAD"] = \
+                lambda p, ctx: (setattr(node.link, "_seq", p.seq), on_payload(p, ctx))[1]
         address = f"tcp://127.0.0.1:{free_port()}"
         sock = sock_cls(address, 1 << 24, zmq.Context.instance(), **sock_kw)
         stop = threading.Event()
@@ -128,7 +130,7 @@ def inproc_rx(digits_artifacts):
 
 def run_tx(artifacts, digits, address, out, rounds, **cfg):
     codec, _ = load_codec(artifacts)
-    node = TxNode(codec, digits, TxSocket(address), TxConfig(**{**CONFIG, **cfg}))
+    node = tx_node(codec, digits, TxSocket(address), **{**CONFIG, **cfg})
     try:
         return node.run(rounds, ResultsLog(out, {}))
     finally:
@@ -185,8 +187,8 @@ def test_rx_killed_and_restarted_mid_campaign_loses_nothing(digits_artifacts, di
     procs = [proc]
     codec, _ = load_codec(digits_artifacts)
     rounds, kill_after = 12, 4
-    node = TxNode(codec, digits, TxSocket(address),
-                  TxConfig(**{**CONFIG, "result_timeout_s": 5.0, "hello_attempts": 40, "round_attempts": 4}))
+    node = tx_node(codec, digits, TxSocket(address),
+                   **{**CONFIG, "result_timeout_s": 5.0, "hello_attempts": 40, "round_attempts": 4})
     killed = threading.Event()
 
     def on_round(record):

@@ -12,18 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.wire.protocol import (
-    MESSAGE_TYPES,
-    PROTOCOL_VERSION,
-    DecodeLimits,
-    Error,
-    Hello,
-    Payload,
-    ProtocolError,
-    Result,
-    decode,
-    encode,
-)
+from common.wire.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode
+
+from common.modes.pca_lora.messages import Payload
 from tests.helpers import hello, payload, rx_node
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -36,7 +27,7 @@ def node(digits_artifacts):
 
 @pytest.fixture(scope="module")
 def good_frame(node, digits):
-    return encode(payload(node.codec, digits, alpha=8, n_test=5, n_train=10))
+    return encode(payload(node.halves["pca-lora"].codec, digits, alpha=8, n_test=5, n_train=10))
 
 
 def check_decode(frame: bytes, limits=DecodeLimits()):
@@ -55,8 +46,8 @@ def check_decode(frame: bytes, limits=DecodeLimits()):
 
 def check_round_after(node, digits, peer, seq):
     """After whatever came before, a HELLO + valid PAYLOAD from ``peer`` gives a RESULT."""
-    node.handle(peer, [hello(node.codec, session_id=77)])
-    res = decode(node.handle(peer, [encode(payload(node.codec, digits, seq=seq, session_id=77, alpha=6,
+    node.handle(peer, [hello(node.halves["pca-lora"].codec, session_id=77)])
+    res = decode(node.handle(peer, [encode(payload(node.halves["pca-lora"].codec, digits, seq=seq, session_id=77, alpha=6,
                                                    n_test=5, n_train=8))])[0])
     assert isinstance(res, Result) and res.seq == seq, res
 
@@ -224,7 +215,7 @@ def test_handle_any_frames(node, digits, frames):
 @FUZZ
 @given(data=st.data())
 def test_handle_mutated_payloads_then_valid_round(node, digits, good_frame, data):
-    node.handle(b"m", [hello(node.codec)])
+    node.handle(b"m", [hello(node.halves["pca-lora"].codec)])
     frame = bytearray(good_frame)
     for _ in range(data.draw(st.integers(1, 4))):
         frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
@@ -244,7 +235,7 @@ def test_handle_mutated_payloads_then_valid_round(node, digits, good_frame, data
     "max_payload_bytes": st.integers(-2**63, 2**64 - 1),
 }))
 def test_handle_hello_fields(node, fields):
-    body = {"v": PROTOCOL_VERSION, "type": "HELLO", "fingerprint": node.codec.fingerprint, **fields}
+    body = {"v": PROTOCOL_VERSION, "type": "HELLO", "fingerprint": node.halves["pca-lora"].codec.fingerprint, **fields}
     check_handle(node, [msgpack.packb(body)], peer=b"h")
 
 
@@ -255,8 +246,8 @@ def test_valid_round_after_fuzzing(node, digits):
 
 
 def test_int8_payload_with_infinite_scale_refused(node, digits):
-    node.handle(b"i8", [hello(node.codec, session_id=88)])
-    p = payload(node.codec, digits, dtype="int8", session_id=88, alpha=6, n_test=5, n_train=8)
+    node.handle(b"i8", [hello(node.halves["pca-lora"].codec, session_id=88)])
+    p = payload(node.halves["pca-lora"].codec, digits, dtype="int8", session_id=88, alpha=6, n_test=5, n_train=8)
     scales = bytearray(p.scales)
     scales[0:4] = np.float32(np.inf).tobytes()
     frame = encode(type(p)(**{**p.__dict__, "scales": bytes(scales)}))
@@ -267,9 +258,9 @@ def test_int8_payload_with_infinite_scale_refused(node, digits):
 @pytest.mark.parametrize("seq", [2**63 - 1, 2**64 - 1])
 def test_seq_at_the_top_of_its_range_refused(node, digits, seq):
     """Found by atheris: seq = 2**64-1 made the RX's CHANNEL for seq + 1 overflow msgpack."""
-    start, _ = _fields(encode(payload(node.codec, digits)))["seq"]
-    node.handle(b"top", [hello(node.codec)])
-    frame = bytearray(encode(payload(node.codec, digits)))
+    start, _ = _fields(encode(payload(node.halves["pca-lora"].codec, digits)))["seq"]
+    node.handle(b"top", [hello(node.halves["pca-lora"].codec)])
+    frame = bytearray(encode(payload(node.halves["pca-lora"].codec, digits)))
     frame[start + 1:start + 9] = struct.pack(">Q", seq)
     (err,) = check_handle(node, [bytes(frame)], peer=b"top")
     assert err.code == "bad_message" and "seq" in err.message
@@ -277,8 +268,8 @@ def test_seq_at_the_top_of_its_range_refused(node, digits, seq):
 
 def test_highest_seq_still_answered_with_decodable_replies(node, digits):
     """Found by atheris: the CHANNEL for seq + 1 must itself pass the decoder's range check."""
-    node.handle(b"top", [hello(node.codec)])
-    res, ch = check_handle(node, [encode(payload(node.codec, digits, seq=2**63 - 2))], peer=b"top")
+    node.handle(b"top", [hello(node.halves["pca-lora"].codec)])
+    res, ch = check_handle(node, [encode(payload(node.halves["pca-lora"].codec, digits, seq=2**63 - 2))], peer=b"top")
     assert isinstance(res, Result) and ch.seq == 2**63 - 1
 
 

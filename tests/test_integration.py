@@ -11,8 +11,8 @@ from common.artifacts import load_codec
 from common.wire.protocol import Channel, Error, Hello, decode, encode
 from common.results.log import LATENCY_CUMULATIVE, LATENCY_STAGES, ResultsLog, load_results
 from common.net.transport import RxSocket, TxSocket
-from tests.helpers import start_rx, stop
-from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
+from tests.helpers import start_rx, stop, tx_node
+from tx_node.daemon import HandshakeFailed
 
 ROUND_KEYS = {"round", "status", "error", "modulation", "rate_bps", "deadline_s", "b_max_bytes", "alpha",
               "n_test", "n_train_max", "n_train", "bytes_per_value", "header_bytes", "vector_header_bytes",
@@ -28,8 +28,8 @@ def rx_process(digits_artifacts):
 
 def run_tx(artifacts, digits, address, out, rounds=4, **cfg):
     codec, _ = load_codec(artifacts)
-    config = TxConfig(**{"n_test": 50, "n_min_train": 100, "deadline_s": 0.002, "hello_timeout_s": 1.0, **cfg})
-    node = TxNode(codec, digits, TxSocket(address), config)
+    cfg = {"n_test": 50, "n_min_train": 100, "deadline_s": 0.002, "hello_timeout_s": 1.0, **cfg}
+    node = tx_node(codec, digits, TxSocket(address), **cfg)
     results = ResultsLog(out, {"test": True})
     return node.run(rounds, results), node
 
@@ -90,9 +90,9 @@ def silent_rx(address, codec, stop_event):
         peer, (frame,) = got
         msg = decode(frame)
         if isinstance(msg, Hello):
-            sock.send(peer, encode(Hello("rx", msg.session_id, codec.name, codec.fingerprint, codec.d_raw,
-                                         codec.d_max, msg.value_dtype, msg.next_seq, 1 << 24, 1,
-                                         msg.t_origin_ns, time.time_ns(), time.time_ns())))
+            sock.send(peer, encode(Hello("rx", msg.session_id, msg.mode, codec.fingerprint, msg.params,
+                                         msg.next_seq, 1 << 24, 1, msg.t_origin_ns, time.time_ns(),
+                                         time.time_ns())))
             sock.send(peer, encode(Channel(msg.session_id, msg.next_seq, 20.0, 27, "qam256", "256QAM", 2e8)))
     sock.close()
 

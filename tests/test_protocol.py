@@ -3,26 +3,17 @@ import numpy as np
 import pytest
 
 from common.modes.pca_lora.budget import PayloadLayout
-from common.wire.protocol import (
-    PROTOCOL_VERSION,
-    Channel,
-    DecodeLimits,
-    Error,
-    Hello,
-    Payload,
-    ProtocolError,
-    Result,
-    decode,
-    encode,
-    payload_header_bytes,
-)
+from common.wire.protocol import PROTOCOL_VERSION, Channel, DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode
+from common.modes.pca_lora.messages import Payload, payload_header_bytes
 
 FP = "ab" * 32
 
 MESSAGES = [
-    Hello("tx", 7, "pca", FP, 784, 200, "float16", 3, 0, 42, 1, 2, 3),
+    Hello("tx", 7, "pca-lora", FP, {"codec": "pca", "d_raw": 784, "d_pre": 200, "value_dtype": "float16"},
+          3, 0, 42, 1, 2, 3),
     Channel(7, 3, 12.5, 27, "qam256", "256QAM", 226.9e6, 0.01),
-    Result(7, 3, 50, 2, 10, b"\x01\x02", 0.5, 1.0, {"finetune": 1.5}, {"steps": 60}, 9, 1, 2, 3, 4),
+    Result(7, 3, {"alpha": 50, "n_test": 2, "acc_adapted": 1.0, "adapt": {"steps": 60}}, b"\x01\x02",
+           {"finetune": 1.5}, 9, 1, 2, 3, 4),
     Error(7, -1, "bad_message", "nope"),
 ]
 

@@ -14,49 +14,49 @@ def node(digits_artifacts):
 
 
 def open_session(node, peer=b"p1"):
-    replies = [decode(f) for f in node.handle(peer, [hello(node.codec)])]
+    replies = [decode(f) for f in node.handle(peer, [hello(node.halves["pca-lora"].codec)])]
     assert isinstance(replies[0], Hello) and isinstance(replies[1], Channel) and replies[1].seq == 0
     return replies
 
 
 def test_hello_estimates_clock_fields(node):
     h, ch = open_session(node)
-    assert h.role == "rx" and h.d_pre == 40 and h.t_receive_ns <= h.t_transmit_ns
+    assert h.role == "rx" and h.params["d_pre"] == 40 and h.t_receive_ns <= h.t_transmit_ns
     assert ch.rate_bps > 0
 
 
 def test_valid_round(node, digits):
     open_session(node)
-    res, ch = [decode(f) for f in node.handle(b"p1", [encode(payload(node.codec, digits, alpha=8))])]
+    res, ch = [decode(f) for f in node.handle(b"p1", [encode(payload(node.halves["pca-lora"].codec, digits, alpha=8))])]
     assert isinstance(res, Result) and res.seq == 0 and len(res.predictions) == 20
-    assert 0 <= res.acc_pretrained <= 1 and 0 <= res.acc_adapted <= 1
+    assert 0 <= res.fields["acc_pretrained"] <= 1 and 0 <= res.fields["acc_adapted"] <= 1
     assert set(res.timings_ms) >= {"reconstruct", "finetune", "classify", "deliver"}
     assert isinstance(ch, Channel) and ch.seq == 1
 
 
 def nan_payload(node, digits):
-    p = payload(node.codec, digits, dtype="float32")
+    p = payload(node.halves["pca-lora"].codec, digits, dtype="float32")
     values = bytearray(p.values)
     values[0:4] = np.float32(np.nan).tobytes()
     return encode(type(p)(**{**p.__dict__, "values": bytes(values)}))
 
 
 def wrong_version(node, digits):
-    body = msgpack.unpackb(encode(payload(node.codec, digits)))
+    body = msgpack.unpackb(encode(payload(node.halves["pca-lora"].codec, digits)))
     body["v"] = 99
     return msgpack.packb(body)
 
 
 BAD = {
-    "truncated": (lambda n, d: encode(payload(n.codec, d))[:-7], "bad_message"),
+    "truncated": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d))[:-7], "bad_message"),
     "garbage": (lambda n, d: b"\x93\x01\x02", "bad_message"),
     "not msgpack": (lambda n, d: b"\xc1\xc1\xc1", "bad_message"),
     "wrong version": (wrong_version, "version"),
-    "fingerprint": (lambda n, d: encode(payload(n.codec, d, fingerprint="00" * 32)), "fingerprint"),
-    "alpha > d_pre": (lambda n, d: encode(payload(n.codec, d, alpha=41)), "alpha"),
-    "oversize": (lambda n, d: encode(payload(n.codec, d, n_train=1200, alpha=40)), "oversize"),
+    "fingerprint": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, fingerprint="00" * 32)), "fingerprint"),
+    "alpha > d_pre": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, alpha=41)), "alpha"),
+    "oversize": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, n_train=1200, alpha=40)), "oversize"),
     "nan values": (nan_payload, "non_finite"),
-    "no session": (lambda n, d: encode(payload(n.codec, d, session_id=999)), "no_session"),
+    "no session": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, session_id=999)), "no_session"),
 }
 
 
@@ -68,7 +68,7 @@ def test_bad_input_gets_named_error_and_next_round_succeeds(node, digits, case):
     assert isinstance(replies[0], Error), replies
     assert replies[0].code == code, replies[0]
     assert replies[0].message
-    good = [decode(f) for f in node.handle(b"p1", [encode(payload(node.codec, digits, seq=1))])]
+    good = [decode(f) for f in node.handle(b"p1", [encode(payload(node.halves["pca-lora"].codec, digits, seq=1))])]
     assert isinstance(good[0], Result) and good[0].seq == 1
 
 
@@ -78,7 +78,7 @@ def test_multi_frame_message_refused(node):
 
 
 def test_hello_with_other_basis_refused(node):
-    (err,) = [decode(f) for f in node.handle(b"p1", [hello(node.codec, fingerprint="11" * 32)])]
+    (err,) = [decode(f) for f in node.handle(b"p1", [hello(node.halves["pca-lora"].codec, fingerprint="11" * 32)])]
     assert isinstance(err, Error) and err.code == "fingerprint"
 
 
@@ -89,6 +89,6 @@ def test_rx_refuses_messages_it_does_not_take(node):
 
 def test_sessions_are_kept_apart(node, digits):
     open_session(node, b"a")
-    node.handle(b"b", [hello(node.codec, session_id=6)])
-    (err, _) = [decode(f) for f in node.handle(b"b", [encode(payload(node.codec, digits, session_id=5))])]
+    node.handle(b"b", [hello(node.halves["pca-lora"].codec, session_id=6)])
+    (err, _) = [decode(f) for f in node.handle(b"b", [encode(payload(node.halves["pca-lora"].codec, digits, session_id=5))])]
     assert err.code == "no_session"

@@ -20,11 +20,12 @@ from common.net.security import (
 from common.net.transport import TxSocket
 from semalign.cli import app
 from tests.helpers import start_rx, stop
-from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
+from tests.helpers import tx_node as make_tx
+from tx_node.daemon import HandshakeFailed
 
 runner = CliRunner()
-CONFIG = TxConfig(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=0.5,
-                  hello_attempts=6, clock_samples=1)
+CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=0.5,
+              hello_attempts=6, clock_samples=1)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,7 @@ def curve_rx(digits_artifacts, keys):
 
 def tx_node(digits_artifacts, digits, address, security, **cfg):
     codec, _ = load_codec(digits_artifacts)
-    config = TxConfig(**{**CONFIG.__dict__, **cfg})
-    return TxNode(codec, digits, TxSocket(address, security=security), config)
+    return make_tx(codec, digits, TxSocket(address, security=security), **{**CONFIG, **cfg})
 
 
 def test_keygen_writes_a_pair_with_a_private_secret(tmp_path):

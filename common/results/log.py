@@ -20,39 +20,40 @@ LATENCY_CUMULATIVE = ("communication", "fine_tuning", "classification")
 
 @dataclass
 class RoundRecord:
-    """One round as the TX saw it. Sizes in bytes, rates in bit/s, times in ms."""
+    """One round as the TX saw it. Sizes in bytes, rates in bit/s, times in ms.
+
+    The fields here are common to every mode; ``fields`` holds the mode's own
+    (pca-lora: alpha, vector counts, accuracies, ...) and is written flat into
+    the row, so a row reads ``row["alpha"]`` whatever the mode.
+    """
 
     round: int
     status: str = "failed"
     error: str | None = None
     session_id: int = 0
+    mode: str | None = None
     modulation: str | None = None
     mcs: int | None = None
     mcs_table: str | None = None
     sinr_db: float | None = None
     rate_bps: float | None = None
     deadline_s: float | None = None
-    b_max_bytes: int | None = None
-    alpha: int | None = None
-    n_test: int | None = None
-    n_train_max: int | None = None
-    n_train: int | None = None
-    bytes_per_value: int | None = None
-    header_bytes: int | None = None
-    vector_header_bytes: int | None = None
     payload_bytes: int | None = None
-    acc_pretrained: float | None = None
-    acc_adapted: float | None = None
     latency_ms: dict = field(default_factory=dict)
     airtime_ms: float | None = None
-    adapt: dict = field(default_factory=dict)
     tx_pid: int | None = None
     rx_pid: int | None = None
     started_at: float | None = None
-    attempts: int = 1  # sends of this round's payload (re-sent after a lost reply)
+    attempts: int = 1  # sends of this round's request (re-sent after a lost reply)
+    fields: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
+        row = {k: _json_safe(v) for k, v in asdict(self).items() if k != "fields"}
+        clash = set(self.fields) & set(row)
+        if clash:
+            raise ValueError(f"mode fields {sorted(clash)} clash with the common round fields")
+        row.update({k: _json_safe(v) for k, v in self.fields.items()})
+        return row
 
 
 def _json_safe(v):

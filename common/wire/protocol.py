@@ -1,31 +1,31 @@
-"""Wire protocol: typed messages, pure ``encode(msg) -> bytes`` / ``decode(bytes) -> msg``.
+"""Wire protocol: the common envelope every mode shares, and the message registry.
 
-Every message is one msgpack map carrying ``v`` (protocol version) and
-``type``. PAYLOAD is written with fixed-width msgpack formats (uint32/uint64
-ints, bin32 blobs) so that its header size ``H`` is a constant of the format;
-vectors travel as raw little-endian bytes. ``docs/protocol.md`` is the byte
-layout; keep the two in step (``PROTOCOL_VERSION`` changes with any layout change).
+Every message is one ZeroMQ frame holding one msgpack map with ``v``
+(protocol version) and ``type``, then the message's fields. The common
+messages are HELLO (opens a session and names its mode), CHANNEL (feedback
+for a round), RESULT (the RX's answer to a round, with mode-specific
+``fields``) and ERROR. Each mode registers its own request/reply types with
+:func:`register_message` (``common/modes/<mode>/messages.py``); a type with a
+fixed byte layout (pca-lora's PAYLOAD) brings its own ``encode_frame`` /
+``decode_body``. ``docs/protocol.md`` is the byte layout of all of them; keep
+the two in step (``PROTOCOL_VERSION`` changes with any layout change).
+
+Pure functions: :func:`encode` (message -> bytes) and :func:`decode`
+(bytes -> message), tested without sockets.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import ClassVar
 
 import msgpack
-import numpy as np
 
-from common.wire.values import ValueFormat, value_format, value_format_by_code
-
-PROTOCOL_VERSION = 1
-FINGERPRINT_BYTES = 32
-VECTOR_ID_BYTES = 4
-LABEL_BYTES = 1
-NO_LABEL = 255
+PROTOCOL_VERSION = 2
 MAX_SEQ = 2**63 - 2  # sequence numbers (and seq + 1, the next round's) fit a signed 64-bit int
 MAX_SESSION_ID = 2**63 - 1
+CONTROL_MAX_BYTES = 1 << 20  # HELLO, CHANNEL, RESULT, ERROR: at most 1 MiB each
 # fields whose range the decoder checks: name -> (lowest, highest); ERROR's seq may be -1
 _INT_RANGES = {"session_id": (0, MAX_SESSION_ID), "seq": (0, MAX_SEQ + 1), "next_seq": (0, MAX_SEQ)}
 
@@ -40,7 +40,11 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Hard limits checked before and while decoding (no memory blow-up from a length field)."""
+    """Hard limits checked before and while decoding (no memory blow-up from a length field).
+
+    ``max_message_bytes``: any frame; ``max_vectors``/``max_alpha``: pca-lora
+    payloads; ``max_str_len``/``max_container_len``: msgpack strings, arrays, maps.
+    """
 
     max_message_bytes: int = 64 * 2**20
     max_vectors: int = 200_000
@@ -54,27 +58,29 @@ class DecodeLimits:
                 raise ValueError(f"{f.name} must be positive, got {getattr(self, f.name)}")
 
 
-# ---------------------------------------------------------------- messages
+# ---------------------------------------------------------------- common messages
 
 
 @dataclass(frozen=True)
 class Hello:
-    """Handshake, both ways. TX -> RX opens a session; RX -> TX accepts it.
+    """Handshake, both ways. TX -> RX opens a session in ``mode``; RX -> TX accepts it.
 
-    Clock fields follow NTP: the TX sets ``t_origin_ns``; the RX echoes it and
-    adds ``t_receive_ns``/``t_transmit_ns`` (its wall clock, ns since epoch).
+    ``params``: the mode's session parameters (``docs/protocol.md`` lists them
+    per mode; the RX answers with its own). ``fingerprint``: hex digest of the
+    artifacts both ends must share. Clock fields follow NTP: the TX sets
+    ``t_origin_ns``; the RX echoes it and adds ``t_receive_ns``/``t_transmit_ns``
+    (its wall clock, ns since epoch).
     """
 
     TYPE: ClassVar[str] = "HELLO"
+    max_bytes: ClassVar[int] = CONTROL_MAX_BYTES
     role: str
     session_id: int
-    codec: str
+    mode: str
     fingerprint: str
-    d_raw: int
-    d_pre: int
-    value_dtype: str
+    params: dict
     next_seq: int = 0
-    max_payload_bytes: int = 0
+    max_message_bytes: int = 0
     pid: int = 0
     t_origin_ns: int = 0
     t_receive_ns: int = 0
@@ -86,6 +92,7 @@ class Channel:
     """RX -> TX channel feedback for round ``seq`` (units in the names; rate in bit/s)."""
 
     TYPE: ClassVar[str] = "CHANNEL"
+    max_bytes: ClassVar[int] = CONTROL_MAX_BYTES
     session_id: int
     seq: int
     sinr_db: float
@@ -98,29 +105,26 @@ class Channel:
 
 @dataclass(frozen=True)
 class Result:
-    """RX -> TX outcome of round ``seq``.
+    """RX -> TX outcome of round ``seq`` (any mode).
 
-    ``predictions``: uint8 bytes, one class id per test vector. ``timings_ms``:
-    RX stage durations (``deliver``, ``reconstruct``, ``finetune``,
-    ``classify``). ``t_*_ns``: RX wall clock at receipt, delivery (after the
-    link's air time), end of reconstruction, and reply.
+    ``fields``: the mode's per-round result fields (``docs/protocol.md``).
+    ``predictions``: uint8 bytes, one class id per test item (may be empty).
+    ``timings_ms``: RX stage durations. ``t_*_ns``: RX wall clock at receipt,
+    delivery (after the link's air time), end of decoding the received
+    representation, and reply.
     """
 
     TYPE: ClassVar[str] = "RESULT"
+    max_bytes: ClassVar[int] = CONTROL_MAX_BYTES
     session_id: int
     seq: int
-    alpha: int
-    n_test: int
-    n_train: int
+    fields: dict
     predictions: bytes
-    acc_pretrained: float
-    acc_adapted: float
     timings_ms: dict
-    adapt: dict
     rx_pid: int
     t_receive_ns: int
     t_delivered_ns: int
-    t_reconstructed_ns: int
+    t_decoded_ns: int
     t_transmit_ns: int
 
 
@@ -129,126 +133,50 @@ class Error:
     """Refusal of a message; ``seq`` is -1 when it could not be read."""
 
     TYPE: ClassVar[str] = "ERROR"
+    max_bytes: ClassVar[int] = CONTROL_MAX_BYTES
     session_id: int
     seq: int
     code: str
     message: str
 
 
-@dataclass(frozen=True)
-class Payload:
-    """TX -> RX: ``n_test`` test vectors then ``n_train`` training vectors.
+MESSAGE_TYPES: dict[str, type] = {}
 
-    ``ids``: uint32 (n,); ``labels``: uint8 (n,) (test labels for evaluation
-    only); ``values``/``scales``: quantized features as produced by
-    :meth:`ValueFormat.quantize`. Use :meth:`build` and :meth:`features`.
+
+def register_message(cls: type) -> type:
+    """Add a message class (a frozen dataclass with ``TYPE``) to the wire registry.
+
+    A class may define ``encode_frame(self) -> bytes`` and a classmethod
+    ``decode_body(body: dict, limits) -> msg`` for a fixed layout; otherwise
+    its fields are written as a msgpack map and checked against their
+    annotations (int, float, str, bytes, dict, list, bool). ``max_bytes``
+    (class attribute, optional) caps its frame size below the RX's limit.
     """
-
-    TYPE: ClassVar[str] = "PAYLOAD"
-    session_id: int
-    seq: int
-    fingerprint: bytes
-    alpha: int
-    value_dtype: str
-    n_test: int
-    n_train: int
-    ids: np.ndarray = field(repr=False)
-    labels: np.ndarray = field(repr=False)
-    values: bytes = field(repr=False)
-    scales: bytes = field(repr=False)
-
-    @classmethod
-    def build(cls, session_id: int, seq: int, fingerprint_hex: str, value_dtype: str,
-              z: np.ndarray, ids: np.ndarray, labels: np.ndarray, n_test: int) -> "Payload":
-        """Quantize ``z`` float32 (n, alpha); the first ``n_test`` rows are test vectors."""
-        fmt = value_format(value_dtype)
-        values, scales = fmt.quantize(z)
-        return cls(session_id, seq, bytes.fromhex(fingerprint_hex), int(z.shape[1]), fmt.name,
-                   int(n_test), int(len(z) - n_test), np.asarray(ids, "<u4"),
-                   np.asarray(labels, np.uint8), values, scales)
-
-    @property
-    def n(self) -> int:
-        return self.n_test + self.n_train
-
-    @property
-    def format(self) -> ValueFormat:
-        return value_format(self.value_dtype)
-
-    def features(self) -> np.ndarray:
-        """Dequantized features, float32 (n, alpha)."""
-        return self.format.dequantize(self.values, self.scales, self.n, self.alpha)
+    known = MESSAGE_TYPES.get(cls.TYPE)
+    if known is not None and known is not cls:
+        raise ValueError(f"message type {cls.TYPE!r} is already registered by {known.__module__}")
+    MESSAGE_TYPES[cls.TYPE] = cls
+    return cls
 
 
-MESSAGE_TYPES = {m.TYPE: m for m in (Hello, Channel, Result, Error, Payload)}
-Message = Hello | Channel | Result | Error | Payload
-
-
-# ---------------------------------------------------------------- PAYLOAD layout
-
-# (key, msgpack kind) in wire order; kinds: u32, u64, str (fixstr), bin (bin32)
-_PAYLOAD_LAYOUT = (
-    ("v", "u32"), ("type", "str"), ("session_id", "u64"), ("seq", "u64"),
-    ("fingerprint", "bin"), ("alpha", "u32"), ("value_dtype", "u32"), ("n_test", "u32"),
-    ("n_train", "u32"), ("ids", "bin"), ("labels", "bin"), ("scales", "bin"), ("values", "bin"),
-)
-
-
-def _fixstr(s: str) -> bytes:
-    b = s.encode()
-    if len(b) > 31:
-        raise ValueError(f"key {s!r} too long for fixstr")
-    return bytes([0xA0 | len(b)]) + b
-
-
-def _encode_payload(p: Payload) -> bytes:
-    fmt = p.format
-    parts = [b"\xde" + struct.pack(">H", len(_PAYLOAD_LAYOUT))]
-    values = {
-        "v": PROTOCOL_VERSION, "type": Payload.TYPE, "session_id": p.session_id, "seq": p.seq,
-        "fingerprint": p.fingerprint, "alpha": p.alpha, "value_dtype": fmt.code,
-        "n_test": p.n_test, "n_train": p.n_train, "ids": np.asarray(p.ids, "<u4").tobytes(),
-        "labels": np.asarray(p.labels, np.uint8).tobytes(), "scales": p.scales, "values": p.values,
-    }
-    for key, kind in _PAYLOAD_LAYOUT:
-        parts.append(_fixstr(key))
-        v = values[key]
-        if kind == "u32":
-            parts.append(b"\xce" + struct.pack(">I", v))
-        elif kind == "u64":
-            parts.append(b"\xcf" + struct.pack(">Q", v))
-        elif kind == "str":
-            parts.append(_fixstr(v))
-        else:
-            parts.append(b"\xc6" + struct.pack(">I", len(v)) + v)
-    return b"".join(parts)
-
-
-def payload_header_bytes() -> int:
-    """``H``: bytes of a PAYLOAD that do not depend on the vectors (constant)."""
-    empty = Payload(0, 0, bytes(FINGERPRINT_BYTES), 1, "float32", 0, 0,
-                    np.zeros(0, "<u4"), np.zeros(0, np.uint8), b"", b"")
-    return len(_encode_payload(empty))
-
-
-def vector_header_bytes(value_dtype: str) -> int:
-    """``h``: per-vector bytes besides its values (id, label, and int8's scale)."""
-    return VECTOR_ID_BYTES + LABEL_BYTES + value_format(value_dtype).scale_bytes
+for _cls in (Hello, Channel, Result, Error):
+    register_message(_cls)
 
 
 # ---------------------------------------------------------------- encode / decode
 
 
-def encode(msg: Message) -> bytes:
+def encode(msg) -> bytes:
     """Serialize one message to a single frame."""
-    if isinstance(msg, Payload):
-        return _encode_payload(msg)
+    custom = getattr(msg, "encode_frame", None)
+    if custom is not None:
+        return custom()
     body = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
     body.update(asdict(msg))
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()) -> Message:
+def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()):
     """Parse one frame; raises :class:`ProtocolError` naming what is wrong."""
     if len(frame) > limits.max_message_bytes:
         raise ProtocolError("oversize", f"message of {len(frame)} bytes exceeds the limit of "
@@ -273,15 +201,21 @@ def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()) -> Message:
     if cls is None:
         raise ProtocolError("bad_message", f"unknown message type {kind!r}; "
                                            f"known: {sorted(MESSAGE_TYPES)}")
-    if cls is Payload:
-        return _payload_from_body(body, limits)
-    return _message_from_body(cls, body)
+    cap = getattr(cls, "max_bytes", None)
+    if cap is not None and len(frame) > cap:
+        raise ProtocolError("oversize", f"{kind} of {len(frame)} bytes exceeds its limit of {cap} bytes")
+    custom = getattr(cls, "decode_body", None)
+    if custom is not None:
+        return custom(body, limits)
+    return message_from_body(cls, body)
 
 
-_PY_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bytes": (bytes,), "dict": (dict,)}
+_PY_TYPES = {"int": (int,), "float": (float, int), "str": (str,), "bytes": (bytes,), "dict": (dict,),
+             "list": (list,), "bool": (bool,)}
 
 
-def _message_from_body(cls, body: dict):
+def message_from_body(cls, body: dict):
+    """Build ``cls`` from a decoded map, checking field names, types, ranges and finiteness."""
     names = {f.name for f in fields(cls)}
     unknown = set(body) - names
     if unknown:
@@ -294,7 +228,7 @@ def _message_from_body(cls, body: dict):
             continue
         v = body[f.name]
         ok = _PY_TYPES[f.type]
-        if not isinstance(v, ok) or isinstance(v, bool):
+        if not isinstance(v, ok) or (isinstance(v, bool) and f.type != "bool"):
             raise ProtocolError("bad_message", f"{cls.TYPE}: field {f.name!r} must be {f.type}, "
                                                f"got {type(v).__name__}")
         if f.type == "float" and not math.isfinite(v) and f.name != "sinr_db":
@@ -308,37 +242,7 @@ def _message_from_body(cls, body: dict):
     return cls(**kwargs)
 
 
-def _payload_from_body(body: dict, limits: DecodeLimits) -> Payload:
-    expected = [k for k, _ in _PAYLOAD_LAYOUT if k not in ("v", "type")]
-    if sorted(body) != sorted(expected):
-        raise ProtocolError("bad_message", f"PAYLOAD fields {sorted(body)} != {sorted(expected)}")
-    for key, kind in _PAYLOAD_LAYOUT[2:]:
-        want = bytes if kind == "bin" else int
-        if not isinstance(body[key], want) or isinstance(body[key], bool):
-            raise ProtocolError("bad_message", f"PAYLOAD: field {key!r} must be {want.__name__}")
-    try:
-        fmt = value_format_by_code(body["value_dtype"])
-    except ValueError as e:
-        raise ProtocolError("bad_message", f"PAYLOAD: {e}") from e
-    alpha, n_test, n_train = body["alpha"], body["n_test"], body["n_train"]
-    n = n_test + n_train
-    if not 1 <= alpha <= limits.max_alpha:
-        raise ProtocolError("alpha", f"PAYLOAD: alpha={alpha} outside [1, {limits.max_alpha}]")
-    if n_test < 1 or n_train < 0 or n > limits.max_vectors:
-        raise ProtocolError("bad_message", f"PAYLOAD: n_test={n_test}, n_train={n_train}: need "
-                                           f"n_test >= 1 and at most {limits.max_vectors} vectors")
-    if len(body["fingerprint"]) != FINGERPRINT_BYTES:
-        raise ProtocolError("bad_message", f"PAYLOAD: fingerprint has {len(body['fingerprint'])} "
-                                           f"bytes, expected {FINGERPRINT_BYTES}")
-    sizes = {"ids": n * VECTOR_ID_BYTES, "labels": n * LABEL_BYTES,
-             "scales": n * fmt.scale_bytes, "values": n * alpha * fmt.bytes_per_value}
-    for key, size in sizes.items():
-        if len(body[key]) != size:
-            raise ProtocolError("bad_message", f"PAYLOAD: {key} has {len(body[key])} bytes, "
-                                               f"expected {size} for n={n}, alpha={alpha}, {fmt.name}")
-    for key, (lo, hi) in (("session_id", _INT_RANGES["session_id"]), ("seq", (0, MAX_SEQ))):
-        if not lo <= body[key] <= hi:
-            raise ProtocolError("bad_message", f"PAYLOAD: {key}={body[key]} outside [{lo}, {hi}]")
-    return Payload(body["session_id"], body["seq"], body["fingerprint"], alpha, fmt.name,
-                   n_test, n_train, np.frombuffer(body["ids"], "<u4"),
-                   np.frombuffer(body["labels"], np.uint8), body["values"], body["scales"])
+def check_range(kind: str, key: str, value: int, lo: int, hi: int) -> None:
+    """Raise ``bad_message`` when ``value`` of field ``key`` is outside ``[lo, hi]``."""
+    if not lo <= value <= hi:
+        raise ProtocolError("bad_message", f"{kind}: {key}={value} outside [{lo}, {hi}]")

@@ -29,16 +29,8 @@ with atheris.instrument_imports(include=["common", "rx_node"]):
     from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
     from common.codecs.pca import PcaCodec
     from common.learn.models import build_mlp
-    from common.wire.protocol import (
-        DecodeLimits,
-        Error,
-        Hello,
-        Payload,
-        ProtocolError,
-        Result,
-        decode,
-        encode,
-    )
+    from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode
+    from common.modes.pca_lora.messages import Payload
     from common.link.sidelink import create_sidelink
     from rx_node.daemon import RxNode
 
@@ -66,7 +58,9 @@ SESSION = 9
 def seeds() -> list[bytes]:
     c = NODE.codec
     rng = np.random.default_rng(1)
-    out = [encode(Hello("tx", SESSION, c.name, c.fingerprint, c.d_raw, c.d_max, "float16", 0, 0, 1, 1))]
+    out = [encode(Hello("tx", SESSION, "pca-lora", c.fingerprint, {"codec": c.name, "d_raw": c.d_raw,
+                                                              "d_pre": c.d_max, "value_dtype": "float16"},
+                      0, 0, 1, 1))]
     for dtype in ("float32", "float16", "int8"):
         z = rng.normal(size=(6, 4)).astype(np.float32)
         out.append(encode(Payload.build(SESSION, 0, c.fingerprint, dtype, z, np.arange(6),

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from common.learn import fastlora
-from common.codecs.pca import Codec
+from common.codecs.base import Codec
 from common.learn.fastlora import LoraState
 from common.learn.lora import LoraConfig, LoraMergeError
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.wire.protocol import payload_header_bytes, vector_header_bytes
+from common.modes.pca_lora.messages import payload_header_bytes, vector_header_bytes
 from common.wire.values import value_format
 
 

@@ -1,0 +1,182 @@
+"""What a mode is: the part of an alignment scheme that differs from the others.
+
+A mode bundles its codec, its TX half (what a round sends and how it uses
+the channel feedback), its RX half (what it does with what arrives), its
+message types and its per-round result fields. The daemons (``tx_node``,
+``rx_node``) own everything modes share: sessions, the handshake, CHANNEL
+feedback, retries and the replay record, transport and CURVE, the sidelink,
+the results log. They never test which mode they serve: the RX calls the
+session's :class:`RxHalf` handler registered for a message's type, the TX
+calls its :class:`TxHalf` once per round.
+
+A mode registers itself with :func:`register_mode`; built-in modes are
+imported on first use (:data:`BUILTIN_MODES`), so a mode's heavy
+dependencies load only where it runs. How to add one: ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+from common.link.channel.state import ChannelState
+from common.results.log import RoundRecord
+
+# mode name -> module that registers it when imported
+BUILTIN_MODES = {
+    "pca-lora": "common.modes.pca_lora.mode",
+}
+
+
+class RoundError(Exception):
+    """A round the RX refuses or cannot finish; answered with ERROR ``code`` and recorded as failed."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class RoundFailed(RuntimeError):
+    """A TX round that cannot go on; the message is recorded as the round's error."""
+
+
+@dataclass
+class RoundContext:
+    """What an RX handler sees of the round besides the message.
+
+    ``state``: the channel state announced in CHANNEL for this round.
+    ``nbytes``: size of the message's frame. ``received_ns``: RX wall clock at
+    receipt. ``session``: the mode's own per-session store (e.g. SLF's
+    installed decoder), kept while the session lives.
+    """
+
+    session_id: int
+    seq: int
+    state: ChannelState
+    link: Any  # common.link.sidelink.Sidelink
+    nbytes: int
+    received_ns: int
+    rx_pid: int
+    session: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An RX handler's answer. ``final``: the round ends here (the RX then sends the next CHANNEL)."""
+
+    message: Any
+    final: bool = True
+
+
+Handler = Callable[[Any, RoundContext], Reply]
+
+
+class RxHalf(ABC):
+    """The RX side of a mode: accepts sessions and answers the mode's requests."""
+
+    mode: ClassVar[str]
+    fingerprint: str  # hex digest of the artifacts both ends must share
+
+    @abstractmethod
+    def hello_params(self) -> dict:
+        """The RX's session parameters, sent back in HELLO."""
+
+    @abstractmethod
+    def check_hello(self, params: dict) -> str | None:
+        """Why a TX's HELLO ``params`` cannot open a session (None: they can)."""
+
+    @abstractmethod
+    def handlers(self) -> dict[str, Handler]:
+        """Message TYPE -> handler for the requests this mode accepts."""
+
+    def warm_up(self) -> None:
+        """Pay one-time costs before serving (optional)."""
+
+    def close(self) -> None:
+        """Flush and release what the half holds (optional)."""
+
+
+class RoundIO(ABC):
+    """The TX daemon's services to a :class:`TxHalf` during one round."""
+
+    session_id: int
+    clock_offset_ns: int  # RX clock minus TX clock, ns
+
+    @abstractmethod
+    def exchange(self, msg: Any, reply_types: tuple[str, ...]) -> Any:
+        """Send ``msg`` (of this round's seq) and return the reply of one of ``reply_types``.
+
+        Re-sends after a lost reply; raises :class:`RoundFailed` naming the RX's
+        ERROR or why no reply came.
+        """
+
+
+class TxHalf(ABC):
+    """The TX side of a mode: opens sessions with its parameters and runs rounds."""
+
+    mode: ClassVar[str]
+    fingerprint: str
+
+    @abstractmethod
+    def hello_params(self) -> dict:
+        """The TX's session parameters, sent in HELLO."""
+
+    def check_hello_reply(self, params: dict) -> str | None:
+        """Why the RX's HELLO ``params`` do not suit this TX (None: they do)."""
+        return None
+
+    @abstractmethod
+    def config_record(self) -> dict:
+        """Mode settings written to ``results.json``'s ``config``."""
+
+    @abstractmethod
+    def run_round(self, seq: int, channel, rec: RoundRecord, io: RoundIO) -> None:
+        """Run round ``seq`` given its CHANNEL feedback; fill ``rec`` (status ``ok`` on success).
+
+        Raise :class:`RoundFailed` for a failure the record should name.
+        """
+
+
+class Mode(ABC):
+    """A registered alignment scheme: builds its halves from the daemons' options."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def build_rx(cls, opts: dict) -> RxHalf:
+        """The RX half from the RX's options (``opts``: option name -> value, None = default)."""
+
+    @classmethod
+    @abstractmethod
+    def build_tx(cls, opts: dict) -> TxHalf:
+        """The TX half from the TX's options."""
+
+
+MODES: dict[str, type[Mode]] = {}
+
+
+def register_mode(cls: type[Mode]) -> type[Mode]:
+    """Make ``cls`` available under ``cls.name`` (usable as a class decorator)."""
+    known = MODES.get(cls.name)
+    if known is not None and known is not cls:
+        raise ValueError(f"mode {cls.name!r} is already registered by {known.__module__}")
+    MODES[cls.name] = cls
+    return cls
+
+
+def mode_names() -> list[str]:
+    """Every mode a node can be started with."""
+    return sorted(set(BUILTIN_MODES) | set(MODES))
+
+
+def get_mode(name: str) -> type[Mode]:
+    """The mode called ``name``; ValueError lists the known ones."""
+    if name not in MODES and name in BUILTIN_MODES:
+        importlib.import_module(BUILTIN_MODES[name])
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; known modes: {', '.join(mode_names())}")
+    return MODES[name]

@@ -1,0 +1,111 @@
+"""pca-lora's RX half: reconstruct -> align (LoRA) -> classify -> RESULT.
+
+One PAYLOAD is one round: the link delivers it (air time, HARQ), the features
+are dequantized and checked, the test vectors reconstructed
+(``x_hat = P_alpha z + mean``), the classifier adapted on the training
+vectors by the alignment strategy, and the test vectors classified with both
+the frozen and the adapted model (test labels travel for evaluation only).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from torch import nn
+
+from common.codecs.base import Codec
+from common.learn.models import accuracy, predict
+from common.modes.base import Reply, RoundContext, RoundError, RxHalf
+from common.modes.pca_lora.alignment import AlignmentStrategy
+from common.modes.pca_lora.messages import NO_LABEL, Payload
+from common.wire.protocol import Result
+from common.wire.values import VALUE_FORMATS
+
+log = logging.getLogger("semalign.rx")
+
+
+class PcaLoraRx(RxHalf):
+    """Holds the codec, the frozen classifier and the alignment strategy."""
+
+    mode = "pca-lora"
+
+    def __init__(self, codec: Codec, model: nn.Sequential, strategy: AlignmentStrategy, n_classes: int = 10):
+        self.codec = codec
+        self.model = model
+        self.strategy = strategy
+        self.n_classes = n_classes
+        self.fingerprint = codec.fingerprint
+
+    def hello_params(self) -> dict:
+        return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max}
+
+    def check_hello(self, params: dict) -> str | None:
+        if params.get("codec") != self.codec.name or params.get("d_raw") != self.codec.d_raw:
+            return (f"codec {params.get('codec')}/d_raw={params.get('d_raw')} != RX "
+                    f"{self.codec.name}/d_raw={self.codec.d_raw}")
+        if params.get("value_dtype") not in VALUE_FORMATS:
+            return f"value_dtype {params.get('value_dtype')!r} is not one of {sorted(VALUE_FORMATS)}"
+        return None
+
+    def handlers(self) -> dict:
+        return {Payload.TYPE: self.on_payload}
+
+    def warm_up(self) -> None:
+        """One tiny adaptation and inference so the first real round pays no start-up cost."""
+        z = np.zeros((8, self.codec.d_max), np.float32)
+        adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
+        predict(adapted, self.codec.decode(z))
+
+    # ------------------------------------------------------------ PAYLOAD
+
+    def check(self, p: Payload) -> None:
+        """Raise :class:`RoundError` for a payload this RX cannot use."""
+        if p.fingerprint.hex() != self.codec.fingerprint:
+            raise RoundError("fingerprint", f"payload basis fingerprint {p.fingerprint.hex()[:12]}... does "
+                                            f"not match the RX's {self.codec.fingerprint[:12]}...")
+        if p.alpha > self.codec.d_max:
+            raise RoundError("alpha", f"alpha={p.alpha} exceeds d_pre={self.codec.d_max} of the RX's basis")
+        train_labels = p.labels[p.n_test:]
+        if np.any(train_labels >= self.n_classes):
+            bad = int(train_labels[train_labels >= self.n_classes][0])
+            raise RoundError("bad_label", f"training label {bad} outside [0, {self.n_classes})")
+
+    def on_payload(self, p: Payload, ctx: RoundContext) -> Reply:
+        self.check(p)
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
+        t_delivered = time.time_ns()
+
+        t0 = time.perf_counter()
+        z = p.features()
+        if not np.isfinite(z).all():
+            raise RoundError("non_finite", f"payload holds {int((~np.isfinite(z)).sum())} NaN/Inf "
+                                           "feature values")
+        x_test = self.codec.decode(z[: p.n_test])
+        t_decoded = time.time_ns()
+        t1 = time.perf_counter()
+
+        if p.n_train:
+            adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
+            adapt_info = report.to_dict()
+        else:
+            adapted, adapt_info = self.model, {"strategy": "none", "steps": 0, "complete": True}
+        t2 = time.perf_counter()
+        pred = predict(adapted, x_test)
+        t3 = time.perf_counter()
+
+        y_test = p.labels[: p.n_test]
+        labelled = y_test != NO_LABEL
+        acc_pre = accuracy(predict(self.model, x_test[labelled]), y_test[labelled])
+        acc_ada = accuracy(pred[labelled], y_test[labelled])
+        log.info("seq %d: alpha=%d n_train=%d acc %.3f -> %.3f (finetune %.0f ms)", p.seq, p.alpha,
+                 p.n_train, acc_pre, acc_ada, (t2 - t1) * 1e3)
+        timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "reconstruct": (t1 - t0) * 1e3,
+                   "finetune": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3,
+                   "airtime": delivery.airtime_s * 1e3}
+        adapt_info["transmissions"] = delivery.transmissions
+        fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": p.n_train, "acc_pretrained": acc_pre,
+                  "acc_adapted": acc_ada, "adapt": adapt_info}
+        return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
+                            ctx.received_ns, t_delivered, t_decoded, time.time_ns()))

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment, train_steps
+from common.learn.train import TrainConfig, fit
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, budget_bytes, n_train_max
 from common.link.channel.emulator import LinkParams, state_from_mcs
 from common.link.channel.nr import max_mcs
@@ -206,7 +207,10 @@ def finetune(model: nn.Sequential, x: np.ndarray, y: np.ndarray, which: str, ste
     for p in params:
         p.requires_grad_(True)
     lr = 1e-3 if which == "full" else 1e-2
-    done, _ = train_steps(net, params, x, y, AdaptConfig(steps=steps, lr=lr, budget_ms=None, seed=seed))
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(np.asarray(y, np.int64))
+    report = fit(params, lambda xb, yb: nn.functional.cross_entropy(net(xb), yb), (xt, yt),
+                 TrainConfig(epochs=0, steps=steps, batch_size=256, lr=lr, seed=seed)) if steps else None
+    done = report.steps if report else 0
     for p in params:
         p.requires_grad_(False)
     return net.eval(), (time.perf_counter() - t0) * 1e3, done
@@ -226,25 +230,26 @@ def train_end_to_end(x: np.ndarray, y: np.ndarray, n_classes: int, hidden: tuple
         val, tr = perm[:n_val], perm[n_val:]
         xt, yt = torch.as_tensor(x), torch.as_tensor(y.astype(np.int64))
         net = build_mlp(x.shape[1], hidden, n_classes)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-        best, best_state, bad, epochs, best_epoch = -1.0, None, 0, 0, 0
-        while epochs < cfg.max_epochs and bad < cfg.patience:
-            net.train()
-            order = tr[torch.randperm(len(tr), generator=gen)]
-            for i in range(0, len(order), cfg.batch):
-                idx = order[i:i + cfg.batch]
-                loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            epochs += 1
+        state = {"best": -1.0, "weights": None, "bad": 0, "epochs": 0, "best_epoch": 0}
+
+        def validate(epoch: int, _loss: float) -> bool:
+            """Early stopping: keep the best weights; stop after ``patience`` epochs without gain."""
             net.eval()
             acc = accuracy(predict(net, xt[val]), y[val.numpy()])
-            if acc > best:
-                best, bad, best_epoch = acc, 0, epochs
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.train()
+            state["epochs"] = epoch
+            if acc > state["best"]:
+                state.update(best=acc, bad=0, best_epoch=epoch,
+                             weights={k: v.detach().clone() for k, v in net.state_dict().items()})
             else:
-                bad += 1
+                state["bad"] += 1
+            return state["bad"] < cfg.patience
+
+        net.train()
+        fit(list(net.parameters()), lambda xb, yb: nn.functional.cross_entropy(net(xb), yb),
+            (xt[tr], yt[tr]), TrainConfig(epochs=cfg.max_epochs, batch_size=cfg.batch, lr=cfg.lr, seed=seed),
+            on_epoch=validate, generator=gen)
+        best, best_state, epochs, best_epoch = state["best"], state["weights"], state["epochs"], state["best_epoch"]
         net.load_state_dict(best_state)
         net.eval()
         info = {"train_ms": (time.perf_counter() - t0) * 1e3, "epochs": epochs, "best_epoch": best_epoch,

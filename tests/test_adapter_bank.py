@@ -16,7 +16,7 @@ from common.modes.pca_lora.adapter_bank import (
 )
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.learn.fastlora import init_adapters
+from common.learn.lora import init_adapters
 
 
 def _state(seed=0):

@@ -4,7 +4,7 @@ import torch
 
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.codecs.pca import PcaCodec
-from common.learn.lora import LoraConfig, LoraLinear, LoraMergeError, merge_lora, wrap_lora
+from common.learn.lora import LoraConfig, LoraLinear, LoraMergeError, init_adapters, merge_into
 from common.learn.models import accuracy, build_mlp, predict
 
 
@@ -31,21 +31,40 @@ def _model(seed=0):
     return build_mlp(16, (12, 8), 10)
 
 
+def _wrapped(model, config):
+    return torch.nn.Sequential(*(LoraLinear(m, config) if isinstance(m, torch.nn.Linear) else m for m in model))
+
+
 def test_fresh_adapter_changes_nothing():
     model, x = _model(), torch.randn(5, 16)
-    wrapped = wrap_lora(model, LoraConfig(rank=4))
-    torch.testing.assert_close(wrapped(x), model(x))
+    torch.testing.assert_close(_wrapped(model, LoraConfig(rank=4))(x), model(x))
 
 
 def test_merged_equals_unmerged():
     model, x = _model(), torch.randn(5, 16)
-    wrapped = wrap_lora(model, LoraConfig(rank=4, lora_alpha=8))
+    wrapped = _wrapped(model, LoraConfig(rank=4, lora_alpha=8))
     with torch.no_grad():
         for m in wrapped:
             if isinstance(m, LoraLinear):
                 m.lora_B.normal_()
-    torch.testing.assert_close(merge_lora(wrapped)(x), wrapped(x), atol=1e-5, rtol=1e-5)
+    merged = torch.nn.Sequential(*(m.merged() if isinstance(m, LoraLinear) else m for m in wrapped))
+    torch.testing.assert_close(merged(x), wrapped(x), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(wrapped(x), model(x))
+
+
+def test_state_merge_equals_module_form():
+    """The two forms of an adapter (LoraState merged into the MLP, LoraLinear modules) agree."""
+    model, x = _model(), torch.randn(5, 16)
+    weights = [m.weight.detach() for m in model if isinstance(m, torch.nn.Linear)]
+    state = init_adapters(weights, (0, 1, 2), 4, 2.0, False, torch.Generator().manual_seed(1))
+    for b in state.B:
+        b.normal_()
+    wrapped = _wrapped(model, LoraConfig(rank=4, lora_alpha=8))
+    with torch.no_grad():
+        for i, m in enumerate(m for m in wrapped if isinstance(m, LoraLinear)):
+            m.lora_A.copy_(state.A[i])
+            m.lora_B.copy_(state.B[i])
+    torch.testing.assert_close(merge_into(model, state)(x), wrapped(x), atol=1e-5, rtol=1e-5)
 
 
 def test_merge_refuses_non_finite():
@@ -54,6 +73,17 @@ def test_merge_refuses_non_finite():
         layer.lora_B.fill_(float("inf"))
     with pytest.raises(LoraMergeError, match="not finite"):
         layer.merged()
+
+
+@pytest.mark.parametrize("part", ["B", "d"])
+def test_production_merge_refuses_non_finite(part):
+    """The merge the RX uses (merge_into) refuses an adapter whose weights or bias deltas overflow."""
+    model = _model()
+    weights = [m.weight.detach() for m in model if isinstance(m, torch.nn.Linear)]
+    state = init_adapters(weights, (1, 2), 4, 2.0, True, torch.Generator().manual_seed(0))
+    getattr(state, part)[0].fill_(float("nan"))
+    with pytest.raises(LoraMergeError, match="not finite"):
+        merge_into(model, state)
 
 
 def test_base_model_is_not_modified(digits):

@@ -1,7 +1,9 @@
 """A hand-written LoRA trainer for the RX's MLP: the fast path of :class:`LoraAlignment`.
 
-Same model as :mod:`common.learn.lora` (``W* = W + scaling B A`` on every adapted
-Linear layer, optional bias deltas), trained with Adam on cross-entropy, but:
+Same model as :mod:`common.learn.lora` (a :class:`LoraState`: ``W* = W + scaling B A``
+on every adapted Linear layer, optional bias deltas), trained with Adam on
+cross-entropy with the batches and schedule of :func:`common.learn.train.fit`
+(``drop_last``), but:
 
 - the first layer is folded into the codec's features (``W x_hat = (W M^T) z + W c``),
   so it costs ``alpha`` instead of ``d_raw`` per input;
@@ -19,43 +21,11 @@ Shapes: ``z`` float32 (n, alpha); ``m`` float32 (alpha, d_raw) and ``c``
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class LoraState:
-    """Trained adapter tensors: ``A[l]`` (r, in), ``B[l]`` (out, r), ``d[l]`` (out,) bias deltas.
-
-    ``layers``: indices (into the Linear layers) that carry an adapter.
-    """
-
-    layers: tuple[int, ...]
-    A: list[torch.Tensor]
-    B: list[torch.Tensor]
-    d: list[torch.Tensor] | None
-    scaling: float
-
-    def delta_weight(self, i: int) -> torch.Tensor:
-        """``scaling * B A`` of adapter ``i`` (out, in)."""
-        return self.scaling * (self.B[i] @ self.A[i])
-
-
-def init_adapters(weights: list[torch.Tensor], layers: tuple[int, ...], rank: int, scaling: float,
-                  bias: bool, gen: torch.Generator) -> LoraState:
-    """Fresh adapters: ``A`` Kaiming-uniform (as peft), ``B`` zero, bias deltas zero."""
-    A, B, d = [], [], []
-    for l in layers:
-        out_f, in_f = weights[l].shape
-        r = min(rank, in_f, out_f)
-        bound = 1.0 / math.sqrt(in_f)
-        A.append(torch.empty(r, in_f).uniform_(-bound, bound, generator=gen))
-        B.append(torch.zeros(out_f, r))
-        d.append(torch.zeros(out_f))
-    return LoraState(tuple(layers), A, B, d if bias else None, scaling)
+from common.learn.lora import LoraState
+from common.learn.train import lr_at
 
 
 def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tensor, y: torch.Tensor,
@@ -170,13 +140,7 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
             torch.mm(gv.t(), h, out=gA[i])
             g = torch.ops.aten.threshold_backward(torch.addmm(g @ weights[l], gv, A[i]), h, 0.0)
         # ---- Adam (torch's formula)
-        if schedule == "cosine":
-            progress = (step - 1) / steps
-            if budget_s is not None:
-                progress = max(progress, elapsed / budget_s)
-            lr_k = lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        else:
-            lr_k = lr
+        lr_k = lr_at(lr, schedule, step, steps, elapsed, budget_s)
         exp_avg.lerp_(grad, 1 - betas[0])
         exp_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
         denom = (exp_sq / (1 - betas[1] ** step)).sqrt_().add_(eps)

@@ -1,8 +1,16 @@
 """Low-rank adaptation of Linear layers (eqs. 4-5): ``W* = W + (lora_alpha / r) B A``.
 
-Like peft's ``Linear``: ``B`` starts at zero, so a fresh adapter changes
-nothing; one :meth:`LoraLinear.delta_weight` serves merging; merging refuses
-non-finite weights. The frozen base layer is shared, never modified.
+The one LoRA implementation of semalign, like peft's ``Linear``: ``B`` starts
+at zero, so a fresh adapter changes nothing; ``A`` is Kaiming-uniform; one
+:func:`lora_delta` gives ``Delta W`` for training and merging alike; every
+merge goes through :func:`merged_weight`, which refuses non-finite weights.
+
+Two forms of the same adapter:
+- :class:`LoraState`: adapter tensors for the Linear layers of an MLP
+  (pca-lora's RX trains it with the hand-written folded trainer,
+  :mod:`common.learn.fastlora`, or with autograd) merged by :func:`merge_into`;
+- :class:`LoraLinear`: a module wrapping one frozen ``nn.Linear`` for autograd
+  training (fed-lora's small-model path), merged by :meth:`LoraLinear.merged`.
 """
 
 from __future__ import annotations
@@ -36,23 +44,97 @@ class LoraConfig:
         return self.lora_alpha / self.rank
 
 
-class LoraLinear(nn.Module):
-    """``y = base(x) + scaling * x A^T B^T``; A: (r, in), B: (out, r)."""
+def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``Delta W = scaling * B A``: A (r, in), B (out, r) -> (out, in)."""
+    return scaling * (B @ A)
 
-    def __init__(self, base: nn.Linear, config: LoraConfig):
+
+def kaiming_uniform_A(rank: int, in_features: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh ``A`` (rank, in_features): uniform in ``±1/sqrt(in_features)`` (peft's Kaiming init)."""
+    bound = 1.0 / math.sqrt(in_features)
+    return torch.empty(rank, in_features).uniform_(-bound, bound, generator=gen)
+
+
+@torch.no_grad()
+def merged_weight(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight + delta`` as a new tensor; :class:`LoraMergeError` if any entry is not finite."""
+    out = weight + delta
+    if not torch.isfinite(out).all():
+        raise LoraMergeError("merged LoRA weights are not finite; refusing to merge")
+    return out
+
+
+@dataclass
+class LoraState:
+    """Adapter tensors for an MLP: ``A[i]`` (r, in), ``B[i]`` (out, r), ``d[i]`` (out,) bias deltas.
+
+    ``layers``: indices (into the MLP's Linear layers) that carry adapter ``i``.
+    """
+
+    layers: tuple[int, ...]
+    A: list[torch.Tensor]
+    B: list[torch.Tensor]
+    d: list[torch.Tensor] | None
+    scaling: float
+
+    def delta_weight(self, i: int) -> torch.Tensor:
+        """``scaling * B A`` of adapter ``i`` (out, in)."""
+        return lora_delta(self.A[i], self.B[i], self.scaling)
+
+
+def init_adapters(weights: list[torch.Tensor], layers: tuple[int, ...], rank: int, scaling: float,
+                  bias: bool, gen: torch.Generator) -> LoraState:
+    """Fresh adapters for ``weights[l]`` (out, in), l in ``layers``: A Kaiming-uniform, B and d zero."""
+    A, B, d = [], [], []
+    for l in layers:
+        out_f, in_f = weights[l].shape
+        r = min(rank, in_f, out_f)
+        A.append(kaiming_uniform_A(r, in_f, gen))
+        B.append(torch.zeros(out_f, r))
+        d.append(torch.zeros(out_f))
+    return LoraState(tuple(layers), A, B, d if bias else None, scaling)
+
+
+@torch.no_grad()
+def merge_into(model: nn.Sequential, state: LoraState) -> nn.Sequential:
+    """A new frozen Sequential with ``W* = W + scaling B A`` (and ``b + d``) on the adapted layers."""
+    out, k = [], 0
+    for module in model:
+        if isinstance(module, nn.Linear):
+            layer = nn.Linear(module.in_features, module.out_features)
+            weight, bias = module.weight.detach(), module.bias.detach()
+            if k in state.layers:
+                i = state.layers.index(k)
+                weight = merged_weight(weight, state.delta_weight(i))
+                if state.d is not None:
+                    bias = merged_weight(bias, state.d[i])
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+            for p in layer.parameters():
+                p.requires_grad_(False)
+            out.append(layer)
+            k += 1
+        else:
+            out.append(module)
+    return nn.Sequential(*out).eval()
+
+
+class LoraLinear(nn.Module):
+    """``y = base(x) + scaling * x A^T B^T``; A: (r, in), B: (out, r); the base layer stays frozen."""
+
+    def __init__(self, base: nn.Linear, config: LoraConfig, gen: torch.Generator | None = None):
         super().__init__()
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
         r = min(config.rank, base.in_features, base.out_features)
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_A = nn.Parameter(kaiming_uniform_A(r, base.in_features, gen))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = config.lora_alpha / r
 
     def delta_weight(self) -> torch.Tensor:
         """``Delta W = scaling * B A``, shape (out, in)."""
-        return self.scaling * (self.lora_B @ self.lora_A)
+        return lora_delta(self.lora_A, self.lora_B, self.scaling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scaling * ((x @ self.lora_A.t()) @ self.lora_B.t())
@@ -60,20 +142,7 @@ class LoraLinear(nn.Module):
     @torch.no_grad()
     def merged(self) -> nn.Linear:
         """A new plain Linear with ``W* = W + Delta W`` (eq. 5)."""
-        weight = self.base.weight + self.delta_weight()
-        if not torch.isfinite(weight).all():
-            raise LoraMergeError("merged LoRA weights are not finite; refusing to merge")
         out = nn.Linear(self.base.in_features, self.base.out_features)
-        out.weight.copy_(weight)
+        out.weight.copy_(merged_weight(self.base.weight, self.delta_weight()))
         out.bias.copy_(self.base.bias)
         return out
-
-
-def wrap_lora(model: nn.Sequential, config: LoraConfig) -> nn.Sequential:
-    """A new Sequential whose Linear layers are LoRA-wrapped (base weights shared, frozen)."""
-    return nn.Sequential(*(LoraLinear(m, config) if isinstance(m, nn.Linear) else m for m in model))
-
-
-def merge_lora(model: nn.Sequential) -> nn.Sequential:
-    """A new Sequential of plain layers with every adapter merged."""
-    return nn.Sequential(*(m.merged() if isinstance(m, LoraLinear) else m for m in model))

@@ -30,7 +30,9 @@ class TrainConfig:
     (annealed to 0 over the run, by step count or elapsed budget, whichever is
     further: a run cut short still ends annealed) or "onecycle" (torch's
     ``OneCycleLR``). ``budget_s``: wall-clock cap in seconds, None = none.
-    ``weight_decay``: Adam's L2 term. ``seed``: batch order.
+    ``weight_decay``: Adam's L2 term. ``seed``: batch order. ``drop_last``:
+    reshuffle when fewer than a batch of rows is left in the epoch, instead of
+    taking a short last batch (the folded LoRA trainer's batching).
     """
 
     epochs: float = 1.0
@@ -41,6 +43,7 @@ class TrainConfig:
     budget_s: float | None = None
     weight_decay: float = 0.0
     seed: int = 0
+    drop_last: bool = False
 
     def __post_init__(self):
         if not self.epochs > 0 and self.steps <= 0:
@@ -92,13 +95,16 @@ def planned_steps(n: int, config: TrainConfig) -> int:
 
 def fit(params: Sequence[torch.Tensor], loss_fn: Callable[..., torch.Tensor],
         tensors: Sequence[torch.Tensor], config: TrainConfig,
-        on_epoch: Callable[[int, float], bool | None] | None = None) -> FitReport:
+        on_epoch: Callable[[int, float], bool | None] | None = None,
+        generator: torch.Generator | None = None) -> FitReport:
     """Adam on ``params`` minimising ``loss_fn(*batch)`` over minibatches of ``tensors``.
 
     ``tensors``: equal-length tensors (e.g. inputs (n, d) float32 and labels
     (n,) int64); each step draws the same rows of each, reshuffled every epoch
     with a generator seeded by ``config.seed``. ``on_epoch(epoch, mean_loss)``
     runs after each full pass; returning False stops the run (early stopping).
+    ``generator``: the batch-order generator, when the caller shares one
+    (default: a new one seeded with ``config.seed``).
     """
     t0 = time.perf_counter()
     n = len(tensors[0])
@@ -111,7 +117,7 @@ def fit(params: Sequence[torch.Tensor], loss_fn: Callable[..., torch.Tensor],
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps)
              if config.schedule == "onecycle" else None)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     batch = n if config.batch_size <= 0 or config.batch_size >= n else config.batch_size
     order, cursor, epoch, epoch_loss, epoch_n = None, n, 0, 0.0, 0
     last = mean = float("nan")
@@ -121,7 +127,7 @@ def fit(params: Sequence[torch.Tensor], loss_fn: Callable[..., torch.Tensor],
         if config.budget_s is not None and elapsed >= config.budget_s:
             stopped_by = "budget"
             break
-        if cursor >= n:
+        if cursor >= n or (config.drop_last and cursor + batch > n):
             order, cursor = (torch.randperm(n, generator=gen) if batch < n else None), 0
         idx = None if order is None else order[cursor:cursor + batch]
         cursor += batch
@@ -138,7 +144,7 @@ def fit(params: Sequence[torch.Tensor], loss_fn: Callable[..., torch.Tensor],
         last = float(loss.detach())
         k = len(rows[0])
         epoch_loss, epoch_n, done = epoch_loss + last * k, epoch_n + k, step
-        if cursor >= n:
+        if cursor >= n or (config.drop_last and cursor + batch > n):
             epoch += 1
             mean, epoch_loss, epoch_n = epoch_loss / epoch_n, 0.0, 0
             if on_epoch is not None and on_epoch(epoch, mean) is False:

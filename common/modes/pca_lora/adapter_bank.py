@@ -28,7 +28,7 @@ from torch import nn
 
 from common.modes.pca_lora.alignment import AdaptReport, AlignmentStrategy, LoraAlignment
 from common.codecs.pca import Codec
-from common.learn.fastlora import LoraState
+from common.learn.lora import LoraState
 
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -1,7 +1,10 @@
-"""Alignment strategies: how the RX adapts its frozen classifier to what it receives.
+"""pca-lora's alignment strategies: how the RX adapts its frozen classifier to what it receives.
 
-RX-side LoRA fine-tuning is the one strategy today; split learning (TX-side)
-and federated LoRA will be further :class:`AlignmentStrategy` classes.
+An :class:`AlignmentStrategy` runs inside the pca-lora RX half, once per
+payload; :class:`LoraAlignment` is the paper's RX-side LoRA, and
+:class:`~common.modes.pca_lora.adapter_bank.BankedAlignment` adds warm starts
+from adapters fitted earlier. (The other modes align differently and bring
+their own halves; see :mod:`common.modes.base`.)
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.learn import fastlora
 from common.codecs.base import Codec
-from common.learn.fastlora import LoraState
-from common.learn.lora import LoraConfig, LoraMergeError
+from common.learn import fastlora
+from common.learn.lora import LoraConfig, LoraState, init_adapters, merge_into
+from common.learn.train import TrainConfig, fit
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ class LoraAlignment(AlignmentStrategy):
                 state.d = [torch.zeros(weights[l].shape[0]) for l in layers]
             warm = True
         else:
-            state = fastlora.init_adapters(weights, layers, self.lora.rank, self.lora.scaling, cfg.bias, gen)
+            state = init_adapters(weights, layers, self.lora.rank, self.lora.scaling, cfg.bias, gen)
             warm = False
         z = np.asarray(z, np.float32)
         y = np.asarray(y)
@@ -202,7 +205,7 @@ class LoraAlignment(AlignmentStrategy):
         else:
             x = torch.as_tensor(codec.decode(z))
             done, loss = _train_reference(weights, biases, x[fit], yt[fit], state, steps, cfg, gen, left_s)
-        merged = _merge(model, state)
+        merged = merge_into(model, state)
         kept, acc_frozen, acc_adapted = "adapted", None, None
         if len(hold):
             y_hold = torch.as_tensor(y[hold.numpy()].astype(np.int64))
@@ -258,54 +261,13 @@ def _split_holdout(n: int, cfg: AdaptConfig, gen: torch.Generator) -> tuple[torc
     return perm[k:].sort().values, perm[:k].sort().values
 
 
-@torch.no_grad()
-def _merge(model: nn.Sequential, state: LoraState) -> nn.Sequential:
-    """A new Sequential with ``W* = W + scaling B A`` (and ``b + d``) on the adapted layers."""
-    out, k = [], 0
-    for module in model:
-        if isinstance(module, nn.Linear):
-            layer = nn.Linear(module.in_features, module.out_features)
-            weight, bias = module.weight.detach().clone(), module.bias.detach().clone()
-            if k in state.layers:
-                i = state.layers.index(k)
-                weight += state.delta_weight(i)
-                if state.d is not None:
-                    bias += state.d[i]
-            if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-                raise LoraMergeError("merged LoRA weights are not finite; refusing to merge")
-            layer.weight.copy_(weight)
-            layer.bias.copy_(bias)
-            for p in layer.parameters():
-                p.requires_grad_(False)
-            out.append(layer)
-            k += 1
-        else:
-            out.append(module)
-    return nn.Sequential(*out).eval()
-
-
 def _train_reference(weights, biases, x, y, state: LoraState, steps: int, cfg: AdaptConfig,
                      gen: torch.Generator, budget_s: float | None) -> tuple[int, float]:
     """Autograd version of :func:`common.learn.fastlora.train` on ``x_hat`` (same batches, schedule, Adam)."""
-    t_start = time.perf_counter()
     params = [p.requires_grad_(True) for p in (*state.A, *state.B, *(state.d or []))]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    n = len(x)
-    b = n if cfg.batch_size <= 0 or cfg.batch_size >= n else cfg.batch_size
-    order, cursor, loss_value, done = None, n, float("nan"), 0
     first = state.layers[0]
-    for step in range(1, steps + 1):
-        elapsed = time.perf_counter() - t_start
-        if budget_s is not None and elapsed >= budget_s:
-            break
-        if b == n:
-            xb, yb = x, y
-        else:
-            if cursor + b > n:
-                order, cursor = torch.randperm(n, generator=gen), 0
-            idx = order[cursor:cursor + b]
-            cursor += b
-            xb, yb = x[idx], y[idx]
+
+    def loss_fn(xb, yb):
         h = xb
         for l in range(len(weights)):
             p = h @ weights[l].t() + biases[l]
@@ -315,48 +277,11 @@ def _train_reference(weights, biases, x, y, state: LoraState, steps: int, cfg: A
                 if state.d is not None:
                     p = p + state.d[i]
             h = p.clamp(min=0) if l < len(weights) - 1 else p
-        loss = nn.functional.cross_entropy(h, yb)
-        progress = (step - 1) / steps if budget_s is None else max((step - 1) / steps, elapsed / budget_s)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) \
-                if cfg.schedule == "cosine" else cfg.lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_value, done = float(loss.detach()), step
+        return nn.functional.cross_entropy(h, yb)
+
+    config = TrainConfig(epochs=0, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.schedule,
+                         budget_s=budget_s, drop_last=True)
+    report = fit(params, loss_fn, (x, y), config, generator=gen)
     for p in params:
         p.requires_grad_(False)
-    return done, loss_value
-
-
-def train_steps(model: nn.Module, params: list[torch.Tensor], x: np.ndarray, y: np.ndarray,
-                config: AdaptConfig) -> tuple[int, float]:
-    """Run up to ``config.steps`` Adam steps on ``params``; returns (steps run, last loss)."""
-    if len(x) == 0 or config.steps == 0:
-        return 0, float("nan")
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
-    opt = torch.optim.Adam(params, lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    batch = config.batch_size or len(xt)
-    deadline = None if config.budget_ms is None else time.perf_counter() + config.budget_ms / 1e3
-    loss_value = float("nan")
-    order = torch.randperm(len(xt), generator=gen)
-    cursor = 0
-    for step in range(config.steps):
-        if deadline is not None and time.perf_counter() >= deadline:
-            return step, loss_value
-        if batch >= len(xt):
-            xb, yb = xt, yt
-        else:
-            if cursor + batch > len(xt):
-                order, cursor = torch.randperm(len(xt), generator=gen), 0
-            idx = order[cursor:cursor + batch]
-            cursor += batch
-            xb, yb = xt[idx], yt[idx]
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss_value = float(loss.detach())
-    return config.steps, loss_value
+    return report.steps, report.last_loss

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -12,7 +13,9 @@ from torch import nn
 from common.codecs.pca import PcaCodec
 from common.data.datasets import Dataset
 from common.learn.models import accuracy, build_mlp, predict
-from semalign.progress import Advance
+from common.learn.train import TrainConfig, fit
+
+Advance = Callable[[int, str], None]  # progress callback: (steps done, status text)
 
 
 @dataclass(frozen=True)
@@ -49,24 +52,10 @@ def train_classifier(x: np.ndarray, y: np.ndarray, n_classes: int, hidden: tuple
     torch.manual_seed(seed)
     model = build_mlp(x.shape[1], hidden, n_classes)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = (len(xt) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
     model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for i in range(0, len(xt), batch_size):
-            idx = order[i:i + batch_size]
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        if advance:
-            advance(1, f"loss {total / len(xt):.4f}")
+    fit(list(model.parameters()), lambda xb, yb: nn.functional.cross_entropy(model(xb), yb), (xt, yt),
+        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule="onecycle", seed=seed),
+        on_epoch=(lambda _epoch, loss: advance(1, f"loss {loss:.4f}")) if advance else None)
     model.eval()
     return model
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,8 +31,7 @@ from common.modes.pca_lora.budget import PayloadLayout, n_train_max
 from common.learn.models import mlp_shape, predict
 from common.wire.protocol import decode, encode
 from common.modes.pca_lora.messages import Payload
-from semalign.runner import campaign_inputs
-from semalign.sweep import machine_info, reference_rate_bps
+from semalign.runner import campaign_inputs, machine_info, reference_rate_bps
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -146,28 +143,25 @@ class _PeakRss:
 
 def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -> dict:
     """Peak RSS (MiB) of an RX and a TX process during a 3-round loopback run (``VmHWM``)."""
-    from semalign.processes import free_port, stop_process
+    from semalign.processes import free_port, launch, stop_process
 
     if not Path("/proc/self/status").exists():
         return {"rx_peak_rss_mib": None, "tx_peak_rss_mib": None, "note": "no /proc on this system"}
     address = f"tcp://127.0.0.1:{free_port()}"
-    common = ["--artifacts", str(artifacts), "--dataset", dataset, "--insecure"]
+    common = {"artifacts": artifacts, "dataset": dataset, "insecure": True}
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rx.log", "w") as rx_log, open(out / "tx.log", "w") as tx_log:
-        rx = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, "--link", "loopback",
-                               "--trace", "demo", "--trace-rounds", "3", *common],
-                              stdout=rx_log, stderr=subprocess.STDOUT)
-        rx_peak = _PeakRss(rx.pid)
-        try:
-            tx_cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", "3",
-                      "--out", str(out / "run"), *common] + (["--data-dir", data_dir] if data_dir else [])
-            tx = subprocess.Popen(tx_cmd, stdout=tx_log, stderr=subprocess.STDOUT)
-            tx_peak = _PeakRss(tx.pid)
-            tx.wait(timeout=600)
-            tx_mib = tx_peak.stop()
-        finally:
-            rx_mib = rx_peak.stop()
-            stop_process(rx)
+    rx = launch("rx", {"bind": address, "link": "loopback", "trace": "demo", "trace_rounds": 3, **common},
+                out / "rx.log")
+    rx_peak = _PeakRss(rx.pid)
+    try:
+        tx = launch("tx", {"connect": address, "rounds": 3, "out": out / "run", "data_dir": data_dir, **common},
+                    out / "tx.log")
+        tx_peak = _PeakRss(tx.pid)
+        tx.wait(timeout=600)
+        tx_mib = tx_peak.stop()
+    finally:
+        rx_mib = rx_peak.stop()
+        stop_process(rx)
     if tx.returncode != 0:
         raise RuntimeError(f"bench TX exited with {tx.returncode}; see {out / 'tx.log'}")
     return {"rx_peak_rss_mib": rx_mib, "tx_peak_rss_mib": tx_mib}

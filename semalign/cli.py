@@ -99,12 +99,10 @@ def demo(
     setup_logging(log_level, "demo")
     if rounds < 3 and trace == "demo":
         fail(f"--rounds {rounds}: the demo trace needs at least 3 rounds")
-    shared = ["--config", str(config)] if config else []
-    tx_args = shared + [f for k, v in (("--n-test", n_test), ("--deadline-s", deadline_s),
-                                       ("--value-dtype", value_dtype)) if v is not None for f in (k, str(v))]
-    rx_args = shared + (["--adapt-steps", str(adapt_steps)] if adapt_steps is not None else [])
+    tx_options = {"config": config, "n_test": n_test, "deadline_s": deadline_s, "value_dtype": value_dtype}
+    rx_options = {"config": config, "adapt_steps": adapt_steps}
     try:
-        results = run_demo(rounds, out, dataset, trace, artifacts, data_dir, tx_args, rx_args)
+        results = run_demo(rounds, out, dataset, trace, artifacts, data_dir, tx_options, rx_options)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     print_rounds(results["rounds"], f"semalign demo: {dataset}, trace {trace}")

@@ -22,8 +22,7 @@ from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes
 from common.link.channel import build_trace
 from common.learn.models import accuracy, predict
-from semalign.runner import campaign_inputs
-from semalign.sweep import SweepConfig, build_round, machine_info, quantized_test
+from semalign.runner import build_round, campaign_inputs, machine_info, quantized_test
 from common.modes.pca_lora.tx import PcaLoraTxConfig
 from common.modes.pca_lora.policy import BudgetView, get_policy
 
@@ -52,9 +51,8 @@ def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str
                        "rate_bps": state.rate_bps, "b_max_bytes": b_max}
                 try:
                     alpha = policy(BudgetView(b_max, codec.d_max, n_test, n_min, layout))
-                    cfg = SweepConfig(dims=(alpha,), b_max_bytes=b_max, rate_bps=state.rate_bps, n_test=n_test,
-                                      value_dtype=value_dtype)
-                    rd = build_round(codec, data, alpha, seed * 100003 + k, cfg, layout)
+                    rd = build_round(codec, data, alpha, seed * 100003 + k, layout, n_test=n_test,
+                                     b_max_bytes=b_max, rate_bps=state.rate_bps)
                 except (BudgetError, ValueError) as e:
                     rec.update(status="failed", error=str(e), accuracy=0.0)
                     records.append(rec)

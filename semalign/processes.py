@@ -1,10 +1,17 @@
-"""Daemon processes started by the demo, sweeps, bench and soak: ports and clean stops."""
+"""The one daemon launcher: every command that starts RX/TX processes (demo, bench, sweep --live, soak,
+the tests) builds their command lines and stops them here.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
+from pathlib import Path
+
+from common.net.security import generate_keypair
 
 
 def free_port() -> int:
@@ -12,6 +19,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def daemon_argv(role: str, options: dict) -> list[str]:
+    """``python -m semalign ROLE --name value ...`` for ``options`` (``_`` becomes ``-``).
+
+    True gives a bare flag (``--insecure``); None and False leave the option out.
+    """
+    if role not in ("rx", "tx"):
+        raise ValueError(f"role must be 'rx' or 'tx', got {role!r}")
+    argv = [sys.executable, "-m", "semalign", role]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def launch(role: str, options: dict, log_path: str | Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a daemon (``role`` rx or tx) with ``options``; stdout and stderr go to ``log_path``.
+
+    ``env``: extra environment variables (e.g. ``OMP_NUM_THREADS``).
+    """
+    with open(log_path, "w") as log:
+        return subprocess.Popen(daemon_argv(role, options), stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
@@ -22,3 +55,20 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def throwaway_keys(key_dir: str | Path, tx_name: str = "tx") -> tuple[dict, dict]:
+    """CURVE keys for a one-machine run, as RX and TX options (kept in ``key_dir`` if already there).
+
+    Writes ``key_dir/rx.key[_secret]``, ``key_dir/allow/TX_NAME.key`` and ``key_dir/TX_NAME.key_secret``.
+    """
+    d = Path(key_dir)
+    if not (d / "rx.key_secret").exists():
+        generate_keypair(d, "rx")
+    if not (d / f"{tx_name}.key_secret").exists():
+        public, _ = generate_keypair(d, tx_name)
+        (d / "allow").mkdir(exist_ok=True)
+        os.replace(public, d / "allow" / public.name)
+    rx = {"curve_secret": d / "rx.key_secret", "curve_allow": d / "allow"}
+    tx = {"curve_secret": d / f"{tx_name}.key_secret", "curve_server_public": d / "rx.key"}
+    return rx, tx

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from common.learn import fastlora
 from common.artifacts import (
     DEFAULT_D_PRE,
     ArtifactError,
@@ -22,7 +25,14 @@ from common.artifacts import (
 )
 from common.codecs.pca import PcaCodec
 from common.data.datasets import Dataset, load_dataset
+from common.learn import fastlora
+from common.link.channel.emulator import LinkParams, state_from_mcs
+from common.link.channel.nr import max_mcs
+from common.modes.pca_lora.budget import PayloadLayout, n_train_max
+from common.modes.pca_lora.messages import Payload
 from common.modes.pca_lora.pretrain import PretrainConfig, pretrain
+from common.wire.protocol import decode, encode
+from common.wire.values import value_format
 from semalign.progress import progress_bar
 
 log = logging.getLogger("semalign")
@@ -72,3 +82,81 @@ def ensure_artifacts(dataset: str, artifacts: Path | None, data_dir: str | None 
         log.info("no artifacts in %s: pre-training now", path)
         run_pretrain(dataset, path, PretrainConfig(d_pre=DEFAULT_D_PRE[dataset]), data_dir, progress)
     return path
+
+
+# ---------------------------------------------------------------- shared by the in-process campaigns
+
+
+def reference_rate_bps() -> float:
+    """Top MCS of the 64-QAM table on the default 40 MHz / 30 kHz link (about 170.1 Mb/s)."""
+    return state_from_mcs(max_mcs("qam64"), "qam64", LinkParams()).rate_bps
+
+
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
+
+
+# ---------------------------------------------------------------- payloads
+
+
+@dataclass
+class RoundData:
+    """One payload as the RX sees it, plus TX/RX-side stage timings (ms)."""
+
+    alpha: int
+    n_train: int
+    payload_bytes: int
+    z_train: np.ndarray
+    y_train: np.ndarray
+    x_test_round: np.ndarray
+    timings: dict
+
+
+def build_round(codec, data: Dataset, alpha: int, seed: int, layout: PayloadLayout, *, n_test: int,
+                b_max_bytes: int, rate_bps: float) -> RoundData:
+    """Sample, encode, pack (the TX), unpack, reconstruct (the RX), timing each stage.
+
+    The payload carries ``n_test`` test vectors and as many training vectors
+    as fit ``b_max_bytes`` (eq. 2); air time is its size at ``rate_bps``.
+    """
+    n_test = min(n_test, len(data.y_test))
+    n_train = min(n_train_max(b_max_bytes, alpha, n_test, layout), len(data.y_train))
+    rng = np.random.default_rng([seed, alpha])
+    test_idx = rng.choice(len(data.y_test), n_test, replace=False)
+    train_idx = rng.choice(len(data.y_train), n_train, replace=False)
+    x = np.concatenate([data.x_test[test_idx], data.x_train[train_idx]])
+    labels = np.concatenate([data.y_test[test_idx], data.y_train[train_idx]])
+    t0 = time.perf_counter()
+    z = codec.encode(x, alpha)
+    t1 = time.perf_counter()
+    frame = encode(Payload.build(0, seed, codec.fingerprint, layout.value_dtype, z,
+                                 np.concatenate([test_idx, train_idx]).astype(np.uint32), labels, n_test))
+    t2 = time.perf_counter()
+    p = decode(frame)
+    feats = p.features()
+    t3 = time.perf_counter()
+    x_test = codec.decode(feats[:n_test])
+    t4 = time.perf_counter()
+    airtime_ms = 8 * len(frame) / rate_bps * 1e3
+    timings = {"encode_ms": (t1 - t0) * 1e3, "pack_ms": (t2 - t1) * 1e3, "unpack_ms": (t3 - t2) * 1e3,
+               "reconstruct_ms": (t4 - t3) * 1e3, "airtime_ms": airtime_ms}
+    timings["communication_ms"] = sum(timings.values())
+    return RoundData(alpha, n_train, len(frame), feats[n_test:], p.labels[n_test:].copy(), x_test, timings)
+
+
+def quantized_test(codec, data: Dataset, alpha: int, value_dtype: str) -> np.ndarray:
+    """The whole test set as the RX would reconstruct it from ``value_dtype`` features."""
+    fmt = value_format(value_dtype)
+    z = codec.encode(data.x_test, alpha)
+    values, scales = fmt.quantize(z)
+    return codec.decode(fmt.dequantize(values, scales, len(z), alpha))

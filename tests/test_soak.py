@@ -32,6 +32,7 @@ def check(summary, rounds):
 def test_soak_short(digits_artifacts, tmp_path):
     result, summary = soak(digits_artifacts, tmp_path / "soak", 100, 2)
     check(summary, 100)
+    assert result.exit_code == 0, result.output
     assert "0 lost" in result.output and "p99" in result.output
     assert summary["rss"]["samples"] > 0
 

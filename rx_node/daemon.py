@@ -11,6 +11,7 @@ feedback for the next round; the daemon keeps serving either way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -22,7 +23,16 @@ from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
 from common.net.transport import ReplyDropped, RxSocket
-from common.wire.protocol import Channel, DecodeLimits, Error, Hello, ProtocolError, decode, encode
+from common.wire.protocol import (
+    Channel,
+    DecodeLimits,
+    Error,
+    Hello,
+    ProtocolError,
+    decode,
+    encode,
+    request_digest,
+)
 from rx_node.replay import ReplayCache
 
 log = logging.getLogger("semalign.rx")
@@ -34,6 +44,7 @@ rate_limit(log, select=lambda r: getattr(r, "per_peer", False))
 class _Session:
     session_id: int
     mode: str
+    owner: str | None  # CURVE key (z85) that opened it; None on a plain socket (nothing authenticated)
     rounds: int = 0
     announced: dict = field(default_factory=dict)  # seq -> ChannelState sent in CHANNEL
     store: dict = field(default_factory=dict)  # the mode's per-session state
@@ -88,17 +99,23 @@ class RxNode:
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, peer: bytes, frames: list[bytes], received_ns: int | None = None) -> list[bytes]:
-        """Reply frames for one incoming message from ``peer``; never raises (last resort: ERROR internal)."""
+    def handle(self, peer: bytes, frames: list[bytes], received_ns: int | None = None,
+               owner: str | None = None) -> list[bytes]:
+        """Reply frames for one incoming message from ``peer``; never raises (last resort: ERROR internal).
+
+        ``owner``: the sender's authenticated identity (its CURVE key), which a
+        session is bound to: another key cannot open, use or read a session it
+        did not open.
+        """
         try:
-            return self._handle(peer, frames, received_ns)
+            return self._handle(peer, frames, received_ns, owner)
         except Exception as e:  # a bug must not take the daemon down; the sender learns what happened
             log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
             session = self.sessions.get(peer)
             return [encode(Error(session.session_id if session else 0, -1, "internal",
                                  f"{type(e).__name__}: {e}"))]
 
-    def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None) -> list[bytes]:
+    def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None, owner: str | None) -> list[bytes]:
         received_ns = received_ns or time.time_ns()
         session = self.sessions.get(peer)
         sid = session.session_id if session else 0
@@ -109,42 +126,46 @@ class RxNode:
         except ProtocolError as e:
             return [self._error(sid, -1, e.code, str(e))]
         if isinstance(msg, Hello):
-            return self._on_hello(peer, msg, received_ns)
+            return self._on_hello(peer, msg, received_ns, owner)
         accepted = self._handlers[session.mode] if session else self._any_handlers
         handler = accepted.get(msg.TYPE)
         if handler is None:
             where = f"mode {session.mode}" if session else "the RX"
             return [self._error(sid, -1, "unexpected", f"{where} does not accept {msg.TYPE} messages")]
-        if session is None or msg.session_id != session.session_id:
+        if session is None or msg.session_id != session.session_id or session.owner != owner:
             replies = [self._error(msg.session_id, msg.seq, "no_session",
                                    f"no open session {msg.session_id} for this peer; send HELLO first")]
             if session is not None:
                 replies.append(self._channel(session, msg.seq + 1))
             return replies
-        reply, final = self._answer(session, msg, handler, len(frames[0]), received_ns)
+        reply, final = self._answer(session, msg, handler, frames[0], received_ns)
         replies = [reply]
         if final and peer in self.sessions:
             replies.append(self._channel(session, msg.seq + 1))
         return replies
 
-    def _answer(self, session: _Session, msg, handler, nbytes: int, received_ns: int) -> tuple[bytes, bool]:
-        """A repeated ``(session, seq, type)`` gets the recorded reply; a new one is handled and recorded."""
+    def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool]:
+        """A repeated ``(session, seq, type)`` gets the recorded reply; a new one is handled and recorded.
+
+        The record is keyed by the session's owner too, so a key that did not
+        open a session never reads its replies.
+        """
         key = (msg.seq, msg.TYPE)
-        cached = self.replay.get(session.session_id, key)
+        cached = self.replay.get((session.owner, session.session_id), key)
         if cached is not None:
             self.stats.replayed += 1
             log.info("%s seq %d of session %d repeated: answering from the record", msg.TYPE, msg.seq,
                      session.session_id)
             return cached
-        answer = self._run(session, msg, handler, nbytes, received_ns)
-        self.replay.put(session.session_id, key, answer)
+        answer = self._run(session, msg, handler, frame, received_ns)
+        self.replay.put((session.owner, session.session_id), key, answer)
         return answer
 
-    def _run(self, session: _Session, msg, handler, nbytes: int, received_ns: int) -> tuple[bytes, bool]:
+    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool]:
         sid, seq = session.session_id, msg.seq
         try:
             state = session.announced.get(seq) or self.link.channel_state(seq)
-            ctx = RoundContext(sid, seq, state, self.link, nbytes, received_ns, self.pid, session.store)
+            ctx = RoundContext(sid, seq, state, self.link, len(frame), received_ns, self.pid, session.store)
             reply = handler(msg, ctx)
         except PayloadLost as e:
             return self._error(sid, seq, "lost", str(e)), True
@@ -156,7 +177,10 @@ class RxNode:
         if reply.final:
             session.rounds += 1
             self.stats.ok += 1
-        return encode(reply.message), reply.final
+        message = reply.message
+        if "request_digest" in getattr(message, "__dataclass_fields__", {}):
+            message = dataclasses.replace(message, request_digest=request_digest(frame))
+        return encode(message), reply.final
 
     def _error(self, sid: int, seq: int, code: str, message: str) -> bytes:
         log.warning("ERROR %s (session %d, seq %d): %s", code, sid, seq, message)
@@ -182,10 +206,14 @@ class RxNode:
 
     # ------------------------------------------------------------ HELLO
 
-    def _on_hello(self, peer: bytes, msg: Hello, received_ns: int) -> list[bytes]:
+    def _on_hello(self, peer: bytes, msg: Hello, received_ns: int, owner: str | None) -> list[bytes]:
         half = self.halves.get(msg.mode)
         problem = None
-        if msg.role != "tx":
+        taken = [s for s in self.sessions.values() if s.session_id == msg.session_id and s.owner != owner]
+        if taken:
+            problem = ("session_owner", f"session {msg.session_id} was opened by another TX key; "
+                                        "a TX can only use sessions it opened (pick a new session id)")
+        elif msg.role != "tx":
             problem = ("bad_message", f"HELLO role {msg.role!r}; the RX accepts role 'tx'")
         elif half is None:
             problem = ("mode", f"this RX serves mode{'s' if len(self.halves) > 1 else ''} "
@@ -206,7 +234,7 @@ class RxNode:
             del self.sessions[other]
         while len(self.sessions) >= self.max_sessions:
             del self.sessions[next(iter(self.sessions))]
-        session = self.sessions[peer] = _Session(msg.session_id, msg.mode)
+        session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner)
         log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
                  msg.next_seq)
         reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,
@@ -224,7 +252,7 @@ def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int |
         if got is None:
             continue
         peer, frames = got
-        for reply in node.handle(peer, frames, time.time_ns()):
+        for reply in node.handle(peer, frames, time.time_ns(), sock.last_user_id):
             try:
                 sock.send(peer, reply)
             except ReplyDropped as e:  # the peer left or stopped reading: never block the others

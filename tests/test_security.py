@@ -126,3 +126,64 @@ def test_insecure_warns(caplog):
     with caplog.at_level(logging.WARNING):
         assert not tx_security({"insecure": True}).curve
     assert "WITHOUT CURVE" in caplog.text
+
+
+def _raw_tx(address, key_dir, name):
+    """A TX socket with its own admitted CURVE key (added to the RX's allow-list directory)."""
+    _, tx_keys = throwaway_keys(key_dir, name)
+    return TxSocket(address, security=TxSecurity(load_secret(tx_keys["curve_secret"]),
+                                                 load_public(tx_keys["curve_server_public"])))
+
+
+def _ask(sock, frame, want, timeout_s=5.0):
+    from common.wire.protocol import decode
+
+    sock.send(frame)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = sock.recv(200)
+        if got is not None:
+            msg = decode(got)
+            if msg.TYPE in want:
+                return msg
+    raise AssertionError(f"no {want} within {timeout_s} s")
+
+
+def test_a_session_is_bound_to_the_key_that_opened_it(curve_rx, keys, digits_artifacts, digits):
+    """A second admitted TX cannot take over, read or feed another TX's session (issue 12, item 2)."""
+    from common.wire.protocol import encode
+    from tests.helpers import hello, payload
+
+    d, _, _ = keys
+    _, address = curve_rx
+    codec, _ = load_codec(digits_artifacts)
+    owner, intruder = _raw_tx(address, d, "tx-owner"), _raw_tx(address, d, "tx-intruder")
+    try:
+        sid = 424242
+        assert _ask(owner, hello(codec, session_id=sid), ("HELLO", "ERROR")).TYPE == "HELLO"
+        first = _ask(owner, encode(payload(codec, digits, seq=0, session_id=sid)), ("RESULT", "ERROR"))
+        assert first.TYPE == "RESULT"
+        # the intruder presents the owner's session id: refused, the owner's session stays
+        err = _ask(intruder, hello(codec, session_id=sid), ("HELLO", "ERROR"))
+        assert err.TYPE == "ERROR" and err.code == "session_owner"
+        # ... and cannot read the owner's recorded round by re-sending it
+        got = _ask(intruder, encode(payload(codec, digits, seq=0, session_id=sid)), ("RESULT", "ERROR"))
+        assert got.TYPE == "ERROR" and got.code == "no_session"
+        # the owner's session still works
+        again = _ask(owner, encode(payload(codec, digits, seq=1, session_id=sid)), ("RESULT", "ERROR"))
+        assert again.TYPE == "RESULT" and again.seq == 1
+    finally:
+        owner.close()
+        intruder.close()
+
+
+def test_tx_ignores_a_result_that_does_not_answer_its_request():
+    """A RESULT whose request digest differs from the request sent is not taken as the round's answer."""
+    from common.wire.protocol import Result, request_digest
+    from tx_node.daemon import TxNode
+
+    sent = b"the request"
+    good = Result(1, 0, {}, b"", {}, 1, 0, 0, 0, 0, request_digest(sent))
+    forged = Result(1, 0, {"acc_adapted": 1.0}, b"", {}, 1, 0, 0, 0, 0, request_digest(b"another request"))
+    assert TxNode._answers(good, request_digest(sent))
+    assert not TxNode._answers(forged, request_digest(sent))

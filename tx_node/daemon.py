@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from common.modes.base import RoundFailed, RoundIO, TxHalf
 from common.net.transport import TxSocket
 from common.results.log import ResultsLog, RoundRecord
-from common.wire.protocol import Channel, Error, Hello, ProtocolError, decode, encode
+from common.wire.protocol import Channel, Error, Hello, ProtocolError, decode, encode, request_digest
 
 log = logging.getLogger("semalign.tx")
 
@@ -236,6 +236,7 @@ class TxNode:
         """
         cfg = self.config
         reasons = []
+        digest = request_digest(frame)
         for attempt in range(cfg.round_attempts):
             rec.attempts = attempt + 1
             self.sock.poll_events()
@@ -243,7 +244,8 @@ class TxNode:
             sent_ns = time.time_ns()
             self.sock.send(frame)
             reply = self._recv_until(lambda m: (m.TYPE in reply_types or isinstance(m, Error))
-                                     and getattr(m, "seq", None) == seq and m.session_id == self.session_id,
+                                     and getattr(m, "seq", None) == seq and m.session_id == self.session_id
+                                     and self._answers(m, digest),
                                      cfg.result_timeout_s, disconnects=drops, grace_s=cfg.stop_grace_s)
             if isinstance(reply, Error) and reply.code != "no_session":
                 raise RoundFailed(f"RX error {reply.code}: {reply.message}")
@@ -265,6 +267,17 @@ class TxNode:
                 self._backoff(attempt)
                 self.handshake(next_seq=seq)
         raise RoundFailed(rec.error)
+
+
+    @staticmethod
+    def _answers(reply, digest: bytes) -> bool:
+        """Whether ``reply`` answers the request with ``digest`` (replies without a digest field: yes)."""
+        got = getattr(reply, "request_digest", None)
+        if got is None or got == digest:
+            return True
+        log.warning("a %s for round %d does not answer the request this TX sent (digest %s != %s); "
+                    "ignored", reply.TYPE, reply.seq, got.hex(), digest.hex())
+        return False
 
 
 class _Stopped(Exception):

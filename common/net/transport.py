@@ -95,6 +95,7 @@ class RxSocket:
         self.dropped: Counter[str] = Counter()
         self.auth: AllowListAuthenticator | None = None
         self._next_log_flush = 0.0
+        self.last_user_id: str | None = None  # authenticated sender of the last message (see recv)
         if self.security.curve:
             self.auth = AllowListAuthenticator(self._ctx, self.security.allow_dir)
             self.auth.start()
@@ -115,7 +116,12 @@ class RxSocket:
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def recv(self, timeout_ms: int) -> tuple[bytes, list[bytes]] | None:
-        """``(peer identity, frames)`` or None after ``timeout_ms``."""
+        """``(peer identity, frames)`` or None after ``timeout_ms``.
+
+        :attr:`last_user_id` is then the sender's authenticated identity: its
+        CURVE public key (z85) as the ZAP handler admitted it, or None on a
+        plain (``--insecure``) socket, where nothing is authenticated.
+        """
         if self.auth is not None:
             now = time.monotonic()
             if now >= self._next_log_flush:  # a refusal flood that stopped still gets its summary line
@@ -123,8 +129,14 @@ class RxSocket:
                 flush_refusal_logs()
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
-        peer, *frames = self.sock.recv_multipart(copy=True)
-        return peer, frames
+        peer, *parts = self.sock.recv_multipart(copy=False)
+        self.last_user_id = None
+        if self.auth is not None and parts:
+            try:
+                self.last_user_id = parts[-1].get("User-Id") or None
+            except zmq.ZMQError:  # no metadata on this message
+                self.last_user_id = None
+        return peer.bytes, [p.bytes for p in parts]
 
     def send(self, peer: bytes, frame: bytes) -> None:
         """Queue ``frame`` for ``peer`` without blocking, or raise :class:`ReplyDropped` (nothing queued)."""

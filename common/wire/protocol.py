@@ -16,6 +16,7 @@ Pure functions: :func:`encode` (message -> bytes) and :func:`decode`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import ClassVar
@@ -111,7 +112,9 @@ class Result:
     ``predictions``: uint8 bytes, one class id per test item (may be empty).
     ``timings_ms``: RX stage durations. ``t_*_ns``: RX wall clock at receipt,
     delivery (after the link's air time), end of decoding the received
-    representation, and reply.
+    representation, and reply. ``request_digest``: :func:`request_digest` of
+    the request this answers, filled in by the RX daemon; the TX accepts a
+    reply only when it matches what it sent.
     """
 
     TYPE: ClassVar[str] = "RESULT"
@@ -126,6 +129,7 @@ class Result:
     t_delivered_ns: int
     t_decoded_ns: int
     t_transmit_ns: int
+    request_digest: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,14 @@ class Error:
     seq: int
     code: str
     message: str
+
+
+REQUEST_DIGEST_BYTES = 16
+
+
+def request_digest(frame: bytes) -> bytes:
+    """The first 16 bytes of sha256 of a request frame: binds a reply to the request it answers."""
+    return hashlib.sha256(frame).digest()[:REQUEST_DIGEST_BYTES]
 
 
 MESSAGE_TYPES: dict[str, type] = {}

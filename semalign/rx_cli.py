@@ -15,7 +15,7 @@ def _run(cli: dict, config) -> None:
     opts, cfg = options_from(config, "rx", cli)
     stop = stop_on_signals()
     try:
-        stats = run_rx(opts, cfg.get("link", {}), rx_security(opts), stop)
+        stats = run_rx(opts, cfg.get("link", {}), rx_security(opts.get("curve_secret"), opts.get("curve_allow"), bool(opts.get("insecure"))), stop)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     logging.getLogger("semalign.rx").info("RX exiting: %d rounds ok, %d failed %s", stats.ok, stats.failed,

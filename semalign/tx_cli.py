@@ -15,7 +15,8 @@ def _run(cli: dict, config) -> None:
     opts, _ = options_from(config, "tx", cli)
     stop = stop_on_signals()
     try:
-        records = run_tx(opts, tx_security(opts), stop)
+        records = run_tx(opts, tx_security(opts.get("curve_secret"), opts.get("curve_server_public"),
+                                         bool(opts.get("insecure"))), stop)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     ok = sum(r.status == "ok" for r in records)

@@ -118,7 +118,7 @@ def test_zap_refusal_flood_over_real_sockets(tmp_path):
     sec_log.setLevel(logging.INFO)
     security.log_limiter.flush(force=True)
     rx = RxSocket("tcp://127.0.0.1:0", 1 << 16, zmq.Context.instance(),
-                  rx_security({"curve_secret": tmp_path / "rx.key_secret", "curve_allow": tmp_path / "allow"}))
+                  rx_security(**{"curve_secret": tmp_path / "rx.key_secret", "curve_allow": tmp_path / "allow"}))
     ctx = zmq.Context.instance()
     tx_sec = TxSecurity(load_secret(intruder_secret), load_public(tmp_path / "rx.key"))
     try:
@@ -159,5 +159,5 @@ def test_select_limits_only_chosen_records(logger):
 def test_insecure_warning_is_never_suppressed(caplog):
     with caplog.at_level(logging.WARNING, logger="semalign.security"):
         for _ in range(2 * security.REFUSAL_LOG_BURST):
-            rx_security({"insecure": True})
+            rx_security(**{"insecure": True})
     assert caplog.text.count("WITHOUT CURVE") == 2 * security.REFUSAL_LOG_BURST

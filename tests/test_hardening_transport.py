@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from common.net.security import generate_keypair, rx_security
+from common.net.security import generate_keypair
 from common.net.transport import (
     MAXMSGSIZE_SLACK,
     PeerGone,
@@ -150,7 +150,7 @@ from common.net.security import generate_keypair, rx_security
 max_bytes, keydir = int(sys.argv[1]), sys.argv[2]
 sec = None
 if keydir != "-":
-    sec = rx_security({"curve_secret": keydir + "/rx.key_secret", "curve_allow": keydir + "/allow"})
+    sec = rx_security(**{"curve_secret": keydir + "/rx.key_secret", "curve_allow": keydir + "/allow"})
 rx = RxSocket("tcp://127.0.0.1:0", max_bytes, zmq.Context.instance(), sec)
 print(rx.address, flush=True)
 while True:

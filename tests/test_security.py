@@ -74,7 +74,7 @@ def test_public_file_is_not_a_secret(tmp_path):
 def test_admitted_tx_runs_rounds_over_curve(curve_rx, keys, digits_artifacts, digits, tmp_path):
     proc, address = curve_rx
     _, _, tx_args = keys
-    sec = tx_security({"curve_secret": tx_args[1], "curve_server_public": tx_args[3]})
+    sec = tx_security(**{"curve_secret": tx_args[1], "curve_server_public": tx_args[3]})
     node = tx_node(digits_artifacts, digits, address, sec)
     try:
         records = node.run(2, ResultsLog(tmp_path, {}))
@@ -124,7 +124,7 @@ def test_insecure_warns(caplog):
     import logging
 
     with caplog.at_level(logging.WARNING):
-        assert not tx_security({"insecure": True}).curve
+        assert not tx_security(**{"insecure": True}).curve
     assert "WITHOUT CURVE" in caplog.text
 
 

@@ -128,9 +128,10 @@ def _require_curve() -> None:
                          "(bundled libzmq with libsodium/tweetnacl) or pass --insecure")
 
 
-def rx_security(opts: dict) -> RxSecurity:
-    """From ``curve_secret``, ``curve_allow``, ``insecure``: both key options, or ``insecure``."""
-    secret, allow, insecure = opts.get("curve_secret"), opts.get("curve_allow"), opts.get("insecure")
+def rx_security(curve_secret: str | Path | None = None, curve_allow: str | Path | None = None,
+                insecure: bool = False) -> RxSecurity:
+    """The RX's CURVE set-up: its secret certificate and the allow-list directory, or ``insecure``."""
+    secret, allow = curve_secret, curve_allow
     if secret or allow:
         if insecure:
             raise ValueError("--insecure contradicts --curve-secret/--curve-allow; choose one")
@@ -151,9 +152,10 @@ def rx_security(opts: dict) -> RxSecurity:
     return RxSecurity()
 
 
-def tx_security(opts: dict) -> TxSecurity:
-    """From ``curve_secret``, ``curve_server_public``, ``insecure``."""
-    secret, server, insecure = opts.get("curve_secret"), opts.get("curve_server_public"), opts.get("insecure")
+def tx_security(curve_secret: str | Path | None = None, curve_server_public: str | Path | None = None,
+                insecure: bool = False) -> TxSecurity:
+    """The TX's CURVE set-up: its secret certificate and the RX's public key, or ``insecure``."""
+    secret, server = curve_secret, curve_server_public
     if secret or server:
         if insecure:
             raise ValueError("--insecure contradicts --curve-secret/--curve-server-public; choose one")
@@ -249,21 +251,3 @@ def apply_client(sock: zmq.Socket, sec: TxSecurity) -> None:
     sock.curve_secretkey = sec.keys.secret
     sock.curve_publickey = sec.keys.public
     sock.curve_serverkey = sec.server_public
-
-
-def curve_args(key_dir: str | Path, tx_name: str = "tx") -> tuple[list[str], list[str]]:
-    """Throwaway keys for a one-machine run: RX and TX command-line options using them.
-
-    Writes ``key_dir/rx.key[_secret]`` and ``key_dir/allow/TX_NAME.key`` +
-    ``key_dir/TX_NAME.key_secret`` (kept if already there).
-    """
-    d = Path(key_dir)
-    if not (d / "rx.key_secret").exists():
-        generate_keypair(d, "rx")
-    if not (d / f"{tx_name}.key_secret").exists():
-        public, _ = generate_keypair(d, tx_name)
-        (d / "allow").mkdir(exist_ok=True)
-        os.replace(public, d / "allow" / public.name)
-    rx = ["--curve-secret", str(d / "rx.key_secret"), "--curve-allow", str(d / "allow")]
-    tx = ["--curve-secret", str(d / f"{tx_name}.key_secret"), "--curve-server-public", str(d / "rx.key")]
-    return rx, tx

@@ -138,6 +138,7 @@ class RxNode:
             if session is not None:
                 replies.append(self._channel(session, msg.seq + 1))
             return replies
+        self.sessions[peer] = self.sessions.pop(peer)  # most recently active last: idle ones are evicted first
         reply, final = self._answer(session, msg, handler, frames[0], received_ns)
         replies = [reply]
         if final and peer in self.sessions:
@@ -232,8 +233,10 @@ class RxNode:
         # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count
         for other in [k for k, s in self.sessions.items() if s.session_id == msg.session_id or k == peer]:
             del self.sessions[other]
-        while len(self.sessions) >= self.max_sessions:
-            del self.sessions[next(iter(self.sessions))]
+        while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
+            gone = self.sessions.pop(next(iter(self.sessions)))
+            log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
+                     self.max_sessions, extra=PER_PEER)
         session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner)
         log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
                  msg.next_seq)

@@ -1,9 +1,10 @@
-"""The RX's record of recent replies, so a repeated PAYLOAD is answered, not processed again.
+"""The RX's record of recent replies, so a repeated request is answered, not processed again.
 
-A TX re-sends round ``seq`` when its reply was lost (timeout, dropped
-connection, RX restart). Keyed by ``(session_id, seq)`` — not by the ZeroMQ
-peer, which changes when the TX rebuilds its socket — the record holds the
-encoded RESULT or ERROR frame of the last ``per_session`` rounds of the last
+A TX re-sends a request when its reply was lost (timeout, dropped
+connection, RX restart). Keyed by session — ``(owner key, session_id)``, not
+the ZeroMQ peer, which changes when the TX rebuilds its socket — and by
+request — ``(seq, message type)`` — the record holds the encoded reply (and
+whether it ended the round) of the last ``per_session`` requests of the last
 ``max_sessions`` sessions (least recently used sessions are dropped first),
 so its memory is bounded however long the daemon runs.
 """
@@ -14,31 +15,31 @@ from collections import OrderedDict
 
 
 class ReplayCache:
-    """Bounded ``(session_id, seq) -> reply frame`` map."""
+    """Bounded ``session -> request -> reply`` map (keys: any hashable values)."""
 
     def __init__(self, per_session: int = 64, max_sessions: int = 256):
         if per_session < 1 or max_sessions < 1:
             raise ValueError(f"per_session={per_session} and max_sessions={max_sessions} must be >= 1")
         self.per_session = per_session
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[int, OrderedDict[int, bytes]] = OrderedDict()
+        self._sessions: OrderedDict = OrderedDict()
 
-    def get(self, session_id: int, seq: int) -> bytes | None:
-        rounds = self._sessions.get(session_id)
+    def get(self, session, request):
+        rounds = self._sessions.get(session)
         if rounds is None:
             return None
-        self._sessions.move_to_end(session_id)
-        return rounds.get(seq)
+        self._sessions.move_to_end(session)
+        return rounds.get(request)
 
-    def put(self, session_id: int, seq: int, frame: bytes) -> None:
-        rounds = self._sessions.get(session_id)
+    def put(self, session, request, reply) -> None:
+        rounds = self._sessions.get(session)
         if rounds is None:
-            rounds = self._sessions[session_id] = OrderedDict()
+            rounds = self._sessions[session] = OrderedDict()
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)
-        self._sessions.move_to_end(session_id)
-        rounds[seq] = frame
-        rounds.move_to_end(seq)
+        self._sessions.move_to_end(session)
+        rounds[request] = reply
+        rounds.move_to_end(request)
         while len(rounds) > self.per_session:
             rounds.popitem(last=False)
 

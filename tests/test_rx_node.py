@@ -92,3 +92,15 @@ def test_sessions_are_kept_apart(node, digits):
     node.handle(b"b", [hello(node.halves["pca-lora"].codec, session_id=6)])
     (err, _) = [decode(f) for f in node.handle(b"b", [encode(payload(node.halves["pca-lora"].codec, digits, session_id=5))])]
     assert err.code == "no_session"
+
+
+def test_the_idlest_session_is_evicted_first(node, digits):
+    """At the session cap a new HELLO evicts the session idle longest, not the oldest live one."""
+    codec = node.halves["pca-lora"].codec
+    node.max_sessions = 3
+    for i, peer in enumerate((b"a", b"b", b"c")):
+        node.handle(peer, [hello(codec, session_id=10 + i)])
+    res = decode(node.handle(b"a", [encode(payload(codec, digits, session_id=10))])[0])
+    assert res.TYPE == "RESULT"  # a is active again; b is now the idlest
+    node.handle(b"d", [hello(codec, session_id=13)])
+    assert set(node.sessions) == {b"a", b"c", b"d"}

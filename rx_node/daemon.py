@@ -221,23 +221,26 @@ class RxNode:
                                f"{', '.join(sorted(self.halves))}, not {msg.mode!r}; start the RX with "
                                f"--mode {msg.mode} or the TX with --mode {sorted(self.halves)[0]}")
         elif msg.fingerprint != half.fingerprint:
-            problem = ("fingerprint", f"artifact fingerprint {msg.fingerprint[:12]}... does not match "
-                                      f"the RX's {half.fingerprint[:12]}...; both nodes must load the "
-                                      "same artifacts")
+            problem = ("fingerprint", f"fingerprint {msg.fingerprint[:12]}... does not match the RX's "
+                                      f"{half.fingerprint[:12]}...; {half.fingerprint_hint}")
         else:
             reason = half.check_hello(msg.params)
             if reason:
                 problem = ("params", f"mode {msg.mode}: {reason}")
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
-        # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count
+        # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count;
+        # a TX re-opening its own session keeps the mode's per-session state, as the replay record does
+        kept = {}
         for other in [k for k, s in self.sessions.items() if s.session_id == msg.session_id or k == peer]:
-            del self.sessions[other]
+            old = self.sessions.pop(other)
+            if old.session_id == msg.session_id and old.mode == msg.mode:
+                kept = old.store
         while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
             gone = self.sessions.pop(next(iter(self.sessions)))
             log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
                      self.max_sessions, extra=PER_PEER)
-        session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner)
+        session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner, store=kept)
         log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
                  msg.next_seq)
         reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,

@@ -46,25 +46,48 @@ register_campaigns(app)  # sweep, bench, fading (semalign/campaign_cli.py)
 
 @app.command()
 def pretrain(
+    mode: Optional[str] = typer.Option(None, help="What to pre-train: pca-lora (PCA basis + MLP classifier) or "
+                                       "slf (VQ-VAE transceivers + task heads) [default: pca-lora]."),
+    trx: Optional[str] = typer.Option(None, help="slf: transceiver configs to train, comma-separated: trx1 (MNIST, "
+                                      "eps 1e-5), trx2 (MNIST, eps 0.1), trx3 (Fashion-MNIST, eps 1e-5) "
+                                      "[default: trx1,trx2,trx3]."),
+    max_pool: Optional[int] = typer.Option(None, help="slf: images per transceiver (its shard of the training set "
+                                           "cut to this many, then split 8:2 into train/test) [default: the whole "
+                                           "shard]."),
+    head_epochs: Optional[float] = typer.Option(None, help="slf: task-head epochs over the training split "
+                                                "[default: 10]."),
     dataset: Optional[str] = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
     d_pre: Optional[int] = typer.Option(None, help="PCA components kept and used for pre-training [default: 200 for mnist, 40 for digits]."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs over the training set [default: 8]."),
-    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size in vectors [default: 512]."),
-    lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate of the one-cycle schedule [default: 3e-3]."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs over the training set [default: 8; slf: 10]."),
+    batch_size: Optional[int] = typer.Option(None, help="Mini-batch size in vectors [default: 512; slf: 128]."),
+    lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate of the one-cycle schedule [default: 3e-3; "
+                                       "slf: constant 1e-3]."),
     seed: Optional[int] = SeedOpt,
-    out: Optional[Path] = typer.Option(None, help="Output directory [default: artifacts/<dataset>-d<d_pre>]."),
+    out: Optional[Path] = typer.Option(None, help="Output directory [default: artifacts/<dataset>-d<d_pre>; slf: "
+                                       "artifacts/slf-<trx>, one --trx only when given]."),
     config: Optional[Path] = ConfigOpt,
     progress: bool = typer.Option(True, help="Show a progress bar."),
     log_level: str = LogOpt,
 ):
-    """Fit the PCA basis and pre-train the RX classifier on d_pre-dim reconstructions."""
+    """Fit the PCA basis and pre-train the RX classifier on d_pre-dim reconstructions (--mode slf: train
+    the named VQ-VAE transceivers and their task heads)."""
     from common.artifacts import DEFAULT_D_PRE
     from semalign.runner import run_pretrain
 
     setup_logging(log_level, "pretrain")
-    opts, _ = options_from(config, "pretrain", dict(dataset=dataset, data_dir=data_dir, d_pre=d_pre, epochs=epochs,
+    opts, _ = options_from(config, "pretrain", dict(mode=mode, trx=trx, max_pool=max_pool, head_epochs=head_epochs,
+                                                dataset=dataset, data_dir=data_dir, d_pre=d_pre, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, seed=seed, out=out))
+    mode = opts.pop("mode", "pca-lora")
+    if mode == "slf":
+        _pretrain_slf(opts, progress)
+        return
+    if mode != "pca-lora":
+        fail(f"--mode {mode}: pretrain knows pca-lora and slf")
+    slf_only = sorted(k for k in ("trx", "max_pool", "head_epochs") if k in opts)
+    if slf_only:
+        fail(f"{', '.join('--' + k.replace('_', '-') for k in slf_only)}: slf options; add --mode slf")
     name = opts.pop("dataset", "mnist")
     data_dir, out = opts.pop("data_dir", None), opts.pop("out", None)
     opts.setdefault("d_pre", DEFAULT_D_PRE.get(name, 200))
@@ -74,6 +97,38 @@ def pretrain(
         fail(str(e))
     typer.echo(f"test accuracy at alpha=d_pre={meta.d_pre}: {meta.test_accuracy:.4f} "
                f"(trained in {meta.train_seconds:.1f} s); fingerprint {meta.fingerprint[:16]}")
+
+
+def _pretrain_slf(opts: dict, progress: bool) -> None:
+    """``pretrain --mode slf``: each named transceiver on its own data split, saved to artifacts/slf-<trx>."""
+    from common.data.datasets import load_dataset
+    from common.modes.slf.configs import get_config
+    from common.modes.slf.messages import arch_fingerprint
+    from common.modes.slf.pretrain import default_slf_artifacts, pretrain_and_save, progress_steps, with_overrides
+    from semalign.progress import progress_bar
+
+    pca_only = sorted(k for k in ("dataset", "d_pre") if k in opts)
+    if pca_only:
+        fail(f"{', '.join('--' + k.replace('_', '-') for k in pca_only)}: not an slf option (each transceiver "
+             "config names its dataset)")
+    names = [n.strip() for n in str(opts.pop("trx", "trx1,trx2,trx3")).split(",") if n.strip()]
+    out, data_dir = opts.pop("out", None), opts.pop("data_dir", None)
+    if out and len(names) != 1:
+        fail(f"--out names one directory; give one --trx with it (got {', '.join(names)})")
+    try:
+        configs = [with_overrides(get_config(n), opts) for n in names]
+        data = {c.dataset: load_dataset(c.dataset, data_dir) for c in configs}  # every dataset before training
+        for c in configs:
+            path = Path(out) if out else default_slf_artifacts(c.name)
+            with progress_bar(f"pretrain slf {c.name}", progress_steps(c), progress) as advance:
+                meta = pretrain_and_save(c, data[c.dataset], path, advance)
+            m = meta.metrics
+            typer.echo(f"{c.name}: {c.dataset}, eps {c.eps:g}, {m['train_images']:.0f}/{m['test_images']:.0f} "
+                       f"train/test images; head accuracy {m['head_accuracy_clean']:.4f} (clean), own link "
+                       f"accuracy {m['link_accuracy']:.4f}, MSE {m['link_mse']:.4f}; {m['seconds']:.1f} s; saved "
+                       f"{path} (session fingerprint {arch_fingerprint(c.shape)[:16]})")
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
 
 
 # ---------------------------------------------------------------- demo

@@ -27,6 +27,7 @@ from common.results.log import RoundRecord
 # mode name -> module that registers it when imported
 BUILTIN_MODES = {
     "pca-lora": "common.modes.pca_lora.mode",
+    "slf": "common.modes.slf.mode",
 }
 
 
@@ -77,7 +78,8 @@ class RxHalf(ABC):
     """The RX side of a mode: accepts sessions and answers the mode's requests."""
 
     mode: ClassVar[str]
-    fingerprint: str  # hex digest of the artifacts both ends must share
+    fingerprint: str  # hex digest of what both ends must share
+    fingerprint_hint: ClassVar[str] = "both nodes must load the same artifacts"  # said when they differ
 
     @abstractmethod
     def hello_params(self) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -55,20 +55,27 @@ def vq_loss(model: Transceiver, x: torch.Tensor, eps: float, generator: torch.Ge
                   beta * F.mse_loss(z_e, z_q.detach()))
 
 
-def pretrain_transceiver(x: torch.Tensor, config: TransceiverConfig) -> tuple[Transceiver, FitReport]:
-    """Train a fresh transceiver on images ``x`` (n, C*H*W) float32 in [0, 1] over the DMC of ``config.eps``."""
+def pretrain_transceiver(x: torch.Tensor, config: TransceiverConfig,
+                         on_epoch: Callable[[int, float], None] | None = None) -> tuple[Transceiver, FitReport]:
+    """Train a fresh transceiver on images ``x`` (n, C*H*W) float32 in [0, 1] over the DMC of ``config.eps``.
+
+    ``on_epoch(epoch, mean_loss)``: called after each full pass (progress).
+    """
     model = Transceiver(config.shape, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    report = fit(list(model.parameters()), lambda xb: vq_loss(model, xb, config.eps, gen).total, [x], train)
+    report = fit(list(model.parameters()), lambda xb: vq_loss(model, xb, config.eps, gen).total, [x], train,
+                 on_epoch=on_epoch)
     return model, report
 
 
-def pretrain_head(x: torch.Tensor, y: torch.Tensor, config: TransceiverConfig) -> tuple[TaskHead, FitReport]:
+def pretrain_head(x: torch.Tensor, y: torch.Tensor, config: TransceiverConfig,
+                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[TaskHead, FitReport]:
     """Train the task head on clean images ``x`` (n, C*H*W) float32 / labels ``y`` (n,) int64, then freeze it."""
     head = TaskHead(config.shape, seed=config.seed)
     train = TrainConfig(epochs=config.head_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    report = fit(list(head.parameters()), lambda xb, yb: F.cross_entropy(head(xb), yb), [x, y.long()], train)
+    report = fit(list(head.parameters()), lambda xb, yb: F.cross_entropy(head(xb), yb), [x, y.long()], train,
+                 on_epoch=on_epoch)
     head.requires_grad_(False)
     return head.eval(), report
 
@@ -82,7 +89,8 @@ class SlfConfig:
     crossover probability ``eps_ij``; ``epochs`` over the TX's data;
     ``budget_s``: wall-clock cap (s) or None; ``seed``: batch order, channel
     draws and the l = 0 re-initialisation. The learning rate follows the
-    paper: :data:`LR_RETRAIN` for l = 0, :data:`LR_FINETUNE` otherwise.
+    paper (:data:`LR_RETRAIN` for l = 0, :data:`LR_FINETUNE` otherwise)
+    unless ``learning_rate`` is given.
     """
 
     n_frozen: int
@@ -92,6 +100,7 @@ class SlfConfig:
     seed: int = 0
     budget_s: float | None = None
     beta: float = BETA_COMMITMENT
+    learning_rate: float | None = None
 
     def __post_init__(self):
         frozen_layers(self.n_frozen)  # validates the range
@@ -103,6 +112,8 @@ class SlfConfig:
 
     @property
     def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
         return LR_RETRAIN if self.n_frozen == 0 else LR_FINETUNE
 
     def train_config(self) -> TrainConfig:

@@ -1,0 +1,212 @@
+"""slf's RX half (David): serves its decoder, installs aligned decoders per session, decodes and classifies.
+
+- SLF_DOWNLOAD -> SLF_DECODER (not round-final): the decoder the session
+  decodes with (the RX's own until an upload was installed in this session),
+  with a fresh random token that the upload must quote.
+- SLF_UPLOAD -> RESULT (round-final): the link's air time is applied to the
+  frame, then the upload is checked (a download in this session with that
+  token; known decoder tensors of the right shape, float32, finite, whole
+  layers, none of the ``l`` frozen ones, within the frame limit) and
+  installed in the session's store. Another session keeps its own decoder;
+  a refused upload leaves the session's decoder as it was.
+- SLF_SEMANTIC -> RESULT (round-final): the link's air time on the semantic
+  bytes, the K-ary DMC on the indices (seeded by ``[seed, seq]``), decoding
+  with the decoder the token names, the frozen task head; RESULT fields give
+  accuracy and reconstruction MSE (pixels in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from common.modes.base import Reply, RoundContext, RoundError, RxHalf
+from common.modes.slf.dmc import dmc_numpy, packed_size_bytes, unpack_indices
+from common.modes.slf.messages import (
+    MAX_SEMANTIC_IMAGES,
+    TOKEN_BYTES,
+    DecoderReply,
+    DecoderRequest,
+    Semantic,
+    TensorError,
+    Upload,
+    arch_fingerprint,
+    arch_mismatch,
+    arch_params,
+    decoder_frame_limit,
+    layers_of,
+    tensors_from_wire,
+    tensors_to_wire,
+    wire_tensor_bytes,
+)
+from common.modes.slf.transceiver import DECODER_LAYERS, TaskHead, Transceiver, frozen_layers
+from common.wire.protocol import Result
+
+log = logging.getLogger("semalign.rx")
+
+# keys of the per-session store (RoundContext.session)
+PENDING = "slf_pending"  # {"token", "seq", "base"}: the last download served in this session
+DECODER = "slf_decoder"  # Transceiver whose decoder the session's aligned rounds use
+TOKEN = "slf_token"  # token of the installed alignment
+
+
+class SlfRx(RxHalf):
+    """Holds the RX's transceiver (decoder + codebook used; its encoder is never used) and frozen task head.
+
+    ``eps``: crossover probability of the K-ary DMC applied to received
+    indices, or None to use each round's announced BLER (``eps_from_bler``).
+    ``seed``: seeds the DMC draws of round ``seq`` with ``[seed, seq]``.
+    """
+
+    mode = "slf"
+    fingerprint_hint = ("both nodes must run transceivers of the same architecture (layer widths, K, code "
+                        "dim, image shape); their weights may differ, that is what slf aligns")
+
+    def __init__(self, trx: Transceiver, head: TaskHead, eps: float | None, seed: int = 0, name: str = ""):
+        if eps is not None and not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be a probability in [0, 1], got {eps}")
+        self.trx = trx.eval()
+        self.head = head.eval()
+        self.eps = eps
+        self.seed = seed
+        self.name = name
+        self.shape = trx.shape
+        self.fingerprint = arch_fingerprint(trx.shape)
+        self.upload_limit = decoder_frame_limit(trx.shape)
+
+    def hello_params(self) -> dict:
+        return {**arch_params(self.shape), "eps": self.eps, "eps_source": "bler" if self.eps is None else "fixed",
+                "n_classes": self.shape.n_classes, "max_images": MAX_SEMANTIC_IMAGES, "trx": self.name}
+
+    def check_hello(self, params: dict) -> str | None:
+        return arch_mismatch(arch_params(self.shape), params, "RX")
+
+    def handlers(self) -> dict:
+        return {DecoderRequest.TYPE: self.on_download, Upload.TYPE: self.on_upload, Semantic.TYPE: self.on_semantic}
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        g = self.shape.indices_per_image
+        self.head.predict(self.trx.decode(torch.zeros(2, g, dtype=torch.long)))
+
+    # ------------------------------------------------------------ step 1: download
+
+    def on_download(self, msg: DecoderRequest, ctx: RoundContext) -> Reply:
+        base = ctx.session.get(DECODER, self.trx)
+        token = os.urandom(TOKEN_BYTES)
+        ctx.session[PENDING] = {"token": token, "seq": msg.seq, "base": base}
+        tensors = tensors_to_wire(base.decoder_state())
+        log.info("session %d seq %d: serving the decoder (%d B of tensors, %s)", ctx.session_id, msg.seq,
+                 wire_tensor_bytes(tensors), "aligned" if base is not self.trx else "original")
+        return Reply(DecoderReply(msg.session_id, msg.seq, token, self.shape.n_codewords, self.shape.code_dim,
+                                  tensors, ctx.rx_pid, ctx.received_ns, time.time_ns()), final=False)
+
+    # ------------------------------------------------------------ step 3: upload
+
+    def on_upload(self, msg: Upload, ctx: RoundContext) -> Reply:
+        if ctx.nbytes > self.upload_limit:
+            raise RoundError("oversize", f"upload of {ctx.nbytes} B exceeds this RX's limit of "
+                                         f"{self.upload_limit} B (whole decoder + envelope)")
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
+        t_delivered = time.time_ns()
+        pending = ctx.session.get(PENDING)
+        if pending is None:
+            raise RoundError("no_download", "upload without a decoder download in this session; "
+                                            "send SLF_DOWNLOAD first")
+        if not isinstance(msg.token, bytes) or msg.token != pending["token"]:
+            raise RoundError("wrong_session", "upload token does not name the decoder this session downloaded "
+                                              f"(seq {pending['seq']}); it belongs to another session or download")
+        if not 0 <= msg.n_frozen <= len(DECODER_LAYERS):
+            raise RoundError("n_frozen", f"n_frozen={msg.n_frozen} outside 0..{len(DECODER_LAYERS)}")
+        base: Transceiver = pending["base"]
+        own = base.decoder_state()
+        try:
+            state = tensors_from_wire(msg.tensors, own)
+        except TensorError as e:
+            raise RoundError(e.code, f"upload refused: {e}") from e
+        layers = layers_of(state)
+        partial = [k for k in own if k.rsplit(".", 1)[0] in layers and k not in state]
+        if partial:
+            raise RoundError("partial_layer", f"upload refused: layers must travel whole; missing {partial}")
+        frozen = set(layers) & set(frozen_layers(msg.n_frozen))
+        if frozen:
+            raise RoundError("frozen_layer", f"upload refused: {sorted(frozen)} are frozen at "
+                                             f"n_frozen={msg.n_frozen} and cannot have changed")
+        new = copy.deepcopy(base)
+        new.load_decoder_state(state)
+        ctx.session[DECODER] = new.eval()
+        ctx.session[TOKEN] = msg.token
+        del ctx.session[PENDING]
+        t_installed = time.time_ns()
+        log.info("session %d seq %d: installed %s (l=%d, %d B)", ctx.session_id, msg.seq,
+                 ", ".join(layers) or "no layers", msg.n_frozen, wire_tensor_bytes(msg.tensors))
+        fields = {"kind": "align", "n_frozen": msg.n_frozen, "installed_layers": list(layers),
+                  "upload_tensor_bytes": wire_tensor_bytes(msg.tensors), "upload_frame_bytes": ctx.nbytes,
+                  "transmissions": delivery.transmissions}
+        timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "airtime": delivery.airtime_s * 1e3,
+                   "install": (t_installed - t_delivered) / 1e6}
+        return Reply(Result(msg.session_id, msg.seq, fields, b"", timings, ctx.rx_pid, ctx.received_ns,
+                            t_delivered, t_installed, time.time_ns()))
+
+    # ------------------------------------------------------------ step 4: semantic rounds
+
+    @torch.no_grad()
+    def on_semantic(self, msg: Semantic, ctx: RoundContext) -> Reply:
+        s = self.shape
+        if not 1 <= msg.n <= MAX_SEMANTIC_IMAGES:
+            raise RoundError("bad_message", f"n={msg.n} images outside [1, {MAX_SEMANTIC_IMAGES}]")
+        count = msg.n * s.indices_per_image
+        if len(msg.indices) != packed_size_bytes(count, s.n_codewords):
+            raise RoundError("bad_message", f"indices: {len(msg.indices)} B, {msg.n} images of "
+                                            f"{s.indices_per_image} indices need "
+                                            f"{packed_size_bytes(count, s.n_codewords)} B")
+        d_raw = s.channels * s.image_size ** 2
+        if len(msg.labels) != msg.n or len(msg.pixels) not in (0, msg.n * d_raw):
+            raise RoundError("bad_message", f"labels {len(msg.labels)} B / pixels {len(msg.pixels)} B do not "
+                                            f"fit n={msg.n} images of {d_raw} pixels")
+        # only the semantic part goes over the emulated link; labels and pixels ride along for evaluation
+        delivery = ctx.link.deliver(ctx.nbytes - len(msg.labels) - len(msg.pixels), ctx.state, ctx.received_ns)
+        t_delivered = time.time_ns()
+        if msg.token:
+            if msg.token != ctx.session.get(TOKEN):
+                raise RoundError("stale_alignment", "this session has no installed alignment with that token "
+                                                    "(the RX restarted, the session was re-opened, or it "
+                                                    "belongs to another session); align again")
+            decoder = ctx.session[DECODER]
+        else:
+            decoder = self.trx
+        t0 = time.perf_counter()
+        try:
+            sent = unpack_indices(msg.indices, s.n_codewords, count)
+        except ValueError as e:
+            raise RoundError("bad_message", f"indices: {e}") from e
+        labels = np.frombuffer(msg.labels, np.uint8)
+        if labels.size and labels.max() >= s.n_classes:
+            raise RoundError("bad_label", f"label {int(labels.max())} outside [0, {s.n_classes})")
+        eps = ctx.state.bler if self.eps is None else self.eps
+        received = dmc_numpy(sent, s.n_codewords, eps, np.random.default_rng([self.seed, msg.seq]))
+        x_hat = decoder.decode(torch.from_numpy(received.reshape(msg.n, s.indices_per_image)))
+        t_decoded = time.time_ns()
+        t1 = time.perf_counter()
+        pred = self.head.predict(x_hat).numpy().astype(np.uint8)
+        t2 = time.perf_counter()
+        mse = None
+        if msg.pixels:
+            x = torch.from_numpy(np.frombuffer(msg.pixels, np.uint8).astype(np.float32) / 255.0)
+            mse = float(((x_hat.reshape(msg.n, -1) - x.reshape(msg.n, -1)) ** 2).mean())
+        acc = float((pred == labels).mean())
+        log.info("session %d seq %d: %d images, %s decoder, eps %.3g: accuracy %.4f, MSE %s", ctx.session_id,
+                 msg.seq, msg.n, "aligned" if msg.token else "original", eps, acc,
+                 "-" if mse is None else f"{mse:.4f}")
+        fields = {"kind": "semantic", "n": msg.n, "accuracy": acc, "mse": mse, "semantic_bytes": len(msg.indices),
+                  "eps": eps, "symbol_errors": int((received != sent).sum()),
+                  "decoder": "aligned" if msg.token else "original", "transmissions": delivery.transmissions}
+        timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "airtime": delivery.airtime_s * 1e3,
+                   "decode": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3}
+        return Reply(Result(msg.session_id, msg.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
+                            ctx.received_ns, t_delivered, t_decoded, time.time_ns()))

@@ -106,8 +106,12 @@ def test_security_loggers_are_rate_limited():
     assert security.zap_log_limiter in logging.getLogger("semalign.security.zap").filters
 
 
-def test_zap_refusal_flood_over_real_sockets(tmp_path):
-    """40 connections with unknown CURVE keys: today 40 REFUSED lines; now burst lines + one summary."""
+def test_zap_refusal_flood_over_real_sockets(tmp_path, monkeypatch):
+    """40 connections with unknown CURVE keys: today 40 REFUSED lines; now burst lines + one summary.
+
+    The limiter's clock is held still, so the 40 refusals fall in one window however slow the machine.
+    """
+    monkeypatch.setattr(security.log_limiter, "clock", lambda: 1000.0)
     generate_keypair(tmp_path, "rx")
     (tmp_path / "allow").mkdir()
     intruder_pub, intruder_secret = generate_keypair(tmp_path / "intruder", "tx")

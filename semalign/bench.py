@@ -8,10 +8,15 @@ Figures (medians of ``repeats`` runs, one torch thread):
 - ``pack`` / ``unpack``: MB/s of a ~1 MB PAYLOAD (encode, decode + dequantize); floor = memcpy;
 - ``zmq_rtt``: one loopback ZeroMQ DEALER/ROUTER round trip of a 1 MB message; floors:
   two memcpys of it, and (for scale) its air time at the reference link rate;
-- ``adapt``: LoRA adaptation time against n_train at alpha 20 (default settings, and a
-  fixed 150 steps without a budget); floor = FLOPs of the steps / GEMM rate;
+- ``step``: one training step of each adaptation recipe at alpha 20 (256 vectors, the
+  trainer alone, minimum over runs); floor = its FLOPs / GEMM rate;
+- ``adapt``: adaptation time against n_train at alpha 20 for each recipe with the RX's
+  default settings (step count calibrated to the budget); floor = FLOPs of the steps / GEMM rate;
 - ``inference``: classification of t vectors; floor = FLOPs / GEMM rate;
-- ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 3-round loopback run.
+- ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 3-round loopback run;
+  the same run's rounds are at alpha = d_pre with nothing to align, so ``round_d_pre``
+  gives their round latency (TX starts encoding -> RESULT back) against the air time of
+  the payload plus inference.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import numpy as np
 import torch
 import zmq
 
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.learn import fastlora
+from common.modes.pca_lora.alignment import DEFAULT_RECIPE, RECIPES, AdaptConfig, LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, n_train_max
 from common.learn.models import mlp_shape, predict
 from common.wire.protocol import decode, encode
@@ -111,6 +117,39 @@ def lora_step_flops(alpha: int, dims: list[int], rank: int, batch: int) -> float
     return 2 * (2 * frozen + 3 * low) * batch
 
 
+def recipe_step_flops(recipe: str, alpha: int, dims: list[int], rank: int, batch: int, stage: int = 0) -> float:
+    """FLOPs of one training step of ``recipe`` (stage 1 = staged's all-layer steps)."""
+    if recipe == "lora":
+        return lora_step_flops(alpha, dims, rank, batch)
+    return fastlora.dense_step_flops([alpha, *dims[1:]], 1 if stage == 0 else len(dims) - 1, batch)
+
+
+def step_times(model, codec, alpha: int, dims: list[int], flops_rate: float, repeats: int, k: int = 60) -> dict:
+    """ms per training step of each recipe's trainer at ``alpha`` (256 vectors; min over ``repeats``)."""
+    from common.modes.pca_lora.alignment import _mlp_weights
+
+    weights, biases = _mlp_weights(model)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4096, alpha, generator=gen)
+    y = torch.randint(0, dims[-1], (4096,), generator=gen)
+    out = {}
+    for recipe in RECIPES:
+        strategy = LoraAlignment(adapt=AdaptConfig(recipe=recipe))
+        for stage in range(2 if recipe == "staged" else 1):
+            label = recipe if stage == 0 else "staged stage 2 (all layers)"
+            if recipe == "staged" and stage == 0:
+                continue  # stage 1 of staged is the first-layer step
+            run = lambda: strategy._train_synthetic(weights, biases, z, y, codec, stage, k, "fp32")  # noqa: E731
+            run()
+            ms = min(_median_s(run, 1) for _ in range(repeats)) * 1e3 / k
+            floor = recipe_step_flops(recipe, alpha, dims, 8, 256, stage) / flops_rate * 1e3
+            # the default recipe's step: its own, or (staged) the first-layer step its first stage runs
+            default = recipe == DEFAULT_RECIPE or (recipe == "first-layer" and DEFAULT_RECIPE == "staged")
+            out[label] = {"alpha": alpha, "ms_per_step": ms, "floor_ms_per_step": floor, "ratio": ms / floor,
+                          "default": default}
+    return out
+
+
 class _PeakRss:
     """Polls ``VmHWM`` (the post-exec peak RSS) of a process in ``/proc`` until it exits.
 
@@ -164,7 +203,27 @@ def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -
         stop_process(rx)
     if tx.returncode != 0:
         raise RuntimeError(f"bench TX exited with {tx.returncode}; see {out / 'tx.log'}")
-    return {"rx_peak_rss_mib": rx_mib, "tx_peak_rss_mib": tx_mib}
+    return {"rx_peak_rss_mib": rx_mib, "tx_peak_rss_mib": tx_mib, "rounds_dir": str(out / "run")}
+
+
+def round_latency_d_pre(run_dir: Path) -> dict | None:
+    """Round latency of the run's rounds at alpha = d_pre (TX starts encoding -> RESULT back, ms)
+    against the payload's air time plus the RX's inference, medians."""
+    from common.results.log import load_results
+
+    try:
+        rounds = [r for r in load_results(run_dir)["rounds"] if r.get("status") == "ok"]
+    except (OSError, ValueError, KeyError):
+        return None
+    lean = [r for r in rounds if r.get("nothing_to_align") == "d_pre"]
+    if not lean:
+        return None
+    lat = [r["latency_ms"]["encode"] + r["latency_ms"]["pack"] + r["latency_ms"]["rtt"] for r in lean]
+    floor = [r["airtime_ms"] + r["latency_ms"]["classify"] for r in lean]
+    return {"rounds": len(lean), "n_train": [r["n_train"] for r in lean], "payload_rule": lean[0].get("payload_rule"),
+            "round_ms": float(np.median(lat)), "airtime_plus_inference_ms": float(np.median(floor)),
+            "airtime_ms": float(np.median([r["airtime_ms"] for r in lean])),
+            "ratio": float(np.median(lat) / np.median(floor))}
 
 
 def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None, repeats: int = 7,
@@ -213,20 +272,31 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
     res["zmq_rtt_1mib"] = {"ms": rtt * 1e3, "floor_ms_two_memcpy": 2 * 2**20 / mem * 1e3,
                            "airtime_ms_at_reference_rate": 8 * 2**20 / rate_bps * 1e3}
 
-    # adaptation vs n_train
+    # one training step of each recipe against its floor
+    fastlora.match_blas_threads()
+    res["step"] = step_times(model, codec, small_alpha, dims, flops, repeats)
+
+    # adaptation vs n_train, each recipe with the RX's defaults (calibrated step counts)
     adapt = []
     full_n = n - n_test
+    strategies = {r: LoraAlignment(adapt=AdaptConfig(recipe=r)) for r in RECIPES}
+    for strategy in strategies.values():
+        strategy.calibrate(model, codec)
     for n_train in sorted({min(k, full_n) for k in (500, 2000, 8000, full_n)}):
         zt, yt = z[n_test:n_test + n_train], ys[n_test:n_test + n_train]
         row = {"alpha": small_alpha, "n_train": n_train}
-        for label, cfg in (("default", AdaptConfig()), ("150_steps_no_budget",
-                                                         AdaptConfig(budget_ms=None))):
+        for recipe, strategy in strategies.items():
             reports = []
-            t = _median_s(lambda: reports.append(LoraAlignment(adapt=cfg).adapt(model, zt, yt, codec)[1]), repeats)
-            steps = int(np.median([r.steps for r in reports]))
-            floor_ms = steps * lora_step_flops(small_alpha, dims, 8, min(cfg.batch_size, n_train)) / flops * 1e3
-            row[label] = {"ms": t * 1e3, "steps": steps, "ms_per_step": t * 1e3 / max(steps, 1),
-                          "floor_ms": floor_ms}
+            t = _median_s(lambda: reports.append(strategy.adapt(model, zt, yt, codec)[1]), repeats)
+            rep = reports[-1]
+            batch = min(strategy.config.batch_size, n_train)
+            floor_ms = sum(k * recipe_step_flops(recipe, small_alpha, dims, 8, batch, stage)
+                           for stage, k in enumerate(rep.stage_steps)) / flops * 1e3
+            row[recipe] = {"ms": t * 1e3, "steps": rep.steps, "stage_steps": list(rep.stage_steps),
+                           "ms_per_step": t * 1e3 / max(rep.steps, 1), "floor_ms": floor_ms,
+                           "cut_by_cap": any(r.cut_by_cap for r in reports),
+                           "deterministic": all(r.steps == rep.steps for r in reports)}
+        row["default"] = row[DEFAULT_RECIPE]
         adapt.append(row)
     res["adapt"] = adapt
 
@@ -241,6 +311,7 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
 
     if live:
         res["rss"] = daemon_rss(artifacts, dataset, out / "daemons", data_dir)
+        res["round_d_pre"] = round_latency_d_pre(Path(res["rss"].pop("rounds_dir")))
     res["loadavg_end"] = list(os.getloadavg())
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     return res
@@ -266,13 +337,22 @@ def print_bench(res: dict) -> None:
     r = res["zmq_rtt_1mib"]
     t.add_row("ZeroMQ RTT 1 MiB", f"{r['ms']:.2f} ms", f"{r['floor_ms_two_memcpy']:.2f} ms",
               f"air time {r['airtime_ms_at_reference_rate']:.1f} ms")
+    for label, x in res.get("step", {}).items():
+        t.add_row(f"train step a={x['alpha']} {label}{' (default recipe)' if x['default'] else ''}",
+                  f"{x['ms_per_step']:.3f} ms", f"{x['floor_ms_per_step']:.3f} ms", f"{x['ratio']:.1f}x its floor")
     for a in res["adapt"]:
-        for label in ("default", "150_steps_no_budget"):
+        for label in RECIPES:
             x = a[label]
-            t.add_row(f"adapt a={a['alpha']} n={a['n_train']} ({label})", f"{x['ms']:.0f} ms ({x['steps']} steps)",
-                      f"{x['floor_ms']:.0f} ms", f"{x['ms_per_step']:.2f} ms/step")
+            t.add_row(f"adapt a={a['alpha']} n={a['n_train']} ({label}{', default' if label == DEFAULT_RECIPE else ''})",
+                      f"{x['ms']:.0f} ms ({'+'.join(map(str, x['stage_steps']))} steps)",
+                      f"{x['floor_ms']:.0f} ms", f"{x['ms_per_step']:.2f} ms/step"
+                      + (", cut by the cap" if x["cut_by_cap"] else ""))
     for i in res["inference"]:
         t.add_row(f"inference t={i['t']}", f"{i['ms']:.2f} ms", f"{i['floor_ms']:.2f} ms", "")
+    d = res.get("round_d_pre")
+    if d:
+        t.add_row(f"round at alpha=d_pre ({d['payload_rule']}, n_train {d['n_train'][0]})", f"{d['round_ms']:.1f} ms",
+                  f"{d['airtime_plus_inference_ms']:.1f} ms", f"{d['ratio']:.2f}x air time + inference")
     if res.get("rss"):
         t.add_row("peak RSS RX / TX", f"{res['rss']['rx_peak_rss_mib']:.0f} / {res['rss']['tx_peak_rss_mib']:.0f} MiB",
                   "", "VmHWM of each process")

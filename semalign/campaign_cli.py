@@ -28,7 +28,7 @@ def sweep(
     dataset: str = typer.Option("mnist", help="Dataset: mnist or digits."),
     data_dir: Optional[str] = DataDirOpt,
     artifacts: Optional[Path] = ArtifactsOpt,
-    methods: str = typer.Option("pretrained,lora,lora_bank,lora_nobudget,end_to_end,full_ft,last_layer",
+    methods: str = typer.Option("pretrained,lora,first_layer,staged,lora_bank,lora_nobudget,end_to_end,full_ft,last_layer",
                                 help="Methods to run (comma-separated)."),
     b_max_bytes: Optional[int] = typer.Option(None, help="Reference payload budget B_max, bytes "
                                                          "[default: 64-QAM top-MCS rate x deadline]."),

@@ -7,20 +7,24 @@ dtype and ``n_test`` test vectors. Methods, all evaluated on the whole test
 set reconstructed from the quantized alpha-dim features:
 
 - ``pretrained``: the frozen RX model;
-- ``lora``: the RX's default adaptation (a cold start);
-- ``lora_nobudget``: the same recipe without the time budget (its step count and
-  epoch cap only): what the recipe reaches when time is no object;
-- ``lora_bank``: the same with an adapter bank that persists across the sweep
-  (alphas from large to small, seeds in turn: a new alpha warm-starts from the
-  nearest stored one, a returning alpha from its own);
+- ``lora`` / ``first_layer`` / ``staged``: the RX's adaptation recipes
+  (``--adapt-recipe``, a cold start each, deterministic step counts calibrated
+  to the RX's time budget on this machine); the RX default is marked in the
+  ``default`` column;
+- ``lora_nobudget``: the paper's LoRA without the time budget (150 steps,
+  400 below alpha = d_pre/10, epoch cap only): what it reaches when time is no object;
+- ``lora_bank``: the RX's default recipe with an adapter bank that persists
+  across the sweep (alphas from large to small, seeds in turn: a new alpha
+  warm-starts from the nearest stored one, a returning alpha reuses its own
+  when the hold-out check accepts it);
 - ``full_ft`` / ``last_layer``: Adam on all weights / the last layer, same vectors;
 - ``end_to_end``: the same MLP trained from scratch on the whole training set
   reconstructed from alpha components, early stopping on a validation split;
   cached per (alpha, seed, settings) so reruns are cheap (``cached`` says so).
 
-``--live`` runs the pretrained and lora rows through real daemons (an RX
-process and one TX process per alpha, on loopback with a fixed 64-QAM channel);
-their accuracy is then over the payload's ``n_test`` test vectors.
+``--live`` runs the pretrained and default-recipe rows through real daemons (an
+RX process and one TX process per alpha, on loopback with a fixed 64-QAM
+channel); their accuracy is then over the payload's ``n_test`` test vectors.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ from common.modes.pca_lora.adapter_bank import (
     BankedAlignment,
     model_digest,
 )
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.learn import fastlora
+from common.modes.pca_lora.alignment import DEFAULT_RECIPE, AdaptConfig, LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, budget_bytes
 from common.wire.values import value_format
 from semalign.progress import progress_bar
@@ -63,11 +68,16 @@ from semalign.runner import (
 
 log = logging.getLogger("semalign.sweep")
 
-METHODS = ("pretrained", "lora", "lora_bank", "lora_nobudget", "end_to_end", "full_ft", "last_layer")
+METHODS = ("pretrained", "lora", "first_layer", "staged", "lora_bank", "lora_nobudget", "end_to_end", "full_ft",
+           "last_layer")
+# sweep method -> the RX's --adapt-recipe it measures
+RECIPE_METHODS = {"lora": "lora", "first_layer": "first-layer", "staged": "staged"}
+DEFAULT_METHOD = next(m for m, r in RECIPE_METHODS.items() if r == DEFAULT_RECIPE)
 CSV_FIELDS = ("mode", "method", "alpha", "seed", "n_train", "accuracy", "eval_n", "adapt_ms", "train_ms",
               "classify_ms", "communication_ms", "airtime_ms", "encode_ms", "pack_ms", "unpack_ms",
               "reconstruct_ms", "payload_bytes", "b_max_bytes", "steps", "complete", "kept",
-              "warm_start", "warm_from_alpha", "epochs", "cached")
+              "warm_start", "warm_from_alpha", "epochs", "cached", "default", "steps_by", "stage_steps",
+              "cut_by_cap", "precision", "reused")
 
 
 @dataclass(frozen=True)
@@ -241,11 +251,15 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     dims = sorted({min(a, codec.d_max) for a in cfg.dims}, reverse=True)
     b_max = cfg.budget
     mode = "live" if cfg.live else "in-process"  # of the run; rows computed here are "in-process"
+    fastlora.match_blas_threads()  # as the RX daemon: numpy's BLAS threads must not take the trainer's core
     machine = machine_info()
-    lora = LoraAlignment()
-    lora_free = LoraAlignment(adapt=AdaptConfig(budget_ms=None, deep_budget_ms=None))
+    strategies = {m: LoraAlignment(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
+    strategies["lora_nobudget"] = LoraAlignment(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,
+                                                                  budget_ms=None, deep_budget_ms=None))
     bank = AdapterBank(64, codec.fingerprint, model_digest(model))
-    banked = BankedAlignment(LoraAlignment(), bank)
+    strategies["lora_bank"] = BankedAlignment(LoraAlignment(), bank)
+    # calibrated once, before any row is timed (as the RX daemon does at start-up)
+    calibration = {m: strategies[m].calibrate(model, codec) for m in strategies if m in cfg.methods}
     x_train_cache: dict[int, np.ndarray] = {}
     rows: list[dict] = []
     methods = [m for m in METHODS if m in cfg.methods]
@@ -266,16 +280,13 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
                         acc = accuracy(predict(model, x_eval), data.y_test)
                         row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=0.0,
                                    classify_ms=_classify_ms(model, rd.x_test_round))
-                    elif method in ("lora", "lora_bank", "lora_nobudget"):
-                        strategy = {"lora": lora, "lora_bank": banked, "lora_nobudget": lora_free}[method]
-                        adapted, rep = strategy.adapt(model, rd.z_train, rd.y_train, codec)
+                    elif method in strategies:
+                        adapted, rep = strategies[method].adapt(model, rd.z_train, rd.y_train, codec)
                         acc = accuracy(predict(adapted, x_eval), data.y_test)
                         row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=rep.duration_ms,
-                                   classify_ms=_classify_ms(adapted, rd.x_test_round), steps=rep.steps,
-                                   complete=rep.complete, kept=rep.kept, warm_start=rep.warm_start,
-                                   warm_from_alpha=rep.warm_from_alpha)
+                                   classify_ms=_classify_ms(adapted, rd.x_test_round), **_report_fields(rep))
                         status = f"{rep.duration_ms:.0f} ms"
-                        if method == "lora":
+                        if method == DEFAULT_METHOD:
                             rows.extend(_subset_rows("in-process", model, codec, rd, seed, cfg, x_eval, data, b_max))
                     elif method in ("full_ft", "last_layer"):
                         net, ms, done = finetune(model, x_fit, rd.y_train, "full" if method == "full_ft" else "last",
@@ -295,6 +306,7 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
                                    classify_ms=_classify_ms(net, rd.x_test_round), epochs=info["epochs"],
                                    cached=info["cached"], n_train=len(data.y_train))
                         status = f"E2E {info['train_ms'] / 1e3:.1f} s" + (" (cached)" if info["cached"] else "")
+                    row["default"] = method == DEFAULT_METHOD
                     rows.append(row)
                     advance(1, f"seed {seed} alpha {alpha} {method} {row['accuracy']:.4f} {status}")
                 for lr_row in live_rows.get((seed, alpha), []):
@@ -304,7 +316,8 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
               "n_test": cfg.n_test, "value_dtype": cfg.value_dtype, "header_bytes": layout.header_bytes,
               "vector_header_bytes": layout.vector_header_bytes, "machine": machine,
               "loadavg_end": list(os.getloadavg()), "config": _jsonable(asdict(cfg)),
-              "adapt_defaults": _jsonable(asdict(AdaptConfig())), "rows": rows}
+              "adapt_defaults": _jsonable(asdict(AdaptConfig())), "default_method": DEFAULT_METHOD,
+              "calibration": calibration, "rows": rows}
     result["summary"] = summarize(rows)
     write_outputs(out, result)
     return result
@@ -318,8 +331,15 @@ def quantized_train(codec, data: Dataset, alpha: int, value_dtype: str) -> np.nd
     return codec.decode(fmt.dequantize(values, scales, len(z), alpha))
 
 
+def _report_fields(rep) -> dict:
+    """The adaptation report's fields a sweep row carries."""
+    return {"steps": rep.steps, "complete": rep.complete, "kept": rep.kept, "warm_start": rep.warm_start,
+            "warm_from_alpha": rep.warm_from_alpha, "steps_by": rep.steps_by, "stage_steps": list(rep.stage_steps),
+            "cut_by_cap": rep.cut_by_cap, "precision": rep.precision, "reused": rep.reused}
+
+
 def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig, x_eval, data, b_max) -> list[dict]:
-    """LoRA on the first fractions of the received vectors: the n_train axis of the policy table."""
+    """The default recipe on the first fractions of the received vectors: the n_train axis of the policy table."""
     rows = []
     for f in cfg.table_fractions:
         n = max(1, int(round(rd.n_train * f)))
@@ -327,8 +347,8 @@ def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig,
             continue
         adapted, rep = LoraAlignment().adapt(model, rd.z_train[:n], rd.y_train[:n], codec)
         acc = accuracy(predict(adapted, x_eval), data.y_test)
-        row = _row("in-process", "lora_subset", rd, seed, acc, len(x_eval), b_max, adapt_ms=rep.duration_ms,
-                   steps=rep.steps, complete=rep.complete, kept=rep.kept)
+        row = _row("in-process", "default_subset", rd, seed, acc, len(x_eval), b_max, adapt_ms=rep.duration_ms,
+                   **_report_fields(rep))
         row["n_train"] = n
         rows.append(row)
     return rows
@@ -346,7 +366,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Per (method, alpha): mean, std, min, max accuracy over seeds; median adapt/train time."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["method"] == "lora_subset":
+        if r["method"] == "default_subset":
             continue
         groups.setdefault((r["mode"], r["method"], r["alpha"]), []).append(r)
     out = []
@@ -366,20 +386,20 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def policy_table(rows: list[dict]) -> dict:
-    """alpha -> [[n_train, mean accuracy], ...] from pretrained (n = 0), lora_subset and lora rows."""
+    """alpha -> [[n_train, mean accuracy], ...] from pretrained (n = 0), default_subset and default-recipe rows."""
     acc: dict[int, dict[int, list[float]]] = {}
     for r in rows:
         if r["mode"] != "in-process":
             continue
         if r["method"] == "pretrained":
             acc.setdefault(r["alpha"], {}).setdefault(0, []).append(r["accuracy"])
-        elif r["method"] in ("lora", "lora_subset"):
+        elif r["method"] in (DEFAULT_METHOD, "default_subset"):
             acc.setdefault(r["alpha"], {}).setdefault(r["n_train"], []).append(r["accuracy"])
     alphas = {}
     for alpha, by_n in acc.items():
         # seeds draw the same n per alpha; average per n
         alphas[str(alpha)] = [[n, float(np.mean(v))] for n, v in sorted(by_n.items())]
-    return {"format_version": 1, "method": "lora", "alphas": alphas}
+    return {"format_version": 1, "method": DEFAULT_RECIPE, "alphas": alphas}
 
 
 def write_outputs(out: Path, result: dict) -> None:
@@ -401,8 +421,16 @@ def write_outputs(out: Path, result: dict) -> None:
         log.warning("plots skipped: %s", e)
 
 
-_LABELS = {"pretrained": "Pre-Trained", "lora": "LoRA (ours, cold)", "lora_bank": "LoRA + adapter bank",
-           "lora_nobudget": "LoRA, no time budget", "end_to_end": "End-to-End", "full_ft": "Full fine-tuning", "last_layer": "Last-layer fine-tuning"}
+_LABELS = {"pretrained": "Pre-Trained", "lora": "LoRA (the paper's recipe)", "first_layer": "First-layer",
+           "staged": "Staged (first layer, then all)", "lora_bank": "Default recipe + adapter bank",
+           "lora_nobudget": "LoRA, no time budget", "end_to_end": "End-to-End", "full_ft": "Full fine-tuning",
+           "last_layer": "Last-layer fine-tuning"}
+
+
+def method_label(method: str) -> str:
+    """The plot/table label of a sweep method; the RX default is marked."""
+    label = _LABELS.get(method, method)
+    return f"{label} [RX default]" if method == DEFAULT_METHOD else label
 
 
 def plot_accuracy(result: dict, path: Path) -> None:
@@ -421,7 +449,7 @@ def plot_accuracy(result: dict, path: Path) -> None:
         m = np.array([s["acc_mean"] for s in ss]) * 100
         lo = np.array([s["acc_min"] for s in ss]) * 100
         hi = np.array([s["acc_max"] for s in ss]) * 100
-        ax.plot(a, m, marker="o", label=_LABELS[method])
+        ax.plot(a, m, marker="o", label=method_label(method))
         ax.fill_between(a, lo, hi, alpha=0.2)
     ax.set_xlabel("transmitted dimension alpha")
     ax.set_ylabel("test accuracy (%)  [mean, band = min..max over seeds]")
@@ -442,7 +470,7 @@ def plot_latency(result: dict, path: Path) -> None:
     by = {(s["method"], s["alpha"], s["mode"]): s for s in result["summary"]}
     alphas = sorted({s["alpha"] for s in result["summary"]})
     mode = "live" if result["mode"] == "live" and any(k[2] == "live" for k in by) else "in-process"
-    lora = [by.get(("lora", a, mode)) or by.get(("lora", a, "in-process")) for a in alphas]
+    lora = [by.get((DEFAULT_METHOD, a, mode)) or by.get((DEFAULT_METHOD, a, "in-process")) for a in alphas]
     if not all(lora):
         return
     comm = np.array([s["communication_ms_median"] for s in lora])
@@ -451,21 +479,22 @@ def plot_latency(result: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     x = np.arange(len(alphas))
     ax1.bar(x, comm, label="Communication (encode, pack, air time, unpack, reconstruct)")
-    ax1.bar(x, tune, bottom=comm, label="Fine-tuning (LoRA)")
+    ax1.bar(x, tune, bottom=comm, label=f"Fine-tuning ({method_label(DEFAULT_METHOD)})")
     ax1.bar(x, cls, bottom=comm + tune, label="Classification")
     ax1.set_xticks(x, [str(a) for a in alphas])
     ax1.set_xlabel("alpha")
     ax1.set_ylabel("latency (ms, cumulative, median over seeds)")
-    ax1.set_title(f"LoRA round latency ({mode})", fontsize=9)
+    ax1.set_title(f"Round latency, RX default recipe ({mode})", fontsize=9)
     ax1.legend(fontsize=7)
     ax1.grid(alpha=0.3, axis="y")
-    for method, key in (("lora", "adapt_ms_median"), ("lora_bank", "adapt_ms_median"),
+    for method, key in (("lora", "adapt_ms_median"), ("first_layer", "adapt_ms_median"),
+                        ("staged", "adapt_ms_median"), ("lora_bank", "adapt_ms_median"),
                         ("full_ft", "adapt_ms_median"), ("last_layer", "adapt_ms_median"),
                         ("end_to_end", "train_ms_median")):
         ss = [by.get((method, a, "in-process")) for a in alphas]
         pts = [(a, s[key]) for a, s in zip(alphas, ss) if s and s.get(key)]
         if pts:
-            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_LABELS[method])
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method_label(method))
     ax2.set_yscale("log")
     ax2.set_xlabel("alpha")
     ax2.set_ylabel("adaptation / training time (ms, log)")
@@ -533,9 +562,11 @@ def _live_rows(run_dir: Path, seed: int, alpha: int) -> list[dict]:
                 "reconstruct_ms": lat.get("reconstruct"), "classify_ms": lat.get("classify")}
         adapt = r.get("adapt") or {}
         out.append({**base, "method": "pretrained", "accuracy": r["acc_pretrained"], "adapt_ms": 0.0})
-        out.append({**base, "method": "lora", "accuracy": r["acc_adapted"], "adapt_ms": lat.get("finetune"),
+        out.append({**base, "method": DEFAULT_METHOD, "accuracy": r["acc_adapted"], "adapt_ms": lat.get("finetune"),
                     "steps": adapt.get("steps"), "complete": adapt.get("complete"), "kept": adapt.get("kept"),
-                    "warm_start": adapt.get("warm_start"), "warm_from_alpha": adapt.get("warm_from_alpha")})
+                    "warm_start": adapt.get("warm_start"), "warm_from_alpha": adapt.get("warm_from_alpha"),
+                    "steps_by": adapt.get("steps_by"), "cut_by_cap": adapt.get("cut_by_cap"),
+                    "precision": adapt.get("precision"), "default": True})
     return out
 
 

@@ -28,7 +28,9 @@ def rx_process(digits_artifacts):
 
 def run_tx(artifacts, digits, address, out, rounds=4, **cfg):
     codec, _ = load_codec(artifacts)
-    cfg = {"n_test": 50, "n_min_train": 100, "deadline_s": 0.002, "hello_timeout_s": 1.0, **cfg}
+    # fill_payload: the paper's rule (every payload full of training vectors), so eq. 2 is checked
+    cfg = {"n_test": 50, "n_min_train": 100, "deadline_s": 0.002, "hello_timeout_s": 1.0, "fill_payload": True,
+           **cfg}
     node = tx_node(codec, digits, TxSocket(address), **cfg)
     results = ResultsLog(out, {"test": True})
     return node.run(rounds, results), node

@@ -99,7 +99,7 @@ def test_real_daemons_through_the_rate_limited_link(tmp_path, digits_artifacts):
     """The real RX and TX in two namespaces; the RX reports the tbf rate and every round is ok."""
     out = tmp_path / "out"
     cfg = tmp_path / "testbed.toml"
-    cfg.write_text("[tx]\nn_test = 100\nn_min_train = 200\n\n[rx]\nadapt_steps = 20\n")
+    cfg.write_text("[tx]\nn_test = 100\nn_min_train = 200\nfill_payload = true\n\n[rx]\nadapt_steps = 20\n")
     env = {"SEMALIGN": f"{sys.executable} -m semalign", "PYTHONPATH": str(ROOT)}
     done = run_testbed(out, "--rate-mbit", "40", "--rounds", "3", "--artifacts", str(digits_artifacts),
                        "--config", str(cfg), env=env)

@@ -14,7 +14,7 @@ from common.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
 from semalign.runner import build_round, reference_rate_bps
-from semalign.sweep import E2EConfig, SweepConfig, run_sweep
+from semalign.sweep import DEFAULT_METHOD, E2EConfig, SweepConfig, run_sweep
 
 
 def test_round_matches_eq2(digits, digits_artifacts):
@@ -32,7 +32,13 @@ def test_sweep_writes_rows_plots_table_and_caches_e2e(tmp_path, digits_artifacts
                       e2e=E2EConfig(max_epochs=2, patience=1))
     res = run_sweep(digits_artifacts, "digits", cfg, tmp_path, progress=False)
     methods = {r["method"] for r in res["rows"]}
-    assert {"pretrained", "lora", "lora_bank", "end_to_end", "full_ft", "last_layer", "lora_subset"} <= methods
+    assert {"pretrained", "lora", "first_layer", "staged", "lora_bank", "end_to_end", "full_ft", "last_layer",
+            "default_subset"} <= methods
+    # the recipes side by side, the RX default marked, every adaptation bounded by steps, not the clock
+    assert {r["method"] for r in res["rows"] if r.get("default")} == {DEFAULT_METHOD}
+    recipes = [r for r in res["rows"] if r["method"] in ("lora", "first_layer", "staged")]
+    assert all(r["steps_by"] == "calibrated" and r["steps"] > 0 for r in recipes)
+    assert "default" in (tmp_path / "sweep.csv").read_text().splitlines()[0].split(",")
     for name in ("sweep.csv", "sweep.json", "policy_table.json", "accuracy_vs_alpha.png", "latency_vs_alpha.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "sweep.json").read_text())
@@ -69,13 +75,20 @@ def test_fading_compares_policies(tmp_path, digits_artifacts):
     table = tmp_path / "t.json"
     table.write_text(json.dumps({"format_version": 1, "alphas": {"10": [[0, 0.8], [1000, 0.9]],
                                                                  "30": [[0, 0.85], [500, 0.88]]}}))
-    res = run_fading(digits_artifacts, "digits", tmp_path, table, "fading", 4, 0.9, 50, 0.05, 0)
+    res = run_fading(digits_artifacts, "digits", tmp_path, table, "fading", 4, 0.9, 50, 0.05, 0,
+                     fill_payload=True)
     assert [(r["policy"], r["bank"]) for r in res["runs"]] == [
         ("largest", False), ("largest", True), ("lookahead", False), ("lookahead", True)]
     look = res["runs"][2]
     assert {r["alpha"] for r in look["rounds"] if r["status"] == "ok"} <= {10, 30}
-    assert res["runs"][1]["warm_starts"] >= 1
+    assert res["runs"][1]["warm_starts"] >= 1 and res["runs"][0]["lean_rounds"] == 0
     assert (tmp_path / "fading.json").exists()
+    # by default a round at alpha = d_pre (40 here) carries the test vectors only and is not adapted
+    lean = run_fading(digits_artifacts, "digits", tmp_path, table, "fading", 4, 0.9, 50, 0.05, 0)["runs"][0]
+    at_d_pre = [r for r in lean["rounds"] if r.get("alpha") == 40]
+    assert at_d_pre and all(r["n_train"] == 0 and r["nothing_to_align"] == "d_pre" for r in at_d_pre)
+    assert all(r["accuracy"] == r["acc_pretrained"] for r in at_d_pre)
+    assert lean["payload_bytes_total"] < res["runs"][0]["payload_bytes_total"]
 
 
 def test_bench_small(tmp_path, digits_artifacts):
@@ -93,13 +106,13 @@ def test_bench_small(tmp_path, digits_artifacts):
 def test_sweep_live_through_daemons(tmp_path, digits_artifacts):
     from semalign.sweep import live_rounds
 
-    cfg = SweepConfig(dims=(10,), seeds=1, b_max_bytes=15_000, n_test=50, methods=("pretrained", "lora"),
+    cfg = SweepConfig(dims=(10,), seeds=1, b_max_bytes=15_000, n_test=50, methods=("pretrained", DEFAULT_METHOD),
                       live=True)
     res = run_sweep(digits_artifacts, "digits", cfg, tmp_path, progress=False,
                     live_runner=live_rounds(digits_artifacts, "digits", tmp_path))
     assert res["mode"] == "live"
     live = [r for r in res["rows"] if r["mode"] == "live"]
-    assert {r["method"] for r in live} == {"pretrained", "lora"}
+    assert {r["method"] for r in live} == {"pretrained", DEFAULT_METHOD}
     assert all(r["eval_n"] == 50 and r["payload_bytes"] <= 15_000 for r in live)
 
 
@@ -119,8 +132,8 @@ def test_fast_trainer_matches_autograd(digits, digits_artifacts, bias, frozen):
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
     z = codec.encode(digits.x_train[:300], 12)
-    cfg = AdaptConfig(steps=12, lr=1e-2, batch_size=64, bias=bias, frozen_layers=frozen, budget_ms=None,
-                      holdout=0.0, max_epochs=0)
+    cfg = AdaptConfig(recipe="lora", steps=12, lr=1e-2, batch_size=64, bias=bias, frozen_layers=frozen,
+                      budget_ms=None, holdout=0.0, max_epochs=0)
     fast, rf, _ = LoraAlignment(adapt=cfg, fold=True).adapt_state(model, z, digits.y_train[:300], codec)
     ref, rr, _ = LoraAlignment(adapt=cfg, fold=False).adapt_state(model, z, digits.y_train[:300], codec)
     assert rf.steps == rr.steps == 12

@@ -1,4 +1,7 @@
-"""A hand-written LoRA trainer for the RX's MLP: the fast path of :class:`LoraAlignment`.
+"""Hand-written trainers for the RX's MLP: the fast paths of :class:`LoraAlignment`'s recipes.
+
+:func:`train` is the LoRA recipe's; :func:`train_dense` trains full weights
+(the first-layer and staged recipes) the same way.
 
 Same model as :mod:`common.learn.lora` (a :class:`LoraState`: ``W* = W + scaling B A``
 on every adapted Linear layer, optional bias deltas), trained with Adam on
@@ -31,13 +34,17 @@ from common.learn.train import lr_at
 def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tensor, y: torch.Tensor,
           m: torch.Tensor, c: torch.Tensor, state: LoraState, *, steps: int, lr: float, batch: int,
           schedule: str = "cosine", gen: torch.Generator | None = None,
-          budget_s: float | None = None, betas=(0.9, 0.999), eps: float = 1e-8) -> tuple[int, float]:
+          budget_s: float | None = None, cap_s: float | None = None, betas=(0.9, 0.999),
+          eps: float = 1e-8) -> tuple[int, float]:
     """Adam on the adapters in ``state`` (updated in place); returns (steps run, last loss).
 
     ``batch`` 0 = full batch. ``schedule``: "cosine" (lr to 0 over the run) or
     "constant". ``budget_s``: wall-clock cap counted from the call; no step
     starts after it. The cosine follows ``max(step / steps, elapsed / budget_s)``,
     so a run cut short by the budget still ends annealed ("anytime" schedule).
+    ``cap_s``: a wall-clock safety cap that stops the run without touching the
+    schedule (which then follows the step count only, so the result does not
+    depend on the clock unless the cap cuts the run).
     """
     t_start = time.perf_counter()
     n_layers = len(weights)
@@ -83,7 +90,7 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     done = 0
     for step in range(1, steps + 1):
         elapsed = time.perf_counter() - t_start
-        if budget_s is not None and elapsed >= budget_s:
+        if (budget_s is not None and elapsed >= budget_s) or (cap_s is not None and elapsed >= cap_s):
             break
         if b == n:
             xb, pb, yb = x_in, base0, onehot
@@ -153,6 +160,24 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     return done, loss_value
 
 
+def match_blas_threads(threads: int | None = None) -> int | None:
+    """Limit numpy's BLAS (OpenBLAS, MKL) to ``threads`` (default: torch's thread count), process-wide.
+
+    After a multi-threaded numpy product (PCA decode, payload reconstruction)
+    OpenBLAS's worker threads keep spinning for a while; on a small machine
+    they take the core the single-threaded trainer needs, and the next ~100
+    training steps ran at half speed. Returns the limit set, or None where
+    ``threadpoolctl`` (a scikit-learn dependency) is missing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    n = threads or torch.get_num_threads()
+    threadpool_limits(limits=n, user_api="blas")
+    return n
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed blocks instead of returning them to the kernel (process-wide).
 
@@ -169,3 +194,193 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31 - 1))
     except (OSError, AttributeError):
         return False
+
+
+# ---------------------------------------------------------------- dense (full-rank) recipes
+
+
+def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+                trained: int, steps: int, lr: float, batch: int, schedule: str = "cosine",
+                gen: torch.Generator | None = None, cap_s: float | None = None,
+                frozen_dtype: torch.dtype = torch.float32, betas=(0.9, 0.999),
+                eps: float = 1e-8) -> tuple[int, float, bool]:
+    """Adam on the full weights and biases of the first ``trained`` Linear layers of an MLP (in place).
+
+    ``ws[l]`` (out, in) and ``bs[l]`` (out,) are the MLP's layers with the
+    first one already folded into the codec (``ws[0] = W_0 M^T``, ``bs[0] = W_0 c
+    + b_0``, so ``x`` is ``z``; or unfolded, ``x`` is ``x_hat``); ReLU between
+    layers, logits out. The layers from ``trained`` on stay frozen and run in
+    ``frozen_dtype`` (forward and their input gradients; bfloat16 where the CPU
+    makes it faster, see :func:`bf16_faster`). ``trained = 1`` is the
+    first-layer recipe, ``trained = len(ws)`` trains every layer.
+
+    Batches as :func:`train` (``drop_last`` epochs, one gather per epoch);
+    "cosine" anneals by step count only, so the result does not depend on the
+    clock; Adam is torch's fused kernel (one call per step). ``cap_s``:
+    wall-clock safety cap from the call; no step starts after it. Returns
+    (steps run, loss of the last step's batch, whether the cap cut the run).
+    """
+    t_start = time.perf_counter()
+    n_layers = len(ws)
+    if not 1 <= trained <= n_layers:
+        raise ValueError(f"trained={trained} must be in [1, {n_layers}]")
+    gen = gen or torch.Generator().manual_seed(0)
+    n = len(x)
+    low = frozen_dtype != torch.float32
+    frozen_w = [None if l < trained else (w.to(frozen_dtype) if low else w) for l, w in enumerate(ws)]
+    frozen_b = [None if l < trained else (b.to(frozen_dtype) if low else b) for l, b in enumerate(bs)]
+    params = [t for l in range(trained) for t in (ws[l], bs[l])]
+    sizes = [p.numel() for p in params]
+    flat = torch.cat([p.reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    views, gviews, o = [], [], 0
+    for p, k in zip(params, sizes):
+        views.append(flat[o:o + k].view(p.shape))
+        gviews.append(grad[o:o + k].view(p.shape))
+        o += k
+    W, Bv = views[0::2], views[1::2]
+    gW, gBv = gviews[0::2], gviews[1::2]
+    onehot_t = torch.zeros(ws[-1].shape[0], n).scatter_(0, y.view(1, -1).long(), 1.0)  # (classes, n)
+    exp_avg, exp_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+    step_t = torch.zeros(())
+    b = n if batch <= 0 or batch >= n else batch
+    cursor = n
+    loss_value = float("nan")
+    done, cut = 0, False
+    xb = yb = None
+
+    def forward(xb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Transposed logits (classes, batch; float32) and each layer's input (``inputs[0] = xb``).
+
+        The last layer is computed transposed so that the softmax runs along
+        the contiguous axis (several times faster for a few classes).
+        """
+        inputs, h = [xb], xb
+        for l in range(n_layers):
+            if l < trained:
+                w, bias = W[l], Bv[l]
+            else:
+                w, bias = frozen_w[l], frozen_b[l]
+                if low and h.dtype != frozen_dtype:
+                    h = h.to(frozen_dtype)
+            if l == n_layers - 1:
+                p = torch.addmm(bias.unsqueeze(1), w, h.t())
+            else:
+                h = torch.addmm(bias, h, w.t()).clamp_(min=0)
+                inputs.append(h)
+        return (p.float() if p.dtype != torch.float32 else p), inputs
+
+    for step in range(1, steps + 1):
+        if cap_s is not None and time.perf_counter() - t_start >= cap_s:
+            cut = True
+            break
+        if b == n:
+            xb, yb = x, onehot_t
+        else:
+            if cursor + b > n:
+                order = torch.randperm(n, generator=gen)
+                xs, ys = x[order], onehot_t[:, order]
+                cursor = 0
+            xb, yb = xs[cursor:cursor + b], ys[:, cursor:cursor + b]
+            cursor += b
+        logits_t, inputs = forward(xb)
+        if step == steps:
+            loss_value = float(-(torch.log_softmax(logits_t, 0) * yb).sum() / b)
+        g = torch.softmax(logits_t, 0).sub_(yb).div_(b)      # dL/dlogits, transposed (classes, batch)
+        # ---- backward
+        for l in range(n_layers - 1, -1, -1):
+            top = l == n_layers - 1                           # g is transposed at the top layer
+            if l < trained:
+                torch.mm(g, inputs[l], out=gW[l]) if top else torch.mm(g.t(), inputs[l], out=gW[l])
+                torch.sum(g, 1 if top else 0, out=gBv[l])
+                if l == 0:
+                    break
+                gin = torch.mm(g.t(), W[l]) if top else g @ W[l]
+            else:
+                gl = g.to(frozen_dtype) if low and g.dtype != frozen_dtype else g
+                gin = torch.mm(gl.t(), frozen_w[l]) if top else gl @ frozen_w[l]
+            h = inputs[l]
+            if gin.dtype != h.dtype:
+                gin = gin.to(h.dtype)
+            g = torch.ops.aten.threshold_backward(gin, h, 0.0)  # float32 again at the trained layers
+        # ---- Adam (torch's fused kernel; step count by step only)
+        step_t += 1
+        torch._fused_adam_([flat], [grad], [exp_avg], [exp_sq], [], [step_t], lr=lr_at(lr, schedule, step, steps),
+                           beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False,
+                           maximize=False)
+        done = step
+    if cut and done:  # the loss of the last batch, after its update
+        with torch.no_grad():
+            loss_value = float(-(torch.log_softmax(forward(xb)[0], 0) * yb).sum() / yb.shape[1])
+    o = 0
+    for p, k in zip(params, sizes):
+        p.copy_(flat[o:o + k].view(p.shape))
+        o += k
+    return done, loss_value, cut
+
+
+def dense_step_flops(dims: list[int], trained: int, batch: int) -> float:
+    """FLOPs of one :func:`train_dense` step on ``batch`` vectors of an MLP with layer sizes ``dims``
+    (``dims[0]`` = the trained input width, alpha when folded).
+
+    Per vector and layer ``l`` (``in*out`` MACs): forward once; backward the
+    weight gradient (trained layers) and the input gradient (every layer but
+    the first). FLOPs = 2 x MACs x batch.
+    """
+    macs = 0
+    for l, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
+        macs += i * o * (1 + (l < trained) + (l > 0))
+    return 2.0 * macs * batch
+
+
+_BF16: dict[tuple, bool] = {}
+
+
+def native_bf16() -> bool | None:
+    """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from
+    ``/proc/cpuinfo``; None where that cannot be read (then only a measurement can tell)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
+
+
+def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> bool:
+    """Whether bfloat16 products of ``batch`` rows through weights of ``shapes`` ((out, in) each)
+    beat float32 on this CPU (measured once per process and shapes; False where oneDNN has no bf16).
+
+    CPUs without native bf16 arithmetic (no AVX512_BF16 / AMX) emulate it and
+    run several times slower than float32 (5x for these products on an
+    AVX-512 EPYC without it): they are answered from ``/proc/cpuinfo`` without
+    a measurement, and the frozen layers stay float32.
+    """
+    key = (tuple(shapes), batch, torch.get_num_threads())
+    if key in _BF16:
+        return _BF16[key]
+    try:
+        supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        supported = False
+    supported = supported and native_bf16() is not False  # oneDNN also "supports" it by emulation
+    faster = False
+    if supported and shapes:
+        def best(dtype):
+            ws = [torch.randn(o, i).to(dtype) for o, i in shapes]
+            hs = [torch.randn(batch, i).to(dtype) for o, i in shapes]
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(5):
+                    for w, h in zip(ws, hs):
+                        h @ w.t()
+                ts.append(time.perf_counter() - t0)
+            return min(ts)
+        best(torch.float32), best(torch.bfloat16)  # warm both paths
+        faster = best(torch.bfloat16) < 0.9 * best(torch.float32)
+    _BF16[key] = faster
+    return faster

@@ -1,24 +1,42 @@
-"""An RX that remembers: a bounded LRU bank of LoRA adapters keyed by alpha.
+"""An RX that remembers: a bounded LRU bank of adapters (any recipe's :class:`LoraState`) keyed by alpha.
 
 A new alpha warm-starts from the adapter of the nearest stored alpha; a
-returning alpha continues from its own adapter with ``AdaptConfig.warm_steps``
-steps (little or no fine-tuning). Every adapter trained is stored back.
+returning alpha reuses its own adapter without training when the hold-out
+check accepts it (``AdaptConfig.warm_steps = 0``; else continues from it for
+that many steps), and needs no training vectors at all: the RX announces the
+stored alphas to the TX. Every adapter kept is stored back.
 
 Persistence (``directory``): one ``alpha-XXXX.pt`` per adapter (a flat dict of
 plain tensors, written with ``torch.save`` and read with
 ``torch.load(weights_only=True)``) and ``manifest.json`` with the format
 version, the codec fingerprint and model digest the adapters belong to, and the
-sha256, size and LRU order of every file. A bank written for other artifacts,
-by another format version, or with a file whose checksum does not match is
-refused with :class:`AdapterBankError` naming the problem.
+sha256, size and LRU order of every file.
+
+Crash safety: every file is written to a temporary file in the same directory,
+fsynced and renamed into place; an adapter never overwrites the file the
+current manifest points to (a replaced alpha alternates between
+``alpha-XXXX.pt`` and ``alpha-XXXX-1.pt``); the manifest is written last (same
+way) and the directory fsynced, and only then are the files it no longer lists
+removed. ``kill -9`` or a power cut at any point leaves the previous or the new
+bank, both complete. Leftovers (temporary or unlisted files) are removed on load.
+
+Loading: a bank written for other artifacts, by another format version, or
+whose manifest is unreadable is refused with :class:`AdapterBankError` naming
+the problem (the RX must not silently start from someone else's adapters). An
+entry whose file is missing, does not match its sha256 or cannot be read as
+plain tensors is skipped with a warning (the file is renamed ``*.corrupt``), never
+fatal; :attr:`AdapterBank.skipped` lists what was skipped and why.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -27,11 +45,12 @@ import torch
 from torch import nn
 
 from common.modes.pca_lora.alignment import AdaptReport, AlignmentStrategy, LoraAlignment
-from common.codecs.pca import Codec
-from common.learn.lora import LoraState
+from common.codecs.base import Codec
+from common.learn.lora import LoraState, merge_into
 
 BANK_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_OWN_FILE = re.compile(r"^(alpha-\d+(-1)?\.pt|alpha-\d+(-1)?\.pt\.tmp|manifest\.json\.tmp)$")
 
 log = logging.getLogger("semalign.bank")
 
@@ -92,6 +111,7 @@ class AdapterBank:
         self.directory = Path(directory) if directory else None
         self._entries: OrderedDict[int, LoraState] = OrderedDict()
         self._files: dict[int, dict] = {}
+        self.skipped: list[tuple] = []  # (alpha, file, why) of entries skipped on load
         if self.directory:
             self.directory.mkdir(parents=True, exist_ok=True)
             if (self.directory / MANIFEST).exists():
@@ -126,46 +146,69 @@ class AdapterBank:
     # ------------------------------------------------------------ update
 
     def put(self, alpha: int, state: LoraState) -> None:
-        """Store (or replace) the adapter for ``alpha``; evicts the least recently used beyond capacity."""
+        """Store (or replace) the adapter for ``alpha``; evicts the least recently used beyond capacity.
+
+        With a directory, the adapter's file is on disk (fsynced) before the
+        manifest that lists it, and files are removed only once the manifest
+        no longer lists them.
+        """
+        info = self._save_entry(alpha, state) if self.directory else None
+        obsolete = []
+        if info is not None:
+            old = self._files.get(alpha)
+            if old and old["file"] != info["file"]:
+                obsolete.append(old["file"])
+            self._files[alpha] = info
         self._entries[alpha] = state
         self._entries.move_to_end(alpha)
-        if self.directory:
-            self._save_entry(alpha, state)
         while len(self._entries) > self.capacity:
-            old, _ = self._entries.popitem(last=False)
-            info = self._files.pop(old, None)
-            if self.directory and info:
-                (self.directory / info["file"]).unlink(missing_ok=True)
-            log.info("adapter bank: evicted alpha=%d (capacity %d)", old, self.capacity)
+            old_alpha, _ = self._entries.popitem(last=False)
+            old_info = self._files.pop(old_alpha, None)
+            if old_info:
+                obsolete.append(old_info["file"])
+            log.info("adapter bank: evicted alpha=%d (capacity %d)", old_alpha, self.capacity)
         if self.directory:
-            self._write_manifest()
+            self._write_manifest()  # the commit point
+            for name in obsolete:
+                (self.directory / name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------ persistence
 
-    def _save_entry(self, alpha: int, state: LoraState) -> None:
+    def _save_entry(self, alpha: int, state: LoraState) -> dict:
+        """Write ``alpha``'s adapter to a file the committed manifest does not list; returns its manifest entry."""
+        buf = io.BytesIO()
+        torch.save(_state_to_tensors(state), buf)
+        data = buf.getvalue()
+        current = self._files.get(alpha, {}).get("file")
         name = f"alpha-{alpha:04d}.pt"
-        path = self.directory / name
-        tmp = path.with_name(name + ".tmp")
-        torch.save(_state_to_tensors(state), tmp)
-        os.replace(tmp, path)
-        data = path.read_bytes()
-        self._files[alpha] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if name == current:
+            name = f"alpha-{alpha:04d}-1.pt"
+        _write_atomic(self.directory / name, data, sync_dir=False)  # the manifest write syncs the directory
+        return {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
     def _write_manifest(self) -> None:
         manifest = {"format_version": BANK_FORMAT_VERSION, "fingerprint": self.fingerprint,
                     "model_sha256": self.model_sha, "capacity": self.capacity,
                     "lru": [dict(alpha=a, **self._files[a]) for a in self._entries if a in self._files]}
-        path = self.directory / MANIFEST
-        tmp = path.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, path)
+        _write_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=1).encode(), sync_dir=True)
+
+    def _skip(self, alpha, file: Path | None, why: str) -> None:
+        self.skipped.append((alpha, str(file) if file else None, why))
+        log.warning("adapter bank %s: skipping alpha=%s: %s (the RX will train it again)",
+                    self.directory, alpha, why)
+        if file is not None and file.exists():
+            try:
+                os.replace(file, file.with_name(file.name + ".corrupt"))
+            except OSError:
+                pass
 
     def _load(self) -> None:
         path = self.directory / MANIFEST
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise AdapterBankError(f"{path}: unreadable ({e})") from e
+            raise AdapterBankError(f"{path}: unreadable ({e}); move the directory away (or pass another "
+                                   "--adapter-bank) to start a new bank") from e
         if not isinstance(manifest, dict) or manifest.get("format_version") != BANK_FORMAT_VERSION:
             got = manifest.get("format_version") if isinstance(manifest, dict) else None
             raise AdapterBankError(f"{path}: bank format version {got!r}, this build reads version "
@@ -176,59 +219,146 @@ class AdapterBank:
                                    f"{str(manifest.get('model_sha256'))[:12]}...) than the RX's (basis "
                                    f"{self.fingerprint[:12]}..., model {self.model_sha[:12]}...); "
                                    "use another --adapter-bank directory")
-        for entry in manifest.get("lru", []):
+        lru = manifest.get("lru", [])
+        if not isinstance(lru, list):
+            self._skip("?", None, f"{MANIFEST} 'lru' is {type(lru).__name__}, not a list")
+            lru = []
+        for entry in lru:
             try:
                 alpha, name, digest = int(entry["alpha"]), str(entry["file"]), str(entry["sha256"])
             except (KeyError, TypeError, ValueError) as e:
-                raise AdapterBankError(f"{path}: bad entry {entry!r}") from e
+                self._skip("?", None, f"bad {MANIFEST} entry {entry!r} ({type(e).__name__})")
+                continue
             file = self.directory / Path(name).name
-            if not file.exists():
-                raise AdapterBankError(f"{file}: listed in {MANIFEST} but missing")
-            data = file.read_bytes()
+            try:
+                data = file.read_bytes()
+            except OSError as e:
+                self._skip(alpha, None, f"{file}: listed in {MANIFEST} but missing or unreadable ({e})")
+                continue
             actual = hashlib.sha256(data).hexdigest()
             if actual != digest:
-                raise AdapterBankError(f"{file}: sha256 {actual[:12]}... does not match {MANIFEST} "
-                                       f"({digest[:12]}...); the file is corrupt or replaced")
+                self._skip(alpha, file, f"{file}: sha256 {actual[:12]}... does not match {MANIFEST} "
+                                        f"({digest[:12]}...); the file is corrupt or replaced")
+                continue
             try:
-                tensors = torch.load(file, weights_only=True, map_location="cpu")
+                tensors = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+                if not isinstance(tensors, dict):
+                    raise AdapterBankError(f"{file}: expected a dict of tensors")
+                state = _state_from_tensors(tensors, str(file))
             except Exception as e:  # torch raises several classes for a bad file
-                raise AdapterBankError(f"{file}: cannot be read as plain tensors ({e})") from e
-            if not isinstance(tensors, dict):
-                raise AdapterBankError(f"{file}: expected a dict of tensors")
-            self._entries[alpha] = _state_from_tensors(tensors, str(file))
+                self._skip(alpha, file, f"{file}: cannot be read as plain tensors ({e})")
+                continue
+            self._entries[alpha] = state
+            self._entries.move_to_end(alpha)
             self._files[alpha] = {"file": file.name, "sha256": digest, "bytes": len(data)}
         while len(self._entries) > self.capacity:
             old, _ = self._entries.popitem(last=False)
             self._files.pop(old, None)
-        log.info("adapter bank %s: %d adapters loaded (alphas %s)", self.directory, len(self._entries),
-                 sorted(self._entries))
+        if self.skipped:
+            self._write_manifest()  # the next start loads cleanly
+        self._remove_leftovers()
+        log.info("adapter bank %s: %d adapters loaded (alphas %s)%s", self.directory, len(self._entries),
+                 sorted(self._entries), f", {len(self.skipped)} skipped" if self.skipped else "")
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files and adapters the manifest does not list (a crash between write and commit)."""
+        listed = {info["file"] for info in self._files.values()}
+        for p in self.directory.iterdir():
+            if _OWN_FILE.match(p.name) and p.name not in listed:
+                try:
+                    p.unlink()
+                except OSError as e:
+                    log.warning("adapter bank: cannot remove leftover %s (%s)", p, e)
+
+
+def _write_atomic(path: Path, data: bytes, sync_dir: bool) -> None:
+    """``path`` holds ``data`` or its old content, never a mix: temporary file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync_dir:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # platforms without directory fds
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class BankedAlignment(AlignmentStrategy):
-    """LoRA alignment that warm-starts from, and stores into, an :class:`AdapterBank`.
+    """Alignment (any recipe) that reuses, warm-starts from, and stores into an :class:`AdapterBank`.
 
-    Exact alpha in the bank: ``warm_steps`` steps from its adapter. Otherwise
-    the nearest stored alpha's adapter is the starting point (the first
-    layer's ``A`` lives in ``d_raw`` space, so it carries across alphas), with
-    the full step count. The report says which.
+    Exact alpha in the bank (a returning alpha): with ``warm_steps = 0`` (the
+    default) its adapter is used as it is, without training, when the hold-out
+    check accepts it against the frozen model on this payload (or when the
+    payload is too small for a hold-out); rejected, a new adapter is trained
+    from scratch. With ``warm_steps > 0``, training continues from it for that
+    many steps. Otherwise the nearest stored alpha's adapter is the starting
+    point (the first layer's delta lives in ``d_raw`` space, so it carries
+    across alphas), with the full step count. A payload without training
+    vectors gets the stored adapter for its alpha, if any (:meth:`without_training`).
+    The report says which. Every adapter kept is stored back.
     """
-
-    name = "lora"
 
     def __init__(self, inner: LoraAlignment, bank: AdapterBank):
         self.inner = inner
         self.bank = bank
 
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def calibrate(self, model: nn.Sequential, codec: Codec) -> dict | None:
+        return self.inner.calibrate(model, codec)
+
+    def aligned_alphas(self) -> list[int]:
+        return sorted(self.bank.alphas())
+
+    def without_training(self, model: nn.Sequential, alpha: int, codec: Codec) -> tuple[nn.Sequential, dict]:
+        stored = self.bank.get(alpha)
+        if stored is None:
+            return super().without_training(model, alpha, codec)
+        t0 = time.perf_counter()
+        merged = merge_into(model, stored)
+        return merged, {"strategy": self.name, "steps": 0, "steps_requested": 0, "complete": True,
+                        "steps_by": "none", "reused": True, "warm_start": True, "warm_from_alpha": alpha,
+                        "kept": "adapted", "duration_ms": (time.perf_counter() - t0) * 1e3}
+
     def adapt(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec
               ) -> tuple[nn.Sequential, AdaptReport]:
         alpha = int(z.shape[1])
         exact = self.bank.get(alpha)
-        if exact is not None:
+        init, init_alpha, steps = None, None, None
+        if exact is not None and self.inner.config.warm_steps == 0:
+            t0 = time.perf_counter()
+            candidate = merge_into(model, exact)
+            kept, acc_frozen, acc_stored, n_hold = self.inner.holdout_verdict(model, candidate, z, y, codec)
+            if kept == "adapted":  # nothing to align: the stored adapter is as good as it gets here
+                n_params = sum(t.numel() for t in (*exact.B, *(exact.d or [])))
+                return candidate, AdaptReport(self.name, 0, 0, True, float("nan"), n_params,
+                                              (time.perf_counter() - t0) * 1e3, True, alpha, "adapted",
+                                              len(z) - n_hold, n_hold, acc_frozen, acc_stored, steps_by="none",
+                                              reused=True)
+        elif exact is not None:
             init, init_alpha, steps = exact, alpha, self.inner.config.warm_steps
         else:
             near = self.bank.nearest(alpha)
             init, init_alpha = (near[1], near[0]) if near else (None, None)
-            steps = None
         merged, report, state = self.inner.adapt_state(model, z, y, codec, init=init,
                                                        init_alpha=init_alpha, steps=steps)
         if report.kept == "adapted" and state is not None:

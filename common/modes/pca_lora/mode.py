@@ -13,22 +13,25 @@ from pathlib import Path
 
 from common.artifacts import default_artifacts, load_codec, load_model
 from common.data.datasets import load_dataset
+from common.learn import fastlora
 from common.learn.lora import LoraConfig
 from common.modes.base import Mode, register_mode
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-from common.modes.pca_lora.policy import get_policy
+from common.modes.pca_lora.alignment import RECIPES, AdaptConfig, LoraAlignment
+from common.modes.pca_lora.policy import AccuracyTable, get_policy
 from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from common.options import Option
 
 
 def lora_strategy(opts: dict) -> LoraAlignment:
-    """LoRA alignment from ``lora_rank, lora_alpha, adapt_steps, adapt_lr, adapt_batch, adapt_budget_ms``."""
+    """The RX's alignment from ``adapt_recipe, lora_rank, lora_alpha, adapt_steps, adapt_lr, adapt_batch,
+    adapt_budget_ms, adapt_precision, seed`` (None = the default)."""
     lora = LoraConfig(**{k: opts[o] for k, o in (("rank", "lora_rank"), ("lora_alpha", "lora_alpha"))
                          if opts.get(o) is not None})
-    adapt = AdaptConfig(**{k: opts[o] for k, o in (("steps", "adapt_steps"), ("lr", "adapt_lr"),
-                                                    ("batch_size", "adapt_batch"),
-                                                    ("budget_ms", "adapt_budget_ms"), ("seed", "seed"))
+    adapt = AdaptConfig(**{k: opts[o] for k, o in (("recipe", "adapt_recipe"), ("steps", "adapt_steps"),
+                                                    ("lr", "adapt_lr"), ("batch_size", "adapt_batch"),
+                                                    ("budget_ms", "adapt_budget_ms"),
+                                                    ("precision", "adapt_precision"), ("seed", "seed"))
                            if opts.get(o) is not None})
     return LoraAlignment(lora, adapt)
 
@@ -43,18 +46,28 @@ class PcaLora(Mode):
     name = "pca-lora"
     summary = "PCA features with fewer dimensions on a weak channel; RX-side LoRA on piggybacked vectors"
     rx_options = [
-        Option("lora_rank", int, "LoRA rank r", LoraConfig.rank),
-        Option("lora_alpha", float, "LoRA alpha; scaling = lora_alpha / rank", LoraConfig.lora_alpha),
-        Option("adapt_steps", int, "most Adam steps of fine-tuning per round", AdaptConfig.steps),
-        Option("adapt_lr", float, "peak Adam learning rate (cosine schedule) for fine-tuning", AdaptConfig.lr),
+        Option("adapt_recipe", str, f"adaptation recipe: {', '.join(RECIPES)} (lora: the paper's rank-r "
+               "LoRA on every layer; first-layer: full training of the first layer folded into the codec, "
+               "later layers frozen; staged: first-layer, then all layers when the budget allows)",
+               AdaptConfig.recipe),
+        Option("lora_rank", int, "LoRA rank r (recipe lora)", LoraConfig.rank),
+        Option("lora_alpha", float, "LoRA alpha; scaling = lora_alpha / rank (recipe lora)", LoraConfig.lora_alpha),
+        Option("adapt_steps", int, "Adam steps of fine-tuning per round; 0 = as many as fill "
+               f"{AdaptConfig.fill:g} of the time budget, calibrated at start-up (deterministic)",
+               AdaptConfig.steps),
+        Option("adapt_lr", float, "peak Adam learning rate (cosine schedule) for fine-tuning (the first "
+               f"stage; {AdaptConfig.deep_lr:g} for the dense recipes below alpha = d_pre/10)", AdaptConfig.lr),
         Option("adapt_batch", int, "fine-tuning mini-batch in vectors, 0 = full batch", AdaptConfig.batch_size),
-        Option("adapt_budget_ms", float, "wall-clock cap on adaptation per round, ms, for alpha >= d_pre/10 "
-               f"(below: up to {AdaptConfig.deep_steps} steps within {AdaptConfig.deep_budget_ms:g} ms)",
-               AdaptConfig.budget_ms),
-        Option("adapter_bank", Path, "directory of a persistent adapter bank (LoRA adapters by alpha, "
-               "warm starts); none by default"),
+        Option("adapt_budget_ms", float, "wall-clock safety cap on adaptation per round, ms, for alpha >= "
+               f"d_pre/10 (below: {AdaptConfig.deep_budget_ms:g} ms); the calibrated step count fills "
+               f"{AdaptConfig.fill:g} of it", AdaptConfig.budget_ms),
+        Option("adapt_precision", str, "frozen layers of the first-layer/staged recipes: auto (bfloat16 where "
+               "a start-up measurement finds it faster than float32), fp32 or bf16", AdaptConfig.precision),
+        Option("adapter_bank", Path, "directory of a persistent adapter bank (adapters by alpha: warm "
+               "starts, and returning alphas served without training); none by default"),
         Option("bank_size", int, "adapters the bank keeps, least recently used evicted (16 when a bank "
-               "is used without a size)"),
+               "is used without a size); the RX announces their alphas in RESULT (aligned_alphas) so the "
+               "TX can send them without training vectors"),
     ]
     tx_options = [
         Option("n_test", int, "test vectors per payload (t in eq. 2); the whole test set if smaller",
@@ -68,7 +81,11 @@ class PcaLora(Mode):
                PcaLoraTxConfig.deadline_s),
         Option("policy", str, "alpha policy: largest (the paper's), lookahead (best expected accuracy "
                "from --policy-table), or fixed:N", "largest"),
-        Option("policy_table", Path, "policy_table.json written by `semalign sweep` (for --policy lookahead)"),
+        Option("policy_table", Path, "policy_table.json written by `semalign sweep` (for --policy lookahead; "
+               "also tells how many training vectors still pay when there is nothing to align)"),
+        Option("fill_payload", bool, "fill every payload with training vectors (the paper's rule, to reproduce "
+               "its figures); by default a round with nothing to align (alpha = d_pre, or an alpha the RX "
+               "announced an adapter for) carries the test vectors only"),
     ]
 
     @classmethod
@@ -87,6 +104,9 @@ class PcaLora(Mode):
 
     @classmethod
     def build_tx(cls, opts: dict) -> PcaLoraTx:
+        # a payload's PCA encode is a small product: one BLAS thread did it in 1.1 ms where OpenBLAS's
+        # two took 8-12 ms on a loaded 2-core machine (500 x 784 -> 200; docs/benchmarks.md)
+        fastlora.match_blas_threads(1)
         dataset = opts.get("dataset") or "mnist"
         artifacts = artifacts_dir(opts)
         codec, meta = load_codec(artifacts)
@@ -94,10 +114,13 @@ class PcaLora(Mode):
             raise ValueError(f"artifacts in {artifacts} were made for {meta.dataset!r}, not {dataset!r}")
         data = load_dataset(dataset, opts.get("data_dir"))
         given = {k: opts[k] for k in PcaLoraTxConfig.__dataclass_fields__ if opts.get(k) is not None}
+        if given.get("fill_payload") is not None:
+            given["fill_payload"] = bool(given["fill_payload"])
         given.setdefault("n_test", min(PcaLoraTxConfig.n_test, len(data.y_test)))
         config = PcaLoraTxConfig(**given)
         if config.n_test > len(data.y_test):
             raise ValueError(f"n_test={config.n_test} exceeds the {len(data.y_test)} test vectors of {dataset}")
         policy_name = opts.get("policy") or "largest"
         policy = get_policy(policy_name, opts.get("policy_table"))
-        return PcaLoraTx(codec, data, config, policy, policy_name, dataset, str(artifacts))
+        table = AccuracyTable.load(opts["policy_table"]) if opts.get("policy_table") else None
+        return PcaLoraTx(codec, data, config, policy, policy_name, dataset, str(artifacts), table)

@@ -3,6 +3,9 @@
 A policy is a function ``(BudgetView) -> alpha``; register it in ``POLICIES``.
 Policies that need a table (``lookahead``) are built by :func:`get_policy`
 from ``table``; ``fixed:N`` always sends ``N`` dimensions (measurement sweeps).
+How many training vectors then travel is the TX's payload rule: all that fit
+(eq. 2, ``fill_payload``), or, when there is nothing to align, only as many
+as :func:`lean_n_train` says still pay.
 """
 
 from __future__ import annotations
@@ -127,6 +130,22 @@ class LookaheadPolicy:
         if not scores:
             return largest_fitting(view)
         return max(scores, key=lambda a: (round(scores[a][1], 6), a))
+
+
+def lean_n_train(table: AccuracyTable | None, alpha: int, n_max: int, tolerance: float = 0.001) -> int:
+    """Training vectors still worth sending at an alpha with nothing to align.
+
+    0 without a table or when ``alpha`` is not tabulated; else the fewest
+    (of 0, the tabulated counts and ``n_max``) whose expected accuracy is
+    within ``tolerance`` (0.1 pp) of what all ``n_max`` would give.
+    """
+    if table is None or alpha not in table.points or n_max <= 0:
+        return 0
+    best = table.expected(alpha, n_max)
+    for n in sorted({0, n_max, *(k for k, _ in table.points[alpha] if k < n_max)}):
+        if table.expected(alpha, n) >= best - tolerance:
+            return n
+    return n_max
 
 
 def fixed_alpha(alpha: int) -> AlphaPolicy:

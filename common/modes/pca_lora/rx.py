@@ -1,10 +1,14 @@
-"""pca-lora's RX half: reconstruct -> align (LoRA) -> classify -> RESULT.
+"""pca-lora's RX half: reconstruct -> align (the adaptation recipe) -> classify -> RESULT.
 
 One PAYLOAD is one round: the link delivers it (air time, HARQ), the features
 are dequantized and checked, the test vectors reconstructed
 (``x_hat = P_alpha z + mean``), the classifier adapted on the training
-vectors by the alignment strategy, and the test vectors classified with both
-the frozen and the adapted model (test labels travel for evaluation only).
+vectors by the alignment strategy (a payload without training vectors is
+classified by the frozen model, or by the bank's adapter for its alpha), and
+the test vectors classified with both the frozen and the adapted model (test
+labels travel for evaluation only). RESULT also lists the alphas the RX can
+serve without training vectors (``aligned_alphas``: its adapter bank's), so
+the TX can leave them out.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 from torch import nn
 
 from common.codecs.base import Codec
+from common.learn import fastlora
 from common.learn.models import accuracy, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.pca_lora.alignment import AlignmentStrategy
@@ -53,7 +58,19 @@ class PcaLoraRx(RxHalf):
         return {Payload.TYPE: self.on_payload}
 
     def warm_up(self) -> None:
-        """One tiny adaptation and inference so the first real round pays no start-up cost."""
+        """Calibrate the adaptation's step count to its budget on this machine (once per process),
+        then one tiny adaptation and inference so the first real round pays no start-up cost.
+
+        numpy's BLAS is limited to torch's thread count first: its idle worker
+        threads spin after each multi-threaded product and slowed the training
+        steps that followed a reconstruction by up to 2x on a 2-core machine.
+        """
+        fastlora.match_blas_threads()
+        info = self.strategy.calibrate(self.model, self.codec)
+        if info:
+            log.info("adaptation: recipe %s, frozen layers in %s, %.2f ms/step at alpha %d, %.1f ms fixed",
+                     info["recipe"], info["precision"], info["per_step_ms"][0][0] + info["per_step_ms"][0][1]
+                     * self.codec.d_max, self.codec.d_max, info["overhead_ms"])
         z = np.zeros((8, self.codec.d_max), np.float32)
         adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
         predict(adapted, self.codec.decode(z))
@@ -89,8 +106,8 @@ class PcaLoraRx(RxHalf):
         if p.n_train:
             adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
             adapt_info = report.to_dict()
-        else:
-            adapted, adapt_info = self.model, {"strategy": "none", "steps": 0, "complete": True}
+        else:  # nothing to align (alpha = d_pre, or an adapter the bank holds): no training
+            adapted, adapt_info = self.strategy.without_training(self.model, p.alpha, self.codec)
         t2 = time.perf_counter()
         pred = predict(adapted, x_test)
         t3 = time.perf_counter()
@@ -106,6 +123,7 @@ class PcaLoraRx(RxHalf):
                    "airtime": delivery.airtime_s * 1e3}
         adapt_info["transmissions"] = delivery.transmissions
         fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": p.n_train, "acc_pretrained": acc_pre,
-                  "acc_adapted": acc_ada, "adapt": adapt_info}
+                  "acc_adapted": acc_ada, "adapt": adapt_info,
+                  "aligned_alphas": [int(a) for a in self.strategy.aligned_alphas()]}
         return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
                             ctx.received_ns, t_delivered, t_decoded, time.time_ns()))

@@ -4,6 +4,14 @@ Per round (the paper's steps 2-3): the budget ``B_max = rate x deadline``,
 ``alpha`` from the policy, ``N_max`` training vectors from eq. 2 with the real
 header sizes of the PAYLOAD layout, then ``n_test`` test and ``n_train``
 training vectors PCA-encoded, quantized and sent in one PAYLOAD.
+
+A round costs only what it must: when there is nothing to align, ``n_train``
+is 0 (or what the policy table says still pays, :func:`lean_n_train`) instead
+of ``N_max``. What the TX knows: alpha = d_pre is the RX's own pre-training
+dimension (nothing to align, always); an alpha is also aligned when the RX's
+last RESULT listed it in ``aligned_alphas`` (its adapter bank holds an
+adapter for it; the TX cannot see the bank otherwise). ``fill_payload``
+restores the paper's rule (every payload filled) to reproduce its figures.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from common.data.datasets import Dataset
 from common.modes.base import RoundFailed, RoundIO, TxHalf
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes, n_train_max
 from common.modes.pca_lora.messages import Payload
-from common.modes.pca_lora.policy import AlphaPolicy, BudgetView, largest_fitting
+from common.modes.pca_lora.policy import AccuracyTable, AlphaPolicy, BudgetView, largest_fitting, lean_n_train
 from common.results.log import RoundRecord
 from common.wire.protocol import Result
 
@@ -28,7 +36,9 @@ class PcaLoraTxConfig:
     """Per-round payload settings: vectors per payload, value format, deadline (s), sampling seed.
 
     ``n_min_train``: training vectors the alpha policy keeps room for;
-    ``max_train``: cap on training vectors per payload (0 = no cap).
+    ``max_train``: cap on training vectors per payload (0 = no cap);
+    ``fill_payload``: send ``N_max`` training vectors even when there is
+    nothing to align (the paper's rule).
     """
 
     n_test: int = 500
@@ -37,6 +47,7 @@ class PcaLoraTxConfig:
     value_dtype: str = "float16"
     deadline_s: float = 0.05
     seed: int = 0
+    fill_payload: bool = False
 
     def __post_init__(self):
         if self.n_test < 1:
@@ -55,7 +66,7 @@ class PcaLoraTx(TxHalf):
 
     def __init__(self, codec: Codec, data: Dataset, config: PcaLoraTxConfig = PcaLoraTxConfig(),
                  policy: AlphaPolicy = largest_fitting, policy_name: str = "largest",
-                 dataset: str | None = None, artifacts: str | None = None):
+                 dataset: str | None = None, artifacts: str | None = None, table: AccuracyTable | None = None):
         self.codec = codec
         self.data = data
         self.config = config
@@ -64,6 +75,8 @@ class PcaLoraTx(TxHalf):
         self.layout = PayloadLayout.for_dtype(config.value_dtype)
         self.fingerprint = codec.fingerprint
         self.source = {"dataset": dataset, "artifacts": artifacts}
+        self.table = table
+        self.aligned: set[int] = set()  # alphas the RX announced adapters for (RESULT aligned_alphas)
 
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max,
@@ -86,7 +99,13 @@ class PcaLoraTx(TxHalf):
             f["n_train_max"] = n_train_max(f["b_max_bytes"], f["alpha"], cfg.n_test, self.layout)
         except (BudgetError, ValueError) as e:
             raise RoundFailed(f"budget: {e}") from e
-        f["n_train"] = self._n_train(f["n_train_max"])
+        f["nothing_to_align"] = self.nothing_to_align(f["alpha"])
+        f["payload_rule"] = "fill" if cfg.fill_payload or not f["nothing_to_align"] else "lean"
+        n_wanted = f["n_train_max"]
+        if f["payload_rule"] == "lean":
+            n_wanted = lean_n_train(self.table if f["nothing_to_align"] == "d_pre" else None, f["alpha"],
+                                    n_wanted)
+        f["n_train"] = self._n_train(n_wanted)
         t_start = time.time_ns()
         z, ids, labels = self._encode(seq, f["alpha"], f["n_train"])
         t_encoded = time.time_ns()
@@ -94,6 +113,15 @@ class PcaLoraTx(TxHalf):
                             cfg.n_test)
         reply: Result = io.exchange(msg, (Result.TYPE,))
         self._record(rec, reply, t_start, t_encoded, io)
+        announced = reply.fields.get("aligned_alphas")
+        if isinstance(announced, list):  # an RX that announces them; the latest list replaces the last
+            self.aligned = {a for a in announced if isinstance(a, int) and 1 <= a <= self.codec.d_max}
+
+    def nothing_to_align(self, alpha: int) -> str | None:
+        """Why the RX needs no training vectors at ``alpha``: "d_pre", "bank", or None."""
+        if alpha == self.codec.d_max:
+            return "d_pre"
+        return "bank" if alpha in self.aligned else None
 
     def _n_train(self, n_max: int) -> int:
         """``n_max`` capped by the training set size and by ``max_train`` (0 = no cap)."""

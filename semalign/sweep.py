@@ -156,7 +156,7 @@ def finetune(model: nn.Sequential, x: np.ndarray, y: np.ndarray, which: str, ste
     lr = 1e-3 if which == "full" else 1e-2
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(np.asarray(y, np.int64))
     report = fit(params, lambda xb, yb: nn.functional.cross_entropy(net(xb), yb), (xt, yt),
-                 TrainConfig(epochs=0, steps=steps, batch_size=256, lr=lr, seed=seed)) if steps else None
+                 TrainConfig(epochs=0, steps=steps, batch_size=256, lr=lr, seed=seed, drop_last=True)) if steps else None
     done = report.steps if report else 0
     for p in params:
         p.requires_grad_(False)

@@ -12,6 +12,8 @@ feedback for the next round; the daemon keeps serving either way.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import logging
 import os
 import threading
@@ -19,6 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from common.learn.fastlora import release_freed_memory
 from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
@@ -107,13 +110,19 @@ class RxNode:
         session is bound to: another key cannot open, use or read a session it
         did not open.
         """
+        return self.handle_timed(peer, frames, received_ns, owner)[0]
+
+    def handle_timed(self, peer: bytes, frames: list[bytes], received_ns: int | None = None,
+                     owner: str | None = None) -> tuple[list[bytes], int]:
+        """:meth:`handle`, plus the RX wall clock (ns) before which the replies must not leave (0: now)."""
+        self._hold_ns = 0
         try:
-            return self._handle(peer, frames, received_ns, owner)
+            return self._handle(peer, frames, received_ns, owner), self._hold_ns
         except Exception as e:  # a bug must not take the daemon down; the sender learns what happened
             log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
             session = self.sessions.get(peer)
             return [encode(Error(session.session_id if session else 0, -1, "internal",
-                                 f"{type(e).__name__}: {e}"))]
+                                 f"{type(e).__name__}: {e}"))], 0
 
     def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None, owner: str | None) -> list[bytes]:
         received_ns = received_ns or time.time_ns()
@@ -139,13 +148,14 @@ class RxNode:
                 replies.append(self._channel(session, msg.seq + 1))
             return replies
         self.sessions[peer] = self.sessions.pop(peer)  # most recently active last: idle ones are evicted first
-        reply, final = self._answer(session, msg, handler, frames[0], received_ns)
+        reply, final, hold_ns = self._answer(session, msg, handler, frames[0], received_ns)
+        self._hold_ns = hold_ns
         replies = [reply]
         if final and peer in self.sessions:
             replies.append(self._channel(session, msg.seq + 1))
         return replies
 
-    def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool]:
+    def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
         """A repeated ``(session, seq, type)`` gets the recorded reply; a new one is handled and recorded.
 
         The record is keyed by the session's owner too, so a key that did not
@@ -157,31 +167,32 @@ class RxNode:
             self.stats.replayed += 1
             log.info("%s seq %d of session %d repeated: answering from the record", msg.TYPE, msg.seq,
                      session.session_id)
-            return cached
+            return cached[0], cached[1], 0
         answer = self._run(session, msg, handler, frame, received_ns)
         self.replay.put((session.owner, session.session_id), key, answer)
         return answer
 
-    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool]:
+    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
+        """The mode's answer: (reply frame, ends the round, not-before time in ns)."""
         sid, seq = session.session_id, msg.seq
         try:
             state = session.announced.get(seq) or self.link.channel_state(seq)
             ctx = RoundContext(sid, seq, state, self.link, len(frame), received_ns, self.pid, session.store)
             reply = handler(msg, ctx)
         except PayloadLost as e:
-            return self._error(sid, seq, "lost", str(e)), True
+            return self._error(sid, seq, "lost", str(e)), True, 0
         except (RoundError, ProtocolError) as e:
-            return self._error(sid, seq, e.code, str(e)), True
+            return self._error(sid, seq, e.code, str(e)), True, 0
         except Exception as e:  # the daemon must keep serving; the round is recorded as failed
             log.error("%s round %d failed:\n%s", session.mode, seq, traceback.format_exc())
-            return self._error(sid, seq, "internal", f"{type(e).__name__}: {e}"), True
+            return self._error(sid, seq, "internal", f"{type(e).__name__}: {e}"), True, 0
         if reply.final:
             session.rounds += 1
             self.stats.ok += 1
         message = reply.message
         if "request_digest" in getattr(message, "__dataclass_fields__", {}):
             message = dataclasses.replace(message, request_digest=request_digest(frame))
-        return encode(message), reply.final
+        return encode(message), reply.final, reply.not_before_ns
 
     def _error(self, sid: int, seq: int, code: str, message: str) -> bytes:
         log.warning("ERROR %s (session %d, seq %d): %s", code, sid, seq, message)
@@ -241,6 +252,7 @@ class RxNode:
             log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
                      self.max_sessions, extra=PER_PEER)
         session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner, store=kept)
+        session.store["hello_params"] = dict(msg.params)
         log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
                  msg.next_seq)
         reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,
@@ -250,20 +262,46 @@ class RxNode:
 
 def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int | None = None,
           poll_ms: int = 100) -> RxStats:
-    """Answer messages until ``stop`` is set or ``max_rounds`` rounds were answered."""
+    """Answer messages until ``stop`` is set or ``max_rounds`` rounds were answered.
+
+    Replies a mode holds back (an emulated air time, :attr:`Reply.not_before_ns`)
+    wait in a queue while other peers are served; after a message larger than
+    :data:`RELEASE_AFTER_BYTES` the freed memory goes back to the system.
+    """
     node.warm_up()
     log.info("RX pid %d serving %s on %s", node.pid, ", ".join(sorted(node.halves)), sock.address)
-    while not stop.is_set() and (max_rounds is None or node.stats.rounds < max_rounds):
-        got = sock.recv(poll_ms)
-        if got is None:
-            continue
-        peer, frames = got
-        for reply in node.handle(peer, frames, time.time_ns(), sock.last_user_id):
-            try:
-                sock.send(peer, reply)
-            except ReplyDropped as e:  # the peer left or stopped reading: never block the others
-                node.stats.replies_dropped[e.reason] = node.stats.replies_dropped.get(e.reason, 0) + 1
-                log.warning("%s; dropping its session", e, extra=PER_PEER)
-                node.sessions.pop(peer, None)
-                break
+    held: list[tuple[int, int, bytes, list[bytes]]] = []  # (due ns, order, peer, frames), a heap
+    order = itertools.count()
+    while not stop.is_set() and (max_rounds is None or node.stats.rounds < max_rounds or held):
+        wait_ms = poll_ms if not held else max(0, min(poll_ms, (held[0][0] - time.time_ns()) // 1_000_000))
+        got = sock.recv(wait_ms) if max_rounds is None or node.stats.rounds < max_rounds else None
+        if got is not None:
+            peer, frames = got
+            replies, hold_ns = node.handle_timed(peer, frames, time.time_ns(), sock.last_user_id)
+            heapq.heappush(held, (hold_ns, next(order), peer, replies))
+            if sum(len(f) for f in frames) > RELEASE_AFTER_BYTES:
+                release_freed_memory()
+        elif max_rounds is not None and node.stats.rounds >= max_rounds and held:
+            time.sleep(max(0, held[0][0] - time.time_ns()) / 1e9)
+        while held and held[0][0] <= time.time_ns():
+            _, _, peer, replies = heapq.heappop(held)
+            _send(node, sock, peer, replies)
+    while held:  # stopping: the rounds already answered still reach their TXs (held at most an air time)
+        due, _, peer, replies = heapq.heappop(held)
+        time.sleep(max(0, due - time.time_ns()) / 1e9)
+        _send(node, sock, peer, replies)
     return node.stats
+
+
+RELEASE_AFTER_BYTES = 8 * 2**20
+
+
+def _send(node: RxNode, sock: RxSocket, peer: bytes, replies: list[bytes]) -> None:
+    for reply in replies:
+        try:
+            sock.send(peer, reply)
+        except ReplyDropped as e:  # the peer left or stopped reading: never block the others
+            node.stats.replies_dropped[e.reason] = node.stats.replies_dropped.get(e.reason, 0) + 1
+            log.warning("%s; dropping its session", e, extra=PER_PEER)
+            node.sessions.pop(peer, None)
+            return

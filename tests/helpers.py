@@ -34,6 +34,7 @@ def rx_node(artifacts, **limits) -> RxNode:
 
 def hello(codec, session_id=5, next_seq=0, fingerprint=None, mode="pca-lora", **params) -> bytes:
     params = {"codec": codec.name, "d_raw": codec.d_raw, "d_pre": codec.d_max, "value_dtype": "float16",
+              "deadline_s": 1.0,
               **params}
     return encode(Hello("tx", session_id, mode, fingerprint or codec.fingerprint, params, next_seq, 0,
                         os.getpid(), time.time_ns()))

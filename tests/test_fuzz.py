@@ -227,12 +227,16 @@ def test_handle_mutated_payloads_then_valid_round(node, digits, good_frame, data
 @given(st.fixed_dictionaries({
     "role": st.sampled_from(["tx", "rx"]) | st.text(max_size=5),
     "session_id": st.integers(0, 2**64 - 1),
-    "codec": st.sampled_from(["pca"]) | st.text(max_size=5),
-    "d_raw": st.integers(-2**63, 2**64 - 1),
-    "d_pre": st.integers(-2**63, 2**64 - 1),
-    "value_dtype": st.sampled_from(["float16", "int8"]) | st.text(max_size=5),
+    "mode": st.sampled_from(["pca-lora"]) | st.text(max_size=8),
+    "params": st.fixed_dictionaries({
+        "codec": st.sampled_from(["pca"]) | st.text(max_size=5),
+        "d_raw": st.integers(-2**63, 2**64 - 1),
+        "d_pre": st.integers(-2**63, 2**64 - 1),
+        "value_dtype": st.sampled_from(["float16", "int8"]) | st.text(max_size=5),
+        "deadline_s": st.floats(allow_nan=True) | st.integers(-2**63, 2**64 - 1) | st.text(max_size=3),
+    }),
     "next_seq": st.integers(-2**63, 2**64 - 1),
-    "max_payload_bytes": st.integers(-2**63, 2**64 - 1),
+    "max_message_bytes": st.integers(-2**63, 2**64 - 1),
 }))
 def test_handle_hello_fields(node, fields):
     body = {"v": PROTOCOL_VERSION, "type": "HELLO", "fingerprint": node.halves["pca-lora"].codec.fingerprint, **fields}

@@ -185,7 +185,7 @@ class _LocalIO(RoundIO):
 
     def exchange(self, msg, reply_types):
         self.sent_ns = time.time_ns()
-        link = type("Link", (), {"deliver": staticmethod(lambda n, s, r: undelayed_delivery(n, s))})
+        link = type("Link", (), {"deliver": staticmethod(lambda n, s, r, wait=True: undelayed_delivery(n, s, r))})
         ctx = RoundContext(1, msg.seq, self.state, link, len(encode(msg)), time.time_ns(), 0)
         reply = self.rx.on_payload(msg, ctx).message
         self.replied_ns = time.time_ns()

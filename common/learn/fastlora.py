@@ -384,3 +384,19 @@ def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> 
         faster = best(torch.bfloat16) < 0.9 * best(torch.float32)
     _BF16[key] = faster
     return faster
+
+
+def release_freed_memory() -> bool:
+    """Hand freed heap memory back to the kernel now (glibc ``malloc_trim``); False where not glibc.
+
+    With :func:`keep_freed_memory` freed blocks stay in the process; after a
+    large message the RX calls this so one big round does not keep its peak RSS.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -26,6 +26,7 @@ from common.results.log import RoundRecord
 
 # mode name -> module that registers it when imported
 BUILTIN_MODES = {
+    "fed-lora": "common.modes.fed_lora.mode",
     "pca-lora": "common.modes.pca_lora.mode",
     "slf": "common.modes.slf.mode",
 }
@@ -65,10 +66,15 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class Reply:
-    """An RX handler's answer. ``final``: the round ends here (the RX then sends the next CHANNEL)."""
+    """An RX handler's answer. ``final``: the round ends here (the RX then sends the next CHANNEL).
+
+    ``not_before_ns``: RX wall clock before which the reply must not leave (an
+    emulated air time); the daemon holds it and serves other peers meanwhile.
+    """
 
     message: Any
     final: bool = True
+    not_before_ns: int = 0
 
 
 Handler = Callable[[Any, RoundContext], Reply]

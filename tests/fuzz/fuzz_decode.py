@@ -59,7 +59,8 @@ def seeds() -> list[bytes]:
     c = NODE.codec
     rng = np.random.default_rng(1)
     out = [encode(Hello("tx", SESSION, "pca-lora", c.fingerprint, {"codec": c.name, "d_raw": c.d_raw,
-                                                              "d_pre": c.d_max, "value_dtype": "float16"},
+                                                              "d_pre": c.d_max, "value_dtype": "float16",
+                                                              "deadline_s": 1.0},
                       0, 0, 1, 1))]
     for dtype in ("float32", "float16", "int8"):
         z = rng.normal(size=(6, 4)).astype(np.float32)

@@ -25,11 +25,13 @@ class UnsupportedOperation(RuntimeError):
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    """What the link did: air time of all attempts (s), attempts, and the delay applied (s)."""
+    """What the link did: air time of all attempts (s), attempts, the delay applied (s), and the
+    RX wall clock (ns) at which the message counts as delivered."""
 
     airtime_s: float
     transmissions: int
     delay_s: float
+    delivered_ns: int
 
 
 class Sidelink(ABC):
@@ -42,11 +44,13 @@ class Sidelink(ABC):
         """Channel for round ``seq`` (measured, read from a radio, or emulated)."""
 
     @abstractmethod
-    def deliver(self, nbytes: int, state: ChannelState, received_ns: int) -> DeliveryReport:
+    def deliver(self, nbytes: int, state: ChannelState, received_ns: int, wait: bool = True) -> DeliveryReport:
         """Apply the link to a payload of ``nbytes`` received at ``received_ns`` (wall clock).
 
-        Returns once the payload would have been delivered; raises
-        :class:`PayloadLost` if the link lost it.
+        With ``wait``, returns once the payload would have been delivered;
+        without, returns at once and the report's ``delivered_ns`` says when
+        (the caller holds its reply until then). Raises :class:`PayloadLost`
+        if the link lost it.
         """
 
     def set_mcs(self, mcs: int) -> None:

@@ -18,9 +18,9 @@ from common.link.channel import ChannelState, LinkParams, airtime_s, max_mcs, st
 from common.link.sidelink.base import DeliveryReport, Sidelink, register_sidelink
 
 
-def undelayed_delivery(nbytes: int, state: ChannelState) -> DeliveryReport:
+def undelayed_delivery(nbytes: int, state: ChannelState, received_ns: int) -> DeliveryReport:
     """Report for a link whose air part is real: one transmission, air time at ``state.rate_bps``, no delay."""
-    return DeliveryReport(airtime_s(nbytes, state), 1, 0.0)
+    return DeliveryReport(airtime_s(nbytes, state), 1, 0.0, received_ns)
 
 
 @register_sidelink
@@ -54,5 +54,5 @@ class IpLink(Sidelink):
     def channel_state(self, seq: int) -> ChannelState:
         return self.state
 
-    def deliver(self, nbytes: int, state: ChannelState, received_ns: int) -> DeliveryReport:
-        return undelayed_delivery(nbytes, state)
+    def deliver(self, nbytes: int, state: ChannelState, received_ns: int, wait: bool = True) -> DeliveryReport:
+        return undelayed_delivery(nbytes, state, received_ns)

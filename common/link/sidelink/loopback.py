@@ -40,13 +40,14 @@ class LoopbackLink(Sidelink):
     def channel_state(self, seq: int) -> ChannelState:
         return self.states[seq % len(self.states)]
 
-    def deliver(self, nbytes: int, state: ChannelState, received_ns: int) -> DeliveryReport:
+    def deliver(self, nbytes: int, state: ChannelState, received_ns: int, wait: bool = True) -> DeliveryReport:
         outcome = self.emulator.delivery(nbytes, state)
         delay_s = outcome.delay_s + self.emulator.params.processing_delay_s
-        remaining = received_ns / 1e9 + delay_s - time.time()
-        if remaining > 0:
+        delivered_ns = received_ns + int(delay_s * 1e9)
+        remaining = delivered_ns / 1e9 - time.time()
+        if wait and remaining > 0:
             self._sleep(remaining)
         if outcome.lost:
             raise PayloadLost(f"payload of {nbytes} B lost after {outcome.transmissions} HARQ "
                               f"transmissions at MCS {state.mcs} (BLER {state.bler:.3f})")
-        return DeliveryReport(outcome.delay_s, outcome.transmissions, delay_s)
+        return DeliveryReport(outcome.delay_s, outcome.transmissions, delay_s, delivered_ns)

@@ -116,8 +116,8 @@ class SiriusLink(Sidelink):
         self._cached = (self._clock(), state)
         return state
 
-    def deliver(self, nbytes: int, state: ChannelState, received_ns: int) -> DeliveryReport:
-        return undelayed_delivery(nbytes, state)
+    def deliver(self, nbytes: int, state: ChannelState, received_ns: int, wait: bool = True) -> DeliveryReport:
+        return undelayed_delivery(nbytes, state, received_ns)
 
     def set_mcs(self, mcs: int) -> None:
         """Ask the radio for MCS ``mcs`` of ``mcs_table``; ValueError if out of range, RadioError if it fails."""

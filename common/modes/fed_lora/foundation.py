@@ -35,7 +35,9 @@ loop, :func:`common.learn.train.fit`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import math
 import os
 import re
@@ -307,6 +309,31 @@ class AdapterTask(ABC, Generic[X]):
         """The module whose train/eval mode matters (dropout)."""
         return self.head
 
+    @abstractmethod
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        """Name -> frozen base-model tensor (LoRA factors and head excluded)."""
+
+    @torch.no_grad()
+    def base_digest(self) -> str:
+        """sha256 hex of the module specs and the frozen base weights.
+
+        Hashed in order: ``json.dumps([[name, rank, [targets], [blocks] or null,
+        alpha], ...])`` of the modules, then per base tensor, sorted by name,
+        ``f"{name}:{json.dumps(shape)}"`` and its float32 little-endian bytes.
+
+        Two ends can exchange adapters only when they share the base model and
+        the module layout; the head and the LoRA factors are not covered (they
+        are what travels).
+        """
+        specs = [[m.name, m.rank, list(m.targets), list(m.blocks) if m.blocks is not None else None, m.alpha]
+                 for m in self.modules.values()]
+        h = hashlib.sha256(json.dumps(specs).encode())
+        for name, t in sorted(self._base_tensors().items()):
+            a = t.detach().to(torch.float32).contiguous().numpy()
+            h.update(f"{name}:{json.dumps(list(a.shape))}".encode())
+            h.update(a.astype("<f4", copy=False).tobytes())
+        return h.hexdigest()
+
 
 def _set_train(task: AdapterTask, mode: bool) -> bool:
     root = task._root()
@@ -373,6 +400,9 @@ class MlpTask(AdapterTask[np.ndarray]):
 
     def _refs(self, module: str) -> dict[str, _LoraRef]:
         return {t: _LoraRef(m.lora_A, m.lora_B, m.scaling) for t, m in self._adapters[module].items()}
+
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{i}.{n}": p for i, m in enumerate(self._body) for n, p in m.named_parameters()}
 
     def _base_linear(self, layer: str) -> nn.Linear:
         if layer not in self._linear:
@@ -507,6 +537,9 @@ class MiniLMTask(AdapterTask[Sequence[str]]):
         return {name: _LoraRef(m.lora_A[module].weight, m.lora_B[module].weight, float(m.scaling[module]))
                 for name, m in self._bert.named_modules()
                 if isinstance(m, self._lora_type) and module in m.lora_A}
+
+    def _base_tensors(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self._bert.named_parameters() if "lora_" not in n}
 
     def _base_linear(self, layer: str) -> nn.Linear:
         try:

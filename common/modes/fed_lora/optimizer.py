@@ -20,7 +20,11 @@ Long-term energy: device k may spend ``Ebar_k`` J per round on average. A
 virtual queue ``Q_k(t+1) = max(Q_k(t) + E_k(t) - Ebar_k, 0)`` (J) counts the
 excess (:class:`EnergyQueues`); drift-plus-penalty minimises, each round::
 
-    V * risk + sum_k Q_k E_k        (V in J^2: larger V favours accuracy)
+    V * risk + sum_k (Q_k + theta_k) E_k        (V in J^2: larger V favours accuracy)
+
+``theta_k = c V w_k / Ebar_k`` is a place-holder backlog (``price_floor`` c,
+0 by default): it keeps a price on energy while the queue is empty, where
+plain drift-plus-penalty buys vanishing PER gains with full power.
 
 subject to ``t_cmp + t_up <= deadline`` per participating device, ``p_k <=
 p_max,k`` and ``sum_k B_k <= B_total``. Always ``mean_t E_k <= Ebar_k +
@@ -109,7 +113,10 @@ class DeviceState:
 class OptimizerConfig:
     """``deadline_s`` per round; ``v`` the drift-plus-penalty weight (J^2); ``sample_scale``
     ``n_0`` of the risk proxy; grid sizes for power and bandwidth (geometric grids from
-    ``min_ratio`` times the cap up to the cap); bisection steps on the bandwidth price."""
+    ``min_ratio`` times the cap up to the cap); bisection steps on the bandwidth price;
+    ``price_floor`` c >= 0: a place-holder backlog ``theta_k = c V w_k / Ebar_k`` (J) added to
+    each queue in the decision (not in the queue itself), so that energy is never free: with
+    an empty queue and c = 0, any vanishing gain in success probability justifies full power."""
 
     deadline_s: float
     v: float = 10.0
@@ -118,6 +125,7 @@ class OptimizerConfig:
     bandwidth_levels: int = 48
     min_ratio: float = 1e-3
     bisection_steps: int = 60
+    price_floor: float = 0.0
 
     def __post_init__(self):
         for name in ("deadline_s", "sample_scale"):
@@ -130,6 +138,8 @@ class OptimizerConfig:
                              f"and bisection_steps={self.bisection_steps} must be >= 1")
         if not (0 < self.min_ratio <= 1):
             raise ValueError(f"min_ratio must be in (0, 1], got {self.min_ratio}")
+        if not (math.isfinite(self.price_floor) and self.price_floor >= 0):
+            raise ValueError(f"price_floor must be finite and >= 0, got {self.price_floor!r}")
 
 
 @dataclass(frozen=True)
@@ -225,7 +235,9 @@ def plan_round(devices: Sequence[DeviceState], modules: Sequence[ModuleCost], qu
     # cost[k, m, i_p, i_b] of participating, skip[k] of skipping
     cost = np.full((len(devices), len(modules), config.power_levels, config.bandwidth_levels), np.inf)
     p_grids = []
+    theta = [config.price_floor * config.v * w[k] / dev.profile.energy_budget_j for k, dev in enumerate(devices)]
     for k, (dev, q) in enumerate(zip(devices, queues_j)):
+        q = q + theta[k]
         p = dev.profile.max_power_w * np.geomspace(config.min_ratio, 1.0, config.power_levels)[:, None]
         p_grids.append(p[:, 0])
         for m, mod in enumerate(modules):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
@@ -31,16 +32,39 @@ from common.wire.values import VALUE_FORMATS
 log = logging.getLogger("semalign.rx")
 
 
+@dataclass(frozen=True)
+class RxLimits:
+    """What one payload may cost the RX.
+
+    ``max_deadline_s``: largest TX deadline (s) a session may declare; the
+    payload budget is ``rate x deadline``. ``budget_tolerance``: fraction a
+    payload may exceed that budget by (0.01: rounding between the two ends).
+    ``max_test_vectors``: test vectors per payload (each is expanded to
+    ``d_raw`` float32 values: 20 000 x 784 x 4 B = 63 MB for MNIST).
+    """
+
+    max_deadline_s: float = 1.0
+    budget_tolerance: float = 0.01
+    max_test_vectors: int = 20_000
+
+    def __post_init__(self):
+        if not self.max_deadline_s > 0 or self.budget_tolerance < 0 or self.max_test_vectors < 1:
+            raise ValueError(f"need max_deadline_s > 0, budget_tolerance >= 0 and max_test_vectors >= 1, "
+                             f"got {self.max_deadline_s}, {self.budget_tolerance}, {self.max_test_vectors}")
+
+
 class PcaLoraRx(RxHalf):
     """Holds the codec, the frozen classifier and the alignment strategy."""
 
     mode = "pca-lora"
 
-    def __init__(self, codec: Codec, model: nn.Sequential, strategy: AlignmentStrategy, n_classes: int = 10):
+    def __init__(self, codec: Codec, model: nn.Sequential, strategy: AlignmentStrategy, n_classes: int = 10,
+                 limits: "RxLimits | None" = None):
         self.codec = codec
         self.model = model
         self.strategy = strategy
         self.n_classes = n_classes
+        self.limits = limits or RxLimits()
         self.fingerprint = codec.fingerprint
 
     def hello_params(self) -> dict:
@@ -52,6 +76,10 @@ class PcaLoraRx(RxHalf):
                     f"{self.codec.name}/d_raw={self.codec.d_raw}")
         if params.get("value_dtype") not in VALUE_FORMATS:
             return f"value_dtype {params.get('value_dtype')!r} is not one of {sorted(VALUE_FORMATS)}"
+        deadline = params.get("deadline_s")
+        if not isinstance(deadline, (int, float)) or not 0 < deadline <= self.limits.max_deadline_s:
+            return (f"deadline_s={deadline!r}: this RX takes deadlines in (0, {self.limits.max_deadline_s}] s "
+                    "(its payload budget is rate x deadline)")
         return None
 
     def handlers(self) -> dict:
@@ -77,8 +105,24 @@ class PcaLoraRx(RxHalf):
 
     # ------------------------------------------------------------ PAYLOAD
 
-    def check(self, p: Payload) -> None:
-        """Raise :class:`RoundError` for a payload this RX cannot use."""
+    def check(self, p: Payload, ctx: RoundContext) -> None:
+        """Raise :class:`RoundError` for a payload this RX cannot use or that costs more than it may.
+
+        Budget: the payload may not exceed ``rate x deadline`` of the round's
+        announced CHANNEL and the session's HELLO, plus ``budget_tolerance``.
+        Work: at most ``max_test_vectors`` test vectors (each is reconstructed
+        to ``d_raw`` values and classified).
+        """
+        deadline_s = ctx.session.get("hello_params", {}).get("deadline_s")
+        if deadline_s is not None:
+            budget = ctx.state.rate_bps * deadline_s / 8 * (1 + self.limits.budget_tolerance)
+            if ctx.nbytes > budget:
+                raise RoundError("over_budget", f"payload of {ctx.nbytes} B exceeds the round's budget of "
+                                                f"{int(budget)} B ({ctx.state.rate_bps / 1e6:.1f} Mb/s x "
+                                                f"{deadline_s} s, +{self.limits.budget_tolerance:.0%})")
+        if p.n_test > self.limits.max_test_vectors:
+            raise RoundError("too_much_work", f"n_test={p.n_test} test vectors; this RX classifies at most "
+                                              f"{self.limits.max_test_vectors} per payload")
         if p.fingerprint.hex() != self.codec.fingerprint:
             raise RoundError("fingerprint", f"payload basis fingerprint {p.fingerprint.hex()[:12]}... does "
                                             f"not match the RX's {self.codec.fingerprint[:12]}...")
@@ -90,9 +134,13 @@ class PcaLoraRx(RxHalf):
             raise RoundError("bad_label", f"training label {bad} outside [0, {self.n_classes})")
 
     def on_payload(self, p: Payload, ctx: RoundContext) -> Reply:
-        self.check(p)
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
-        t_delivered = time.time_ns()
+        """One round. The link's air time is emulated without holding the RX: the payload counts as
+        delivered at ``t_delivered`` (receipt + air time), every RX timestamp is on that timeline, and
+        the reply is held until ``t_transmit`` (``Reply.not_before_ns``) while other peers are served."""
+        self.check(p, ctx)
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        t_delivered = max(delivery.delivered_ns, time.time_ns())
+        t_start = time.perf_counter()
 
         t0 = time.perf_counter()
         z = p.features()
@@ -100,8 +148,8 @@ class PcaLoraRx(RxHalf):
             raise RoundError("non_finite", f"payload holds {int((~np.isfinite(z)).sum())} NaN/Inf "
                                            "feature values")
         x_test = self.codec.decode(z[: p.n_test])
-        t_decoded = time.time_ns()
         t1 = time.perf_counter()
+        t_decoded = t_delivered + int((t1 - t_start) * 1e9)
 
         if p.n_train:
             adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
@@ -125,5 +173,6 @@ class PcaLoraRx(RxHalf):
         fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": p.n_train, "acc_pretrained": acc_pre,
                   "acc_adapted": acc_ada, "adapt": adapt_info,
                   "aligned_alphas": [int(a) for a in self.strategy.aligned_alphas()]}
+        t_transmit = t_delivered + int((time.perf_counter() - t_start) * 1e9)
         return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
-                            ctx.received_ns, t_delivered, t_decoded, time.time_ns()))
+                            ctx.received_ns, t_delivered, t_decoded, t_transmit), not_before_ns=t_transmit)

@@ -80,7 +80,7 @@ class PcaLoraTx(TxHalf):
 
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max,
-                "value_dtype": self.config.value_dtype}
+                "value_dtype": self.config.value_dtype, "deadline_s": self.config.deadline_s}
 
     def config_record(self) -> dict:
         return {**self.source, "fingerprint": self.codec.fingerprint, "d_pre": self.codec.d_max, "policy": self.policy_name,

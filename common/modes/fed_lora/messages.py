@@ -1,0 +1,312 @@
+"""fed-lora's wire messages and the adapter tensor list.
+
+One federated round ``r`` is one ``seq = r`` of every device's session. The
+base station never waits inside a handler: a device asks, and is told either
+what to do or to come back later::
+
+    TX  FED_POLL_<a> (want "plan")    ->  RX   FED_PLAN  (module or skip, power, bandwidth, factors)
+                                              or FED_WAIT (retry_after_ms: round r not planned yet)
+    TX  FED_UPDATE                    ->  RX   FED_ACK   (delivered, or lost with the reason)
+    TX  FED_POLL_<a> (want "result")  ->  RX   RESULT    (round-final: the aggregate's accuracy, energy, queue)
+                                              or FED_WAIT (round r's aggregate not formed yet)
+
+A skipped device sends no FED_UPDATE. The RX daemon answers a repeated
+``(session, seq, TYPE)`` from its replay record, so every poll of a round is
+a distinct type: ``FED_POLL_0``, ``FED_POLL_1``, ... up to
+``FED_POLL_<MAX_POLLS - 1>``, numbered by the device's ``attempt`` within the
+round (the field repeats the number and must match). The base station's
+``retry_after_ms`` hints keep a round within :data:`MAX_POLLS` polls (see
+:func:`retry_after_ms`).
+
+All types are plain msgpack maps (``common.wire.protocol.encode``). Adapters
+travel as a msgpack array of maps ``{name, dtype, shape, data}``: ``name`` as
+in :mod:`~common.modes.fed_lora.foundation` (``<layer>.lora_A`` (r, in),
+``<layer>.lora_B`` (out, r) with the LoRA scaling folded in,
+``head.weight`` (C, d), ``head.bias`` (C,)), ``dtype`` ``"float32"``,
+``shape`` a list of ints, ``data`` the raw little-endian bytes in C order.
+Byte layouts: ``docs/modes/fed_lora.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from common.wire.protocol import register_message
+
+MAX_POLLS = 64  # polls per device and round (FED_POLL_0 .. FED_POLL_63)
+TENSOR_DTYPE = "float32"  # the only tensor dtype on the wire: IEEE 754 binary32, little-endian
+TENSOR_KEYS = ("name", "dtype", "shape", "data")
+MAX_ADAPTER_BYTES = 8 * 2**20  # raw tensor bytes of one adapter (MiniLM's all-r16 + head: 2.7 MB)
+ENVELOPE_ALLOWANCE_BYTES = 64 * 1024  # msgpack keys, names, shapes and scalars around the raw bytes
+MAX_TENSORS = 200  # tensors per adapter (MiniLM all-r16: 36 layers x 2 + head 2 = 74)
+MAX_NAME_LEN = 200
+WANTS = ("plan", "result")
+# retry hints (ms): first wait, fraction of the time already waited, the deadline margin
+RETRY_MIN_MS = 50
+RETRY_GROWTH = 0.3
+RETRY_MARGIN_MS = 100
+
+
+class TensorError(ValueError):
+    """An adapter tensor list that cannot be used; ``code`` is the ERROR code the RX answers with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ messages
+
+
+@dataclass(frozen=True)
+class FedPoll:
+    """TX -> RX: "what do I do in round ``seq``" (``want`` "plan") or "how did it end" ("result").
+
+    ``attempt``: this poll's number within the round, 0 .. MAX_POLLS-1; the
+    message TYPE is ``FED_POLL_<attempt>`` (use :func:`poll`). ``waited_ms``:
+    how long the device has been waiting for this ``want`` so far (for the
+    RX's retry hint).
+    """
+
+    TYPE: ClassVar[str] = "FED_POLL_0"
+    max_bytes: ClassVar[int] = 1024
+    session_id: int
+    seq: int
+    device_id: int
+    attempt: int
+    want: str
+    waited_ms: int = 0
+
+
+POLL_TYPES: dict[str, type] = {}
+for _a in range(MAX_POLLS):
+    _cls = FedPoll if _a == 0 else type(f"FedPoll{_a}", (FedPoll,), {"TYPE": f"FED_POLL_{_a}",
+                                                                     "__module__": __name__})
+    POLL_TYPES[_cls.TYPE] = register_message(_cls)
+
+
+def poll(attempt: int, session_id: int, seq: int, device_id: int, want: str, waited_ms: int = 0) -> FedPoll:
+    """The poll message of number ``attempt`` (its TYPE is ``FED_POLL_<attempt>``)."""
+    if not 0 <= attempt < MAX_POLLS:
+        raise ValueError(f"attempt must be in 0..{MAX_POLLS - 1}, got {attempt}")
+    if want not in WANTS:
+        raise ValueError(f"want must be one of {WANTS}, got {want!r}")
+    return POLL_TYPES[f"FED_POLL_{attempt}"](session_id, seq, device_id, attempt, want, int(waited_ms))
+
+
+@register_message
+@dataclass(frozen=True)
+class FedWait:
+    """RX -> TX (not round-final): not yet; poll again after ``retry_after_ms``.
+
+    ``reason``: ``joining`` (round 0 waits for the devices to say HELLO),
+    ``previous_round`` (round ``seq - 1`` is still collecting updates) or
+    ``collecting`` (round ``seq`` is). ``deadline_ns``: RX wall clock (ns since
+    the epoch) at which what is awaited closes at the latest (0: unknown).
+    """
+
+    TYPE: ClassVar[str] = "FED_WAIT"
+    max_bytes: ClassVar[int] = 4096
+    session_id: int
+    seq: int
+    device_id: int
+    reason: str
+    retry_after_ms: int
+    deadline_ns: int
+
+
+@register_message
+@dataclass(frozen=True)
+class FedPlan:
+    """RX -> TX (not round-final): the device's decision for round ``seq``.
+
+    ``module``: the LoRA module to train ("" = skip, with ``reason``);
+    ``rank``: its rank; ``power_w``/``bandwidth_hz``: the uplink allocation;
+    ``deadline_s``: the emulated latency budget (compute + upload) of the
+    round; ``compute_s``, ``upload_s``, ``energy_j``, ``success_prob``: the
+    plan's model of this device's round; ``gain_db``: the channel power gain
+    the plan used; ``queue_j``: the device's virtual energy queue before the
+    round; ``round_deadline_ns``: RX wall clock at which the round closes
+    without late updates; ``tensors``: the global adapter's starting factors
+    and head for ``module`` (empty when skipping).
+    """
+
+    TYPE: ClassVar[str] = "FED_PLAN"
+    max_bytes: ClassVar[int] = MAX_ADAPTER_BYTES + ENVELOPE_ALLOWANCE_BYTES
+    session_id: int
+    seq: int
+    device_id: int
+    module: str
+    reason: str
+    rank: int
+    power_w: float
+    bandwidth_hz: float
+    deadline_s: float
+    compute_s: float
+    upload_s: float
+    energy_j: float
+    success_prob: float
+    gain_db: float
+    queue_j: float
+    round_deadline_ns: int
+    policy: str
+    n_planned: int
+    tensors: list
+
+
+@register_message
+@dataclass(frozen=True)
+class FedUpdate:
+    """TX -> RX: the device's trained ``module`` (factors + head) for round ``seq``.
+
+    ``n_samples``: its shard size (the aggregation weight); ``train_loss``:
+    mean loss of the last epoch (-1 when not finite); ``train_s``: local
+    training wall time, s.
+    """
+
+    TYPE: ClassVar[str] = "FED_UPDATE"
+    max_bytes: ClassVar[int] = MAX_ADAPTER_BYTES + ENVELOPE_ALLOWANCE_BYTES
+    session_id: int
+    seq: int
+    device_id: int
+    module: str
+    n_samples: int
+    train_loss: float
+    train_s: float
+    tensors: list
+
+
+@register_message
+@dataclass(frozen=True)
+class FedAck:
+    """RX -> TX (not round-final): what became of the update.
+
+    ``outcome``: ``delivered`` or ``lost``; ``reason`` (lost): ``packet_error``
+    (the seeded draw ``draw`` fell below ``packet_error``) or ``deadline``
+    (emulated compute + upload time over the round's ``deadline_s``).
+    ``upload_bits``: raw tensor bits; ``upload_s``: their emulated air time
+    at the planned power and bandwidth; energies in J.
+    """
+
+    TYPE: ClassVar[str] = "FED_ACK"
+    max_bytes: ClassVar[int] = 4096
+    session_id: int
+    seq: int
+    device_id: int
+    outcome: str
+    reason: str
+    upload_bits: int
+    upload_s: float
+    compute_s: float
+    transmit_energy_j: float
+    compute_energy_j: float
+    packet_error: float
+    uplink_sinr_db: float
+    draw: float
+
+
+# RESULT.fields of a fed-lora round (the device's view of the formed round)
+RESULT_FIELDS = ("fed_round", "device_id", "module", "rank", "skip_reason", "power_w", "bandwidth_hz",
+                 "upload_bits", "upload_s", "compute_s", "transmit_energy_j", "compute_energy_j", "energy_j",
+                 "energy_budget_j", "queue_j", "outcome", "delivered", "loss_reason", "packet_error",
+                 "uplink_sinr_db", "gain_db", "global_acc", "n_planned", "n_delivered", "closed_by",
+                 "policy", "aggregation", "round_wall_s")
+
+
+def retry_after_ms(waited_ms: int, attempt: int, until_ns: int | None, now_ns: int) -> int:
+    """The RX's hint: wait ``max(RETRY_MIN_MS, RETRY_GROWTH * waited_ms)``, but not past ``until_ns``.
+
+    The hint grows with the time already waited (so a device polls about
+    log(T / 50 ms) / log(1.3) times over a wait of T), never sleeps much past
+    the moment the awaited round closes at the latest (``until_ns``, where the
+    RX's next message forms it), and the last polls of a round are sent after
+    that moment, so a round never runs out of :data:`MAX_POLLS`.
+    """
+    left_ms = max(0.0, (until_ns - now_ns) / 1e6) if until_ns else None
+    hint = max(RETRY_MIN_MS, RETRY_GROWTH * max(0, waited_ms))
+    if left_ms is not None:
+        hint = min(hint, left_ms + RETRY_MARGIN_MS)
+        if attempt >= MAX_POLLS - 4:
+            hint = left_ms + RETRY_MARGIN_MS
+    return math.ceil(hint)
+
+
+# ------------------------------------------------------------------ tensors
+
+
+def adapter_to_wire(arrays: Mapping[str, np.ndarray]) -> list[dict]:
+    """``{name: float32 array}`` -> the wire list, in ``arrays``' order."""
+    out = []
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype != np.float32:
+            raise ValueError(f"{name}: only float32 arrays travel, got {a.dtype}")
+        a = np.ascontiguousarray(a, "<f4")
+        out.append({"name": name, "dtype": TENSOR_DTYPE, "shape": list(a.shape), "data": a.tobytes()})
+    return out
+
+
+def wire_bytes(items: list) -> int:
+    """Raw tensor bytes in a wire list (its ``data`` fields), headers aside."""
+    return sum(len(item.get("data", b"")) for item in items if isinstance(item, dict)
+               and isinstance(item.get("data"), bytes))
+
+
+def adapter_from_wire(items, expected: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Check a wire list against ``expected`` (name -> shape) and return float32 arrays (copies).
+
+    Every expected tensor must be present exactly once. Raises
+    :class:`TensorError` with code ``bad_tensor`` (not a list of ``{name,
+    dtype, shape, data}`` maps, or more than :data:`MAX_TENSORS`),
+    ``oversize`` (more raw bytes than the expected tensors hold),
+    ``unknown_layer`` (a name outside ``expected``), ``duplicate``,
+    ``missing``, ``dtype`` (not float32), ``shape``, ``size`` (``data``
+    length differs from the shape's) or ``non_finite`` (NaN/Inf).
+    """
+    if not isinstance(items, list):
+        raise TensorError("bad_tensor", f"tensors must be a list, got {type(items).__name__}")
+    if len(items) > MAX_TENSORS:
+        raise TensorError("bad_tensor", f"{len(items)} tensors, at most {MAX_TENSORS}")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or sorted(item) != sorted(TENSOR_KEYS):
+            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise TensorError("bad_tensor", f"tensor {i}: need keys {list(TENSOR_KEYS)}, got {keys}")
+        name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)
+        if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes) \
+                or not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                          and s >= 0 for s in shape):
+            raise TensorError("bad_tensor", f"tensor {i}: name/dtype must be str, shape a list of ints >= 0, "
+                                            "data bytes")
+    want_bytes = sum(4 * math.prod(s) for s in expected.values())
+    got_bytes = wire_bytes(items)
+    if got_bytes > want_bytes:
+        raise TensorError("oversize", f"{got_bytes} bytes of tensor data, the module holds {want_bytes}")
+    out: dict[str, np.ndarray] = {}
+    for item in items:
+        name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)
+        if name not in expected:
+            raise TensorError("unknown_layer", f"tensor {name[:MAX_NAME_LEN]!r} is not part of the module; "
+                                               f"known: {sorted(expected)[:8]}{' ...' if len(expected) > 8 else ''}")
+        if name in out:
+            raise TensorError("duplicate", f"tensor {name!r} given twice")
+        if dtype != TENSOR_DTYPE:
+            raise TensorError("dtype", f"{name}: dtype {dtype[:32]!r}, only {TENSOR_DTYPE!r} is accepted")
+        want = tuple(expected[name])
+        if tuple(shape) != want:
+            raise TensorError("shape", f"{name}: shape {tuple(shape[:8])} != {want}")
+        if len(data) != 4 * math.prod(want):
+            raise TensorError("size", f"{name}: {len(data)} bytes of data, shape {want} float32 needs "
+                                      f"{4 * math.prod(want)}")
+        a = np.frombuffer(data, "<f4")
+        if not np.isfinite(a).all():
+            raise TensorError("non_finite", f"{name}: {int((~np.isfinite(a)).sum())} NaN/Inf values")
+        out[name] = a.astype(np.float32).reshape(want)
+    missing = [k for k in expected if k not in out]
+    if missing:
+        raise TensorError("missing", f"{len(missing)} tensors missing, e.g. {missing[0]!r}")
+    return out

@@ -1,0 +1,174 @@
+"""The fed-lora mode: federated LoRA fine-tuning of a foundation model across heterogeneous devices.
+
+*Federated LoRA across heterogeneous wireless devices* (arXiv 2509.19306;
+``shared/seeds/federated-lora-heterogeneous-wireless.txt``, abstract only).
+Each device is a TX daemon (``semalign tx --mode fed-lora --device-id k``),
+the RX daemon is the base station: it plans each round (LoRA module or skip,
+transmit power, bandwidth) by our online drift-plus-penalty method under
+long-term energy budgets, receives the updates, drops those the emulated
+uplink loses, aggregates heterogeneous ranks and serves the new global
+adapter. Files: ``spec.py`` (what a federation shares), ``messages.py``
+(wire), ``rx.py`` (base station), ``tx.py`` (device); the ML and radio core:
+``foundation.py``, ``aggregation.py``, ``wireless.py``, ``optimizer.py``,
+``text_data.py``. Guide: ``docs/modes/fed_lora.md``.
+
+This module stays light: torch-free option specs; the halves, the data and
+(for the text tasks) transformers and peft load in ``build_rx``/``build_tx``.
+"""
+
+from __future__ import annotations
+
+from common.modes.base import Mode, register_mode
+from common.options import Option
+
+_TASK_HELP = ("federated task: mlp (scikit-learn digits on a 64-64-32-10 MLP with frozen random hidden "
+              "layers; no extra data), sst2 (GLUE SST-2 on all-MiniLM-L6-v2) or agnews (AG News on "
+              "all-MiniLM-L6-v2, a stand-in for the paper's QNLI, which cannot be had here); text tasks "
+              "read <data-dir>/<task>/*.tsv and need the text extra")
+_SHARED = [
+    Option("fed_task", str, _TASK_HELP, "mlp"),
+    Option("fed_devices", int, "number of devices N in the federation; the Dirichlet split has N parts and "
+           "device k trains on part k (all devices and the base station must agree)", 4),
+    Option("fed_beta", float, "Dirichlet concentration of the label-skewed split (small: each class on few "
+           "devices); all ends must agree", 0.5),
+    Option("fed_pool_size", int, "training samples split among the devices, drawn with --seed; 0 = mlp: the "
+           "whole training set (1437 digits), text: 150 per device; all ends must agree", 0),
+]
+
+
+PRICE_FLOOR = 0.05  # c of the place-holder backlog (calibrated on the mlp task, docs/modes/fed_lora.md)
+
+
+def _preset_help(what: str, mlp, text) -> str:
+    return f"{what} [default: mlp {mlp}, text tasks {text}]"
+
+
+@register_mode
+class FedLora(Mode):
+    name = "fed-lora"
+    summary = ("federated LoRA: devices (TX) train switchable LoRA modules on non-IID shards, the base "
+               "station (RX) plans module, power and bandwidth under energy budgets and aggregates")
+    rx_options = [
+        *_SHARED,
+        Option("data_dir", str, "directory with the text task's TSV files (<dir>/sst2/{train,test}.tsv, "
+               "<dir>/agnews/{dev,test}.tsv)"),
+        Option("fed_policy", str, "base-station policy: ours (online drift-plus-penalty: module switching, "
+               "power and bandwidth under long-term energy budgets), fixed (every device trains the largest "
+               "module at full power on an equal bandwidth share: fixed-rank FedAvg) or random (a random "
+               "module per device, otherwise as fixed)", "ours"),
+        Option("fed_aggregation", str, "aggregation of heterogeneous-rank updates: stack-svd (exact "
+               "stacking + SVD redistribution), zero-pad (HetLoRA) or fedavg (factor averaging)", "stack-svd"),
+        Option("fed_fixed_module", str, "module of the fixed baseline [default: the largest: all-r8 for mlp, "
+               "all-r16 for text]"),
+        Option("fed_deadline_s", float, _preset_help("emulated latency budget of a round per device "
+               "(compute + upload time), s; an update over it is lost", 0.5, 20)),
+        Option("fed_bandwidth_hz", float, _preset_help("uplink bandwidth shared by the devices each round, "
+               "Hz", "5e4", "1e6")),
+        Option("fed_v", float, _preset_help("drift-plus-penalty weight V, J^2 (larger: accuracy over "
+               "energy)", "1e-3", 20)),
+        Option("fed_price_floor", float, "place-holder backlog of the online policy: each device's energy "
+               "is priced at least c V w_k / Ebar_k in the decision, so an empty queue does not make energy "
+               "free (0 = plain drift-plus-penalty)", PRICE_FLOOR),
+        Option("fed_sample_scale", float, _preset_help("n_0 of the risk proxy 1 - exp(-c_m n_k / n_0), "
+               "samples", 300, 200)),
+        Option("fed_capacity_exponent", float, _preset_help("module capacity c_m = (parameters / the "
+               "largest module's) ** this, in (0, 1]", "1.0", 0.5)),
+        Option("fed_round_timeout_s", float, _preset_help("wall-clock time from planning after which a "
+               "round forms without the devices still missing, s (checked on every message)", 60, 900)),
+        Option("fed_join_timeout_s", float, "wall-clock time from the first HELLO after which round 0 is "
+               "planned with the devices known by then, s", 30.0),
+        Option("fed_eval_size", int, _preset_help("test samples the global model is evaluated on after "
+               "each aggregation, a seeded subset; 0 = all", "0 (all 360)", 200)),
+        Option("fed_k_factor", float, "Rician K of each device's block fading (0: Rayleigh)", 1.0),
+        Option("fed_out", str, "directory for the base station's per-round log (base_station.jsonl) and "
+               "its saved global state (state.npz, state.json); none by default"),
+        Option("fed_resume", bool, "start the base station from the state saved in --fed-out"),
+    ]
+    tx_options = [
+        *_SHARED,
+        Option("device_id", int, "this device's index k in 0..N-1 (its shard is part k of the split)", 0),
+        Option("fed_distance_m", float, "distance to the base station, m (path loss of the emulated "
+               "uplink)", 300.0),
+        Option("fed_flops_per_s", float, "emulated compute speed, FLOP/s (compute time = training FLOPs / "
+               "this; CPU clock = this / 16 FLOP per cycle for the energy model)", 3.2e10),
+        Option("fed_max_power_w", float, "transmit power cap, W", 0.2),
+        Option("fed_energy_budget_j", float, _preset_help("long-term average energy budget per round, J",
+               0.005, 2.0)),
+        Option("fed_epochs", float, _preset_help("local training epochs per round", 5, 2)),
+        Option("fed_batch", int, _preset_help("local training mini-batch", 32, 16)),
+        Option("fed_lr", float, _preset_help("local Adam learning rate", "1e-2", "3e-3")),
+    ]
+
+    @classmethod
+    def build_rx(cls, opts: dict):
+        from common.modes.fed_lora.optimizer import OptimizerConfig
+        from common.modes.fed_lora.rx import BaseStation, BaseStationConfig, FedLoraRx
+        from common.modes.fed_lora.spec import (
+            build_task,
+            fingerprint,
+            load_fed_data,
+            preset,
+        )
+        from common.modes.fed_lora.wireless import CellConfig
+
+        spec = fed_spec(opts)
+        p = preset(spec.task)
+        data = load_fed_data(spec, opts.get("data_dir"))
+        task = build_task(spec, data.n_classes)
+        cell = CellConfig(total_bandwidth_hz=_get(opts, "fed_bandwidth_hz", p.bandwidth_hz))
+        opt = OptimizerConfig(deadline_s=_get(opts, "fed_deadline_s", p.deadline_s), v=_get(opts, "fed_v", p.v),
+                              sample_scale=_get(opts, "fed_sample_scale", p.sample_scale),
+                              price_floor=_get(opts, "fed_price_floor", PRICE_FLOOR))
+        config = BaseStationConfig(
+            policy=opts.get("fed_policy") or "ours", aggregation=opts.get("fed_aggregation") or "stack-svd",
+            fixed_module=opts.get("fed_fixed_module"),
+            round_timeout_s=_get(opts, "fed_round_timeout_s", p.round_timeout_s),
+            join_timeout_s=_get(opts, "fed_join_timeout_s", 30.0), eval_size=_get(opts, "fed_eval_size", p.eval_size),
+            k_factor=_get(opts, "fed_k_factor", 1.0), seed=spec.seed,
+            out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))
+        fp = fingerprint(spec, task, data.n_classes)
+        station = BaseStation(spec, data, task, cell, opt, config,
+                              capacity_exponent=_get(opts, "fed_capacity_exponent", p.capacity_exponent))
+        return FedLoraRx(station, fp)
+
+    @classmethod
+    def build_tx(cls, opts: dict):
+        from common.modes.fed_lora.spec import (
+            build_task,
+            fingerprint,
+            load_fed_data,
+            preset,
+        )
+        from common.modes.fed_lora.tx import DeviceConfig, FedLoraTx
+
+        spec = fed_spec(opts)
+        p = preset(spec.task)
+        data = load_fed_data(spec, opts.get("data_dir"))
+        task = build_task(spec, data.n_classes)
+        fp = fingerprint(spec, task, data.n_classes)
+        config = DeviceConfig(
+            device_id=_get(opts, "device_id", 0), distance_m=_get(opts, "fed_distance_m", 300.0),
+            flops_per_s=_get(opts, "fed_flops_per_s", 3.2e10), max_power_w=_get(opts, "fed_max_power_w", 0.2),
+            energy_budget_j=_get(opts, "fed_energy_budget_j", p.energy_budget_j),
+            epochs=_get(opts, "fed_epochs", p.epochs), batch_size=_get(opts, "fed_batch", p.batch_size),
+            lr=_get(opts, "fed_lr", p.lr))
+        if config.device_id >= spec.n_devices:
+            raise ValueError(f"--device-id {config.device_id} outside 0..{spec.n_devices - 1} "
+                             f"(--fed-devices {spec.n_devices})")
+        x, y = data.shard(config.device_id)
+        return FedLoraTx(spec, task, x, y, config, fp)
+
+
+def _get(opts: dict, name: str, default):
+    v = opts.get(name)
+    return default if v is None else v
+
+
+def fed_spec(opts: dict):
+    """The federation of ``fed_task, fed_devices, fed_beta, seed, fed_pool_size`` (None = default)."""
+    from common.modes.fed_lora.spec import FedSpec
+
+    return FedSpec(task=opts.get("fed_task") or "mlp", n_devices=_get(opts, "fed_devices", 4),
+                   beta=_get(opts, "fed_beta", 0.5), seed=_get(opts, "seed", 0),
+                   pool_size=_get(opts, "fed_pool_size", 0))
+

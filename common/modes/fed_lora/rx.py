@@ -1,0 +1,686 @@
+"""fed-lora's RX half: the base station of the federation.
+
+One :class:`BaseStation` lives in the RX half and is shared by every session
+(each device is one TX session; ``ctx.session`` only binds a session to its
+device id). It holds the global adapter (:class:`GlobalAdapter`), the
+devices that said HELLO (profile, shard size, training FLOPs per module,
+their block-fading channel and virtual energy queue) and the open round.
+
+Round ``r`` (= ``seq`` of every device's session) goes through:
+
+1. **Planning**, on the first ``FED_POLL (want plan)`` for ``r`` once round
+   ``r - 1`` has formed (round 0: once all ``n_devices`` have said HELLO or
+   ``join_timeout_s`` after the first HELLO). Every *active* known device gets
+   a decision from the policy (``ours``: :func:`plan_round`, drift-plus-
+   penalty with the Lyapunov queues; ``fixed``: :func:`fixed_plan`;
+   ``random``: :func:`random_plan`), with this round's channel gain drawn
+   from its fading process. The round's wall-clock deadline is set to
+   ``round_timeout_s`` from now.
+2. **Collecting**: each participating device fetches its plan (and the
+   global factors of its module), trains, and sends ``FED_UPDATE``. The
+   update is validated (:func:`adapter_from_wire`); its emulated upload time
+   is its raw bits over the planned rate; it is lost when compute + upload
+   time exceeds the round's ``deadline_s`` or when a seeded draw
+   ``U(0, 1) < PER(SINR)`` says so. A delivered update is kept; a lost one is
+   dropped from aggregation (its energy still counts).
+3. **Forming**, as soon as every participating device has reported (its
+   update delivered, lost or refused) -- or, failing that, on the first
+   message of *any* device that arrives after the round's wall-clock
+   deadline (there are no timers or threads: the deadline is checked on
+   every message, :meth:`BaseStation.tick`). The delivered updates are
+   aggregated (``stack-svd``, ``zero-pad`` or ``fedavg``), each device's
+   queue advances ``Q = max(Q + E - Ebar, 0)``, the global model is
+   evaluated on the test subset and the round's record is written. A device
+   that never reported is recorded ``missing`` and left out of planning
+   until it polls again.
+
+Handlers never wait: a device that asks too early gets ``FED_WAIT`` with a
+retry hint. Per-round records go to ``out/base_station.jsonl`` and the global
+state to ``out/state.npz`` + ``out/state.json`` when ``out`` is set; with
+``resume`` the base station starts from that saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.modes.base import Reply, RoundContext, RoundError, RxHalf
+from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
+from common.modes.fed_lora.messages import (
+    MAX_POLLS,
+    POLL_TYPES,
+    RESULT_FIELDS,
+    FedAck,
+    FedPlan,
+    FedPoll,
+    FedUpdate,
+    FedWait,
+    TensorError,
+    adapter_from_wire,
+    adapter_to_wire,
+    retry_after_ms,
+    wire_bytes,
+)
+from common.modes.fed_lora.optimizer import (
+    SKIP,
+    DeviceDecision,
+    DeviceState,
+    OptimizerConfig,
+    fixed_plan,
+    module_costs,
+    plan_round,
+    random_plan,
+)
+from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, take
+from common.modes.fed_lora.wireless import CellConfig, DeviceChannels, DeviceProfile
+from common.wire.protocol import Result
+
+log = logging.getLogger("semalign.rx")
+
+POLICIES: tuple[str, ...] = ("ours", "fixed", "random")
+HISTORY_ROUNDS = 8  # formed rounds kept in memory (devices fetch their RESULT from them)
+PROFILE_KEYS = ("distance_m", "max_power_w", "flops_per_s", "flops_per_cycle", "kappa", "energy_budget_j")
+PROFILE_LIMITS = {"distance_m": (1.0, 1e6), "max_power_w": (1e-6, 10.0), "flops_per_s": (1e3, 1e18),
+                  "flops_per_cycle": (0.01, 1e4), "kappa": (1e-40, 1e-20), "energy_budget_j": (1e-9, 1e6)}
+
+
+@dataclass(frozen=True)
+class BaseStationConfig:
+    """The base station's settings (units in the names).
+
+    ``policy``: ours, fixed or random; ``aggregation``: one of
+    :data:`AGGREGATIONS`; ``fixed_module``: the module of the fixed baseline
+    (None: the largest); ``round_timeout_s``: wall-clock time from planning
+    after which a round forms without the devices still missing;
+    ``join_timeout_s``: wall-clock time from the first HELLO after which
+    round 0 is planned with the devices known by then; ``eval_size``: test
+    samples the global model is evaluated on (0 = all); ``k_factor``,
+    ``speed_mps``, ``round_s``: each device's Rician block fading (one block
+    per round, Jakes correlation over ``round_s``); ``seed``: fading, loss
+    draws and the random policy; ``out``: directory for the per-round log and
+    the saved state (None: nothing written); ``resume``: start from the state
+    saved in ``out``.
+    """
+
+    policy: str = "ours"
+    aggregation: str = "stack-svd"
+    fixed_module: str | None = None
+    round_timeout_s: float = 60.0
+    join_timeout_s: float = 30.0
+    eval_size: int = 0
+    k_factor: float = 1.0
+    speed_mps: float = 1.0
+    round_s: float = 1.0
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        for name in ("round_timeout_s", "join_timeout_s", "round_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if self.eval_size < 0:
+            raise ValueError(f"eval_size must be >= 0, got {self.eval_size}")
+        if self.aggregation == "fedavg" and self.policy != "fixed":
+            raise ValueError("aggregation fedavg averages factors of equal rank only: use it with policy fixed "
+                             "(ours and random switch between modules of different ranks)")
+        if self.resume and not self.out:
+            raise ValueError("resume needs the directory of the saved state (out)")
+
+
+@dataclass
+class Device:
+    """What the base station knows of one device (from its HELLO) and its running state."""
+
+    device_id: int
+    hello: dict
+    profile: DeviceProfile
+    n_samples: int
+    train_flops: dict[str, float]
+    channel: DeviceChannels
+    queue_j: float = 0.0
+    active: bool = True
+    session_id: int | None = None
+
+
+@dataclass
+class Report:
+    """One device's outcome in a round: ``outcome`` delivered, lost, refused (and its energy, J)."""
+
+    outcome: str
+    reason: str = ""
+    upload_bits: int = 0
+    upload_s: float = 0.0
+    compute_s: float = 0.0
+    transmit_energy_j: float = 0.0
+    compute_energy_j: float = 0.0
+    packet_error: float = 0.0
+    uplink_sinr_db: float = 0.0
+    draw: float = 0.0
+    train_s: float = 0.0
+    ack: Any = None  # the FedAck sent (a repeated UPDATE gets it again)
+
+
+@dataclass
+class FedRound:
+    """Round ``index``: its plan, the reports and, once formed, its record."""
+
+    index: int
+    planned_ns: int
+    deadline_ns: int
+    decisions: dict[int, DeviceDecision]
+    gains: dict[int, float]
+    queues_before: dict[int, float]
+    risk: float
+    objective: float
+    starts: dict[str, dict] = field(default_factory=dict)  # module -> wire tensors of the global start
+    reports: dict[int, Report] = field(default_factory=dict)
+    updates: dict[int, tuple[dict, int]] = field(default_factory=dict)  # delivered: device -> (arrays, n)
+    formed: bool = False
+    record: dict = field(default_factory=dict)  # per-device RESULT fields once formed, + "round"
+
+    @property
+    def participants(self) -> list[int]:
+        return sorted(k for k, d in self.decisions.items() if d.module is not None)
+
+    def complete(self) -> bool:
+        return all(k in self.reports for k in self.participants)
+
+
+def _finite(x: float, default: float = 0.0) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else default
+
+
+def _db(x: float) -> float:
+    return 10.0 * math.log10(x) if x > 0 else -300.0
+
+
+class BaseStation:
+    """The federation's server state and round logic, shared by all sessions (no sockets).
+
+    ``spec``/``data``: the federation and its data (test set for evaluation,
+    the split for checking shard sizes); ``task``: the model (for module
+    shapes and evaluation); ``cell``/``optimizer``: the uplink and the
+    drift-plus-penalty settings; ``clock``: wall clock in ns (tests pass a fake);
+    ``capacity_exponent``: of the modules' relative capacity (:func:`module_costs`).
+    """
+
+    def __init__(self, spec: FedSpec, data: FedData, task, cell: CellConfig, optimizer: OptimizerConfig,
+                 config: BaseStationConfig = BaseStationConfig(), clock=time.time_ns,
+                 capacity_exponent: float = 0.5):
+        self.spec, self.data, self.task = spec, data, task
+        self.cell, self.opt, self.config = cell, optimizer, config
+        self.clock = clock
+        self.modules = list(task.modules)
+        self.ranks = module_ranks(task)
+        self.shapes = {m: self._shapes(m) for m in self.modules}
+        self.costs = module_costs({m: task.upload_bits(m) for m in self.modules}, capacity_exponent)
+        fixed = config.fixed_module or max(self.modules, key=task.upload_bits)
+        if fixed not in self.modules:
+            raise ValueError(f"fixed_module {fixed!r} is not one of {self.modules}")
+        self.fixed_module = fixed
+        head = {k: v for k, v in task.get_adapter(self.modules[0]).items() if k.startswith("head.")}
+        self.global_adapter = GlobalAdapter(config.aggregation, head, seed=config.seed)
+        self.devices: dict[int, Device] = {}
+        self.rounds: dict[int, FedRound] = {}
+        self.next_round = 0  # the round to plan next
+        self.first_hello_ns: int | None = None
+        self.saved_queues: dict[int, float] = {}
+        self.history: list[dict] = []  # per formed round: the base station's record
+        idx = eval_subset(len(data.test_y), config.eval_size, spec.seed)
+        self.eval_x, self.eval_y = take(data.test_x, idx), data.test_y[idx]
+        self.out = Path(config.out) if config.out else None
+        if self.out:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if config.resume:
+            self._load()
+        elif self.out:  # a new federation: a new log
+            (self.out / "base_station.jsonl").write_text("")
+        self.accuracy = self.evaluate()
+        log.info("fed-lora base station: task %s, %d devices expected, policy %s, aggregation %s, "
+                 "global accuracy %.3f on %d test samples", spec.task, spec.n_devices, config.policy,
+                 config.aggregation, self.accuracy, len(self.eval_y))
+
+    def _shapes(self, module: str) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        ranks = self.task.ranks(module)
+        for layer, (out, inp) in self.task.layer_shapes(module).items():
+            shapes[f"{layer}.lora_A"] = (ranks[layer], inp)
+            shapes[f"{layer}.lora_B"] = (out, ranks[layer])
+        head = self.task.head
+        shapes["head.weight"] = (head.out_features, head.in_features)
+        shapes["head.bias"] = (head.out_features,)
+        return shapes
+
+    # ------------------------------------------------------------ devices
+
+    def check_device(self, params: dict) -> str | None:
+        """Why a device's HELLO ``params`` cannot join (None: it can; it is then registered)."""
+        problem = self.spec.mismatch(params)
+        if problem:
+            return problem
+        k = params.get("device_id")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.spec.n_devices:
+            return f"device_id {k!r} must be an int in 0..{self.spec.n_devices - 1}"
+        expected = len(self.data.parts[k])
+        if params.get("n_samples") != expected:
+            return (f"device {k}: n_samples={params.get('n_samples')!r}, but part {k} of the agreed split "
+                    f"holds {expected} samples (other data?)")
+        if params.get("modules") != self.modules:
+            return f"modules {params.get('modules')!r} != the base station's {self.modules}"
+        profile = params.get("profile")
+        if not isinstance(profile, dict) or sorted(profile) != sorted(PROFILE_KEYS):
+            return f"profile must be a map with keys {list(PROFILE_KEYS)}"
+        for key, (lo, hi) in PROFILE_LIMITS.items():
+            v = profile[key]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and lo <= v <= hi):
+                return f"profile {key}={v!r} outside [{lo:g}, {hi:g}]"
+        flops = params.get("train_flops")
+        if not isinstance(flops, dict) or sorted(flops) != sorted(self.modules) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1e21
+                for v in flops.values()):
+            return f"train_flops must map each of {self.modules} to a finite FLOP count in [0, 1e21]"
+        known = self.devices.get(k)
+        if known is not None and known.hello != params:
+            return (f"device {k} is registered with other parameters (a second device with --device-id {k}?); "
+                    "restart the base station to change a device's profile")
+        if known is None:
+            self._register(k, params)
+        return None
+
+    def _register(self, k: int, params: dict) -> None:
+        p = params["profile"]
+        profile = DeviceProfile(distance_m=float(p["distance_m"]), max_power_w=float(p["max_power_w"]),
+                                cpu_hz=float(p["flops_per_s"]) / float(p["flops_per_cycle"]),
+                                flops_per_cycle=float(p["flops_per_cycle"]), kappa=float(p["kappa"]),
+                                energy_budget_j=float(p["energy_budget_j"]))
+        channel = DeviceChannels(self.cell, [profile], k_factor=self.config.k_factor,
+                                 speed_mps=self.config.speed_mps, round_s=self.config.round_s,
+                                 seed=int(np.random.default_rng([self.config.seed, 31, k]).integers(2**31)))
+        self.devices[k] = Device(k, params, profile, int(params["n_samples"]),
+                                 {m: float(v) for m, v in params["train_flops"].items()}, channel,
+                                 queue_j=self.saved_queues.get(k, 0.0))
+        if self.first_hello_ns is None:
+            self.first_hello_ns = self.clock()
+        log.info("device %d joined: %.0f m, %.3g FLOP/s, budget %.4g J/round, %d samples (%d of %d known)",
+                 k, profile.distance_m, profile.flops_per_s, profile.energy_budget_j, self.devices[k].n_samples,
+                 len(self.devices), self.spec.n_devices)
+
+    def bind(self, ctx: RoundContext, device_id: int) -> Device:
+        """The device a session speaks for; a session speaks for one device only."""
+        bound = ctx.session.get("device_id")
+        if bound is None:
+            if device_id not in self.devices:
+                raise RoundError("device", f"device {device_id} has not said HELLO to this base station")
+            ctx.session["device_id"] = bound = device_id
+            self.devices[device_id].session_id = ctx.session_id
+        if device_id != bound:
+            raise RoundError("device", f"this session speaks for device {bound}, not {device_id}")
+        return self.devices[device_id]
+
+    # ------------------------------------------------------------ rounds
+
+    def tick(self, now_ns: int) -> None:
+        """Form the open round if its wall-clock deadline has passed (called on every message)."""
+        for rnd in list(self.rounds.values()):
+            if not rnd.formed and now_ns >= rnd.deadline_ns:
+                self.form(rnd, now_ns, "deadline")
+
+    def _joined(self, now_ns: int) -> bool:
+        if len(self.devices) >= self.spec.n_devices:
+            return True
+        return self.first_hello_ns is not None and now_ns - self.first_hello_ns >= self.config.join_timeout_s * 1e9
+
+    def plan(self, r: int, now_ns: int) -> FedRound:
+        """Plan round ``r`` for every active known device (see the module docstring)."""
+        ids = sorted(k for k, d in self.devices.items() if d.active)
+        decisions: dict[int, DeviceDecision] = {}
+        gains = {k: float(self.devices[k].channel.sample()[0]) for k in ids}
+        queues = {k: self.devices[k].queue_j for k in self.devices}
+        risk = objective = 0.0
+        if ids:
+            states = [DeviceState(self.devices[k].profile, gains[k], self.devices[k].n_samples,
+                                  self.devices[k].train_flops) for k in ids]
+            q = [queues[k] for k in ids]
+            if self.config.policy == "ours":
+                plan = plan_round(states, self.costs, q, self.cell, self.opt)
+            elif self.config.policy == "fixed":
+                plan = fixed_plan(states, next(c for c in self.costs if c.name == self.fixed_module), q,
+                                  self.cell, self.opt)
+            else:
+                plan = random_plan(states, self.costs, q, self.cell, self.opt,
+                                   np.random.default_rng([self.config.seed, 41, r]))
+            decisions = dict(zip(ids, plan.decisions))
+            risk, objective = plan.risk, plan.objective
+        rnd = FedRound(r, now_ns, now_ns + int(self.config.round_timeout_s * 1e9), decisions, gains, queues,
+                       risk, objective)
+        self.rounds[r] = rnd
+        self.next_round = r + 1
+        log.info("round %d planned (%s): %s", r, self.config.policy,
+                 ", ".join(f"dev{k} {d.module or 'skip'} {d.power_w:.3g} W {d.bandwidth_hz / 1e3:.3g} kHz"
+                           for k, d in decisions.items()) or "no devices")
+        if not rnd.participants:
+            self.form(rnd, now_ns, "nobody_planned")
+        return rnd
+
+    def start_factors(self, rnd: FedRound, module: str) -> list[dict]:
+        """The global adapter's starting factors for ``module`` in ``rnd`` (computed once per round)."""
+        if module not in rnd.starts:
+            arrays = self.global_adapter.for_module(self.task.layer_shapes(module), self.task.ranks(module))
+            rnd.starts[module] = adapter_to_wire(arrays)
+        return rnd.starts[module]
+
+    def on_plan_poll(self, dev: Device, r: int, msg: FedPoll, now_ns: int) -> FedPlan | FedWait:
+        rnd = self.rounds.get(r)
+        if rnd is None:
+            if r < self.next_round:
+                raise RoundError("round_closed", f"round {r} is over (the base station is at round "
+                                                 f"{self.next_round}); this device missed it")
+            previous = self.rounds.get(r - 1)
+            if r > self.next_round or (previous is not None and not previous.formed):
+                until = previous.deadline_ns if previous is not None and not previous.formed else None
+                return self._wait(dev, msg, "previous_round", until, now_ns)
+            if r == 0 and not self._joined(now_ns):
+                until = self.first_hello_ns + int(self.config.join_timeout_s * 1e9)
+                return self._wait(dev, msg, "joining", until, now_ns)
+            rnd = self.plan(r, now_ns)
+        if rnd.formed and dev.device_id in rnd.decisions:
+            raise RoundError("round_closed", f"round {r} closed ({rnd.record.get('closed_by')}) before this "
+                                             "device fetched its plan")
+        dev.active = True
+        d = rnd.decisions.get(dev.device_id)
+        if d is None:  # joined (or came back) after the round was planned: planned from the next round on
+            return self._plan_msg(msg, rnd, dev, SKIP, "joined_late")
+        if d.module is None:
+            return self._plan_msg(msg, rnd, dev, d, "policy")
+        return self._plan_msg(msg, rnd, dev, d, "")
+
+    def _plan_msg(self, msg: FedPoll, rnd: FedRound, dev: Device, d: DeviceDecision, reason: str) -> FedPlan:
+        tensors = self.start_factors(rnd, d.module) if d.module else []
+        gain = rnd.gains.get(dev.device_id, 0.0)
+        return FedPlan(msg.session_id, msg.seq, dev.device_id, d.module or "", reason,
+                       self.ranks.get(d.module, 0) if d.module else 0, float(d.power_w), float(d.bandwidth_hz),
+                       float(self.opt.deadline_s), _finite(d.compute_s), _finite(d.upload_s, -1.0),
+                       _finite(d.energy_j, -1.0), float(d.success_prob), _db(gain),
+                       float(rnd.queues_before.get(dev.device_id, dev.queue_j)), rnd.deadline_ns,
+                       self.config.policy, len(rnd.participants), tensors)
+
+    def _wait(self, dev: Device, msg: FedPoll, reason: str, until_ns: int | None, now_ns: int) -> FedWait:
+        if msg.attempt >= MAX_POLLS - 1:
+            raise RoundError("wait", f"round {msg.seq}: still {reason} after {MAX_POLLS} polls; giving up on "
+                                     "this round")
+        return FedWait(msg.session_id, msg.seq, dev.device_id, reason,
+                       retry_after_ms(msg.waited_ms, msg.attempt, until_ns, now_ns), until_ns or 0)
+
+    def on_result_poll(self, dev: Device, r: int, msg: FedPoll, now_ns: int) -> Result | FedWait:
+        rnd = self.rounds.get(r)
+        if rnd is None:
+            raise RoundError("round", f"round {r} is not known to the base station (planned rounds: "
+                                      f"{sorted(self.rounds)})")
+        if not rnd.formed:
+            return self._wait(dev, msg, "collecting", rnd.deadline_ns, now_ns)
+        return self.result_fields(rnd, dev)
+
+    def on_update(self, dev: Device, msg: FedUpdate, now_ns: int) -> FedAck:
+        r, k = msg.seq, dev.device_id
+        rnd = self.rounds.get(r)
+        if rnd is None:
+            raise RoundError("round", f"round {r} is not open at the base station")
+        d = rnd.decisions.get(k)
+        if d is None or d.module is None:
+            raise RoundError("not_planned", f"device {k} is not planned to train in round {r}")
+        if k in rnd.reports:
+            rep = rnd.reports[k]
+            if rep.ack is not None:
+                return rep.ack  # the same update again (its reply was lost): the same answer
+            raise RoundError("duplicate", f"device {k} already reported in round {r} ({rep.outcome}: {rep.reason})")
+        if rnd.formed:  # its energy was spent all the same: charge the planned energy to its queue
+            dev.queue_j += _finite(d.energy_j)
+            rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s)
+            raise RoundError("late", f"round {r} closed ({rnd.record.get('closed_by')}) before the update came")
+        try:
+            if msg.module != d.module:
+                raise TensorError("module", f"update trains module {msg.module!r}, the plan says {d.module!r}")
+            if msg.n_samples != dev.n_samples:
+                raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
+            arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
+        except TensorError as e:
+            rnd.reports[k] = Report("refused", e.code, compute_s=d.compute_s,
+                                    compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])),
+                                    train_s=msg.train_s)
+            self._maybe_form(rnd, now_ns)
+            raise RoundError(e.code, f"round {r}, device {k}: {e}") from e
+        bits = 8 * wire_bytes(msg.tensors)
+        gain = rnd.gains[k]
+        rate = float(self.cell.rate_bps(d.power_w, gain, d.bandwidth_hz))
+        upload_s = bits / rate if rate > 0 else math.inf
+        flops = dev.train_flops[d.module]
+        compute_s = float(dev.profile.compute_time_s(flops))
+        compute_e = float(dev.profile.compute_energy_j(flops))
+        per = float(self.cell.packet_error(d.power_w, gain, d.bandwidth_hz))
+        sinr_db = _db(float(self.cell.sinr(d.power_w, gain, d.bandwidth_hz)))
+        draw = float(np.random.default_rng([self.config.seed, 53, r, k]).uniform())
+        if compute_s + upload_s > self.opt.deadline_s:
+            outcome, reason = "lost", "deadline"
+        elif draw < per:
+            outcome, reason = "lost", "packet_error"
+        else:
+            outcome, reason = "delivered", ""
+        if not math.isfinite(upload_s):  # no rate (zero power): it transmits until the deadline in vain
+            upload_s = max(self.opt.deadline_s - compute_s, 0.0)
+        ack = FedAck(msg.session_id, r, k, outcome, reason, bits, _finite(upload_s, -1.0), compute_s,
+                     _finite(d.power_w * upload_s), compute_e, per, sinr_db, draw)
+        rnd.reports[k] = Report(outcome, reason, bits, ack.upload_s, compute_s, ack.transmit_energy_j, compute_e,
+                                per, sinr_db, draw, msg.train_s, ack)
+        if outcome == "delivered":
+            rnd.updates[k] = (arrays, dev.n_samples)
+        log.info("round %d: device %d update %s%s (%d bits, %.3g s up, PER %.3g)", r, k, outcome,
+                 f" ({reason})" if reason else "", bits, ack.upload_s, per)
+        self._maybe_form(rnd, now_ns)
+        return ack
+
+    def _maybe_form(self, rnd: FedRound, now_ns: int) -> None:
+        if not rnd.formed and rnd.complete():
+            self.form(rnd, now_ns, "all_reported")
+
+    def form(self, rnd: FedRound, now_ns: int, closed_by: str) -> None:
+        """Aggregate the delivered updates, advance the queues, evaluate, record (see the module docstring)."""
+        delivered = sorted(rnd.updates)
+        if delivered:
+            before = self.global_adapter.state()
+            layers, head = dict(self.global_adapter.layers), dict(self.global_adapter.head)
+            population = sum(d.n_samples for d in self.devices.values())
+            try:
+                self.global_adapter.aggregate([rnd.updates[k][0] for k in delivered],
+                                              [rnd.updates[k][1] for k in delivered],
+                                              population_samples=population)
+            except ValueError as e:  # all-or-nothing: the global adapter is unchanged
+                log.error("round %d: aggregation failed, the global adapter is unchanged: %s", rnd.index, e)
+                closed_by += "+aggregation_failed"
+            after = self.global_adapter.state()
+            if not all(np.isfinite(v).all() for v in after.values()):  # never keep a non-finite global
+                self.global_adapter.layers, self.global_adapter.head = layers, head
+                closed_by += "+non_finite_aggregate_dropped"
+                log.error("round %d: the aggregate held NaN/Inf; the global adapter is unchanged", rnd.index)
+            else:
+                changed = set(after) != set(before) or any(not np.array_equal(after[key], before[key])
+                                                           for key in after)
+                if changed:
+                    self.accuracy = self.evaluate()
+        energies = {}
+        for k, dev in self.devices.items():
+            d = rnd.decisions.get(k)
+            rep = rnd.reports.get(k)
+            if d is None:
+                energies[k] = 0.0
+                continue
+            energies[k] = (rep.compute_energy_j + rep.transmit_energy_j) if rep is not None else 0.0
+            if d.module is not None and rep is None:
+                dev.active = False  # missing: left out of planning until it polls again
+            dev.queue_j = max(dev.queue_j + energies[k] - dev.profile.energy_budget_j, 0.0)
+        rnd.formed = True
+        devices = {k: self._device_record(rnd, k, energies.get(k, 0.0), closed_by, now_ns) for k in rnd.decisions}
+        rnd.record = {"round": rnd.index, "closed_by": closed_by, "global_acc": self.accuracy,
+                      "delivered": delivered, "policy": self.config.policy,
+                      "aggregation": self.config.aggregation, "risk": rnd.risk, "objective": rnd.objective,
+                      "round_wall_s": (now_ns - rnd.planned_ns) / 1e9, "devices": devices,
+                      "queues_j": {k: d.queue_j for k, d in self.devices.items()}}
+        self.history.append(rnd.record)
+        for old in [i for i in self.rounds if i <= rnd.index - HISTORY_ROUNDS]:
+            del self.rounds[old]
+        log.info("round %d formed (%s): %d/%d updates delivered, global accuracy %.4f", rnd.index, closed_by,
+                 len(delivered), len(rnd.participants), self.accuracy)
+        if self.out:
+            self._save(rnd.record)
+
+    def _device_record(self, rnd: FedRound, k: int, energy_j: float, closed_by: str, now_ns: int) -> dict:
+        d = rnd.decisions[k]
+        rep = rnd.reports.get(k)
+        dev = self.devices[k]
+        if d.module is None:
+            outcome, reason = "skipped", "policy"
+        elif rep is None:
+            outcome, reason = "missing", "no update before the round closed"
+        else:
+            outcome, reason = rep.outcome, rep.reason
+        rep = rep or Report(outcome)
+        return {"fed_round": rnd.index, "device_id": k, "module": d.module or "skip",
+                "rank": self.ranks.get(d.module, 0) if d.module else 0,
+                "skip_reason": "policy" if d.module is None else "", "power_w": float(d.power_w),
+                "bandwidth_hz": float(d.bandwidth_hz), "upload_bits": rep.upload_bits, "upload_s": rep.upload_s,
+                "compute_s": rep.compute_s, "transmit_energy_j": rep.transmit_energy_j,
+                "compute_energy_j": rep.compute_energy_j, "energy_j": energy_j,
+                "energy_budget_j": dev.profile.energy_budget_j, "queue_j": dev.queue_j, "outcome": outcome,
+                "delivered": outcome == "delivered", "loss_reason": reason if outcome != "delivered" else "",
+                "packet_error": rep.packet_error, "uplink_sinr_db": rep.uplink_sinr_db,
+                "gain_db": _db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
+                "n_planned": len(rnd.participants), "n_delivered": len(rnd.updates), "closed_by": closed_by,
+                "policy": self.config.policy, "aggregation": self.config.aggregation,
+                "round_wall_s": (now_ns - rnd.planned_ns) / 1e9}
+
+    def result_fields(self, rnd: FedRound, dev: Device) -> dict:
+        """The RESULT fields of ``dev`` in the formed round ``rnd``."""
+        rec = rnd.record["devices"].get(dev.device_id)
+        if rec is None:  # joined after planning: skipped this round
+            rec = {**{f: 0 for f in RESULT_FIELDS}, "fed_round": rnd.index, "device_id": dev.device_id,
+                   "module": "skip", "skip_reason": "joined_late", "outcome": "skipped", "delivered": False,
+                   "loss_reason": "joined_late", "energy_budget_j": dev.profile.energy_budget_j,
+                   "queue_j": dev.queue_j, "global_acc": rnd.record["global_acc"],
+                   "n_planned": len(rnd.participants), "n_delivered": len(rnd.updates),
+                   "closed_by": rnd.record["closed_by"], "policy": self.config.policy,
+                   "aggregation": self.config.aggregation, "round_wall_s": rnd.record["round_wall_s"]}
+        return rec
+
+    def evaluate(self) -> float:
+        """Accuracy (0..1) of the base model plus the global adapter on the evaluation subset."""
+        pred = self.task.predict_merged(self.eval_x, self.global_adapter.state())
+        return float(np.mean(pred == self.eval_y)) if len(self.eval_y) else float("nan")
+
+    # ------------------------------------------------------------ saved state
+
+    def _save(self, record: dict) -> None:
+        with open(self.out / "base_station.jsonl", "a") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+        state = self.global_adapter.state()
+        tmp = self.out / "state.tmp.npz"
+        np.savez(tmp, **state)
+        os.replace(tmp, self.out / "state.npz")
+        meta = {"spec": self.spec.params(), "next_round": self.next_round, "accuracy": self.accuracy,
+                "aggregation": self.config.aggregation, "layers": sorted(self.global_adapter.layers),
+                "queues_j": {str(k): d.queue_j for k, d in self.devices.items()},
+                "config": {k: v for k, v in asdict(self.config).items()}}
+        tmp = self.out / "state.tmp.json"
+        tmp.write_text(json.dumps(meta, indent=1, default=_json_default))
+        os.replace(tmp, self.out / "state.json")
+
+    def _load(self) -> None:
+        meta_path, state_path = self.out / "state.json", self.out / "state.npz"
+        if not meta_path.exists() or not state_path.exists():
+            raise ValueError(f"resume: no saved base-station state in {self.out} (state.json, state.npz)")
+        meta = json.loads(meta_path.read_text())
+        problem = self.spec.mismatch(meta.get("spec", {}))
+        if problem:
+            raise ValueError(f"resume: the state in {self.out} is of another federation: {problem}")
+        if meta.get("aggregation") != self.config.aggregation:
+            raise ValueError(f"resume: the state in {self.out} was aggregated with {meta.get('aggregation')}")
+        with np.load(state_path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        if not all(np.isfinite(a).all() for a in arrays.values()):
+            raise ValueError(f"resume: {state_path} holds non-finite values")
+        self.global_adapter.head = {k: arrays[k].astype(np.float32) for k in ("head.weight", "head.bias")}
+        self.global_adapter.layers = {layer: (arrays[f"{layer}.lora_B"], arrays[f"{layer}.lora_A"])
+                                      for layer in meta["layers"]}
+        self.next_round = int(meta["next_round"])
+        self.saved_queues = {int(k): float(v) for k, v in meta.get("queues_j", {}).items()}
+        log.info("resumed from %s: next round %d", self.out, self.next_round)
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+class FedLoraRx(RxHalf):
+    """The RX half: the base station behind the daemon's handlers."""
+
+    mode = "fed-lora"
+    fingerprint_hint = ("devices and the base station must build the same task model: the same --fed-task and "
+                        "--seed, the same MLP code or MiniLM weights")
+
+    def __init__(self, station: BaseStation, fingerprint: str):
+        self.station = station
+        self.fingerprint = fingerprint
+        log.info("fed-lora session fingerprint %s", fingerprint)
+
+    def hello_params(self) -> dict:
+        s = self.station
+        return {**s.spec.params(), "modules": s.modules, "policy": s.config.policy,
+                "aggregation": s.config.aggregation, "deadline_s": float(s.opt.deadline_s),
+                "max_polls": MAX_POLLS}
+
+    def check_hello(self, params: dict) -> str | None:
+        return self.station.check_device(params)
+
+    def handlers(self) -> dict:
+        return {**{t: self.on_poll for t in POLL_TYPES}, FedUpdate.TYPE: self.on_update}
+
+    def on_poll(self, msg: FedPoll, ctx: RoundContext) -> Reply:
+        s = self.station
+        now = s.clock()
+        s.tick(now)
+        if msg.TYPE != f"FED_POLL_{msg.attempt}":
+            raise RoundError("bad_message", f"{msg.TYPE} carries attempt={msg.attempt}")
+        dev = s.bind(ctx, msg.device_id)
+        if msg.want == "plan":
+            return Reply(s.on_plan_poll(dev, msg.seq, msg, now), final=False)
+        if msg.want == "result":
+            got = s.on_result_poll(dev, msg.seq, msg, now)
+            if isinstance(got, FedWait):
+                return Reply(got, final=False)
+            t = s.clock()
+            return Reply(Result(msg.session_id, msg.seq, got, b"", {}, ctx.rx_pid, ctx.received_ns, t, t, t))
+        raise RoundError("bad_message", f"want must be 'plan' or 'result', got {msg.want[:32]!r}")
+
+    def on_update(self, msg: FedUpdate, ctx: RoundContext) -> Reply:
+        s = self.station
+        now = s.clock()
+        s.tick(now)
+        dev = s.bind(ctx, msg.device_id)
+        return Reply(s.on_update(dev, msg, now), final=False)

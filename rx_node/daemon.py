@@ -156,12 +156,15 @@ class RxNode:
         return replies
 
     def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
-        """A repeated ``(session, seq, type)`` gets the recorded reply; a new one is handled and recorded.
+        """A repeated request gets the recorded reply; a new one is handled and recorded.
+
+        A request is ``(seq, type)`` plus the fields its class lists in
+        ``REPLAY_FIELDS`` (e.g. a poll's number, so each poll is answered afresh).
 
         The record is keyed by the session's owner too, so a key that did not
         open a session never reads its replies.
         """
-        key = (msg.seq, msg.TYPE)
+        key = (msg.seq, msg.TYPE, *(getattr(msg, f) for f in getattr(msg, "REPLAY_FIELDS", ())))
         cached = self.replay.get((session.owner, session.session_id), key)
         if cached is not None:
             self.stats.replayed += 1

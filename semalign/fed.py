@@ -243,3 +243,17 @@ def format_tables(result: dict) -> str:
                   _fmt(s["mean_round_wall_s"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_fed_demo(rounds: int, out: Path, devices: int, task: str, policy: str, data_dir: str | None,
+                 config: Path | None) -> dict:
+    """``semalign demo --mode fed-lora``: one federation on loopback (a base station and ``devices``
+    device processes, CURVE with throwaway keys) under one policy; prints the per-round tables."""
+    if config is not None:
+        raise ValueError("--config: the fed-lora demo takes its settings from its options; for a TOML-driven "
+                         "federation start `semalign rx --mode fed-lora` and the devices yourself")
+    result = run_fed(FedCampaign(devices=devices, rounds=rounds, task=task, policies=(policy,),
+                                 data_dir=data_dir), out)
+    print(format_tables(result))
+    print(f"results in {out / 'fed.json'} and {out / 'fed.csv'}")
+    return result

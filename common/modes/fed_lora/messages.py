@@ -63,17 +63,20 @@ class TensorError(ValueError):
 # ------------------------------------------------------------------ messages
 
 
+@register_message
 @dataclass(frozen=True)
 class FedPoll:
     """TX -> RX: "what do I do in round ``seq``" (``want`` "plan") or "how did it end" ("result").
 
-    ``attempt``: this poll's number within the round, 0 .. MAX_POLLS-1; the
-    message TYPE is ``FED_POLL_<attempt>`` (use :func:`poll`). ``waited_ms``:
+    ``attempt``: this poll's number within the round, 0 .. MAX_POLLS-1; it is
+    part of the RX's replay key (``REPLAY_FIELDS``), so every poll is answered
+    afresh while a re-sent one is answered from the record. ``waited_ms``:
     how long the device has been waiting for this ``want`` so far (for the
     RX's retry hint).
     """
 
-    TYPE: ClassVar[str] = "FED_POLL_0"
+    TYPE: ClassVar[str] = "FED_POLL"
+    REPLAY_FIELDS: ClassVar[tuple[str, ...]] = ("attempt", "want")
     max_bytes: ClassVar[int] = 1024
     session_id: int
     seq: int
@@ -83,20 +86,13 @@ class FedPoll:
     waited_ms: int = 0
 
 
-POLL_TYPES: dict[str, type] = {}
-for _a in range(MAX_POLLS):
-    _cls = FedPoll if _a == 0 else type(f"FedPoll{_a}", (FedPoll,), {"TYPE": f"FED_POLL_{_a}",
-                                                                     "__module__": __name__})
-    POLL_TYPES[_cls.TYPE] = register_message(_cls)
-
-
 def poll(attempt: int, session_id: int, seq: int, device_id: int, want: str, waited_ms: int = 0) -> FedPoll:
-    """The poll message of number ``attempt`` (its TYPE is ``FED_POLL_<attempt>``)."""
+    """Poll number ``attempt`` of a round, checked."""
     if not 0 <= attempt < MAX_POLLS:
         raise ValueError(f"attempt must be in 0..{MAX_POLLS - 1}, got {attempt}")
     if want not in WANTS:
         raise ValueError(f"want must be one of {WANTS}, got {want!r}")
-    return POLL_TYPES[f"FED_POLL_{attempt}"](session_id, seq, device_id, attempt, want, int(waited_ms))
+    return FedPoll(session_id, seq, device_id, attempt, want, int(waited_ms))
 
 
 @register_message

@@ -57,7 +57,6 @@ from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
 from common.modes.fed_lora.messages import (
     MAX_POLLS,
-    POLL_TYPES,
     RESULT_FIELDS,
     FedAck,
     FedPlan,
@@ -659,14 +658,12 @@ class FedLoraRx(RxHalf):
         return self.station.check_device(params)
 
     def handlers(self) -> dict:
-        return {**{t: self.on_poll for t in POLL_TYPES}, FedUpdate.TYPE: self.on_update}
+        return {FedPoll.TYPE: self.on_poll, FedUpdate.TYPE: self.on_update}
 
     def on_poll(self, msg: FedPoll, ctx: RoundContext) -> Reply:
         s = self.station
         now = s.clock()
         s.tick(now)
-        if msg.TYPE != f"FED_POLL_{msg.attempt}":
-            raise RoundError("bad_message", f"{msg.TYPE} carries attempt={msg.attempt}")
         dev = s.bind(ctx, msg.device_id)
         if msg.want == "plan":
             return Reply(s.on_plan_poll(dev, msg.seq, msg, now), final=False)

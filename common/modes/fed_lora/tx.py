@@ -11,7 +11,7 @@ wall time is recorded.
 
 Round ``seq = r`` (messages in :mod:`~common.modes.fed_lora.messages`):
 
-1. poll for the plan (``FED_POLL_<a>`` want "plan"), sleeping ``retry_after_ms``
+1. poll for the plan (``FED_POLL`` number ``a``, want "plan"), sleeping ``retry_after_ms``
    on every ``FED_WAIT``;
 2. if a module is planned: load the global starting factors and head from
    the plan, train the module on the shard (:meth:`AdapterTask.train_adapter`),

@@ -136,9 +136,10 @@ def _pretrain_slf(opts: dict, progress: bool) -> None:
 
 @app.command()
 def demo(
+    mode: str = typer.Option("pca-lora", help="Alignment mode to demonstrate: pca-lora, slf or fed-lora."),
     rounds: int = typer.Option(9, help="Rounds to run."),
     out: Path = typer.Option(Path("runs/demo"), help="Directory for results.json and the daemons' logs."),
-    dataset: str = typer.Option("mnist", help=f"Dataset: one of {', '.join(DATASET_NAMES)}."),
+    dataset: str = typer.Option("mnist", help=f"pca-lora: dataset, one of {', '.join(DATASET_NAMES)}."),
     data_dir: Optional[str] = DataDirOpt,
     artifacts: Optional[Path] = ArtifactsOpt,
     trace: str = typer.Option("demo", help="Channel trace: demo (256-QAM, 64-QAM, deep fade), paper, fading, stress, or a CSV path."),
@@ -146,22 +147,48 @@ def demo(
     deadline_s: Optional[float] = typer.Option(None, help=TX["deadline_s"].help_text),
     value_dtype: Optional[str] = typer.Option(None, help=TX["value_dtype"].help_text),
     adapt_steps: Optional[int] = typer.Option(None, help=RX["adapt_steps"].help_text),
+    tx_trx: str = typer.Option("trx2", help="slf: the TX's transceiver (a config name or an artifacts directory)."),
+    rx_trx: str = typer.Option("trx1", help="slf: the RX's transceiver (a config name or an artifacts directory)."),
+    n_frozen: int = typer.Option(2, help="slf: decoder layers frozen during fine-tuning, counted from the last (l)."),
+    devices: int = typer.Option(4, help="fed-lora: device (TX) processes."),
+    task: str = typer.Option("mlp", help="fed-lora: mlp (no extra data), sst2 or agnews (MiniLM; --data-dir)."),
+    policy: str = typer.Option("ours", help="fed-lora: the base station's policy: ours, fixed or random."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file passed to both daemons."),
     log_level: str = LogOpt,
 ):
-    """Loopback demo: start the RX and the TX as two processes and print a per-round table."""
+    """Loopback demo: start the RX and the TX (or the base station and devices) as processes, print a table."""
+    setup_logging(log_level, "demo")
+    try:
+        if mode == "slf":
+            from semalign.slf_demo import run_slf_demo
+
+            run_slf_demo(rounds=rounds, out=out, tx_trx=tx_trx, rx_trx=rx_trx, n_frozen=n_frozen, trace=trace,
+                         data_dir=data_dir, config=config)
+            return
+        if mode == "fed-lora":
+            from semalign.fed import run_fed_demo
+
+            run_fed_demo(rounds=rounds, out=out, devices=devices, task=task, policy=policy, data_dir=data_dir,
+                         config=config)
+            return
+        if mode != "pca-lora":
+            fail(f"--mode {mode!r}: choose pca-lora, slf or fed-lora")
+        _pca_lora_demo(rounds, out, dataset, data_dir, artifacts, trace, n_test, deadline_s, value_dtype,
+                       adapt_steps, config)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+
+
+def _pca_lora_demo(rounds, out, dataset, data_dir, artifacts, trace, n_test, deadline_s, value_dtype,
+                   adapt_steps, config) -> None:
     from semalign.demo import run_demo
     from semalign.tables import print_rounds
 
-    setup_logging(log_level, "demo")
     if rounds < 3 and trace == "demo":
         fail(f"--rounds {rounds}: the demo trace needs at least 3 rounds")
     tx_options = {"config": config, "n_test": n_test, "deadline_s": deadline_s, "value_dtype": value_dtype}
     rx_options = {"config": config, "adapt_steps": adapt_steps}
-    try:
-        results = run_demo(rounds, out, dataset, trace, artifacts, data_dir, tx_options, rx_options)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
+    results = run_demo(rounds, out, dataset, trace, artifacts, data_dir, tx_options, rx_options)
     print_rounds(results["rounds"], f"semalign demo: {dataset}, trace {trace}")
     typer.echo(f"results: {out / 'results.json'}")
 

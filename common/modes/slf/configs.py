@@ -81,6 +81,13 @@ class TransceiverConfig:
     def from_dict(cls, raw: dict) -> "TransceiverConfig":
         return cls(**raw)
 
+    def pool_indices(self, n_train: int) -> np.ndarray:
+        """Indices into a training set of ``n_train`` images of this transceiver's pool, in its split order
+        (the first ``train_fraction`` of them are its train split, the rest its test split)."""
+        order = np.random.default_rng(SHARD_PERMUTATION_SEED).permutation(n_train)
+        pool = np.array_split(order, self.n_shards)[self.shard]
+        return np.random.default_rng(self.seed).permutation(pool)[:self.max_pool]
+
     def split(self, data: Dataset) -> Dataset:
         """This transceiver's own train/test split of ``data`` (which must be ``self.dataset``).
 
@@ -89,9 +96,7 @@ class TransceiverConfig:
         """
         if data.name != self.dataset:
             raise ValueError(f"{self.name} is trained on {self.dataset!r}, got dataset {data.name!r}")
-        order = np.random.default_rng(SHARD_PERMUTATION_SEED).permutation(len(data.y_train))
-        pool = np.array_split(order, self.n_shards)[self.shard]
-        pool = np.random.default_rng(self.seed).permutation(pool)[:self.max_pool]
+        pool = self.pool_indices(len(data.y_train))
         n_train = int(round(self.train_fraction * len(pool)))
         if not 0 < n_train < len(pool):
             raise ValueError(f"{self.name}: a pool of {len(pool)} images cannot be split "

@@ -33,10 +33,14 @@ def dmc_numpy(indices: np.ndarray, n_symbols: int, eps: float, rng: np.random.Ge
 
 def dmc_torch(indices: torch.Tensor, n_symbols: int, eps: float,
               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Torch twin of :func:`dmc_numpy` for training (int64 tensor in, int64 tensor out, no gradient)."""
+    """Torch twin of :func:`dmc_numpy` for training (int64 tensor in, int64 tensor out, no gradient).
+
+    The draws come from ``generator`` on the CPU whatever ``indices``' device,
+    so a run on a GPU sees the same channel as one on the CPU.
+    """
     _check(n_symbols, eps)
-    flip = torch.rand(indices.shape, generator=generator) < eps
-    offset = torch.randint(1, n_symbols, indices.shape, generator=generator)
+    flip = (torch.rand(indices.shape, generator=generator) < eps).to(indices.device)
+    offset = torch.randint(1, n_symbols, indices.shape, generator=generator).to(indices.device)
     return torch.where(flip, (indices + offset) % n_symbols, indices)
 
 

@@ -38,7 +38,10 @@ from common.wire.protocol import register_message
 
 ARCH_VERSION = "slf-vqvae-deepjscc-1"  # changes with any change of the layer layout in transceiver.py
 TOKEN_BYTES = 16  # the RX's random id of one decoder download
-TENSOR_DTYPE = "float32"  # the only tensor dtype on the wire: IEEE 754 binary32, little-endian
+CREDENTIAL_BYTES = 32  # the RX's random secret naming one kept alignment (SLF_RESUME)
+TENSOR_DTYPE = "float32"  # uploads, and downloads by default: IEEE 754 binary32, little-endian
+DOWNLOAD_DTYPES = ("float32", "float16")  # a TX may ask for the download in IEEE 754 binary16
+_WIRE_FORMATS = {"float32": "<f4", "float16": "<f2"}
 TENSOR_KEYS = ("name", "dtype", "shape", "data")
 ENVELOPE_ALLOWANCE_BYTES = 4096  # msgpack keys, tensor names, shapes and ints around the raw bytes
 
@@ -132,14 +135,20 @@ def arch_mismatch(own: dict, other: dict, who: str) -> str | None:
 # ------------------------------------------------------------------ tensors
 
 
-def tensors_to_wire(state: Mapping[str, torch.Tensor]) -> list[dict]:
-    """``{name: float32 tensor}`` -> the wire list, in ``state``'s order."""
+def tensors_to_wire(state: Mapping[str, torch.Tensor], dtype: str = TENSOR_DTYPE) -> list[dict]:
+    """``{name: float32 tensor}`` -> the wire list, in ``state``'s order.
+
+    ``dtype``: ``"float32"`` (exact) or ``"float16"`` (each value rounded to
+    the nearest binary16; only downloads may travel so, see :data:`DOWNLOAD_DTYPES`).
+    """
+    if dtype not in _WIRE_FORMATS:
+        raise ValueError(f"dtype must be one of {DOWNLOAD_DTYPES}, got {dtype!r}")
     out = []
     for name, t in state.items():
         if t.dtype != torch.float32:
             raise ValueError(f"{name}: only float32 tensors travel, got {t.dtype}")
-        a = t.detach().cpu().contiguous().numpy().astype("<f4", copy=False)
-        out.append({"name": name, "dtype": TENSOR_DTYPE, "shape": list(a.shape), "data": a.tobytes()})
+        a = t.detach().cpu().contiguous().numpy().astype(_WIRE_FORMATS[dtype])
+        out.append({"name": name, "dtype": dtype, "shape": list(a.shape), "data": a.tobytes()})
     return out
 
 
@@ -148,13 +157,16 @@ def wire_tensor_bytes(items: list) -> int:
     return sum(len(item.get("data", b"")) for item in items if isinstance(item, dict))
 
 
-def tensors_from_wire(items: list, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Check a wire list against ``expected`` (name -> tensor of the right shape) and build the tensors.
+def tensors_from_wire(items: list, expected: Mapping[str, torch.Tensor],
+                      dtypes: tuple[str, ...] = (TENSOR_DTYPE,)) -> dict[str, torch.Tensor]:
+    """Check a wire list against ``expected`` (name -> tensor of the right shape) and build float32 tensors.
 
-    Raises :class:`TensorError` with code ``bad_tensor`` (not a list of
-    ``{name, dtype, shape, data}`` maps), ``unknown_layer`` (a name outside
-    ``expected``), ``duplicate``, ``dtype`` (not float32), ``shape``, ``size``
-    (``data`` length differs from the shape's) or ``non_finite`` (NaN/Inf).
+    ``dtypes``: the wire dtypes accepted (uploads: float32 only; a float16
+    download the TX asked for: ``("float16",)``). Raises :class:`TensorError`
+    with code ``bad_tensor`` (not a list of ``{name, dtype, shape, data}``
+    maps), ``unknown_layer`` (a name outside ``expected``), ``duplicate``,
+    ``dtype`` (not one of ``dtypes``), ``shape``, ``size`` (``data`` length
+    differs from the shape's) or ``non_finite`` (NaN/Inf).
     """
     if not isinstance(items, list):
         raise TensorError("bad_tensor", f"tensors must be a list, got {type(items).__name__}")
@@ -174,15 +186,16 @@ def tensors_from_wire(items: list, expected: Mapping[str, torch.Tensor]) -> dict
                                                f"{sorted(expected)}")
         if name in out:
             raise TensorError("duplicate", f"tensor {name!r} given twice")
-        if dtype != TENSOR_DTYPE:
-            raise TensorError("dtype", f"{name}: dtype {dtype[:32]!r}, only {TENSOR_DTYPE!r} is accepted")
+        if dtype not in dtypes:
+            raise TensorError("dtype", f"{name}: dtype {dtype[:32]!r}, only {' / '.join(dtypes)} is accepted")
         want = list(expected[name].shape)
         if shape != want:
             raise TensorError("shape", f"{name}: shape {shape[:8]} != {want}")
-        need = 4 * math.prod(want)
+        fmt = np.dtype(_WIRE_FORMATS[dtype])
+        need = fmt.itemsize * math.prod(want)
         if len(data) != need:
-            raise TensorError("size", f"{name}: {len(data)} bytes of data, shape {want} float32 needs {need}")
-        a = np.frombuffer(data, "<f4")
+            raise TensorError("size", f"{name}: {len(data)} bytes of data, shape {want} {dtype} needs {need}")
+        a = np.frombuffer(data, fmt)
         if not np.isfinite(a).all():
             raise TensorError("non_finite", f"{name}: {int((~np.isfinite(a)).sum())} NaN/Inf values")
         out[name] = torch.from_numpy(a.astype(np.float32).reshape(want))
@@ -201,12 +214,17 @@ def layers_of(names) -> tuple[str, ...]:
 @register_message
 @dataclass(frozen=True)
 class DecoderRequest:
-    """TX -> RX, step 1: "send me the decoder this session decodes with" (answer: :class:`DecoderReply`)."""
+    """TX -> RX, step 1: "send me the decoder this session decodes with" (answer: :class:`DecoderReply`).
+
+    ``dtype``: how the tensors should travel, one of :data:`DOWNLOAD_DTYPES`
+    (float16 halves the download; the RX keeps its float32 weights).
+    """
 
     TYPE: ClassVar[str] = "SLF_DOWNLOAD"
     max_bytes: ClassVar[int] = 1024
     session_id: int
     seq: int
+    dtype: str = TENSOR_DTYPE
 
 
 @register_message
@@ -278,8 +296,53 @@ class Semantic:
     pixels: bytes
 
 
+@register_message
+@dataclass(frozen=True)
+class Resume:
+    """TX -> RX: "install the alignment this credential names in this session" (skips steps 1-3).
+
+    ``credential``: the :data:`CREDENTIAL_BYTES` random bytes the RX returned
+    in the RESULT of the upload that made the alignment (``fields.credential``).
+    Answered by :class:`Resumed`.
+    """
+
+    TYPE: ClassVar[str] = "SLF_RESUME"
+    max_bytes: ClassVar[int] = 1024
+    session_id: int
+    seq: int
+    credential: bytes
+
+
+@register_message
+@dataclass(frozen=True)
+class Resumed:
+    """RX -> TX, the answer to :class:`Resume`.
+
+    ``found`` True: the alignment is installed in the session under the new
+    ``token`` (round-final, like an upload's RESULT); False: the RX does not
+    hold it (restarted, evicted, another RX), not round-final, ``token``
+    empty: the TX goes on with SLF_DOWNLOAD in the same round. ``n_frozen``
+    and ``installed_layers``: those of the upload that made it (-1 / [] when
+    not found). ``airtime_ms``: the air time the link applied to the request.
+    """
+
+    TYPE: ClassVar[str] = "SLF_RESUMED"
+    max_bytes: ClassVar[int] = 4096
+    session_id: int
+    seq: int
+    found: bool
+    token: bytes
+    n_frozen: int
+    installed_layers: list
+    airtime_ms: float
+    rx_pid: int
+    t_receive_ns: int
+    t_transmit_ns: int
+    request_digest: bytes = b""
+
+
 # RESULT.fields of an slf round, by kind
 ALIGN_RESULT_FIELDS = ("kind", "n_frozen", "installed_layers", "upload_tensor_bytes", "upload_frame_bytes",
-                       "transmissions")
+                       "transmissions", "credential")
 SEMANTIC_RESULT_FIELDS = ("kind", "n", "accuracy", "mse", "semantic_bytes", "eps", "symbol_errors", "decoder",
                           "transmissions")

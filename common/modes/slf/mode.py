@@ -22,7 +22,7 @@ from common.modes.slf.artifacts import load_transceiver
 from common.modes.slf.configs import CONFIGS
 from common.modes.slf.messages import MAX_SEMANTIC_IMAGES, shape_problem
 from common.modes.slf.pretrain import default_slf_artifacts
-from common.modes.slf.rx import SlfRx
+from common.modes.slf.rx import KEEP_ALIGNMENTS, SlfRx
 from common.modes.slf.tx import SlfTx, SlfTxConfig
 from common.options import Option
 
@@ -68,6 +68,9 @@ class Slf(Mode):
                "[default: the RX transceiver's training eps]"),
         Option("eps_from_bler", bool, "Use each round's announced BLER as the channel's crossover probability "
                "instead of a fixed --eps"),
+        Option("keep_alignments", int, "aligned decoders kept across sessions for returning TXs (each under a "
+               "random credential only its uploader receives; least recently used first out; in memory, "
+               "about 171 kB each for the paper's sizes); 0 = keep none", KEEP_ALIGNMENTS),
     ]
     tx_options = [
         Option("trx", str, f"transceiver whose encoder and data the TX uses: a config name "
@@ -91,6 +94,17 @@ class Slf(Mode):
                SlfTxConfig.align_every),
         Option("finetune_eps", float, "crossover probability of the channel to fine-tune for [default: the "
                "RX's, announced in its HELLO, or the round's BLER when the RX uses --eps-from-bler]"),
+        Option("recovery_deadline_s", float, "recovery-time deadline, s: each alignment picks l itself, the "
+               "smallest whose predicted download + fine-tuning + upload time (frames at the CHANNEL's rate, "
+               "FLOPs at --compute-flops) meets it, and caps fine-tuning at what the transfers leave; "
+               "overrides --n-frozen (none by default)"),
+        Option("compute_flops", float, "this TX's fine-tuning speed for --recovery-deadline-s, FLOP/s "
+               "[default: measured once by timing a few fine-tuning steps]"),
+        Option("download_dtype", str, "how the RX's decoder travels in step 1: float32 or float16 (half the "
+               "bytes; uploads stay float32)", SlfTxConfig.download_dtype),
+        Option("alignment_cache", str, "directory where the TX keeps its fine-tuned transceiver and the RX's "
+               "credential after an alignment; a later TX with the same directory skips steps 1-3 with that "
+               "RX (none by default)"),
     ]
 
     @classmethod
@@ -98,7 +112,8 @@ class Slf(Mode):
         path = slf_artifacts(opts, RX_TRX)
         trx, head, config = _load(path)
         eps = None if opts.get("eps_from_bler") else (config.eps if opts.get("eps") is None else float(opts["eps"]))
-        return SlfRx(trx, head, eps, int(opts.get("seed") or 0), config.name)
+        keep = KEEP_ALIGNMENTS if opts.get("keep_alignments") is None else int(opts["keep_alignments"])
+        return SlfRx(trx, head, eps, int(opts.get("seed") or 0), config.name, keep)
 
     @classmethod
     def build_tx(cls, opts: dict) -> SlfTx:
@@ -112,7 +127,10 @@ class Slf(Mode):
                                          ("finetune_images", "finetune_images"),
                                          ("finetune_budget_s", "finetune_budget_s"), ("finetune_lr", "finetune_lr"),
                                          ("align_first", "align_first"),
-                                         ("align_every", "align_every"), ("eps", "finetune_eps"), ("seed", "seed"))
+                                         ("align_every", "align_every"), ("eps", "finetune_eps"), ("seed", "seed"),
+                                         ("recovery_deadline_s", "recovery_deadline_s"),
+                                         ("compute_flops", "compute_flops"), ("download_dtype", "download_dtype"),
+                                         ("alignment_cache", "alignment_cache"))
                  if opts.get(o) is not None}
         given.setdefault("n_images", min(SlfTxConfig.n_images, len(data.y_test)))
         return SlfTx(trx, config, data, SlfTxConfig(**given), str(path))

@@ -118,3 +118,49 @@ def recovery_time(download_bytes: int, finetune_flops: float, upload_bytes: int,
                         download_bytes * BITS_PER_BYTE / downlink_bps,
                         finetune_flops / compute_flops_per_s,
                         upload_bytes * BITS_PER_BYTE / uplink_bps)
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What :func:`choose_n_frozen` decided: ``n_frozen`` (``l``), whether its predicted recovery time meets
+    ``deadline_s``, and the prediction for every candidate ``l`` (``predicted[l]``)."""
+
+    n_frozen: int
+    deadline_s: float
+    met: bool
+    predicted: dict
+
+    def to_dict(self) -> dict:
+        """JSON-able: the choice and, per ``l``, the predicted download / fine-tune / upload / total seconds."""
+        return {"n_frozen": self.n_frozen, "deadline_s": self.deadline_s, "met": self.met,
+                "predicted": {str(l): {"download_s": r.download_s, "finetune_s": r.finetune_s,
+                                       "upload_s": r.upload_s, "total_s": r.total_s,
+                                       "download_bytes": r.download_bytes, "upload_bytes": r.upload_bytes,
+                                       "finetune_flops": r.finetune_flops}
+                              for l, r in sorted(self.predicted.items())}}
+
+
+def choose_n_frozen(deadline_s: float, download_bytes: int, upload_bytes: Mapping[int, int],
+                    flops: Mapping[int, float], rate_bps: float, compute_flops_per_s: float) -> LayerChoice:
+    """The ``l`` to fine-tune with so that the recovery time meets ``deadline_s`` (s).
+
+    Predicts, for every ``l`` in ``upload_bytes`` (which must match
+    ``flops``'s keys), ``download_bytes * 8 / rate_bps + flops[l] /
+    compute_flops_per_s + upload_bytes[l] * 8 / rate_bps`` (one link rate
+    both ways, as the channel feedback gives it) and picks the smallest
+    ``l`` that meets the deadline: fewer frozen layers adapt more, which the
+    paper's Table I shows buys accuracy and MSE. When none meets it, the
+    ``l`` with the smallest prediction (``met`` False).
+    """
+    if not deadline_s > 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    if sorted(upload_bytes) != sorted(flops) or not upload_bytes:
+        raise ValueError(f"upload_bytes and flops must cover the same l values, got {sorted(upload_bytes)} "
+                         f"and {sorted(flops)}")
+    predicted = {l: recovery_time(download_bytes, flops[l], upload_bytes[l], rate_bps, rate_bps,
+                                  compute_flops_per_s) for l in sorted(upload_bytes)}
+    fitting = [l for l, r in predicted.items() if r.total_s <= deadline_s]
+    if fitting:
+        return LayerChoice(min(fitting), deadline_s, True, predicted)
+    fastest = min(predicted, key=lambda l: (predicted[l].total_s, -l))
+    return LayerChoice(fastest, deadline_s, False, predicted)

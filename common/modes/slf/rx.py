@@ -13,25 +13,40 @@
   bytes, the K-ary DMC on the indices (seeded by ``[seed, seq]``), decoding
   with the decoder the token names, the frozen task head; RESULT fields give
   accuracy and reconstruction MSE (pixels in [0, 1]).
+- SLF_RESUME -> SLF_RESUMED (kept alignments, beyond the paper): every
+  installed upload is also kept, across sessions, under a fresh random
+  credential that only the uploading session's RESULT carries; a later
+  session (the same TX, returning) that quotes the credential gets that
+  decoder installed without steps 1-3. The store is keyed by the credential's
+  sha256, bounded (least recently used first out) and in memory only.
+  Security model and limits: ``docs/modes/slf.md``, "Kept alignments".
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
+from common.modes.slf.artifacts import state_fingerprint
 from common.modes.slf.dmc import dmc_numpy, packed_size_bytes, unpack_indices
 from common.modes.slf.messages import (
+    CREDENTIAL_BYTES,
+    DOWNLOAD_DTYPES,
     MAX_SEMANTIC_IMAGES,
     TOKEN_BYTES,
     DecoderReply,
     DecoderRequest,
+    Resume,
+    Resumed,
     Semantic,
     TensorError,
     Upload,
@@ -44,7 +59,12 @@ from common.modes.slf.messages import (
     tensors_to_wire,
     wire_tensor_bytes,
 )
-from common.modes.slf.transceiver import DECODER_LAYERS, TaskHead, Transceiver, frozen_layers
+from common.modes.slf.transceiver import (
+    DECODER_LAYERS,
+    TaskHead,
+    Transceiver,
+    frozen_layers,
+)
 from common.wire.protocol import Result
 
 log = logging.getLogger("semalign.rx")
@@ -53,6 +73,19 @@ log = logging.getLogger("semalign.rx")
 PENDING = "slf_pending"  # {"token", "seq", "base"}: the last download served in this session
 DECODER = "slf_decoder"  # Transceiver whose decoder the session's aligned rounds use
 TOKEN = "slf_token"  # token of the installed alignment
+KEPT = "slf_kept"  # sha256 of the credential of the session's kept alignment (retired when it re-aligns)
+KEEP_ALIGNMENTS = 64  # kept alignments at most (least recently used first out)
+KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of decoder tensors
+
+
+@dataclass(frozen=True)
+class KeptAlignment:
+    """An installed upload kept across sessions: the whole aligned decoder and how it was made."""
+
+    decoder: Transceiver
+    n_frozen: int
+    layers: tuple[str, ...]
+    created: float
 
 
 class SlfRx(RxHalf):
@@ -67,9 +100,12 @@ class SlfRx(RxHalf):
     fingerprint_hint = ("both nodes must run transceivers of the same architecture (layer widths, K, code "
                         "dim, image shape); their weights may differ, that is what slf aligns")
 
-    def __init__(self, trx: Transceiver, head: TaskHead, eps: float | None, seed: int = 0, name: str = ""):
+    def __init__(self, trx: Transceiver, head: TaskHead, eps: float | None, seed: int = 0, name: str = "",
+                 keep_alignments: int = KEEP_ALIGNMENTS):
         if eps is not None and not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be a probability in [0, 1], got {eps}")
+        if keep_alignments < 0:
+            raise ValueError(f"keep_alignments must be >= 0, got {keep_alignments}")
         self.trx = trx.eval()
         self.head = head.eval()
         self.eps = eps
@@ -78,16 +114,23 @@ class SlfRx(RxHalf):
         self.shape = trx.shape
         self.fingerprint = arch_fingerprint(trx.shape)
         self.upload_limit = decoder_frame_limit(trx.shape)
+        # the RX's own decoder weights: a TX keys the alignments it keeps by them (another RX, another key)
+        self.decoder_fingerprint = state_fingerprint(trx.decoder_state())
+        self.keep_alignments = min(keep_alignments, KEEP_BYTES // self.upload_limit)
+        self.kept: OrderedDict[bytes, KeptAlignment] = OrderedDict()  # sha256(credential) -> alignment
 
     def hello_params(self) -> dict:
         return {**arch_params(self.shape), "eps": self.eps, "eps_source": "bler" if self.eps is None else "fixed",
-                "n_classes": self.shape.n_classes, "max_images": MAX_SEMANTIC_IMAGES, "trx": self.name}
+                "n_classes": self.shape.n_classes, "max_images": MAX_SEMANTIC_IMAGES, "trx": self.name,
+                "decoder_fingerprint": self.decoder_fingerprint, "keeps_alignments": self.keep_alignments > 0,
+                "download_dtypes": list(DOWNLOAD_DTYPES)}
 
     def check_hello(self, params: dict) -> str | None:
         return arch_mismatch(arch_params(self.shape), params, "RX")
 
     def handlers(self) -> dict:
-        return {DecoderRequest.TYPE: self.on_download, Upload.TYPE: self.on_upload, Semantic.TYPE: self.on_semantic}
+        return {DecoderRequest.TYPE: self.on_download, Upload.TYPE: self.on_upload, Semantic.TYPE: self.on_semantic,
+                Resume.TYPE: self.on_resume}
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -97,12 +140,14 @@ class SlfRx(RxHalf):
     # ------------------------------------------------------------ step 1: download
 
     def on_download(self, msg: DecoderRequest, ctx: RoundContext) -> Reply:
+        if msg.dtype not in DOWNLOAD_DTYPES:
+            raise RoundError("dtype", f"download dtype {msg.dtype[:32]!r}; this RX serves {list(DOWNLOAD_DTYPES)}")
         base = ctx.session.get(DECODER, self.trx)
         token = os.urandom(TOKEN_BYTES)
         ctx.session[PENDING] = {"token": token, "seq": msg.seq, "base": base}
-        tensors = tensors_to_wire(base.decoder_state())
-        log.info("session %d seq %d: serving the decoder (%d B of tensors, %s)", ctx.session_id, msg.seq,
-                 wire_tensor_bytes(tensors), "aligned" if base is not self.trx else "original")
+        tensors = tensors_to_wire(base.decoder_state(), msg.dtype)
+        log.info("session %d seq %d: serving the decoder (%d B of %s tensors, %s)", ctx.session_id, msg.seq,
+                 wire_tensor_bytes(tensors), msg.dtype, "aligned" if base is not self.trx else "original")
         return Reply(DecoderReply(msg.session_id, msg.seq, token, self.shape.n_codewords, self.shape.code_dim,
                                   tensors, ctx.rx_pid, ctx.received_ns, time.time_ns()), final=False)
 
@@ -142,16 +187,58 @@ class SlfRx(RxHalf):
         ctx.session[DECODER] = new.eval()
         ctx.session[TOKEN] = msg.token
         del ctx.session[PENDING]
+        credential = self._keep(new, msg.n_frozen, layers, ctx)
         t_installed = time.time_ns()
         log.info("session %d seq %d: installed %s (l=%d, %d B)", ctx.session_id, msg.seq,
                  ", ".join(layers) or "no layers", msg.n_frozen, wire_tensor_bytes(msg.tensors))
         fields = {"kind": "align", "n_frozen": msg.n_frozen, "installed_layers": list(layers),
                   "upload_tensor_bytes": wire_tensor_bytes(msg.tensors), "upload_frame_bytes": ctx.nbytes,
-                  "transmissions": delivery.transmissions}
+                  "transmissions": delivery.transmissions, "credential": credential}
         timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "airtime": delivery.airtime_s * 1e3,
                    "install": (t_installed - t_delivered) / 1e6}
         return Reply(Result(msg.session_id, msg.seq, fields, b"", timings, ctx.rx_pid, ctx.received_ns,
                             t_delivered, t_installed, time.time_ns()))
+
+    # ------------------------------------------------------------ kept alignments (beyond the paper)
+
+    def _keep(self, decoder: Transceiver, n_frozen: int, layers: tuple[str, ...], ctx: RoundContext) -> bytes:
+        """Keep the session's new alignment under a fresh credential (returned; b"" when keeping is off).
+
+        The session's previous kept alignment (it resumed or uploaded before)
+        is retired: only the session holding its credential gets here.
+        """
+        old = ctx.session.pop(KEPT, None)
+        if old is not None:
+            self.kept.pop(old, None)
+        if self.keep_alignments <= 0:
+            return b""
+        credential = os.urandom(CREDENTIAL_BYTES)
+        key = hashlib.sha256(credential).digest()
+        self.kept[key] = KeptAlignment(decoder, n_frozen, tuple(layers), time.time())
+        while len(self.kept) > self.keep_alignments:
+            self.kept.popitem(last=False)
+        ctx.session[KEPT] = key
+        return credential
+
+    def on_resume(self, msg: Resume, ctx: RoundContext) -> Reply:
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
+        if not isinstance(msg.credential, bytes) or len(msg.credential) != CREDENTIAL_BYTES:
+            raise RoundError("bad_message", f"credential must be {CREDENTIAL_BYTES} bytes")
+        key = hashlib.sha256(msg.credential).digest()
+        kept = self.kept.get(key)
+        if kept is None:
+            log.info("session %d seq %d: no kept alignment for that credential; the TX aligns anew",
+                     ctx.session_id, msg.seq)
+            return Reply(Resumed(msg.session_id, msg.seq, False, b"", -1, [], delivery.airtime_s * 1e3,
+                                 ctx.rx_pid, ctx.received_ns, time.time_ns()), final=False)
+        self.kept.move_to_end(key)
+        token = os.urandom(TOKEN_BYTES)
+        ctx.session.pop(PENDING, None)
+        ctx.session[DECODER], ctx.session[TOKEN], ctx.session[KEPT] = kept.decoder, token, key
+        log.info("session %d seq %d: resumed a kept alignment (l=%d, %s) without steps 1-3", ctx.session_id,
+                 msg.seq, kept.n_frozen, ", ".join(kept.layers) or "no layers")
+        return Reply(Resumed(msg.session_id, msg.seq, True, token, kept.n_frozen, list(kept.layers),
+                             delivery.airtime_s * 1e3, ctx.rx_pid, ctx.received_ns, time.time_ns()))
 
     # ------------------------------------------------------------ step 4: semantic rounds
 

@@ -22,7 +22,13 @@ from torch.nn import functional as F
 from common.learn.train import FitReport, TrainConfig, fit
 from common.modes.slf.configs import PAPER_BATCH_SIZE, TransceiverConfig
 from common.modes.slf.dmc import dmc_numpy, dmc_torch
-from common.modes.slf.transceiver import DECODER_LAYERS, TaskHead, Transceiver, as_images, frozen_layers
+from common.modes.slf.transceiver import (
+    DECODER_LAYERS,
+    TaskHead,
+    Transceiver,
+    as_images,
+    frozen_layers,
+)
 
 BETA_COMMITMENT = 0.25  # lambda_c of eq. (4), VQ-VAE's usual value
 LR_RETRAIN = 1e-3  # l = 0: decoder re-initialised and trained from scratch
@@ -143,7 +149,7 @@ class SlfResult:
 
 
 def slf_finetune(tx: Transceiver, downloaded: Mapping[str, torch.Tensor], x: torch.Tensor,
-                 config: SlfConfig) -> SlfResult:
+                 config: SlfConfig, on_epoch: Callable[[int, float], None] | None = None) -> SlfResult:
     """SLF step 2 at the TX: fine-tune ``[theta_i, Freeze_l(phi_j)]`` on the TX's images ``x``.
 
     ``tx``: the TX's own transceiver (encoder and codebook; left unchanged);
@@ -152,6 +158,8 @@ def slf_finetune(tx: Transceiver, downloaded: Mapping[str, torch.Tensor], x: tor
     re-initialised: the convs get a fresh seeded init and the codebook starts
     from the TX's own (the one its encoder was trained against; a random
     codebook would leave most of the encoder's outputs on a few codewords).
+    ``tx`` and ``x`` may live on a GPU (``downloaded`` is copied there);
+    ``on_epoch(epoch, mean_loss)`` after each full pass (progress).
     """
     model = copy.deepcopy(tx)
     loaded = model.load_decoder_state(downloaded)
@@ -167,11 +175,12 @@ def slf_finetune(tx: Transceiver, downloaded: Mapping[str, torch.Tensor], x: tor
     gen = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     report = fit(params, lambda xb: vq_loss(model, xb, config.eps, gen, config.beta).total, [x],
-                 config.train_config())
+                 config.train_config(), on_epoch=on_epoch)
     model.requires_grad_(True)
     after = model.decoder_state()
     changed = tuple(name for name in DECODER_LAYERS
-                    if any(not torch.equal(after[k], downloaded[k]) for k in after if k.startswith(name + ".")))
+                    if any(not torch.equal(after[k], downloaded[k].to(after[k].device))
+                           for k in after if k.startswith(name + ".")))
     return SlfResult(model, changed, frozen, report)
 
 
@@ -187,13 +196,16 @@ class LinkMetrics:
 @torch.no_grad()
 def evaluate_link(tx: Transceiver, rx: Transceiver, head: TaskHead, x: torch.Tensor, y: torch.Tensor,
                   eps: float, seed: int = 0) -> LinkMetrics:
-    """TX encodes ``x`` (n, C*H*W) float32, the DMC (numpy, seeded) corrupts the indices, RX decodes, head classifies."""
+    """TX encodes ``x`` (n, C*H*W) float32, the DMC (numpy, seeded) corrupts the indices, RX decodes, head classifies.
+
+    ``x``, ``y`` and the three models may live on a GPU (the DMC runs on the CPU).
+    """
     rng = np.random.default_rng(seed)
     sq_err, correct = 0.0, 0
     for i in range(0, len(x), EVAL_BATCH):
         xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
-        sent = tx.encode(xb).numpy()
-        received = torch.from_numpy(dmc_numpy(sent, rx.shape.n_codewords, eps, rng))
+        sent = tx.encode(xb).cpu().numpy()
+        received = torch.from_numpy(dmc_numpy(sent, rx.shape.n_codewords, eps, rng)).to(xb.device)
         x_hat = rx.decode(received)
         sq_err += float(F.mse_loss(x_hat, as_images(xb, rx.shape), reduction="sum"))
         correct += int((head.predict(x_hat) == yb.long()).sum())

@@ -1,0 +1,123 @@
+"""The TX's kept alignments (beyond the paper): what a returning TX needs to skip steps 1-3.
+
+After an alignment the RX keeps the aligned decoder under a random
+credential that it returns in the upload's RESULT (``common/modes/slf/rx.py``).
+The TX keeps, in a directory of its own, the other half: its fine-tuned
+transceiver ``TRX'_ij`` (the encoder and codebook it must send with for that
+decoder to understand it) and the credential. A later TX process with the
+same directory, talking to the same RX, sends SLF_RESUME with the credential
+instead of downloading, fine-tuning and uploading.
+
+An entry is keyed by what makes an alignment valid: the RX's decoder weights
+(its ``decoder_fingerprint`` HELLO parameter), this TX's own weights, the eps
+it was fine-tuned for, the download dtype, and ``l``. Files per entry:
+``<key>-l<l>.pt`` (a plain tensor state dict, loaded with
+``weights_only=True``) and ``<key>-l<l>.json`` (the credential in hex, the
+state's fingerprint, how it was made). Both are created mode 0600 in a 0700
+directory: the credential is a bearer secret (see ``docs/modes/slf.md``,
+"Kept alignments").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.modes.slf.artifacts import state_fingerprint
+from common.modes.slf.transceiver import DECODER_LAYERS, Transceiver
+
+log = logging.getLogger("semalign.tx")
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedAlignment:
+    """One kept alignment: ``model`` (the fine-tuned transceiver to send with), ``credential`` (the RX's
+    secret), ``n_frozen``, and ``meta`` (JSON-able: how it was made)."""
+
+    key: str
+    n_frozen: int
+    model: Transceiver
+    credential: bytes
+    meta: dict
+
+
+def alignment_key(rx_decoder_fingerprint: str, own_fingerprint: str, eps: float, download_dtype: str) -> str:
+    """Hex key of the alignments valid for this (RX decoder, TX transceiver, eps, download dtype)."""
+    spec = json.dumps({"rx": rx_decoder_fingerprint, "tx": own_fingerprint, "eps": float(eps),
+                       "dtype": download_dtype, "v": CACHE_FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+def _write_private(path: Path, write) -> None:
+    """Create ``path`` mode 0600 through a temporary file and an atomic rename; ``write(fileobj)``."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class AlignmentCache:
+    """The directory of kept alignments (created 0700 when missing)."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _paths(self, key: str, n_frozen: int) -> tuple[Path, Path]:
+        return self.dir / f"{key}-l{n_frozen}.pt", self.dir / f"{key}-l{n_frozen}.json"
+
+    def save(self, key: str, n_frozen: int, model: Transceiver, credential: bytes, meta: dict) -> None:
+        """Keep the alignment; entries of ``key`` at other ``l`` go (the RX retired their credentials when this
+        session re-aligned, or they are older)."""
+        for l in range(len(DECODER_LAYERS) + 1):
+            if l != n_frozen:
+                self.remove(key, l)
+        state = {k: t.detach().cpu().contiguous().clone() for k, t in model.state_dict().items()}
+        pt, js = self._paths(key, n_frozen)
+        _write_private(pt, lambda f: torch.save(state, f))
+        record = {"format_version": CACHE_FORMAT_VERSION, "n_frozen": n_frozen, "credential": credential.hex(),
+                  "fingerprint": state_fingerprint(state), "saved_at": time.time(), **meta}
+        _write_private(js, lambda f: f.write(json.dumps(record, indent=2).encode()))
+
+    def lookup(self, key: str, like: Transceiver, n_frozen: int | None = None) -> CachedAlignment | None:
+        """The kept alignment for ``key`` and ``n_frozen`` (None: any ``l``, the smallest first), or None.
+
+        ``like``: a transceiver of the right shape to load into. An entry
+        that does not load or verify is removed (logged) and skipped.
+        """
+        ls = [n_frozen] if n_frozen is not None else range(len(DECODER_LAYERS) + 1)
+        for l in ls:
+            pt, js = self._paths(key, l)
+            if not (pt.exists() and js.exists()):
+                continue
+            try:
+                meta = json.loads(js.read_text())
+                state = torch.load(pt, weights_only=True, map_location="cpu")
+                if meta.get("format_version") != CACHE_FORMAT_VERSION or meta.get("n_frozen") != l:
+                    raise ValueError("another format or l")
+                if state_fingerprint(state) != meta.get("fingerprint"):
+                    raise ValueError("weights do not match their fingerprint")
+                credential = bytes.fromhex(meta["credential"])
+                model = Transceiver(like.shape)
+                model.load_state_dict(state)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:
+                log.warning("kept alignment %s unusable (%s); removing it", pt, e)
+                self.remove(key, l)
+                continue
+            return CachedAlignment(key, l, model.eval(), credential, meta)
+        return None
+
+    def remove(self, key: str, n_frozen: int) -> None:
+        for p in self._paths(key, n_frozen):
+            p.unlink(missing_ok=True)

@@ -66,8 +66,8 @@ from common.modes.slf.messages import (
     Upload,
     tensors_from_wire,
     tensors_to_wire,
-    wire_tensor_bytes,
 )
+from common.wire.tensors import wire_tensor_bytes
 from common.modes.slf.recovery import (
     COMPUTE_FLOPS_PER_S,
     LINK_RATE_BPS,

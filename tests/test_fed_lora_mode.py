@@ -29,12 +29,12 @@ from common.modes.fed_lora.messages import (
     FedPlan,
     FedUpdate,
     FedWait,
-    TensorError,
     adapter_from_wire,
     adapter_to_wire,
     poll,
     retry_after_ms,
 )
+from common.wire.tensors import TensorError
 from common.modes.fed_lora.spec import FedSpec, split_pool
 from common.modes.fed_lora.tx import FedLoraTx
 from common.net.transport import RxSocket, TxSocket

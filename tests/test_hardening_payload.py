@@ -6,7 +6,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import zmq
 
 from common.artifacts import load_codec, load_model

@@ -317,11 +317,8 @@ def test_float16_download_halves_the_bytes(rx_server, artifacts, tmp_path):
 
 
 def test_float16_tensors_round_trip_within_half_precision():
-    from common.modes.slf.messages import (
-        TensorError,
-        tensors_from_wire,
-        tensors_to_wire,
-    )
+    from common.modes.slf.messages import tensors_from_wire, tensors_to_wire
+    from common.wire.tensors import TensorError
 
     state = Transceiver(SHAPE).decoder_state()
     wire = tensors_to_wire(state, "float16")

@@ -24,7 +24,6 @@ from common.modes.slf.messages import (
     DecoderReply,
     DecoderRequest,
     Semantic,
-    TensorError,
     Upload,
     arch_fingerprint,
     arch_params,
@@ -33,6 +32,7 @@ from common.modes.slf.messages import (
     tensors_from_wire,
     tensors_to_wire,
 )
+from common.wire.tensors import TensorError
 from common.modes.slf.pretrain import pretrain_and_save
 from common.modes.slf.recovery import state_bytes
 from common.modes.slf.rx import DECODER, SlfRx

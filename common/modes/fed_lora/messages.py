@@ -37,10 +37,10 @@ from typing import ClassVar
 import numpy as np
 
 from common.wire.protocol import register_message
+from common.wire.tensors import arrays_from_wire, arrays_to_wire
 
 MAX_POLLS = 64  # polls per device and round (FED_POLL_0 .. FED_POLL_63)
 TENSOR_DTYPE = "float32"  # the only tensor dtype on the wire: IEEE 754 binary32, little-endian
-TENSOR_KEYS = ("name", "dtype", "shape", "data")
 MAX_ADAPTER_BYTES = 8 * 2**20  # raw tensor bytes of one adapter (MiniLM's all-r16 + head: 2.7 MB)
 ENVELOPE_ALLOWANCE_BYTES = 64 * 1024  # msgpack keys, names, shapes and scalars around the raw bytes
 MAX_TENSORS = 200  # tensors per adapter (MiniLM all-r16: 36 layers x 2 + head 2 = 74)
@@ -50,14 +50,6 @@ WANTS = ("plan", "result")
 RETRY_MIN_MS = 50
 RETRY_GROWTH = 0.3
 RETRY_MARGIN_MS = 100
-
-
-class TensorError(ValueError):
-    """An adapter tensor list that cannot be used; ``code`` is the ERROR code the RX answers with."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 # ------------------------------------------------------------------ messages
@@ -236,73 +228,11 @@ def retry_after_ms(waited_ms: int, attempt: int, until_ns: int | None, now_ns: i
 
 
 def adapter_to_wire(arrays: Mapping[str, np.ndarray]) -> list[dict]:
-    """``{name: float32 array}`` -> the wire list, in ``arrays``' order."""
-    out = []
-    for name, a in arrays.items():
-        a = np.asarray(a)
-        if a.dtype != np.float32:
-            raise ValueError(f"{name}: only float32 arrays travel, got {a.dtype}")
-        a = np.ascontiguousarray(a, "<f4")
-        out.append({"name": name, "dtype": TENSOR_DTYPE, "shape": list(a.shape), "data": a.tobytes()})
-    return out
-
-
-def wire_bytes(items: list) -> int:
-    """Raw tensor bytes in a wire list (its ``data`` fields), headers aside."""
-    return sum(len(item.get("data", b"")) for item in items if isinstance(item, dict)
-               and isinstance(item.get("data"), bytes))
+    """``{name: float32 array}`` -> the wire list (:mod:`common.wire.tensors`), in ``arrays``' order."""
+    return arrays_to_wire(arrays, TENSOR_DTYPE)
 
 
 def adapter_from_wire(items, expected: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Check a wire list against ``expected`` (name -> shape) and return float32 arrays (copies).
-
-    Every expected tensor must be present exactly once. Raises
-    :class:`TensorError` with code ``bad_tensor`` (not a list of ``{name,
-    dtype, shape, data}`` maps, or more than :data:`MAX_TENSORS`),
-    ``oversize`` (more raw bytes than the expected tensors hold),
-    ``unknown_layer`` (a name outside ``expected``), ``duplicate``,
-    ``missing``, ``dtype`` (not float32), ``shape``, ``size`` (``data``
-    length differs from the shape's) or ``non_finite`` (NaN/Inf).
-    """
-    if not isinstance(items, list):
-        raise TensorError("bad_tensor", f"tensors must be a list, got {type(items).__name__}")
-    if len(items) > MAX_TENSORS:
-        raise TensorError("bad_tensor", f"{len(items)} tensors, at most {MAX_TENSORS}")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or sorted(item) != sorted(TENSOR_KEYS):
-            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise TensorError("bad_tensor", f"tensor {i}: need keys {list(TENSOR_KEYS)}, got {keys}")
-        name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)
-        if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes) \
-                or not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          and s >= 0 for s in shape):
-            raise TensorError("bad_tensor", f"tensor {i}: name/dtype must be str, shape a list of ints >= 0, "
-                                            "data bytes")
-    want_bytes = sum(4 * math.prod(s) for s in expected.values())
-    got_bytes = wire_bytes(items)
-    if got_bytes > want_bytes:
-        raise TensorError("oversize", f"{got_bytes} bytes of tensor data, the module holds {want_bytes}")
-    out: dict[str, np.ndarray] = {}
-    for item in items:
-        name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)
-        if name not in expected:
-            raise TensorError("unknown_layer", f"tensor {name[:MAX_NAME_LEN]!r} is not part of the module; "
-                                               f"known: {sorted(expected)[:8]}{' ...' if len(expected) > 8 else ''}")
-        if name in out:
-            raise TensorError("duplicate", f"tensor {name!r} given twice")
-        if dtype != TENSOR_DTYPE:
-            raise TensorError("dtype", f"{name}: dtype {dtype[:32]!r}, only {TENSOR_DTYPE!r} is accepted")
-        want = tuple(expected[name])
-        if tuple(shape) != want:
-            raise TensorError("shape", f"{name}: shape {tuple(shape[:8])} != {want}")
-        if len(data) != 4 * math.prod(want):
-            raise TensorError("size", f"{name}: {len(data)} bytes of data, shape {want} float32 needs "
-                                      f"{4 * math.prod(want)}")
-        a = np.frombuffer(data, "<f4")
-        if not np.isfinite(a).all():
-            raise TensorError("non_finite", f"{name}: {int((~np.isfinite(a)).sum())} NaN/Inf values")
-        out[name] = a.astype(np.float32).reshape(want)
-    missing = [k for k in expected if k not in out]
-    if missing:
-        raise TensorError("missing", f"{len(missing)} tensors missing, e.g. {missing[0]!r}")
-    return out
+    """Check a wire list against ``expected`` (name -> shape): every tensor present once, float32, at
+    most :data:`MAX_TENSORS`; :class:`TensorError` codes as :func:`common.wire.tensors.arrays_from_wire`."""
+    return arrays_from_wire(items, expected, (TENSOR_DTYPE,), require_all=True, max_tensors=MAX_TENSORS)

@@ -63,12 +63,11 @@ from common.modes.fed_lora.messages import (
     FedPoll,
     FedUpdate,
     FedWait,
-    TensorError,
     adapter_from_wire,
     adapter_to_wire,
     retry_after_ms,
-    wire_bytes,
 )
+from common.wire.tensors import TensorError, wire_tensor_bytes
 from common.modes.fed_lora.optimizer import (
     SKIP,
     DeviceDecision,
@@ -463,7 +462,7 @@ class BaseStation:
                                     train_s=msg.train_s)
             self._maybe_form(rnd, now_ns)
             raise RoundError(e.code, f"round {r}, device {k}: {e}") from e
-        bits = 8 * wire_bytes(msg.tensors)
+        bits = 8 * wire_tensor_bytes(msg.tensors)
         gain = rnd.gains[k]
         rate = float(self.cell.rate_bps(d.power_w, gain, d.bandwidth_hz))
         upload_s = bits / rate if rate > 0 else math.inf

@@ -42,11 +42,11 @@ from common.modes.fed_lora.messages import (
     FedPlan,
     FedUpdate,
     FedWait,
-    TensorError,
     adapter_from_wire,
     adapter_to_wire,
     poll,
 )
+from common.wire.tensors import TensorError
 from common.modes.fed_lora.spec import FedSpec
 from common.results.log import RoundRecord
 from common.wire.protocol import Result

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
-import numpy as np
 import torch
 
 from common.modes.slf.dmc import bits_per_index, packed_size_bytes
@@ -35,14 +33,13 @@ from common.modes.slf.transceiver import (
     TransceiverShape,
 )
 from common.wire.protocol import register_message
+from common.wire.tensors import arrays_from_wire, arrays_to_wire
 
 ARCH_VERSION = "slf-vqvae-deepjscc-1"  # changes with any change of the layer layout in transceiver.py
 TOKEN_BYTES = 16  # the RX's random id of one decoder download
 CREDENTIAL_BYTES = 32  # the RX's random secret naming one kept alignment (SLF_RESUME)
 TENSOR_DTYPE = "float32"  # uploads, and downloads by default: IEEE 754 binary32, little-endian
 DOWNLOAD_DTYPES = ("float32", "float16")  # a TX may ask for the download in IEEE 754 binary16
-_WIRE_FORMATS = {"float32": "<f4", "float16": "<f2"}
-TENSOR_KEYS = ("name", "dtype", "shape", "data")
 ENVELOPE_ALLOWANCE_BYTES = 4096  # msgpack keys, tensor names, shapes and ints around the raw bytes
 
 # Largest architecture the mode accepts (the RX and TX refuse bigger artifacts at start-up).
@@ -52,14 +49,6 @@ MAX_WIDTH = 256
 MAX_CODE_DIM = 256
 MAX_CODEWORDS = 4096
 MAX_SEMANTIC_IMAGES = 2048  # images per SLF_SEMANTIC
-
-
-class TensorError(ValueError):
-    """A tensor list that cannot be used; ``code`` is the ERROR code the RX answers with."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 # ------------------------------------------------------------------ sizes
@@ -136,70 +125,23 @@ def arch_mismatch(own: dict, other: dict, who: str) -> str | None:
 
 
 def tensors_to_wire(state: Mapping[str, torch.Tensor], dtype: str = TENSOR_DTYPE) -> list[dict]:
-    """``{name: float32 tensor}`` -> the wire list, in ``state``'s order.
+    """``{name: float32 tensor}`` -> the wire list (:mod:`common.wire.tensors`), in ``state``'s order.
 
-    ``dtype``: ``"float32"`` (exact) or ``"float16"`` (each value rounded to
-    the nearest binary16; only downloads may travel so, see :data:`DOWNLOAD_DTYPES`).
+    ``dtype``: ``"float32"`` (exact) or ``"float16"`` (only downloads may travel so, see
+    :data:`DOWNLOAD_DTYPES`).
     """
-    if dtype not in _WIRE_FORMATS:
-        raise ValueError(f"dtype must be one of {DOWNLOAD_DTYPES}, got {dtype!r}")
-    out = []
     for name, t in state.items():
         if t.dtype != torch.float32:
             raise ValueError(f"{name}: only float32 tensors travel, got {t.dtype}")
-        a = t.detach().cpu().contiguous().numpy().astype(_WIRE_FORMATS[dtype])
-        out.append({"name": name, "dtype": dtype, "shape": list(a.shape), "data": a.tobytes()})
-    return out
-
-
-def wire_tensor_bytes(items: list) -> int:
-    """Raw tensor bytes in a wire list (its ``data`` fields), headers aside."""
-    return sum(len(item.get("data", b"")) for item in items if isinstance(item, dict))
+    return arrays_to_wire({k: t.detach().cpu().contiguous().numpy() for k, t in state.items()}, dtype)
 
 
 def tensors_from_wire(items: list, expected: Mapping[str, torch.Tensor],
                       dtypes: tuple[str, ...] = (TENSOR_DTYPE,)) -> dict[str, torch.Tensor]:
-    """Check a wire list against ``expected`` (name -> tensor of the right shape) and build float32 tensors.
-
-    ``dtypes``: the wire dtypes accepted (uploads: float32 only; a float16
-    download the TX asked for: ``("float16",)``). Raises :class:`TensorError`
-    with code ``bad_tensor`` (not a list of ``{name, dtype, shape, data}``
-    maps), ``unknown_layer`` (a name outside ``expected``), ``duplicate``,
-    ``dtype`` (not one of ``dtypes``), ``shape``, ``size`` (``data`` length
-    differs from the shape's) or ``non_finite`` (NaN/Inf).
-    """
-    if not isinstance(items, list):
-        raise TensorError("bad_tensor", f"tensors must be a list, got {type(items).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or sorted(item) != sorted(TENSOR_KEYS):
-            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise TensorError("bad_tensor", f"tensor {i}: need keys {list(TENSOR_KEYS)}, got {keys}")
-        name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)
-        if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(data, bytes) \
-                or not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          for s in shape):
-            raise TensorError("bad_tensor", f"tensor {i}: name/dtype must be str, shape a list of ints, "
-                                            "data bytes")
-        if name not in expected:
-            raise TensorError("unknown_layer", f"tensor {name[:64]!r} is not a decoder tensor; known: "
-                                               f"{sorted(expected)}")
-        if name in out:
-            raise TensorError("duplicate", f"tensor {name!r} given twice")
-        if dtype not in dtypes:
-            raise TensorError("dtype", f"{name}: dtype {dtype[:32]!r}, only {' / '.join(dtypes)} is accepted")
-        want = list(expected[name].shape)
-        if shape != want:
-            raise TensorError("shape", f"{name}: shape {shape[:8]} != {want}")
-        fmt = np.dtype(_WIRE_FORMATS[dtype])
-        need = fmt.itemsize * math.prod(want)
-        if len(data) != need:
-            raise TensorError("size", f"{name}: {len(data)} bytes of data, shape {want} {dtype} needs {need}")
-        a = np.frombuffer(data, fmt)
-        if not np.isfinite(a).all():
-            raise TensorError("non_finite", f"{name}: {int((~np.isfinite(a)).sum())} NaN/Inf values")
-        out[name] = torch.from_numpy(a.astype(np.float32).reshape(want))
-    return out
+    """Check a wire list against ``expected`` (name -> tensor of the right shape) and build float32 tensors;
+    :class:`TensorError` codes as :func:`common.wire.tensors.arrays_from_wire`."""
+    arrays = arrays_from_wire(items, {k: tuple(t.shape) for k, t in expected.items()}, dtypes)
+    return {k: torch.from_numpy(a) for k, a in arrays.items()}
 
 
 def layers_of(names) -> tuple[str, ...]:

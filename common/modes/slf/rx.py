@@ -48,7 +48,6 @@ from common.modes.slf.messages import (
     Resume,
     Resumed,
     Semantic,
-    TensorError,
     Upload,
     arch_fingerprint,
     arch_mismatch,
@@ -57,8 +56,8 @@ from common.modes.slf.messages import (
     layers_of,
     tensors_from_wire,
     tensors_to_wire,
-    wire_tensor_bytes,
 )
+from common.wire.tensors import TensorError, wire_tensor_bytes
 from common.modes.slf.transceiver import (
     DECODER_LAYERS,
     TaskHead,

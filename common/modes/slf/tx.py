@@ -62,7 +62,6 @@ from common.modes.slf.messages import (
     Resume,
     Resumed,
     Semantic,
-    TensorError,
     Upload,
     arch_fingerprint,
     arch_mismatch,
@@ -70,8 +69,8 @@ from common.modes.slf.messages import (
     decoder_frame_limit,
     tensors_from_wire,
     tensors_to_wire,
-    wire_tensor_bytes,
 )
+from common.wire.tensors import TensorError, wire_tensor_bytes
 from common.modes.slf.recovery import (
     LINK_RATE_BPS,
     choose_n_frozen,

@@ -245,19 +245,24 @@ class RxNode:
             return [self._error(msg.session_id, -1, *problem)]
         # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count;
         # a TX re-opening its own session keeps the mode's per-session state, as the replay record does
-        kept = {}
+        kept, same_peer, reopened = {}, False, False
         for other in [k for k, s in self.sessions.items() if s.session_id == msg.session_id or k == peer]:
             old = self.sessions.pop(other)
             if old.session_id == msg.session_id and old.mode == msg.mode:
-                kept = old.store
+                kept, reopened, same_peer = old.store, True, same_peer or other == peer
         while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
             gone = self.sessions.pop(next(iter(self.sessions)))
             log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
                      self.max_sessions, extra=PER_PEER)
         session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner, store=kept)
         session.store["hello_params"] = dict(msg.params)
-        log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
-                 msg.next_seq)
+        if not reopened:  # one line per session: the TX's further HELLOs (clock samples) are not news
+            log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
+                     msg.next_seq)
+        else:
+            log.log(logging.DEBUG if same_peer else logging.INFO, "session %d (%s) re-opened by TX pid %d%s "
+                    "(next seq %d)", msg.session_id, msg.mode, msg.pid, "" if same_peer else
+                    " from a new connection", msg.next_seq)
         reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,
                       self.limits.max_message_bytes, self.pid, msg.t_origin_ns, received_ns, time.time_ns())
         return [encode(reply), self._channel(session, msg.next_seq)]

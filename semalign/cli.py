@@ -30,7 +30,7 @@ from common.data.datasets import DATASET_NAMES
 from common.modes.pca_lora.pretrain import PretrainConfig
 from semalign.rx_cli import rx
 from semalign.campaign_cli import register as register_campaigns
-from semalign.ops_cli import keygen, soak
+from semalign.ops_cli import keygen, show, soak
 from semalign.tx_cli import tx
 
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
@@ -39,6 +39,7 @@ app.command()(rx)
 app.command()(tx)
 app.command()(keygen)
 app.command()(soak)
+app.command()(show)
 register_campaigns(app)  # sweep, bench, fading (semalign/campaign_cli.py)
 
 # ---------------------------------------------------------------- pretrain
@@ -78,7 +79,8 @@ def pretrain(
     setup_logging(log_level, "pretrain")
     opts, _ = options_from(config, "pretrain", dict(mode=mode, trx=trx, max_pool=max_pool, head_epochs=head_epochs,
                                                 dataset=dataset, data_dir=data_dir, d_pre=d_pre, epochs=epochs,
-                                                batch_size=batch_size, lr=lr, seed=seed, out=out))
+                                                batch_size=batch_size, lr=lr, seed=seed, out=out),
+                          _signature_options(pretrain))
     mode = opts.pop("mode", "pca-lora")
     if mode == "slf":
         _pretrain_slf(opts, progress)
@@ -184,13 +186,111 @@ def _pca_lora_demo(rounds, out, dataset, data_dir, artifacts, trace, n_test, dea
     from semalign.demo import run_demo
     from semalign.tables import print_rounds
 
-    if rounds < 3 and trace == "demo":
-        fail(f"--rounds {rounds}: the demo trace needs at least 3 rounds")
-    tx_options = {"config": config, "n_test": n_test, "deadline_s": deadline_s, "value_dtype": value_dtype}
-    rx_options = {"config": config, "adapt_steps": adapt_steps}
-    results = run_demo(rounds, out, dataset, trace, artifacts, data_dir, tx_options, rx_options)
-    print_rounds(results["rounds"], f"semalign demo: {dataset}, trace {trace}")
-    typer.echo(f"results: {out / 'results.json'}")
+    given = dict(rounds=rounds, out=out, dataset=dataset, data_dir=data_dir, artifacts=artifacts, trace=trace,
+                 n_test=n_test, deadline_s=deadline_s, value_dtype=value_dtype, adapt_steps=adapt_steps)
+    given.update({k: v for k, v in _demo_table(config, given).items() if k in given})
+    _check_demo(given, config)
+    g = given
+    tx_options = {"config": config, "n_test": g["n_test"], "deadline_s": g["deadline_s"],
+                  "value_dtype": g["value_dtype"]}
+    rx_options = {"config": config, "adapt_steps": g["adapt_steps"]}
+    out = Path(g["out"])
+    results = run_demo(g["rounds"], out, g["dataset"], g["trace"], g["artifacts"], g["data_dir"], tx_options,
+                       rx_options)
+    print_rounds(results["rounds"], f"semalign demo: {g['dataset']}, trace {g['trace']}")
+    typer.echo(f"results: {out / 'results.json'}  (`semalign show {out}` prints this table again)")
+
+
+def _demo_options() -> dict:
+    """The demo command's options as :class:`Option` specs (name -> spec), read from its signature."""
+    return _signature_options(demo)
+
+
+def _signature_options(command) -> dict:
+    """A typer command's options as :class:`Option` specs (name -> spec), read from its signature, so
+    its ``--config`` table is type-checked like the daemons' (``progress``-like flags included)."""
+    import inspect
+    import typing
+
+    from common.options import Option
+
+    hints = typing.get_type_hints(command)
+    specs = {}
+    for name, param in inspect.signature(command).parameters.items():
+        if name in ("config", "log_level"):
+            continue
+        kind = hints.get(name, str)
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
+        info = param.default
+        specs[name] = Option(name, kind if kind in (bool, int, float, str, Path) else str,
+                             getattr(info, "help", None) or "", getattr(info, "default", None))
+    return specs
+
+
+def _given_on_command_line(name: str, value, default) -> bool:
+    """Whether option ``name`` came from the command line (click's parameter source; where that cannot be
+    read, whether ``value`` differs from the ``default``)."""
+    try:  # typer >= 0.2x carries its own copy of click
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click.core import ParameterSource
+        from click.globals import get_current_context
+    ctx = get_current_context(silent=True)
+    if ctx is None or name not in ctx.params:
+        return value != default
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)
+
+
+def _demo_table(config: Optional[Path], given: dict) -> dict:
+    """The ``[demo]`` table of ``--config``, type-checked: the values of the options the command line did
+    not give (the command line wins)."""
+    from semalign.config import ConfigError, load_toml, merged_options
+
+    cfg = load_toml(config)
+    if "demo" not in cfg:
+        return {}
+    specs = _demo_options()
+    table = merged_options(cfg, "demo", {}, set(specs), specs, config)
+    from_file = {k: v for k, v in table.items()
+                 if not _given_on_command_line(k, given.get(k, specs[k].default), specs[k].default)}
+    if from_file.get("mode", "pca-lora") != "pca-lora":
+        raise ConfigError(f"config file {config}, table [demo]: mode = \"{from_file['mode']}\": choose the demo's "
+                          f"mode on the command line (--mode {from_file['mode']}); the table's other keys apply")
+    return from_file
+
+
+def _check_demo(g: dict, config: Optional[Path]) -> None:
+    """Every option of a pca-lora demo, checked before a process starts (ValueError naming the option):
+    the trace, the dataset, --data-dir, the numbers the daemons' configs check, the --config tables."""
+    from common.data.datasets import check_data_dir
+    from common.link.channel import build_trace
+    from common.modes.pca_lora.alignment import AdaptConfig
+    from common.modes.pca_lora.tx import PcaLoraTxConfig
+    from semalign.config import load_toml, merged_options
+    from semalign.options import check_choices
+
+    if g["rounds"] < 1:
+        raise ValueError(f"--rounds {g['rounds']}: the demo needs at least one round")
+    check_choices({"dataset": g["dataset"]}, "tx")
+    try:
+        build_trace(str(g["trace"]), g["rounds"])
+    except ValueError as e:
+        raise ValueError(f"--trace {g['trace']}: {e}") from e
+    check_data_dir(g["data_dir"])
+    if g["artifacts"] is not None and Path(g["artifacts"]).exists() and not Path(g["artifacts"]).is_dir():
+        raise ValueError(f"--artifacts {g['artifacts']}: a file, not an artifacts directory")
+    if Path(g["out"]).exists() and not Path(g["out"]).is_dir():
+        raise ValueError(f"--out {g['out']}: a file, not a directory")
+    PcaLoraTxConfig(**{k: g[k] for k in ("n_test", "deadline_s", "value_dtype") if g[k] is not None})
+    if g["adapt_steps"] is not None:
+        AdaptConfig(steps=g["adapt_steps"])
+    cfg = load_toml(config)  # the tables the daemons will read: checked here, not after they started
+    for table, specs in (("rx", RX), ("tx", TX)):
+        if table in cfg:
+            merged_options(cfg, table, {}, set(specs), specs, config)
+            check_choices(cfg[table], table)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from semalign.config import load_toml, merged_options
-from semalign.options import by_name, rx_options, tx_options
+from semalign.options import by_name, check_choices, check_ranges, rx_options, tx_options
 
 TX, RX = by_name(tx_options()), by_name(rx_options())
 ConfigOpt = typer.Option(None, "--config", help="TOML file with options (command line wins).")
@@ -37,14 +37,32 @@ def stop_on_signals() -> threading.Event:
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: MESSAGE`` as one line on stderr and exit with status 2 (a usage error)."""
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
-def options_from(config: Optional[Path], table: str, cli: dict) -> tuple[dict, dict]:
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded, so an error is always one line."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip()) or str(message)
+
+
+TABLE_OPTIONS = {"rx": RX, "tx": TX}  # the option specs of the tables the daemons read
+
+
+def options_from(config: Optional[Path], table: str, cli: dict,
+                 specs: Optional[dict] = None) -> tuple[dict, dict]:
+    """The options of ``table``: the ``--config`` file's values, type-checked against ``specs`` (the
+    daemons' option specs for ``rx``/``tx``), overridden by the command line's; then the values that must
+    come from a fixed list (dataset, mode, link) are checked. Any problem ends in one ``error:`` line."""
     try:
         cfg = load_toml(config)
-        return merged_options(cfg, table, cli, set(cli)), cfg
+        specs = TABLE_OPTIONS.get(table) if specs is None else specs
+        opts = merged_options(cfg, table, cli, set(cli), specs, config)
+        if table in TABLE_OPTIONS:
+            check_choices(opts, table)
+            check_ranges(opts)
+        return opts, cfg
     except ValueError as e:
         fail(str(e))
 

@@ -15,19 +15,38 @@ def keygen(
     out: Path = typer.Option(..., help="Directory to write NAME.key (public) and NAME.key_secret (secret, mode 0600)."),
     name: str = typer.Option(..., help="Key name, e.g. rx or tx-lab1 (the file stem)."),
     force: bool = typer.Option(False, help="Overwrite an existing key pair of that name."),
+    allow_dir: Optional[Path] = typer.Option(None, help="A TX key: also copy its public NAME.key into this directory "
+                                             "(the RX's --curve-allow allow-list), creating it; with an existing "
+                                             "key pair of that name, only the copy is made."),
 ):
-    """Write a CURVE key pair (zmq.auth certificates) for a TX or an RX."""
-    from common.net.security import generate_keypair
+    """Write a CURVE key pair (zmq.auth certificates) for a TX or an RX; --allow-dir admits a TX at an RX on
+    this host."""
+    from common.net.security import admit_public_key, generate_keypair
 
-    if (out / f"{name}.key_secret").exists() and not force:
-        fail(f"{out / (name + '.key_secret')} exists; pass --force to replace it")
+    public, secret = out / f"{name}.key", out / f"{name}.key_secret"
     try:
-        public, secret = generate_keypair(out, name)
+        if secret.exists() and not force:
+            if allow_dir is None:
+                fail(f"{secret} exists; pass --force to replace it (or --allow-dir DIR to admit its public key "
+                     f"at an RX on this host)")
+            if not public.exists():
+                fail(f"{secret} exists but its public key {public} does not; pass --force to make a new pair")
+            typer.echo(f"key pair {name} exists in {out}: kept")
+        else:
+            public, secret = generate_keypair(out, name)
+            typer.echo(f"public key: {public}  (copy to the other host: a TX's into the RX's --curve-allow "
+                       f"directory, the RX's to each TX's --curve-server-public)")
+            typer.echo(f"secret key: {secret}  (stays on this host; pass it as --curve-secret)")
+        if allow_dir is not None:
+            admitted = admit_public_key(public, allow_dir, replace=force)
+            typer.echo(f"admitted: {admitted}  (an RX started with --curve-allow {allow_dir} accepts the TX "
+                       f"holding {secret.name})")
+        elif name.startswith("rx"):
+            typer.echo(f"next: make each TX's key and admit it, e.g. `semalign keygen --out {out} --name tx "
+                       f"--allow-dir {out / 'allowed-tx'}`, then start the RX with --curve-allow "
+                       f"{out / 'allowed-tx'}")
     except (ValueError, OSError) as e:
         fail(str(e))
-    typer.echo(f"public key: {public}  (copy to the other host: a TX's into the RX's --curve-allow "
-               f"directory, the RX's to each TX's --curve-server-public)")
-    typer.echo(f"secret key: {secret}  (stays on this host; pass it as --curve-secret)")
 
 
 def soak(
@@ -67,3 +86,40 @@ def soak(
         or not growth < max_rss_growth
     if bad:
         raise typer.Exit(1)
+
+
+def show(
+    directory: Path = typer.Argument(..., help="A campaign directory holding results.json (or the file itself), "
+                                     "e.g. runs/demo."),
+):
+    """Print the per-round table of an existing results.json: pca-lora rounds as the demo shows them, another
+    mode's rounds with its own fields."""
+    from rich.console import Console
+
+    from common.results.log import load_results, read_jsonl
+    from semalign.tables import print_results
+
+    path = directory / "results.json" if directory.is_dir() else directory
+    try:
+        if path.exists():
+            doc = load_results(path)
+        elif path.name == "results.json" and (path.parent / "results.jsonl").exists():
+            doc = {"config": {}, "rounds": read_jsonl(path.parent / "results.jsonl")}
+        else:
+            fail(f"{directory}: no results.json there; give a directory a TX or `semalign demo` wrote "
+                 f"(its --out), e.g. runs/demo")
+    except (ValueError, OSError) as e:
+        fail(f"{path}: cannot read it ({e})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("rounds", []), list):
+        fail(f"{path}: not a semalign results file (no list of rounds)")
+    rounds = doc.get("rounds") or []
+    config = doc.get("config") or {}
+    mode = config.get("mode") or next((r.get("mode") for r in rounds if r.get("mode")), "pca-lora")
+    console = Console()
+    print_results(doc, f"{path}: {mode}", console)
+    by_status: dict[str, int] = {}
+    for r in rounds:
+        by_status[r.get("status", "?")] = by_status.get(r.get("status", "?"), 0) + 1
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no rounds yet"
+    typer.echo(f"{len(rounds)} rounds: {counts}; session {config.get('session_id', '?')}, "
+               f"connect {config.get('connect', '?')}")

@@ -62,7 +62,10 @@ TX_DAEMON = [
     Option("data_dir", str, "Directory with the dataset's files (IDX, mnist.npz, TSV); else the packaged copy"),
     Option("result_timeout_s", float, "How long to wait for a round's reply, s", TxConfig.result_timeout_s),
     Option("hello_timeout_s", float, "How long to wait for each HELLO reply, s", TxConfig.hello_timeout_s),
-    Option("hello_attempts", int, "HELLO attempts before giving up on the RX", TxConfig.hello_attempts),
+    Option("connect_timeout_s", float, "Give up on reaching the RX after this long, s (at the start, and "
+           "after a lost connection); raise it to ride out long RX restarts", TxConfig.connect_timeout_s),
+    Option("hello_attempts", int, "HELLO attempts before giving up on the RX (or --connect-timeout-s, "
+           "whichever comes first)", TxConfig.hello_attempts),
     Option("round_attempts", int, "Sends of a round's request when its reply is lost (timeout, RX restart)",
            TxConfig.round_attempts),
     Option("backoff_s", float, "First back-off before a reconnect, s; doubles per attempt", TxConfig.backoff_s),
@@ -131,3 +134,50 @@ def command(name: str, options: list[Option], run: Callable[[dict, Any], None], 
     cmd.__doc__ = doc
     cmd.__name__ = cmd.__qualname__ = name
     return cmd
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _choose(option: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"--{option.replace('_', '-')} {value}: not one semalign knows; choose one of "
+                         f"{', '.join(choices)}")
+
+
+def check_choices(opts: dict, side: str) -> None:
+    """Values that must come from a fixed list: ``dataset``, ``mode`` (the RX: a comma-separated list of
+    them) and the RX's ``link``; ValueError names the option, the value and the choices.
+
+    Ranges and the other checks of single values belong to the configuration dataclasses that use
+    them (``TxConfig``, ``DecodeLimits``, each mode's config); their ValueErrors reach the user as
+    one ``error:`` line too.
+    """
+    if opts.get("dataset") is not None:
+        _choose("dataset", opts["dataset"], DATASET_NAMES)
+    if opts.get("mode") is not None:
+        modes = [m.strip() for m in str(opts["mode"]).split(",")] if side == "rx" else [opts["mode"]]
+        if not all(modes):
+            raise ValueError(f"--mode {opts['mode']!r}: an empty mode name; give one of {', '.join(mode_names())}"
+                             + (" or a comma-separated list of them" if side == "rx" else ""))
+        for m in modes:
+            _choose("mode", m, mode_names())
+    if side == "rx" and opts.get("link") is not None:
+        _choose("link", opts["link"], sorted(SIDELINKS))
+
+
+# options whose range no configuration dataclass checks: name -> (lowest allowed, what it means)
+_LOWEST = {"rounds": (0, "rounds to run"), "max_rounds": (0, "rounds to answer before exiting"),
+           "threads": (1, "CPU threads"), "trace_rounds": (1, "rounds the trace spans")}
+
+
+def check_ranges(opts: dict) -> None:
+    """The daemon-level numbers no configuration dataclass checks (the rest are checked where they are
+    used): ValueError naming the option and the allowed range."""
+    for name, (lowest, what) in _LOWEST.items():
+        value = opts.get(name)
+        if value is not None and value < lowest:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: {what} must be >= {lowest}")
+    rate = opts.get("link_rate_bps")
+    if rate is not None and not rate > 0:
+        raise ValueError(f"--link-rate-bps {rate}: the nominal link rate must be > 0 bit/s")

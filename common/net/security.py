@@ -100,6 +100,34 @@ def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     return public, secret
 
 
+def admit_public_key(public: str | Path, allow_dir: str | Path, replace: bool = False) -> Path:
+    """Copy the public certificate ``public`` into the allow-list directory ``allow_dir`` (created if
+    missing); returns the copy. Refuses a secret certificate, and a different key already admitted
+    under the same file name unless ``replace``."""
+    src, d = Path(public), Path(allow_dir)
+    try:
+        key, secret = zmq.auth.load_certificate(src)
+    except (OSError, ValueError) as e:
+        raise KeyFileError(f"CURVE public key file {src}: cannot read it ({e})") from e
+    if secret:
+        raise KeyFileError(f"{src} holds a secret key; admit the public NAME.key file, never the .key_secret")
+    d.mkdir(parents=True, exist_ok=True)
+    dest = d / src.name
+    if dest.exists() and dest.resolve() != src.resolve():
+        try:
+            admitted, _ = zmq.auth.load_certificate(dest)
+        except (OSError, ValueError):
+            admitted = None
+        if admitted != key and not replace:
+            raise KeyFileError(f"{dest} already admits another key; remove it first (or pass --force with a "
+                               f"new key pair to replace it)")
+    if dest.resolve() != src.resolve():
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dest)  # the RX re-reads the directory at each connection: never a half-written file
+    return dest
+
+
 def load_secret(path: str | Path) -> CurveKeys:
     """A key pair from a ``.key_secret`` certificate."""
     p = Path(path)

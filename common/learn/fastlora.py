@@ -71,14 +71,7 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
             x_in, base0 = h, torch.addmm(biases[first], h, weights[first].t())
         onehot = torch.zeros(n, weights[-1].shape[0]).scatter_(1, y.view(-1, 1).long(), 1.0)
     params = [*state.A, *state.B, *(state.d or [])]
-    sizes = [p.numel() for p in params]
-    flat = torch.cat([p.reshape(-1) for p in params])
-    grad = torch.zeros_like(flat)
-    views, gviews, o = [], [], 0
-    for p, k in zip(params, sizes):
-        views.append(flat[o:o + k].view(p.shape))
-        gviews.append(grad[o:o + k].view(p.shape))
-        o += k
+    sizes, flat, grad, views, gviews = _flat_buffers(params)
     k_ad = len(layers)
     A, B = views[:k_ad], views[k_ad:2 * k_ad]
     gA, gB = gviews[:k_ad], gviews[k_ad:2 * k_ad]
@@ -178,6 +171,22 @@ def match_blas_threads(threads: int | None = None) -> int | None:
     return n
 
 
+def _flat_buffers(params: list[torch.Tensor]):
+    """One flat parameter buffer and one gradient buffer, with per-parameter views into both.
+
+    Returns ``(sizes, flat, grad, views, gviews)``; Adam then updates ``flat`` in place.
+    """
+    sizes = [p.numel() for p in params]
+    flat = torch.cat([p.reshape(-1) for p in params])
+    grad = torch.zeros_like(flat)
+    views, gviews, o = [], [], 0
+    for p, k in zip(params, sizes):
+        views.append(flat[o:o + k].view(p.shape))
+        gviews.append(grad[o:o + k].view(p.shape))
+        o += k
+    return sizes, flat, grad, views, gviews
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed blocks instead of returning them to the kernel (process-wide).
 
@@ -230,14 +239,7 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     frozen_w = [None if l < trained else (w.to(frozen_dtype) if low else w) for l, w in enumerate(ws)]
     frozen_b = [None if l < trained else (b.to(frozen_dtype) if low else b) for l, b in enumerate(bs)]
     params = [t for l in range(trained) for t in (ws[l], bs[l])]
-    sizes = [p.numel() for p in params]
-    flat = torch.cat([p.reshape(-1) for p in params])
-    grad = torch.zeros_like(flat)
-    views, gviews, o = [], [], 0
-    for p, k in zip(params, sizes):
-        views.append(flat[o:o + k].view(p.shape))
-        gviews.append(grad[o:o + k].view(p.shape))
-        o += k
+    sizes, flat, grad, views, gviews = _flat_buffers(params)
     W, Bv = views[0::2], views[1::2]
     gW, gBv = gviews[0::2], gviews[1::2]
     onehot_t = torch.zeros(ws[-1].shape[0], n).scatter_(0, y.view(1, -1).long(), 1.0)  # (classes, n)

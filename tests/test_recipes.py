@@ -180,16 +180,20 @@ def test_lean_n_train_from_the_table():
 class _LocalIO(RoundIO):
     """The TX's round I/O straight into an in-process RX half."""
 
-    def __init__(self, rx: PcaLoraRx, state):
+    def __init__(self, rx: PcaLoraRx, state, link=None):
         self.rx, self.state, self.session_id, self.clock_offset_ns = rx, state, 1, 0
+        self.session: dict = {}
+        self.link = link or type("Link", (), {"deliver": staticmethod(
+            lambda n, s, r, wait=True: undelayed_delivery(n, s, r))})
 
-    def exchange(self, msg, reply_types):
+    def exchange_all(self, msgs, reply_types):
         self.sent_ns = time.time_ns()
-        link = type("Link", (), {"deliver": staticmethod(lambda n, s, r, wait=True: undelayed_delivery(n, s, r))})
-        ctx = RoundContext(1, msg.seq, self.state, link, len(encode(msg)), time.time_ns(), 0)
-        reply = self.rx.on_payload(msg, ctx).message
+        handlers, replies = self.rx.handlers(), []
+        for msg in msgs:
+            ctx = RoundContext(1, msg.seq, self.state, self.link, len(encode(msg)), self.sent_ns, 0, self.session)
+            replies.append(handlers[msg.TYPE](msg, ctx).message)
         self.replied_ns = time.time_ns()
-        return reply
+        return replies
 
 
 def _round(tx, io, seq):
@@ -231,3 +235,44 @@ def test_rx_options_choose_the_recipe(digits_artifacts):
         PcaLora.build_rx({"artifacts": digits_artifacts, "adapt_recipe": "magic"})
     names = {o.name for o in PcaLora.rx_options} | {o.name for o in PcaLora.tx_options}
     assert {"adapt_recipe", "adapt_precision", "fill_payload"} <= names
+
+
+class _AirLink:
+    """An emulated link of ``rate_bps``: a frame counts as delivered its air time after receipt."""
+
+    def __init__(self, rate_bps: float):
+        self.rate_bps = rate_bps
+
+    def deliver(self, nbytes, state, received_ns, wait=True):
+        from common.link.sidelink.base import DeliveryReport
+
+        air_s = nbytes * 8 / self.rate_bps
+        return DeliveryReport(air_s, 1, air_s, received_ns + int(air_s * 1e9))
+
+
+def test_parts_overlap_adaptation_with_the_air_time(setup, digits, digits_artifacts):
+    """On the RX timeline: one PAYLOAD adapts after all of it arrived; training parts first adapt while the
+    later parts are on air, so when the test part's air time exceeds the last part's adaptation,
+    classification waits for nothing; the parts share the link in turn (the test part arrives after all of
+    them, like the single frame). One part trains exactly as one PAYLOAD does."""
+    codec, _ = setup
+    state = state_from_mcs(max_mcs("qam64"), "qam64", LinkParams())
+    link = _AirLink(100e3)  # 100 kb/s: the 60 test vectors take ~0.2 s on air, each adaptation ~0.05 s
+    rx = PcaLora.build_rx({"artifacts": digits_artifacts, "adapt_steps": 30})
+    cfg = {"n_test": 60, "n_min_train": 300, "max_train": 300, "deadline_s": 2.0, "fill_payload": True}
+    recs = {}
+    for k in (0, 1, 3):
+        tx = PcaLoraTx(codec, digits, PcaLoraTxConfig(train_parts=k, **cfg))
+        io = _LocalIO(rx, state, link)
+        io.session["hello_params"] = tx.hello_params()
+        _, recs[k] = _round(tx, io, 0)
+    single = recs[0]
+    assert all(r.fields["n_train"] == 300 and r.fields["alpha"] == single.fields["alpha"] for r in recs.values())
+    waits = {k: r.latency_ms["fine_tuning"] - r.latency_ms["communication"] for k, r in recs.items()}
+    assert waits[0] == pytest.approx(single.latency_ms["finetune"], abs=1e-3) and waits[0] > 0
+    assert waits[1] == 0.0 == waits[3]
+    assert recs[3].fields["parts"] == 4 and recs[3].fields["adapt"]["steps"] == 10  # its share of 30
+    for k in (1, 3):
+        assert recs[k].latency_ms["transfer"] >= single.latency_ms["transfer"] - 1.0
+    assert recs[1].fields["acc_adapted"] == single.fields["acc_adapted"]
+    assert recs[3].fields["acc_adapted"] >= single.fields["acc_pretrained"] - 0.05

@@ -185,5 +185,15 @@ def test_tx_ignores_a_result_that_does_not_answer_its_request():
     sent = b"the request"
     good = Result(1, 0, {}, b"", {}, 1, 0, 0, 0, 0, request_digest(sent))
     forged = Result(1, 0, {"acc_adapted": 1.0}, b"", {}, 1, 0, 0, 0, 0, request_digest(b"another request"))
-    assert TxNode._answers(good, request_digest(sent))
-    assert not TxNode._answers(forged, request_digest(sent))
+    types, digests = [("RESULT",)], [request_digest(sent)]
+    assert TxNode._slot(good, [None], types, digests) == 0
+    assert TxNode._slot(forged, [None], types, digests) is None
+    # two requests in flight: each reply goes to the request it answers, whatever order it comes in
+    from common.modes.pca_lora.messages import TrainAck
+
+    first = b"the train part"
+    ack = TrainAck(1, 0, 10, 5.0, request_digest(first))
+    types, digests = [("TRAIN_ACK",), ("RESULT",)], [request_digest(first), request_digest(sent)]
+    assert TxNode._slot(good, [None, None], types, digests) == 1
+    assert TxNode._slot(ack, [None, None], types, digests) == 0
+    assert TxNode._slot(ack, [ack, None], types, digests) is None  # answered already

@@ -15,6 +15,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from common.modes.base import RoundFailed, RoundIO, TxHalf
@@ -260,68 +261,94 @@ class TxNode:
             rec.status, rec.error = "failed", str(e)
         return rec
 
-    def exchange(self, seq: int, frame: bytes, reply_types: tuple[str, ...], rec: RoundRecord):
-        """Send round ``seq``'s ``frame`` and wait for its reply; re-send (same seq) when it is lost.
+    def exchange(self, seq: int, frames: Iterable[bytes], reply_types: list[tuple[str, ...]], rec: RoundRecord):
+        """Send round ``seq``'s ``frames`` back to back and wait for one reply each; re-send (same seq)
+        when a reply is lost.
 
-        A reply is lost when none comes within ``result_timeout_s``, when the
-        connection drops (the RX died), or when the RX answers ``no_session``
-        (it was restarted). Then the socket is rebuilt, the session re-opened
-        at ``seq`` after a back-off, and the identical frame sent again, at most
-        ``round_attempts`` times in all; an RX that still has the round answers
-        from its record. Returns (reply, sent_ns, replied_ns) where ``sent_ns``
-        is the *first* send of the frame: what a mode measures up to it (e.g.
-        pca-lora's ``pack`` stage) never includes re-sends and back-off, which
-        fall into the time from the send to the reply. Raises
-        :class:`RoundFailed` for an ERROR or when every attempt failed,
-        :class:`HandshakeFailed` if the RX stays away.
+        ``frames`` may be a generator: each frame is sent as soon as it is
+        built, so building the next overlaps the previous one's transfer.
+
+        Reply ``i`` is a message of one of ``reply_types[i]`` for ``seq`` whose
+        ``request_digest`` (when it has one) is frame ``i``'s. A reply is lost
+        when none comes within ``result_timeout_s``, when the connection drops
+        (the RX died), or when the RX answers ``no_session`` (it was
+        restarted). Then the socket is rebuilt, the session re-opened at
+        ``seq`` after a back-off, and every frame sent again, identical, at
+        most ``round_attempts`` times in all; an RX that still has the round
+        answers what it already handled from its record. Returns (replies,
+        sent_ns, replied_ns) where ``sent_ns`` is the *first* send of the
+        first frame: what a mode measures up to it (e.g. pca-lora's ``pack``
+        stage) never includes re-sends and back-off, which fall into the time
+        from the send to the last reply. Raises :class:`RoundFailed` for an
+        ERROR or when every attempt failed, :class:`HandshakeFailed` if the RX
+        stays away.
         """
         cfg = self.config
         reasons = []
-        digest = request_digest(frame)
+        pending, frames, digests = iter(frames), [], []
+        replies: list = [None] * len(reply_types)
         first_sent_ns = None
         for attempt in range(cfg.round_attempts):
             rec.attempts = attempt + 1
             self.sock.poll_events()
             drops = self.sock.disconnects
-            sent_ns = time.time_ns()
-            if first_sent_ns is None:
-                first_sent_ns = sent_ns
-            self.sock.send(frame)
-            reply = self._recv_until(lambda m: (m.TYPE in reply_types or isinstance(m, Error))
-                                     and getattr(m, "seq", None) == seq and m.session_id == self.session_id
-                                     and self._answers(m, digest),
-                                     cfg.result_timeout_s, disconnects=drops, grace_s=cfg.stop_grace_s)
+            for frame in frames:  # a re-send
+                self.sock.send(frame)
+            for frame in pending:  # the first send, each frame as soon as it is built
+                if first_sent_ns is None:
+                    first_sent_ns = time.time_ns()
+                self.sock.send(frame)
+                frames.append(frame)
+                digests.append(request_digest(frame))
+            if len(frames) != len(replies):
+                raise ValueError(f"{len(frames)} frames for {len(replies)} reply types")
+            deadline = time.monotonic() + cfg.result_timeout_s
+            reply = None
+            while any(r is None for r in replies):
+                reply = self._recv_until(lambda m: getattr(m, "seq", None) == seq
+                                         and m.session_id == self.session_id
+                                         and (isinstance(m, Error) or self._slot(m, replies, reply_types,
+                                                                                 digests) is not None),
+                                         max(0.0, deadline - time.monotonic()), disconnects=drops,
+                                         grace_s=cfg.stop_grace_s)
+                if reply is None or isinstance(reply, Error):
+                    break
+                replies[self._slot(reply, replies, reply_types, digests)] = reply
             if isinstance(reply, Error) and reply.code != "no_session":
                 raise RoundFailed(f"RX error {reply.code}: {reply.message}")
-            if reply is not None and not isinstance(reply, Error):
-                return reply, first_sent_ns, time.time_ns()
+            if all(r is not None for r in replies):
+                return replies, first_sent_ns, time.time_ns()
             if self.stop.is_set():
                 raise _Stopped()
+            wanted = "/".join(t for i, types in enumerate(reply_types) if replies[i] is None for t in types)
             if isinstance(reply, Error):
                 reasons.append("the RX has no session (restarted?)")
             elif self.sock.disconnects > drops:
                 reasons.append("connection to the RX dropped")
             else:
-                reasons.append(f"no {'/'.join(reply_types)} for round {seq} within {cfg.result_timeout_s} s")
+                reasons.append(f"no {wanted} for round {seq} within {cfg.result_timeout_s} s")
             rec.error = "; ".join(reasons) + f" ({attempt + 1} attempt{'s' if attempt else ''})"
             if attempt + 1 < cfg.round_attempts:
                 log.warning("round %d, attempt %d/%d: %s; re-sending", seq, attempt + 1,
                             cfg.round_attempts, reasons[-1])
+                replies = [None] * len(replies)  # a restarted RX answers all of them afresh
                 self.sock.reset()
                 self._backoff(attempt)
                 self.handshake(next_seq=seq)
         raise RoundFailed(rec.error)
 
-
     @staticmethod
-    def _answers(reply, digest: bytes) -> bool:
-        """Whether ``reply`` answers the request with ``digest`` (replies without a digest field: yes)."""
+    def _slot(reply, replies: list, reply_types: list[tuple[str, ...]], digests: list[bytes]) -> int | None:
+        """The index of the first unanswered request ``reply`` answers (by type, and by digest when the
+        reply carries one), or None (a stale reply, or one for a request this TX did not send)."""
         got = getattr(reply, "request_digest", None)
-        if got is None or got == digest:
-            return True
-        log.warning("a %s for round %d does not answer the request this TX sent (digest %s != %s); "
-                    "ignored", reply.TYPE, reply.seq, got.hex(), digest.hex())
-        return False
+        for i, types in enumerate(reply_types):
+            if replies[i] is None and reply.TYPE in types and (not got or got == digests[i]):
+                return i
+        if got and reply.TYPE in {t for types in reply_types for t in types}:
+            log.warning("a %s for round %d does not answer a request this TX sent (digest %s); ignored",
+                        reply.TYPE, reply.seq, got.hex())
+        return None
 
 
 class _Stopped(Exception):
@@ -337,9 +364,13 @@ class _RoundExchange(RoundIO):
         self.clock_offset_ns = node.clock_offset_ns
         self.sent_ns = self.replied_ns = 0
 
-    def exchange(self, msg, reply_types):
-        frame = encode(msg)
-        self.rec.payload_bytes = (self.rec.payload_bytes or 0) + len(frame)
-        reply, self.sent_ns, self.replied_ns = self.node.exchange(self.seq, frame, reply_types, self.rec)
+    def exchange_all(self, msgs, reply_types):
+        def frames():
+            for m in msgs:
+                frame = encode(m)
+                self.rec.payload_bytes = (self.rec.payload_bytes or 0) + len(frame)
+                yield frame
+
+        replies, self.sent_ns, self.replied_ns = self.node.exchange(self.seq, frames(), list(reply_types), self.rec)
         self.clock_offset_ns = self.node.clock_offset_ns
-        return reply
+        return replies

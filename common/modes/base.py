@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 from common.link.channel.state import ChannelState
 from common.results.log import RoundRecord
@@ -107,18 +107,30 @@ class RxHalf(ABC):
 
 
 class RoundIO(ABC):
-    """The TX daemon's services to a :class:`TxHalf` during one round."""
+    """The TX daemon's services to a :class:`TxHalf` during one round.
+
+    After an exchange, ``sent_ns`` is the TX wall clock of the first send of
+    its first message and ``replied_ns`` when its last reply arrived.
+    """
 
     session_id: int
     clock_offset_ns: int  # RX clock minus TX clock, ns
+    sent_ns: int = 0
+    replied_ns: int = 0
 
     @abstractmethod
-    def exchange(self, msg: Any, reply_types: tuple[str, ...]) -> Any:
-        """Send ``msg`` (of this round's seq) and return the reply of one of ``reply_types``.
+    def exchange_all(self, msgs: Iterable, reply_types: list[tuple[str, ...]]) -> list:
+        """Send ``msgs`` (of this round's seq) back to back, then return one reply per message, in order
+        (reply ``i`` of one of ``reply_types[i]``): the RX may work on the first while the next are on
+        their way. ``msgs`` may be a generator: each message is sent as soon as it is built.
 
-        Re-sends after a lost reply; raises :class:`RoundFailed` naming the RX's
-        ERROR or why no reply came.
+        Re-sends them after a lost reply; raises :class:`RoundFailed` naming the
+        RX's ERROR or why no reply came.
         """
+
+    def exchange(self, msg: Any, reply_types: tuple[str, ...]) -> Any:
+        """Send ``msg`` and return its reply of one of ``reply_types`` (:meth:`exchange_all` of one)."""
+        return self.exchange_all([msg], [reply_types])[0]
 
 
 class TxHalf(ABC):

@@ -270,6 +270,20 @@ class AlignmentStrategy(ABC):
         Returns the adapted model (input ``x_hat``) and a report.
         """
 
+    @abstractmethod
+    def adapt_part(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec, sizes: list[int],
+                   parts: int, carry=None) -> tuple[nn.Sequential, AdaptReport, object]:
+        """Streaming adaptation: part ``len(sizes)`` of ``parts`` of a round's training vectors arrived.
+
+        ``z`` (n, alpha) / ``y`` (n,) are all the parts so far, ``sizes`` their
+        vector counts; ``carry`` is what the previous part returned (None for
+        the first). Each part runs its share of the steps one payload would
+        get, continuing from the previous part's adapter; the hold-out is drawn
+        within each part, so no held-out vector was ever trained on. Returns
+        the adapted model (None before the last part: merge and hold-out check
+        run once, at the end), the report and the carry for the next part.
+        """
+
     def calibrate(self, model: nn.Sequential, codec: Codec) -> dict | None:
         """Measure what the strategy needs to know about this machine (start-up); a summary or None."""
         return None
@@ -404,15 +418,36 @@ class LoraAlignment(AlignmentStrategy):
         merged, report, _ = self.adapt_state(model, z, y, codec)
         return merged, report
 
+    def adapt_part(self, model, z, y, codec, sizes, parts, carry=None, init_alpha=None):
+        """:meth:`AlignmentStrategy.adapt_part`; ``carry`` is the adapter (:class:`LoraState`) so far, or a
+        stored one to start from (``init_alpha``: the alpha it was fitted at)."""
+        alpha, part = int(z.shape[1]), len(sizes)
+        deep = alpha < self.config.deep_fraction * codec.d_max
+        total = sum(self._plan(alpha, codec, model, deep, self.config.deep_budget_ms if deep else
+                               self.config.budget_ms, None)[0])
+        steps = round(total * part / parts) - round(total * (part - 1) / parts)
+        holds, offset = [], 0
+        for k, n_k in enumerate(sizes):
+            holds.append(_split_holdout(n_k, self.config, seed_offset=k)[1] + offset)
+            offset += n_k
+        hold = torch.cat(holds)
+        fit = torch.ones(len(z), dtype=torch.bool)
+        fit[hold] = False
+        return self.adapt_state(model, z, y, codec, init=carry, init_alpha=init_alpha, steps=steps,
+                                split=(torch.nonzero(fit).flatten(), hold), finish=part == parts)
+
     def adapt_state(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec,
                     init: LoraState | None = None, init_alpha: int | None = None,
-                    steps: int | None = None, _precision: str | None = None
-                    ) -> tuple[nn.Sequential, AdaptReport, LoraState | None]:
+                    steps: int | None = None, _precision: str | None = None,
+                    split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True
+                    ) -> tuple[nn.Sequential | None, AdaptReport, LoraState | None]:
         """Like :meth:`adapt`, starting from ``init`` (a copy is trained) when given.
 
         ``init_alpha``: the alpha ``init`` was fitted at (reported). ``steps``
-        overrides the configured or calibrated count. Returns the model, the
-        report and the trained adapter.
+        overrides the configured or calibrated count. ``split``: (fit, hold-out)
+        row indices, int64, instead of the seeded draw. Returns the model, the
+        report and the trained adapter; without ``finish`` (training goes on
+        later) the model is None: no merge, no hold-out check.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -429,7 +464,7 @@ class LoraAlignment(AlignmentStrategy):
         if recipe == "lora":
             precision = "fp32"
         gen = torch.Generator().manual_seed(cfg.seed)
-        fit_idx, hold = _split_holdout(len(z), cfg, gen)
+        fit_idx, hold = split if split is not None else _split_holdout(len(z), cfg)
         if not len(fit_idx):
             plan = [0]
         elif cfg.max_epochs:
@@ -497,9 +532,9 @@ class LoraAlignment(AlignmentStrategy):
             state = _dense_state(ws, bs, weights, biases, m, c, a0, trained_layers)
             n_params = sum(ws[l].numel() + bs[l].numel() for l in range(trained_layers))
         total_done = sum(done)
-        merged = merge_into(model, state)
+        merged = merge_into(model, state) if finish else None
         kept, acc_frozen, acc_adapted = "adapted", None, None
-        if len(hold):
+        if len(hold) and finish:
             kept, acc_frozen, acc_adapted = self._holdout_check(model, merged, z, y, hold, codec, m, c)
             if kept == "frozen":
                 merged = model
@@ -515,7 +550,7 @@ class LoraAlignment(AlignmentStrategy):
         """The hold-out check of ``candidate`` against ``model`` on this payload's held-out vectors:
         (kept, frozen accuracy, candidate accuracy, held-out count); "adapted" when nothing is held out."""
         z = np.asarray(z, np.float32)
-        hold = _split_holdout(len(z), self.config, torch.Generator().manual_seed(self.config.seed))[1]
+        hold = _split_holdout(len(z), self.config)[1]
         if not len(hold):
             return "adapted", None, None, 0
         linear = codec.linear_decoder(z.shape[1]) if self.fold else None
@@ -628,12 +663,12 @@ def _compatible(state: LoraState, weights: list[torch.Tensor], layers: tuple[int
         for l, a, b in zip(layers, state.A, state.B))
 
 
-def _split_holdout(n: int, cfg: AdaptConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (fit, hold-out); no hold-out below 50 vectors."""
+def _split_holdout(n: int, cfg: AdaptConfig, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (fit, hold-out) of ``n`` vectors, seeded by ``cfg.seed + seed_offset``; no hold-out below 50."""
     k = min(int(n * cfg.holdout), cfg.holdout_max) if n >= 50 else 0
     if k == 0:
         return torch.arange(n), torch.zeros(0, dtype=torch.long)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 + 104729 * seed_offset))
     return perm[k:].sort().values, perm[:k].sort().values
 
 

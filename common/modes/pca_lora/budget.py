@@ -1,14 +1,16 @@
 """Payload budget, eq. (2) of the paper, with the real header sizes of our wire format.
 
 ``B_max = rate_bps * deadline_s / 8`` bytes; a payload of ``n`` vectors of
-dimension ``alpha`` takes exactly ``H + n * (h + sigma * alpha)`` bytes.
+dimension ``alpha`` takes exactly ``H + n * (h + sigma * alpha)`` bytes. A
+round in parts (K PAYLOAD_TRAIN then PAYLOAD) pays every frame's header:
+``H = H_PAYLOAD + K H_PAYLOAD_TRAIN``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.modes.pca_lora.messages import payload_header_bytes, vector_header_bytes
+from common.modes.pca_lora.messages import Payload, TrainPart, payload_header_bytes, vector_header_bytes
 from common.wire.values import value_format
 
 
@@ -26,9 +28,10 @@ class PayloadLayout:
     bytes_per_value: int
 
     @classmethod
-    def for_dtype(cls, value_dtype: str) -> "PayloadLayout":
-        return cls(value_dtype, payload_header_bytes(), vector_header_bytes(value_dtype),
-                   value_format(value_dtype).bytes_per_value)
+    def for_dtype(cls, value_dtype: str, train_parts: int = 0) -> "PayloadLayout":
+        """The layout of one PAYLOAD, or of ``train_parts`` PAYLOAD_TRAIN frames and a PAYLOAD."""
+        header = payload_header_bytes(Payload) + train_parts * payload_header_bytes(TrainPart)
+        return cls(value_dtype, header, vector_header_bytes(value_dtype), value_format(value_dtype).bytes_per_value)
 
     def vector_bytes(self, alpha: int) -> int:
         """``h + sigma * alpha``: bytes of one vector on the wire."""

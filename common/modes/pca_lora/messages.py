@@ -1,10 +1,11 @@
-"""pca-lora's wire message: PAYLOAD, test then training vectors in a fixed byte layout.
+"""pca-lora's wire messages: PAYLOAD (test then training vectors in a fixed byte layout) and the
+optional first part of a two-part round, PAYLOAD_TRAIN (training vectors only), answered by TRAIN_ACK.
 
-PAYLOAD is written with fixed-width msgpack formats (uint32/uint64 ints,
+PAYLOAD and PAYLOAD_TRAIN are written with fixed-width msgpack formats (uint32/uint64 ints,
 bin32 blobs) so that its header size ``H`` is a constant of the format, as
 the payload budget (eq. 2) needs; vectors travel as raw little-endian bytes.
-The RX answers it with a RESULT whose ``fields`` are listed in
-:data:`RESULT_FIELDS`. Byte layout: ``docs/protocol.md``.
+The RX answers PAYLOAD with a RESULT (its ``fields``: ``docs/protocol.md``),
+PAYLOAD_TRAIN with TRAIN_ACK. Byte layout: ``docs/protocol.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ FINGERPRINT_BYTES = 32
 VECTOR_ID_BYTES = 4
 LABEL_BYTES = 1
 NO_LABEL = 255
+MAX_TRAIN_PARTS = 16  # PAYLOAD_TRAIN frames per round (HELLO train_parts)
 
 
 @register_message
@@ -43,6 +45,8 @@ class Payload:
     """
 
     TYPE: ClassVar[str] = "PAYLOAD"
+    TEST_RANGE: ClassVar[tuple[int, int | None]] = (1, None)  # allowed n_test (None: no upper bound)
+    MIN_TRAIN: ClassVar[int] = 0
     session_id: int
     seq: int
     fingerprint: bytes
@@ -104,11 +108,11 @@ class Payload:
     def decode_body(cls, body: dict, limits: DecodeLimits) -> "Payload":
         expected = [k for k, _ in _PAYLOAD_LAYOUT if k not in ("v", "type")]
         if sorted(body) != sorted(expected):
-            raise ProtocolError("bad_message", f"PAYLOAD fields {sorted(body)} != {sorted(expected)}")
+            raise ProtocolError("bad_message", f"{cls.TYPE} fields {sorted(body)} != {sorted(expected)}")
         for key, kind in _PAYLOAD_LAYOUT[2:]:
             want = bytes if kind == "bin" else int
             if not isinstance(body[key], want) or isinstance(body[key], bool):
-                raise ProtocolError("bad_message", f"PAYLOAD: field {key!r} must be {want.__name__}")
+                raise ProtocolError("bad_message", f"{cls.TYPE}: field {key!r} must be {want.__name__}")
         try:
             fmt = value_format_by_code(body["value_dtype"])
         except ValueError as e:
@@ -117,9 +121,12 @@ class Payload:
         n = n_test + n_train
         if not 1 <= alpha <= limits.max_alpha:
             raise ProtocolError("alpha", f"PAYLOAD: alpha={alpha} outside [1, {limits.max_alpha}]")
-        if n_test < 1 or n_train < 0 or n > limits.max_vectors:
-            raise ProtocolError("bad_message", f"PAYLOAD: n_test={n_test}, n_train={n_train}: need "
-                                               f"n_test >= 1 and at most {limits.max_vectors} vectors")
+        lo, hi = cls.TEST_RANGE
+        if n_test < lo or (hi is not None and n_test > hi) or n_train < cls.MIN_TRAIN or n > limits.max_vectors:
+            raise ProtocolError("bad_message", f"{cls.TYPE}: n_test={n_test}, n_train={n_train}: need "
+                                               f"n_test in [{lo}, {hi if hi is not None else 'any'}], "
+                                               f"n_train >= {cls.MIN_TRAIN} and at most {limits.max_vectors} "
+                                               "vectors")
         if len(body["fingerprint"]) != FINGERPRINT_BYTES:
             raise ProtocolError("bad_message", f"PAYLOAD: fingerprint has {len(body['fingerprint'])} "
                                                f"bytes, expected {FINGERPRINT_BYTES}")
@@ -134,6 +141,41 @@ class Payload:
         return cls(body["session_id"], body["seq"], body["fingerprint"], alpha, fmt.name,
                    n_test, n_train, np.frombuffer(body["ids"], "<u4"),
                    np.frombuffer(body["labels"], np.uint8), body["values"], body["scales"])
+
+
+@register_message
+@dataclass(frozen=True)
+class TrainPart(Payload):
+    """TX -> RX, one of the ``train_parts`` (HELLO) training parts of a round in parts: ``n_train >= 1``
+    training vectors and no test vectors, same layout as PAYLOAD; the next parts and then the round's
+    PAYLOAD (its test vectors) follow on the same seq, and the RX adapts on the parts while those are
+    still on air. Build with :meth:`Payload.build` called on this class with ``n_test=0``."""
+
+    TYPE: ClassVar[str] = "PAYLOAD_TRAIN"
+    TEST_RANGE: ClassVar[tuple[int, int | None]] = (0, 0)
+    MIN_TRAIN: ClassVar[int] = 1
+    # the RX's replay key tells a round's parts apart by their first vector id and size (a round's
+    # training vectors are distinct), so only a re-sent part is answered from the record
+    REPLAY_FIELDS: ClassVar[tuple[str, ...]] = ("part_key",)
+
+    @property
+    def part_key(self) -> tuple[int, int]:
+        return int(self.ids[0]), self.n_train
+
+
+@register_message
+@dataclass(frozen=True)
+class TrainAck:
+    """RX -> TX, not round-final: a PAYLOAD_TRAIN was adapted on. ``finetune_ms``: the adaptation's wall
+    time; ``request_digest``: of the PAYLOAD_TRAIN it answers (filled in by the RX daemon)."""
+
+    TYPE: ClassVar[str] = "TRAIN_ACK"
+    max_bytes: ClassVar[int] = 4096
+    session_id: int
+    seq: int
+    n_train: int
+    finetune_ms: float
+    request_digest: bytes = b""
 
 
 # (key, msgpack kind) in wire order; kinds: u32, u64, str (fixstr), bin (bin32)
@@ -151,9 +193,9 @@ def _fixstr(s: str) -> bytes:
     return bytes([0xA0 | len(b)]) + b
 
 
-def payload_header_bytes() -> int:
-    """``H``: bytes of a PAYLOAD that do not depend on the vectors (constant)."""
-    empty = Payload(0, 0, bytes(FINGERPRINT_BYTES), 1, "float32", 0, 0,
+def payload_header_bytes(cls: type[Payload] = Payload) -> int:
+    """``H``: bytes of a PAYLOAD (or PAYLOAD_TRAIN) that do not depend on the vectors (constant)."""
+    empty = cls(0, 0, bytes(FINGERPRINT_BYTES), 1, "float32", 0, 0,
                     np.zeros(0, "<u4"), np.zeros(0, np.uint8), b"", b"")
     return len(empty.encode_frame())
 

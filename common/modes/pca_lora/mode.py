@@ -19,6 +19,7 @@ from common.modes.base import Mode, register_mode
 from common.modes.pca_lora.alignment import RECIPES, AdaptConfig, LoraAlignment
 from common.modes.pca_lora.policy import AccuracyTable, get_policy
 from common.modes.pca_lora.rx import PcaLoraRx
+from common.modes.pca_lora.messages import MAX_TRAIN_PARTS
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from common.options import Option
 
@@ -86,6 +87,11 @@ class PcaLora(Mode):
         Option("fill_payload", bool, "fill every payload with training vectors (the paper's rule, to reproduce "
                "its figures); by default a round with nothing to align (alpha = d_pre, or an alpha the RX "
                "announced an adapter for) carries the test vectors only"),
+        Option("train_parts", int, "0: one PAYLOAD frame, test then training vectors (the paper's); K = 1.."
+               f"{MAX_TRAIN_PARTS}: the training vectors first, in K PAYLOAD_TRAIN frames each encoded just "
+               "before it is sent, then the test vectors in PAYLOAD, so encoding, air time and the RX's "
+               "adaptation overlap (every frame's header counts in the budget: 209 B per part)",
+               PcaLoraTxConfig.train_parts),
     ]
 
     @classmethod

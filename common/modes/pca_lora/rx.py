@@ -9,7 +9,18 @@ the test vectors classified with both the frozen and the adapted model (test
 labels travel for evaluation only). RESULT also lists the alphas the RX can
 serve without training vectors (``aligned_alphas``: its adapter bank's), so
 the TX can leave them out.
+
+A round in parts (``--train-parts K`` at the TX, announced in HELLO) sends the
+training vectors first, in K PAYLOAD_TRAIN frames, then the test vectors in
+PAYLOAD. The RX adapts on each part as it is delivered (its share of the
+steps, continuing from the previous part's adapter) and answers TRAIN_ACK
+(not round-final); PAYLOAD is classified with the model adapted meanwhile.
+The parts share the link in turn (each is delivered one air time after the
+previous one), and adaptation runs one part at a time on the RX timeline, so
+encoding at the TX, air time and adaptation overlap: classification starts at
+``max(test part decoded, last part adapted)``.
 """
+
 
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ from common.learn import fastlora
 from common.learn.models import accuracy, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.pca_lora.alignment import AlignmentStrategy
-from common.modes.pca_lora.messages import NO_LABEL, Payload
+from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, NO_LABEL, Payload, TrainAck, TrainPart
 from common.wire.protocol import Result
 from common.wire.values import VALUE_FORMATS
 
@@ -80,10 +91,13 @@ class PcaLoraRx(RxHalf):
         if not isinstance(deadline, (int, float)) or not 0 < deadline <= self.limits.max_deadline_s:
             return (f"deadline_s={deadline!r}: this RX takes deadlines in (0, {self.limits.max_deadline_s}] s "
                     "(its payload budget is rate x deadline)")
+        parts = params.get("train_parts", 0)
+        if isinstance(parts, bool) or not isinstance(parts, int) or not 0 <= parts <= MAX_TRAIN_PARTS:
+            return f"train_parts={parts!r}: use an int in [0, {MAX_TRAIN_PARTS}]"
         return None
 
     def handlers(self) -> dict:
-        return {Payload.TYPE: self.on_payload}
+        return {Payload.TYPE: self.on_payload, TrainPart.TYPE: self.on_train_part}
 
     def warm_up(self) -> None:
         """Calibrate the adaptation's step count to its budget on this machine (once per process),
@@ -105,19 +119,20 @@ class PcaLoraRx(RxHalf):
 
     # ------------------------------------------------------------ PAYLOAD
 
-    def check(self, p: Payload, ctx: RoundContext) -> None:
+    def check(self, p: Payload, ctx: RoundContext, earlier_bytes: int = 0) -> None:
         """Raise :class:`RoundError` for a payload this RX cannot use or that costs more than it may.
 
         Budget: the payload may not exceed ``rate x deadline`` of the round's
-        announced CHANNEL and the session's HELLO, plus ``budget_tolerance``.
+        announced CHANNEL and the session's HELLO, plus ``budget_tolerance``
+        (``earlier_bytes``: what the round's earlier part already took of it).
         Work: at most ``max_test_vectors`` test vectors (each is reconstructed
         to ``d_raw`` values and classified).
         """
         deadline_s = ctx.session.get("hello_params", {}).get("deadline_s")
         if deadline_s is not None:
             budget = ctx.state.rate_bps * deadline_s / 8 * (1 + self.limits.budget_tolerance)
-            if ctx.nbytes > budget:
-                raise RoundError("over_budget", f"payload of {ctx.nbytes} B exceeds the round's budget of "
+            if ctx.nbytes + earlier_bytes > budget:
+                raise RoundError("over_budget", f"payload of {ctx.nbytes + earlier_bytes} B exceeds the round's budget of "
                                                 f"{int(budget)} B ({ctx.state.rate_bps / 1e6:.1f} Mb/s x "
                                                 f"{deadline_s} s, +{self.limits.budget_tolerance:.0%})")
         if p.n_test > self.limits.max_test_vectors:
@@ -133,29 +148,81 @@ class PcaLoraRx(RxHalf):
             bad = int(train_labels[train_labels >= self.n_classes][0])
             raise RoundError("bad_label", f"training label {bad} outside [0, {self.n_classes})")
 
+    def on_train_part(self, p: TrainPart, ctx: RoundContext) -> Reply:
+        """One of the session's ``train_parts`` training parts of round ``p.seq``: adapt on every part so
+        far, from the moment this one is delivered and the previous one's adaptation ended (RX timeline)."""
+        parts = ctx.session.get("hello_params", {}).get("train_parts", 0)
+        r = ctx.session.get("train_part")
+        if r is None or r["seq"] != p.seq:  # a new round (an unfinished earlier one is dropped)
+            r = ctx.session["train_part"] = {"seq": p.seq, "alpha": p.alpha, "z": [], "y": [], "sizes": [],
+                                             "nbytes": 0, "link_free_ns": 0, "adapted_ns": 0, "carry": None,
+                                             "finetune_s": 0.0, "transmissions": 0, "airtime_s": 0.0}
+        if len(r["sizes"]) >= parts or p.alpha != r["alpha"]:
+            raise RoundError("bad_message", f"PAYLOAD_TRAIN {len(r['sizes']) + 1} at alpha={p.alpha} in round "
+                                            f"{p.seq}: the session announced train_parts={parts} (alpha "
+                                            f"{r['alpha']})")
+        self.check(p, ctx, r["nbytes"])
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        t_delivered = max(delivery.delivered_ns, time.time_ns(), r["link_free_ns"] + int(delivery.delay_s * 1e9))
+        z = self._features(p)
+        r["z"].append(z)
+        r["y"].append(p.labels)
+        r["sizes"].append(p.n_train)
+        t0 = time.perf_counter()
+        r["adapted"], report, r["carry"] = self.strategy.adapt_part(
+            self.model, np.concatenate(r["z"]), np.concatenate(r["y"]), self.codec, r["sizes"], parts, r["carry"])
+        finetune_s = time.perf_counter() - t0
+        r["adapted_ns"] = max(t_delivered, r["adapted_ns"]) + int(finetune_s * 1e9)
+        r["adapt"] = report.to_dict()
+        r["nbytes"] += ctx.nbytes
+        r["link_free_ns"] = t_delivered
+        r["finetune_s"] += finetune_s
+        r["transmissions"] += delivery.transmissions
+        r["airtime_s"] += delivery.airtime_s
+        return Reply(TrainAck(p.session_id, p.seq, sum(r["sizes"]), finetune_s * 1e3), final=False,
+                     not_before_ns=r["adapted_ns"])
+
     def on_payload(self, p: Payload, ctx: RoundContext) -> Reply:
-        """One round. The link's air time is emulated without holding the RX: the payload counts as
-        delivered at ``t_delivered`` (receipt + air time), every RX timestamp is on that timeline, and
-        the reply is held until ``t_transmit`` (``Reply.not_before_ns``) while other peers are served."""
-        self.check(p, ctx)
+        """One round (or its second part). The link's air time is emulated without holding the RX: the
+        payload counts as delivered at ``t_delivered`` (receipt + air time; after a training part, one air
+        time after that part's delivery, as the two share the link in turn), every RX timestamp is on that
+        timeline, and the reply is held until ``t_transmit`` (``Reply.not_before_ns``) while other peers
+        are served."""
+        part = ctx.session.pop("train_part", None)
+        if part is not None and part["seq"] != p.seq:
+            part = None  # parts of a round the TX gave up on
+        if part is not None:
+            parts = ctx.session.get("hello_params", {}).get("train_parts", 0)
+            if p.n_train or p.alpha != part["alpha"] or len(part["sizes"]) != parts:
+                raise RoundError("bad_message", f"PAYLOAD after {len(part['sizes'])} of {parts} training parts "
+                                                f"(alpha {part['alpha']}) must follow all of them and carry test "
+                                                f"vectors only at their alpha (got n_train={p.n_train}, "
+                                                f"alpha={p.alpha})")
+        self.check(p, ctx, part["nbytes"] if part else 0)
         delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
         t_delivered = max(delivery.delivered_ns, time.time_ns())
+        if part is not None:  # the link carried the training parts first
+            t_delivered = max(t_delivered, part["link_free_ns"] + int(delivery.delay_s * 1e9))
         t_start = time.perf_counter()
 
         t0 = time.perf_counter()
-        z = p.features()
-        if not np.isfinite(z).all():
-            raise RoundError("non_finite", f"payload holds {int((~np.isfinite(z)).sum())} NaN/Inf "
-                                           "feature values")
+        z = self._features(p)
         x_test = self.codec.decode(z[: p.n_test])
         t1 = time.perf_counter()
         t_decoded = t_delivered + int((t1 - t_start) * 1e9)
 
-        if p.n_train:
-            adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
-            adapt_info = report.to_dict()
-        else:  # nothing to align (alpha = d_pre, or an adapter the bank holds): no training
-            adapted, adapt_info = self.strategy.without_training(self.model, p.alpha, self.codec)
+        if part is not None:
+            adapted, adapt_info = part["adapted"], part["adapt"]
+            finetune_ms = part["finetune_s"] * 1e3
+            t_ready = max(t_decoded, part["adapted_ns"])  # classification waits for the adaptation
+        else:
+            if p.n_train:
+                adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
+                adapt_info = report.to_dict()
+            else:  # nothing to align (alpha = d_pre, or an adapter the bank holds): no training
+                adapted, adapt_info = self.strategy.without_training(self.model, p.alpha, self.codec)
+            finetune_ms = (time.perf_counter() - t1) * 1e3
+            t_ready = t_decoded + int(finetune_ms * 1e6)
         t2 = time.perf_counter()
         pred = predict(adapted, x_test)
         t3 = time.perf_counter()
@@ -164,15 +231,26 @@ class PcaLoraRx(RxHalf):
         labelled = y_test != NO_LABEL
         acc_pre = accuracy(predict(self.model, x_test[labelled]), y_test[labelled])
         acc_ada = accuracy(pred[labelled], y_test[labelled])
-        log.info("seq %d: alpha=%d n_train=%d acc %.3f -> %.3f (finetune %.0f ms)", p.seq, p.alpha,
-                 p.n_train, acc_pre, acc_ada, (t2 - t1) * 1e3)
+        n_train = sum(part["sizes"]) if part else p.n_train
+        log.info("seq %d: alpha=%d n_train=%d acc %.3f -> %.3f (finetune %.0f ms%s)", p.seq, p.alpha,
+                 n_train, acc_pre, acc_ada, finetune_ms, ", overlapped" if part else "")
+        airtime_ms = delivery.airtime_s * 1e3 + (part["airtime_s"] * 1e3 if part else 0.0)
         timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "reconstruct": (t1 - t0) * 1e3,
-                   "finetune": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3,
-                   "airtime": delivery.airtime_s * 1e3}
-        adapt_info["transmissions"] = delivery.transmissions
-        fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": p.n_train, "acc_pretrained": acc_pre,
-                  "acc_adapted": acc_ada, "adapt": adapt_info,
+                   "finetune": finetune_ms, "finetune_wait": (t_ready - t_decoded) / 1e6,
+                   "classify": (t3 - t2) * 1e3, "airtime": airtime_ms}
+        adapt_info["transmissions"] = delivery.transmissions + (part["transmissions"] if part else 0)
+        fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": n_train, "acc_pretrained": acc_pre,
+                  "acc_adapted": acc_ada, "adapt": adapt_info, "parts": 1 + (len(part["sizes"]) if part else 0),
                   "aligned_alphas": [int(a) for a in self.strategy.aligned_alphas()]}
-        t_transmit = t_delivered + int((time.perf_counter() - t_start) * 1e9)
+        t_transmit = t_ready + int((t3 - t2) * 1e9)
         return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
                             ctx.received_ns, t_delivered, t_decoded, t_transmit), not_before_ns=t_transmit)
+
+    @staticmethod
+    def _features(p: Payload) -> np.ndarray:
+        """Dequantized features float32 (n, alpha); RoundError ``non_finite`` for NaN/Inf values."""
+        z = p.features()
+        if not np.isfinite(z).all():
+            raise RoundError("non_finite", f"payload holds {int((~np.isfinite(z)).sum())} NaN/Inf "
+                                           "feature values")
+        return z

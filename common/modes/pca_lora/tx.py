@@ -3,7 +3,11 @@
 Per round (the paper's steps 2-3): the budget ``B_max = rate x deadline``,
 ``alpha`` from the policy, ``N_max`` training vectors from eq. 2 with the real
 header sizes of the PAYLOAD layout, then ``n_test`` test and ``n_train``
-training vectors PCA-encoded, quantized and sent in one PAYLOAD.
+training vectors PCA-encoded, quantized and sent in one PAYLOAD -- or, with
+``train_parts = K``, in K + 1 frames sent back to back: K PAYLOAD_TRAIN (the
+training vectors in equal parts) then PAYLOAD (the test vectors), each part
+encoded just before it is sent, so encoding, air time and the RX's adaptation
+overlap (the budget then pays every frame's header).
 
 A round costs only what it must: when there is nothing to align, ``n_train``
 is 0 (or what the policy table says still pays, :func:`lean_n_train`) instead
@@ -25,7 +29,7 @@ from common.codecs.base import Codec
 from common.data.datasets import Dataset
 from common.modes.base import RoundFailed, RoundIO, TxHalf
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes, n_train_max
-from common.modes.pca_lora.messages import Payload
+from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, Payload, TrainAck, TrainPart
 from common.modes.pca_lora.policy import AccuracyTable, AlphaPolicy, BudgetView, largest_fitting, lean_n_train
 from common.results.log import RoundRecord
 from common.wire.protocol import Result
@@ -38,7 +42,9 @@ class PcaLoraTxConfig:
     ``n_min_train``: training vectors the alpha policy keeps room for;
     ``max_train``: cap on training vectors per payload (0 = no cap);
     ``fill_payload``: send ``N_max`` training vectors even when there is
-    nothing to align (the paper's rule).
+    nothing to align (the paper's rule). ``train_parts``: 0 sends one PAYLOAD
+    (test then training vectors: the paper's); K >= 1 sends the training
+    vectors first in K PAYLOAD_TRAIN frames, then the test vectors in PAYLOAD.
     """
 
     n_test: int = 500
@@ -48,8 +54,11 @@ class PcaLoraTxConfig:
     deadline_s: float = 0.05
     seed: int = 0
     fill_payload: bool = False
+    train_parts: int = 0
 
     def __post_init__(self):
+        if not 0 <= self.train_parts <= MAX_TRAIN_PARTS:
+            raise ValueError(f"train_parts must be in [0, {MAX_TRAIN_PARTS}], got {self.train_parts}")
         if self.n_test < 1:
             raise ValueError(f"n_test must be >= 1, got {self.n_test}")
         if self.n_min_train < 0 or self.max_train < 0:
@@ -72,7 +81,7 @@ class PcaLoraTx(TxHalf):
         self.config = config
         self.policy = policy
         self.policy_name = policy_name
-        self.layout = PayloadLayout.for_dtype(config.value_dtype)
+        self.layout = PayloadLayout.for_dtype(config.value_dtype, config.train_parts)
         self.fingerprint = codec.fingerprint
         self.source = {"dataset": dataset, "artifacts": artifacts}
         self.table = table
@@ -80,7 +89,8 @@ class PcaLoraTx(TxHalf):
 
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max,
-                "value_dtype": self.config.value_dtype, "deadline_s": self.config.deadline_s}
+                "value_dtype": self.config.value_dtype, "deadline_s": self.config.deadline_s,
+                "train_parts": self.config.train_parts}
 
     def config_record(self) -> dict:
         return {**self.source, "fingerprint": self.codec.fingerprint, "d_pre": self.codec.d_max, "policy": self.policy_name,
@@ -107,15 +117,44 @@ class PcaLoraTx(TxHalf):
                                     n_wanted)
         f["n_train"] = self._n_train(n_wanted)
         t_start = time.time_ns()
-        z, ids, labels = self._encode(seq, f["alpha"], f["n_train"])
-        t_encoded = time.time_ns()
-        msg = Payload.build(io.session_id, seq, self.codec.fingerprint, cfg.value_dtype, z, ids, labels,
-                            cfg.n_test)
-        reply: Result = io.exchange(msg, (Result.TYPE,))
-        self._record(rec, reply, t_start, t_encoded, io)
+        test_idx, train_idx = self._sample(seq, f["n_train"])
+        parts = np.array_split(train_idx, min(cfg.train_parts, len(train_idx))) if cfg.train_parts else []
+        f["parts"] = len(parts) + 1
+        stages = {"encode": 0, "build": 0}
+        msgs = self._messages(io.session_id, seq, f["alpha"], test_idx, train_idx, parts, stages)
+        reply: Result = io.exchange_all(msgs, [(TrainAck.TYPE,)] * len(parts) + [(Result.TYPE,)])[-1]
+        self._record(rec, reply, t_start, stages, io)
         announced = reply.fields.get("aligned_alphas")
         if isinstance(announced, list):  # an RX that announces them; the latest list replaces the last
             self.aligned = {a for a in announced if isinstance(a, int) and 1 <= a <= self.codec.d_max}
+
+    def _messages(self, session_id: int, seq: int, alpha: int, test_idx: np.ndarray, train_idx: np.ndarray,
+                  parts: list[np.ndarray], stages: dict):
+        """The round's frames, each encoded when it is about to be sent (a generator): one PAYLOAD with
+        the test then the training rows, or one PAYLOAD_TRAIN per part of ``train_idx`` then PAYLOAD with
+        the test rows. ``stages`` accumulates encode and build time (ns)."""
+        cfg, fp, d = self.config, self.codec.fingerprint, self.data
+
+        def build(cls, x_test_idx, x_train_idx):
+            t0 = time.time_ns()
+            x = np.concatenate([d.x_test[x_test_idx], d.x_train[x_train_idx]])
+            z = self.codec.encode(x, alpha)
+            labels = np.concatenate([d.y_test[x_test_idx], d.y_train[x_train_idx]])
+            ids = np.concatenate([x_test_idx, x_train_idx]).astype(np.uint32)
+            t1 = time.time_ns()
+            msg = cls.build(session_id, seq, fp, cfg.value_dtype, z, ids, labels, len(x_test_idx))
+            stages["encode"] += t1 - t0
+            stages["build"] += time.time_ns() - t1
+            stages.setdefault("first", time.time_ns() - t0)
+            return msg
+
+        none = np.zeros(0, np.int64)
+        if not parts:
+            yield build(Payload, test_idx, train_idx)
+            return
+        for part in parts:
+            yield build(TrainPart, none, part)
+        yield build(Payload, test_idx, none)
 
     def nothing_to_align(self, alpha: int) -> str | None:
         """Why the RX needs no training vectors at ``alpha``: "d_pre", "bank", or None."""
@@ -130,20 +169,23 @@ class PcaLoraTx(TxHalf):
             cap = min(cap, self.config.max_train)
         return min(n_max, cap)
 
-    def _encode(self, seq: int, alpha: int, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample round ``seq``'s vectors and PCA-encode them: z float32 (n, alpha), ids uint32, labels uint8."""
+    def _sample(self, seq: int, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+        """Round ``seq``'s test and training row indices (seeded by the config's seed and ``seq``)."""
         rng = np.random.default_rng([self.config.seed, seq])
         test_idx = rng.choice(len(self.data.y_test), self.config.n_test, replace=False)
-        train_idx = rng.choice(len(self.data.y_train), n_train, replace=False)
-        x = np.concatenate([self.data.x_test[test_idx], self.data.x_train[train_idx]])
-        z = self.codec.encode(x, alpha)
-        labels = np.concatenate([self.data.y_test[test_idx], self.data.y_train[train_idx]])
-        ids = np.concatenate([test_idx, train_idx]).astype(np.uint32)
-        return z, ids, labels
+        return test_idx, rng.choice(len(self.data.y_train), n_train, replace=False)
 
     @staticmethod
-    def _record(rec: RoundRecord, r: Result, t_start: int, t_encoded: int, io: RoundIO) -> None:
-        """Fill ``rec`` from the RESULT: accuracies and the paper's latency definitions (ms)."""
+    def _record(rec: RoundRecord, r: Result, t_start: int, stages: dict, io: RoundIO) -> None:
+        """Fill ``rec`` from the RESULT: accuracies and the paper's latency definitions (ms).
+
+        ``stages``: encode and build time (ns) of all the round's frames. With
+        several frames, ``encode`` and ``pack`` (quantize and build, plus the
+        first frame's serialization up to its send) sum over them (the later
+        frames' overlap the earlier ones' transfer), ``transfer`` runs from the
+        first send to the PAYLOAD's delivery; the cumulative figures
+        (``communication`` .. ``classification``) stay times since ``t_start``.
+        """
         off = io.clock_offset_ns
         rec.status = "ok"
         rec.rx_pid = r.rx_pid
@@ -151,15 +193,17 @@ class PcaLoraTx(TxHalf):
                           adapt=r.fields["adapt"])
         rec.airtime_ms = r.timings_ms.get("airtime")
         lat = {
-            "encode": (t_encoded - t_start) / 1e6,
-            "pack": (io.sent_ns - t_encoded) / 1e6,
+            "encode": stages["encode"] / 1e6,
+            "pack": (stages["build"] + io.sent_ns - t_start - stages["first"]) / 1e6,
             "transfer": (r.t_delivered_ns - off - io.sent_ns) / 1e6,
             "reconstruct": r.timings_ms["reconstruct"],
             "finetune": r.timings_ms["finetune"],
             "classify": r.timings_ms["classify"],
         }
         lat["communication"] = (r.t_decoded_ns - off - t_start) / 1e6
-        lat["fine_tuning"] = lat["communication"] + lat["finetune"]
+        # the adapted model is ready this long after the test vectors are decoded (with a training part
+        # sent first, the adaptation overlapped their air time)
+        lat["fine_tuning"] = lat["communication"] + r.timings_ms.get("finetune_wait", lat["finetune"])
         lat["classification"] = lat["fine_tuning"] + lat["classify"]
         lat["rtt"] = (io.replied_ns - io.sent_ns) / 1e6
         rec.latency_ms = lat

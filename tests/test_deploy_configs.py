@@ -11,7 +11,7 @@ from semalign.rx_cli import rx
 from semalign.tx_cli import tx
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-CONFIGS = sorted(DEPLOY.glob("*/*.toml"))
+CONFIGS = sorted(p for p in DEPLOY.glob("*/*.toml") if p.stem in ("rx", "tx"))  # deploy/flower: Flower's own
 CLI_KEYS = {name: set(inspect.signature(fn).parameters) - {"config", "log_level"} for name, fn in
             (("rx", rx), ("tx", tx))}
 

@@ -156,7 +156,8 @@ class Device:
 
 @dataclass
 class Report:
-    """One device's outcome in a round: ``outcome`` delivered, lost, refused (and its energy, J)."""
+    """One device's outcome in a round: ``outcome`` delivered, lost, refused, late or failed (and its
+    energy, J)."""
 
     outcome: str
     reason: str = ""
@@ -457,10 +458,7 @@ class BaseStation:
                 raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
             arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
         except TensorError as e:
-            rnd.reports[k] = Report("refused", e.code, compute_s=d.compute_s,
-                                    compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])),
-                                    train_s=msg.train_s)
-            self._maybe_form(rnd, now_ns)
+            self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s)
             raise RoundError(e.code, f"round {r}, device {k}: {e}") from e
         bits = 8 * wire_tensor_bytes(msg.tensors)
         gain = rnd.gains[k]
@@ -490,6 +488,22 @@ class BaseStation:
                  f" ({reason})" if reason else "", bits, ack.upload_s, per)
         self._maybe_form(rnd, now_ns)
         return ack
+
+    def refuse(self, dev: Device, rnd: FedRound, code: str, now_ns: int, train_s: float = 0.0) -> None:
+        """Record ``dev``'s update in ``rnd`` as ``refused`` (``code``: why, e.g. a :class:`TensorError`
+        code); the planned module's compute energy (J) is charged, as the device did train."""
+        d = rnd.decisions[dev.device_id]
+        rnd.reports[dev.device_id] = Report(
+            "refused", code, compute_s=d.compute_s, train_s=train_s,
+            compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])))
+        self._maybe_form(rnd, now_ns)
+
+    def fail(self, dev: Device, rnd: FedRound, reason: str, now_ns: int) -> None:
+        """Record that ``dev``, planned to train in ``rnd``, reported a failure instead of an update
+        (``reason``: its error, at most 200 characters kept); no energy is charged (unknown)."""
+        if dev.device_id not in rnd.reports:
+            rnd.reports[dev.device_id] = Report("failed", reason[:200])
+        self._maybe_form(rnd, now_ns)
 
     def _maybe_form(self, rnd: FedRound, now_ns: int) -> None:
         if not rnd.formed and rnd.complete():

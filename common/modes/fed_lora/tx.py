@@ -175,6 +175,27 @@ class FedLoraTx(TxHalf):
             start = adapter_from_wire(plan.tensors, self.shapes[module])
         except TensorError as e:
             raise RoundFailed(f"the plan's global factors are unusable: {e.code}: {e}") from e
+        arrays, loss, f["local_train_s"] = self.train_module(seq, module, start)
+        f["train_loss"] = loss if math.isfinite(loss) else None
+        msg = FedUpdate(io.session_id, seq, self.config.device_id, module, len(self.y),
+                        loss if math.isfinite(loss) else -1.0, float(f["local_train_s"]), adapter_to_wire(arrays))
+        ack = io.exchange(msg, (FedAck.TYPE,))
+        f.update(ack_outcome=ack.outcome, ack_reason=ack.reason)
+
+    def train_module(self, seq: int, module: str, start: dict) -> tuple[dict, float, float]:
+        """Round ``seq``'s local training of ``module`` from the global ``start`` factors and head.
+
+        ``start``: name -> float32 array, as :func:`adapter_from_wire` returns it
+        for ``self.shapes[module]``. Trains on this device's shard with its
+        epochs, batch and learning rate, batches seeded by (federation seed,
+        round, device). Returns ``(arrays, loss, train_s)``: the adapter to
+        upload (name -> float32 array, :meth:`update_arrays`), the mean loss of
+        the last epoch (may be NaN) and the local training wall time in s.
+        Raises :class:`RoundFailed` for an unknown module or a failed training.
+        (The daemon's round and Flower's ClientApp both train through here.)
+        """
+        if module not in self.shapes:
+            raise RoundFailed(f"the base station planned module {module!r}, unknown to this device")
         self.task.set_adapter(module, start)
         cfg = TrainConfig(epochs=self.config.epochs, batch_size=self.config.batch_size, lr=self.config.lr,
                           seed=int(np.random.default_rng([self.spec.seed, seq, self.config.device_id])
@@ -184,14 +205,8 @@ class FedLoraTx(TxHalf):
             report = self.task.train_adapter(module, self.x, self.y, cfg)
         except (ValueError, RuntimeError) as e:  # recorded; the base station closes the round at its deadline
             raise RoundFailed(f"local training of {module} failed: {type(e).__name__}: {e}") from e
-        f["local_train_s"] = time.perf_counter() - t0
-        loss = float(report.mean_loss)
-        f["train_loss"] = loss if math.isfinite(loss) else None
-        arrays = self.update_arrays(seq, self.task.get_adapter(module))
-        msg = FedUpdate(io.session_id, seq, self.config.device_id, module, len(self.y),
-                        loss if math.isfinite(loss) else -1.0, float(f["local_train_s"]), adapter_to_wire(arrays))
-        ack = io.exchange(msg, (FedAck.TYPE,))
-        f.update(ack_outcome=ack.outcome, ack_reason=ack.reason)
+        train_s = time.perf_counter() - t0
+        return self.update_arrays(seq, self.task.get_adapter(module)), float(report.mean_loss), train_s
 
     def update_arrays(self, seq: int, arrays: dict) -> dict:
         """The adapter to upload in round ``seq`` (the trained one; a test subclass may alter it)."""

@@ -1,0 +1,219 @@
+"""One machine: a SuperLink, N SuperNodes and ``flwr run`` as real processes on loopback.
+
+:func:`run_flower_local` is what a multi-host deployment does (see
+``docs/modes/fed_lora_flower.md``), on one host: ``flower-superlink --insecure``
+on a free port, one ``flower-supernode --insecure --node-config ...`` per
+device, a SuperLink connection in a private ``FLWR_HOME`` and ``flwr run
+deploy/flower <connection> --run-config <file> --stream``, which returns when
+the run ends. Every process gets its own ``FLWR_HOME`` under ``out/flwr_home``
+and its log under ``out/flower_logs``; all of them, and the processes Flower
+starts under them (SuperExec, ServerApp, ClientApps), are stopped on the way
+out, whatever happened. No flwr import here: the processes are the venv's
+Flower commands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+APP_DIR = Path(__file__).resolve().parents[4] / "deploy" / "flower"
+CONNECTION = "semalign-local"
+LOG_TAIL_CHARS = 3000
+
+
+class FlowerRunError(RuntimeError):
+    """A local Flower run that did not finish; the message ends with the tail of every process's log."""
+
+
+@dataclass
+class FlowerRun:
+    """What a local run left: the base station's per-round ``records`` (``base_station.jsonl``), its
+    ``summary`` (``summary.json``), ``wall_s`` (seconds from starting the SuperLink to the end of
+    ``flwr run``), ``logs`` (name -> log file) and ``pids`` (every process started or seen under them)."""
+
+    out: Path
+    records: list[dict]
+    summary: dict
+    wall_s: float
+    logs: dict[str, Path]
+    pids: list[int] = field(default_factory=list)
+
+
+def toml_value(v: Any) -> str:
+    """A config value as TOML (bool, int, finite float, str); ``ValueError`` for anything else."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    raise ValueError(f"config values must be bool, int, finite float or str, got {v!r}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def flower_command(name: str) -> str:
+    """The path of Flower's command ``name`` next to this Python (the venv's)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: fed-lora under Flower needs pip install 'semalign[flower]'")
+    return str(path)
+
+
+def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
+                     run_config: Mapping[str, Any] | None = None, *, app_dir: str | Path = APP_DIR,
+                     timeout_s: float = 600.0, host: str = "127.0.0.1") -> FlowerRun:
+    """Run fed-lora under Flower's deployment engine on this machine and return its records.
+
+    ``node_configs``: one node config per device (``device-id``, ``fed-distance-m`` m,
+    ``fed-flops-per-s`` FLOP/s, ``fed-max-power-w`` W, ``fed-energy-budget-j`` J, ...);
+    ``run_config``: run-config overrides (``rounds``, ``fed-policy``, ...); ``fed-devices``
+    defaults to ``len(node_configs)`` and ``fed-out`` is ``out``. ``timeout_s``: for the
+    whole run. Raises :class:`FlowerRunError` (with the logs' tails) when the run does
+    not write its summary.
+    """
+    if not node_configs:
+        raise ValueError("node_configs must name at least one device")
+    out = Path(out).resolve()
+    logs_dir, home = out / "flower_logs", out / "flwr_home"
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("summary.json", "base_station.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    overrides = {"fed-devices": len(node_configs), **(run_config or {}), "fed-out": str(out)}
+    (out / "run_config.toml").write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
+    link_port = free_port(host)
+    procs: dict[str, subprocess.Popen] = {}
+    logs: dict[str, Path] = {}
+    seen: set[int] = set()
+    t0 = time.monotonic()
+
+    def start(name: str, argv: list[str]) -> subprocess.Popen:
+        (home / name).mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, FLWR_HOME=str(home / name), OMP_NUM_THREADS="1",
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        logs[name] = logs_dir / f"{name}.log"
+        with open(logs[name], "wb") as f:
+            procs[name] = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=out,
+                                           start_new_session=True)
+        return procs[name]
+
+    try:
+        start("superlink", [flower_command("flower-superlink"), "--insecure", "--host", host, "--port",
+                            str(link_port), "--disable-runtime-dependency-installation"])
+        _wait_listening(host, link_port, procs["superlink"], deadline=t0 + min(timeout_s, 120.0))
+        for k, node in enumerate(node_configs):
+            cfg = " ".join(f"{key}={toml_value(v)}" for key, v in node.items())
+            start(f"supernode{k}", [flower_command("flower-supernode"), "--insecure", "--superlink",
+                                    f"{host}:{link_port}", "--port", str(free_port(host)), "--node-config", cfg])
+        (home / "flwr-run").mkdir(parents=True, exist_ok=True)
+        (home / "flwr-run" / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{host}:{link_port}"\ninsecure = true\n')
+        run = start("flwr-run", [flower_command("flwr"), "run", str(Path(app_dir).resolve()), CONNECTION,
+                                 "--run-config", str(out / "run_config.toml"), "--stream"])
+        try:
+            run.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0)))
+        except subprocess.TimeoutExpired:
+            raise FlowerRunError(f"the Flower run did not end within {timeout_s:g} s{_tails(logs)}") from None
+        wall_s = time.monotonic() - t0
+    finally:
+        seen |= stop_all(list(procs.values()))
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        raise FlowerRunError(f"the ServerApp wrote no {summary_path} (flwr run exit {procs['flwr-run'].returncode})"
+                             f"{_tails(logs)}")
+    records = [json.loads(line) for line in (out / "base_station.jsonl").read_text().splitlines() if line]
+    return FlowerRun(out, records, json.loads(summary_path.read_text()), wall_s, logs, sorted(seen))
+
+
+def _wait_listening(host: str, port: int, proc: subprocess.Popen, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FlowerRunError(f"flower-superlink exited ({proc.returncode}) before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise FlowerRunError(f"flower-superlink did not listen on {host}:{port} in time")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (by parent pid, from ``/proc``; empty where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def stop_all(procs: Sequence[subprocess.Popen], timeout_s: float = 10.0) -> set[int]:
+    """SIGTERM ``procs`` and everything below them (SuperExec detaches into its own session), SIGKILL
+    what is left after ``timeout_s``; returns every pid it saw."""
+    below = set().union(*(descendants(p.pid) for p in procs)) if procs else set()
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    t_end = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, t_end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    while any(alive(pid) for pid in below) and time.monotonic() < t_end + 2.0:
+        time.sleep(0.1)
+    for pid in below:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return {p.pid for p in procs} | below
+
+
+def _tails(logs: Mapping[str, Path]) -> str:
+    parts = []
+    for name, path in logs.items():
+        try:
+            text = path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        except OSError as e:
+            text = f"(unreadable: {e})"
+        parts.append(f"\n----- {name} ({path}) -----\n{text}")
+    return "".join(parts)

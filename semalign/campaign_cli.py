@@ -128,10 +128,16 @@ def fed(
     policy: str = typer.Option("ours", help="Base-station policies to run one after the other, comma-separated: "
                                             "ours (online drift-plus-penalty), fixed (fixed-rank FedAvg, equal "
                                             "power and bandwidth), random (random module switching)."),
-    out: Path = typer.Option(Path("runs/fed"), help="Output directory: fed.json, fed.csv, and per policy the "
-                                                    "daemon logs, device results and the base station's log."),
+    out: Path = typer.Option(Path("runs/fed"), help="Output directory: fed.json, fed.csv, the figures "
+                                                    "fed_accuracy.png, fed_accuracy_energy.png, fed_energy.png, "
+                                                    "fed_queues.png, and per policy the daemon logs, device "
+                                                    "results and the base station's log. A sweep (several "
+                                                    "seeds or budgets): one such folder per run under "
+                                                    "OUT/seed<s>/budget<b>/, and fed_sweep.json, .csv, .md, "
+                                                    ".png in OUT."),
     data_dir: Optional[str] = typer.Option(None, help="Directory with <task>/*.tsv for the text tasks."),
-    seed: int = typer.Option(0, help="Seed of the split, the models, the fading and the loss draws."),
+    seed: str = typer.Option("0", "--seed", "--seeds", help="Seed(s) of the split, the models, the fading and "
+                                                         "the loss draws; comma-separated for a sweep (0,1,2)."),
     beta: float = typer.Option(0.5, help="Dirichlet concentration of the label-skewed split."),
     pool_size: int = typer.Option(0, help="Training samples split among the devices; 0 = mlp: all 1437 "
                                           "digits, text: 150 per device."),
@@ -139,30 +145,53 @@ def fed(
     eval_size: Optional[int] = typer.Option(None, help="Test samples the base station evaluates on "
                                                        "[default: mlp all 360, text 200]."),
     epochs: Optional[float] = typer.Option(None, help="Local epochs per round [default: mlp 5, text 2]."),
-    budget_j: Optional[float] = typer.Option(None, help="Reference energy budget per round, J: devices get "
-                                                        "2, 1, 0.6 and 1.2 times it (cycled) [default: mlp "
-                                                        "0.005, text 2]."),
+    budget_j: Optional[str] = typer.Option(None, help="Reference energy budget per round, J: devices get "
+                                                      "2, 1, 0.6 and 1.2 times it (cycled) [default: mlp "
+                                                      "0.01, text 2]. Comma-separated for a sweep: the online "
+                                                      "policy runs at each, fixed and random (which ignore "
+                                                      "budgets) once per seed."),
+    reference: str = typer.Option("none", help="central: also train the centralised-LoRA upper reference "
+                                               "in-process (the fixed module on the union of the shards, the "
+                                               "devices' epochs per round, as many rounds); none: skip it."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain TCP instead of CURVE with throwaway keys."),
     timeout_s: float = typer.Option(1800.0, help="Wall-clock cap per policy, s."),
     log_level: str = LogOpt,
 ):
-    """A fed-lora federation on loopback: a base station and N device processes per policy; per-round tables."""
-    from semalign.fed import FedCampaign, format_tables, run_fed
+    """A fed-lora federation on loopback: a base station and N device processes per policy; per-round tables
+    and figures. Several --seeds or --budget-j values make a sweep with a summary table per budget."""
+    from semalign.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
+    from semalign.fed_report import format_sweep
 
     setup_logging(log_level, "fed")
+    seeds = _ints(seed, "--seed")
+    budgets = _floats(budget_j, "--budget-j") if budget_j is not None else ()
+    if budget_j is not None and not budgets:
+        fail("--budget-j: empty")
+    if reference not in ("none", "central"):
+        fail(f"--reference: choose none or central, got {reference!r}")
     try:
         campaign = FedCampaign(
             devices=devices, rounds=rounds, task=task,
-            policies=tuple(p.strip() for p in policy.split(",") if p.strip()), data_dir=data_dir, seed=seed,
-            beta=beta, pool_size=pool_size, aggregation=aggregation, budget_j=budget_j, secure=not insecure,
-            timeout_s=timeout_s,
+            policies=tuple(p.strip() for p in policy.split(",") if p.strip()), data_dir=data_dir, seed=seeds[0],
+            beta=beta, pool_size=pool_size, aggregation=aggregation, budget_j=budgets[0] if budgets else None,
+            secure=not insecure, timeout_s=timeout_s,
             rx_options={"fed_eval_size": eval_size} if eval_size is not None else {},
-            tx_options={"fed_epochs": epochs} if epochs is not None else {})
-        result = run_fed(campaign, out)
+            tx_options={"fed_epochs": epochs} if epochs is not None else {}, reference=reference == "central")
+        if len(seeds) > 1 or len(budgets) > 1:
+            from common.modes.fed_lora.spec import preset
+
+            sweep = run_fed_sweep(campaign, budgets or (preset(task).energy_budget_j,), seeds, out)
+        else:
+            result = run_fed(campaign, out)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
+    if len(seeds) > 1 or len(budgets) > 1:
+        typer.echo(format_sweep(sweep))
+        typer.echo(f"results in {out}: fed_sweep.json, fed_sweep.csv, fed_sweep.md, fed_sweep.png, and one "
+                   "folder per run (seed<s>/budget<b>/) with its fed.json, fed.csv and figures")
+        return
     typer.echo(format_tables(result))
-    typer.echo(f"results in {out / 'fed.json'} and {out / 'fed.csv'}")
+    typer.echo(f"results in {out}: fed.json, fed.csv, {', '.join(Path(f).name for f in result.get('figures', []))}")
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:

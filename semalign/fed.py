@@ -8,8 +8,15 @@ per device), waits for the devices to finish their rounds, stops the base
 station, and reads every device's ``results.json`` and the base station's
 ``base_station.jsonl``. It prints per-round Markdown tables (global accuracy,
 module, energy and queue per device, lost uploads) and a summary against the
-energy budgets, and writes ``fed.json`` (everything, with every process id)
-and ``fed.csv`` (one row per policy, round and device) under ``out``.
+energy budgets, and writes ``fed.json`` (everything, with every process id),
+``fed.csv`` (one row per policy, round and device) and the figures of
+:mod:`semalign.fed_report` under ``out``.
+
+With ``reference`` the campaign also trains the centralised-LoRA upper
+reference in-process (:func:`run_central`): the same model and the largest
+module, on the union of the devices' shards. :func:`run_fed_sweep` repeats
+the campaign over several reference budgets and seeds (``fed_sweep.json``,
+``fed_sweep.csv``, ``fed_sweep.md``, ``fed_sweep.png``).
 
 Devices are heterogeneous by construction (:func:`device_profiles`):
 distances from 150 m to 1.5 km, compute speeds, and energy budgets around
@@ -24,8 +31,11 @@ import logging
 import math
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from common.modes.fed_lora.spec import TASKS, preset
 from common.results.log import load_results
@@ -36,7 +46,7 @@ POLICIES = ("ours", "fixed", "random")
 CSV_FIELDS = ("policy", "round", "device_id", "status", "module", "rank", "power_w", "bandwidth_hz",
               "upload_bits", "upload_s", "compute_s", "transmit_energy_j", "compute_energy_j", "energy_j",
               "energy_budget_j", "queue_j", "outcome", "loss_reason", "packet_error", "uplink_sinr_db",
-              "local_train_s", "global_acc", "error")
+              "local_train_s", "global_acc", "round_wall_s", "error")
 # per device, cycled: distance (m), compute speed (FLOP/s: 2.5, 1.5, 1.0, 2.0 GHz x 16 FLOP/cycle, as in
 # runs/fed_lab.md), energy budget as a multiple of the task's default budget
 PROFILE_CYCLE = ((150.0, 4.0e10, 2.0), (400.0, 2.4e10, 1.0), (800.0, 1.6e10, 0.6), (1500.0, 3.2e10, 1.2))
@@ -50,6 +60,8 @@ class FedCampaign:
     are multiples of (None: the task's default device budget).
     ``rx_options``/``tx_options``: further daemon options (name -> value) for
     the base station / every device. ``timeout_s``: wall-clock cap per policy.
+    ``reference``: also train the centralised-LoRA reference (:func:`run_central`).
+    ``plots``: write the figures of :mod:`semalign.fed_report`.
     """
 
     devices: int = 4
@@ -66,6 +78,8 @@ class FedCampaign:
     timeout_s: float = 1800.0
     rx_options: dict = field(default_factory=dict)
     tx_options: dict = field(default_factory=dict)
+    reference: bool = False
+    plots: bool = True
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -98,16 +112,148 @@ def device_profiles(n: int, task: str, budget_j: float | None = None) -> list[di
 
 
 def run_fed(c: FedCampaign, out: Path) -> dict:
-    """Run every policy of ``c``; returns (and writes to ``out/fed.json``) the collected results."""
+    """Run every policy of ``c`` (and the reference); returns (and writes to ``out/fed.json``,
+    ``out/fed.csv`` and the figures) the collected results. ``result["loadavg"]``: the 1-minute load
+    average at the start and the end."""
     out.mkdir(parents=True, exist_ok=True)
     profiles = device_profiles(c.devices, c.task, c.budget_j)
-    result = {"config": {**asdict(c), "policies": list(c.policies)}, "profiles": profiles, "policies": {}}
+    result = {"config": {**asdict(c), "policies": list(c.policies)}, "profiles": profiles, "policies": {},
+              "loadavg": {"start": _loadavg()}}
     for policy in c.policies:
         t0 = time.perf_counter()
         result["policies"][policy] = run_policy(c, policy, profiles, out)
         result["policies"][policy]["wall_s"] = time.perf_counter() - t0
         _write(result, out)
+    if c.reference:
+        result["reference"] = run_central(c)
+    result["loadavg"]["end"] = _loadavg()
+    _write(result, out)
+    if c.plots:
+        from semalign.fed_report import write_plots
+
+        result["figures"] = [str(p) for p in write_plots(result, out)]
+        _write(result, out)
     return result
+
+
+def _loadavg() -> float | None:
+    """The 1-minute load average (``/proc/loadavg``), None where there is none."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_central(c: FedCampaign) -> dict:
+    """The centralised-LoRA upper reference of ``c``, trained in-process (no daemons).
+
+    The federation's model (same task, seed, so the same frozen base and initial head) trains the
+    module fixed-rank FedAvg uses (``rx_options["fed_fixed_module"]``, else the largest) on the union
+    of the devices' shards: per "round" ``epochs`` passes over the union with the devices' batch size
+    and learning rate and a fresh Adam, like one device holding all the data. So it takes as many
+    optimiser steps per round as all devices of a FedAvg round together (up to each shard's last short
+    batch), and ``rounds`` rounds. After every round the model (base + the module's exact ``B A`` +
+    head, :meth:`predict_merged`, as the base station evaluates) is scored on the base station's
+    evaluation subset. Training runs on one torch thread, like every daemon of the campaign.
+
+    Returns ``module``, ``n_train``, ``epochs``/``batch_size``/``lr`` per round, ``acc_before`` and
+    ``acc_by_round`` (0..1), ``train_s`` (wall seconds of training, all rounds), ``steps`` (optimiser
+    steps, all rounds), ``seed``.
+    """
+    import torch
+
+    from common.learn.train import TrainConfig
+    from common.modes.fed_lora.mode import fed_spec
+    from common.modes.fed_lora.spec import build_task, eval_subset, load_fed_data, take
+
+    spec = fed_spec(_shared(c))
+    p = preset(c.task)
+    data = load_fed_data(spec, c.data_dir)
+    task = build_task(spec, data.n_classes)
+    module = c.rx_options.get("fed_fixed_module") or max(task.modules, key=task.upload_bits)
+    union = np.sort(np.concatenate(data.parts))
+    x, y = take(data.train_x, union), data.train_y[union]
+    eval_size = c.rx_options.get("fed_eval_size")
+    idx = eval_subset(len(data.test_y), p.eval_size if eval_size is None else eval_size, spec.seed)
+    ex, ey = take(data.test_x, idx), data.test_y[idx]
+    epochs = c.tx_options.get("fed_epochs") or p.epochs
+    batch = c.tx_options.get("fed_batch") or p.batch_size
+    lr = c.tx_options.get("fed_lr") or p.lr
+
+    def accuracy() -> float:
+        return float(np.mean(task.predict_merged(ex, task.get_adapter(module)) == ey))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every daemon of the campaign
+    try:
+        accs, train_s, steps, before = [], 0.0, 0, accuracy()
+        for r in range(c.rounds):
+            cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr,
+                              seed=int(np.random.default_rng([spec.seed, r, CENTRAL_SEED_TAG]).integers(2**31)))
+            t0 = time.perf_counter()
+            report = task.train_adapter(module, x, y, cfg)
+            train_s += time.perf_counter() - t0
+            steps += report.steps
+            accs.append(accuracy())
+            log.info("central reference: round %d, %s on %d samples, accuracy %.4f", r, module, len(y), accs[-1])
+    finally:
+        torch.set_num_threads(threads)
+    return {"module": module, "n_train": int(len(y)), "epochs": float(epochs), "batch_size": int(batch),
+            "lr": float(lr), "acc_before": before, "acc_by_round": accs, "train_s": train_s, "steps": steps,
+            "seed": spec.seed, "eval_size": int(len(ey))}
+
+
+CENTRAL_SEED_TAG = 1_000_003  # the reference's batch-order seed: default_rng([seed, round, tag])
+
+
+def run_fed_sweep(c: FedCampaign, budgets_j: Sequence[float], seeds: Sequence[int], out: Path) -> dict:
+    """``c`` for every seed in ``seeds`` and, for the online policy, every reference budget (J) in
+    ``budgets_j``; each campaign in ``out/seed<s>/budget<b>/`` with its own figures.
+
+    Only ``ours`` plans by the budgets: ``fixed`` and ``random`` (and the reference) run once per seed,
+    at the first budget. Returns (and writes ``fed_sweep.json``, ``fed_sweep.csv`` one row per run,
+    policy and device, ``fed_sweep.md``, ``fed_sweep.png``) ``config``, ``budgets_j``, ``seeds``,
+    ``runs`` (each ``seed``, ``budget_j``, ``dir``, ``result``) and ``loadavg``.
+    """
+    if not budgets_j or not seeds:
+        raise ValueError(f"a sweep needs budgets and seeds, got {list(budgets_j)} and {list(seeds)}")
+    bad = [b for b in budgets_j if not (math.isfinite(b) and b > 0)]
+    if bad:
+        raise ValueError(f"budgets must be finite and > 0 J, got {bad}")
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = {"config": {**asdict(c), "policies": list(c.policies)}, "budgets_j": [float(b) for b in budgets_j],
+             "seeds": [int(s) for s in seeds], "runs": [], "loadavg": {"start": _loadavg()}}
+    for seed in seeds:
+        for i, budget in enumerate(budgets_j):
+            policies = c.policies if i == 0 else tuple(p for p in c.policies if p == "ours")
+            if not policies:
+                continue
+            d = out / f"seed{seed}" / f"budget{budget:g}"
+            cc = replace(c, seed=seed, budget_j=budget, policies=policies, reference=c.reference and i == 0)
+            log.info("sweep: seed %d, reference budget %g J, policies %s", seed, budget, ",".join(policies))
+            sweep["runs"].append({"seed": seed, "budget_j": float(budget), "dir": str(d), "result": run_fed(cc, d)})
+            _write_sweep(sweep, out)
+    sweep["loadavg"]["end"] = _loadavg()
+    _write_sweep(sweep, out)
+    if c.plots:
+        from semalign.fed_report import plot_sweep
+
+        sweep["figure"] = str(plot_sweep(sweep, out / "fed_sweep.png"))
+        _write_sweep(sweep, out)
+    return sweep
+
+
+def _write_sweep(sweep: dict, out: Path) -> None:
+    from semalign.fed_report import format_sweep
+
+    (out / "fed_sweep.json").write_text(json.dumps(sweep, indent=1, default=str))
+    with open(out / "fed_sweep.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ("seed", "budget_ref_j") + CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for run in sweep["runs"]:
+            for row in _csv_rows(run["result"]):
+                w.writerow({**row, "seed": run["seed"], "budget_ref_j": run["budget_j"]})
+    (out / "fed_sweep.md").write_text(format_sweep(sweep) + "\n")
 
 
 def _shared(c: FedCampaign) -> dict:
@@ -191,10 +337,20 @@ def _write(result: dict, out: Path) -> None:
     with open(out / "fed.csv", "w", newline="") as f:
         w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        for policy, res in result["policies"].items():
-            for k, rounds in res["devices"].items():
-                for r in rounds:
-                    w.writerow({**r, "policy": policy, "device_id": k})
+        w.writerows(_csv_rows(result))
+
+
+def _csv_rows(result: dict) -> list[dict]:
+    """fed.csv's rows: one per policy, round and device; the reference's as policy ``central``, one per
+    round, with ``device_id`` empty and its training seconds of that round as ``round_wall_s`` (mean)."""
+    rows = [{**r, "policy": policy, "device_id": k} for policy, res in result["policies"].items()
+            for k, rounds in res["devices"].items() for r in rounds]
+    ref = result.get("reference")
+    if ref:
+        n = len(ref["acc_by_round"])
+        rows += [{"policy": "central", "round": i, "device_id": "", "status": "ok", "module": ref["module"],
+                  "global_acc": acc, "round_wall_s": ref["train_s"] / n} for i, acc in enumerate(ref["acc_by_round"])]
+    return rows
 
 
 def _fmt(v, spec: str) -> str:
@@ -242,6 +398,21 @@ def format_tables(result: dict) -> str:
         cells += ["yes" if s["budgets_met"] else "no", str(s["lost"]), str(s["failed"]),
                   _fmt(s["mean_round_wall_s"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")
+    ref = result.get("reference")
+    if ref:
+        accs = ref["acc_by_round"]
+        cells = ["central (reference)", _fmt(accs[-1] if accs else None, ".3f"),
+                 _fmt(max(accs) if accs else None, ".3f"), "-"] + ["-"] * n + \
+            ["-", "-", "-", _fmt(ref["train_s"] / len(accs) if accs else None, ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"central reference: {ref['module']} on the union of the shards ({ref['n_train']} samples), "
+                  f"{ref['epochs']:g} epochs per round, batch {ref['batch_size']}, lr {ref['lr']:g}, "
+                  f"{ref['steps']} optimiser steps in all; accuracy {ref['acc_before']:.3f} before training; "
+                  f"its s/round is training time in-process"]
+    la = result.get("loadavg") or {}
+    if la:
+        lines += ["", f"load average (1 min): {_fmt(la.get('start'), '.2f')} at the start, "
+                  f"{_fmt(la.get('end'), '.2f')} at the end"]
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ This module stays light: torch-free option specs; the halves, the data and
 from __future__ import annotations
 
 from common.modes.base import Mode, register_mode
+from common.modes.fed_lora.spec import PRESETS
 from common.options import Option
 
 _TASK_HELP = ("federated task: mlp (scikit-learn digits on a 64-64-32-10 MLP with frozen random hidden "
@@ -39,8 +40,10 @@ _SHARED = [
 PRICE_FLOOR = 0.05  # c of the place-holder backlog (calibrated on the mlp task, docs/modes/fed_lora.md)
 
 
-def _preset_help(what: str, mlp, text) -> str:
-    return f"{what} [default: mlp {mlp}, text tasks {text}]"
+def _preset_help(what: str, name: str) -> str:
+    """``what`` with the task presets' defaults of field ``name`` (``spec.PRESETS``, one definition)."""
+    mlp, text = (getattr(PRESETS[k], name) for k in ("mlp", "text"))
+    return f"{what} [default: mlp {mlp:g}, text tasks {text:g}]"
 
 
 @register_mode
@@ -61,24 +64,24 @@ class FedLora(Mode):
         Option("fed_fixed_module", str, "module of the fixed baseline [default: the largest: all-r8 for mlp, "
                "all-r16 for text]"),
         Option("fed_deadline_s", float, _preset_help("emulated latency budget of a round per device "
-               "(compute + upload time), s; an update over it is lost", 0.5, 20)),
+               "(compute + upload time), s; an update over it is lost", "deadline_s")),
         Option("fed_bandwidth_hz", float, _preset_help("uplink bandwidth shared by the devices each round, "
-               "Hz", "5e4", "1e6")),
+               "Hz", "bandwidth_hz")),
         Option("fed_v", float, _preset_help("drift-plus-penalty weight V, J^2 (larger: accuracy over "
-               "energy)", "1e-3", 20)),
+               "energy)", "v")),
         Option("fed_price_floor", float, "place-holder backlog of the online policy: each device's energy "
                "is priced at least c V w_k / Ebar_k in the decision, so an empty queue does not make energy "
                "free (0 = plain drift-plus-penalty)", PRICE_FLOOR),
         Option("fed_sample_scale", float, _preset_help("n_0 of the risk proxy 1 - exp(-c_m n_k / n_0), "
-               "samples", 300, 200)),
+               "samples", "sample_scale")),
         Option("fed_capacity_exponent", float, _preset_help("module capacity c_m = (parameters / the "
-               "largest module's) ** this, in (0, 1]", "1.0", 0.5)),
+               "largest module's) ** this, in (0, 1]", "capacity_exponent")),
         Option("fed_round_timeout_s", float, _preset_help("wall-clock time from planning after which a "
-               "round forms without the devices still missing, s (checked on every message)", 60, 900)),
+               "round forms without the devices still missing, s (checked on every message)", "round_timeout_s")),
         Option("fed_join_timeout_s", float, "wall-clock time from the first HELLO after which round 0 is "
                "planned with the devices known by then, s", 30.0),
         Option("fed_eval_size", int, _preset_help("test samples the global model is evaluated on after "
-               "each aggregation, a seeded subset; 0 = all", "0 (all 360)", 200)),
+               "each aggregation, a seeded subset; 0 = all (mlp: 360)", "eval_size")),
         Option("fed_k_factor", float, "Rician K of each device's block fading (0: Rayleigh)", 1.0),
         Option("fed_out", str, "directory for the base station's per-round log (base_station.jsonl) and "
                "its saved global state (state.npz, state.json); none by default"),
@@ -93,10 +96,10 @@ class FedLora(Mode):
                "this; CPU clock = this / 16 FLOP per cycle for the energy model)", 3.2e10),
         Option("fed_max_power_w", float, "transmit power cap, W", 0.2),
         Option("fed_energy_budget_j", float, _preset_help("long-term average energy budget per round, J",
-               0.005, 2.0)),
-        Option("fed_epochs", float, _preset_help("local training epochs per round", 5, 2)),
-        Option("fed_batch", int, _preset_help("local training mini-batch", 32, 16)),
-        Option("fed_lr", float, _preset_help("local Adam learning rate", "1e-2", "3e-3")),
+               "energy_budget_j")),
+        Option("fed_epochs", float, _preset_help("local training epochs per round", "epochs")),
+        Option("fed_batch", int, _preset_help("local training mini-batch", "batch_size")),
+        Option("fed_lr", float, _preset_help("local Adam learning rate", "lr")),
     ]
 
     @classmethod

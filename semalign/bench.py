@@ -232,10 +232,11 @@ def round_latency_d_pre(run_dir: Path) -> dict | None:
 
 
 def train_parts_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None,
-                       parts: tuple[int, ...] = (0, 2, 4, 8), rounds: int = 6) -> dict:
-    """Live rounds at alpha 20 on a constant ~170 Mb/s link for each ``train_parts`` value (one RX, one
-    TX run each, the same seeds so all carry the same vectors): medians (ms) of the time to
-    classification and of its parts, the first round of each run left out (warm-up)."""
+                       parts: tuple[int, ...] = (0, 1, 2, 4, 8), rounds: int = 6, passes: int = 3) -> dict:
+    """Live rounds at alpha 20 on a constant ~170 Mb/s link for each ``train_parts`` value (one RX; per
+    pass one TX run per value, the values interleaved so that other load on the machine falls on all of
+    them alike; the same seeds, so all carry the same vectors): medians (ms) over every pass's rounds of
+    the time to classification and of its parts, the first round of each run left out (warm-up)."""
     from common.results.log import load_results
     from semalign.processes import free_port, launch, stop_process
 
@@ -246,17 +247,18 @@ def train_parts_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str |
     common = {"artifacts": artifacts, "dataset": dataset, "insecure": True}
     rx = launch("rx", {"bind": address, "link": "loopback", "trace": str(trace), "trace_rounds": 1, **common},
                 out / "rx.log")
-    res = {}
+    res, by_k = {}, {k: [] for k in parts}
     try:
-        for k in parts:
-            log = out / f"tx-parts{k}.log"
-            tx = launch("tx", {"connect": address, "rounds": rounds, "out": out / f"parts{k}", "data_dir": data_dir,
+        for p, k in ((p, k) for p in range(passes) for k in parts):
+            log, run = out / f"tx-parts{k}-pass{p}.log", out / f"parts{k}-pass{p}"
+            tx = launch("tx", {"connect": address, "rounds": rounds, "out": run, "data_dir": data_dir,
                                "policy": "fixed:20", "train_parts": k, **common}, log)
             if tx.wait(timeout=600) != 0:
                 raise RuntimeError(f"bench TX (train_parts {k}) exited with {tx.returncode}; see {log}")
-            ok = [r for r in load_results(out / f"parts{k}")["rounds"] if r.get("status") == "ok"][1:]
+            by_k[k] += [r for r in load_results(run)["rounds"] if r.get("status") == "ok"][1:]
+        for k, ok in by_k.items():
             if not ok:
-                raise RuntimeError(f"bench TX (train_parts {k}): no successful rounds; see {out / f'parts{k}'}")
+                raise RuntimeError(f"bench TX (train_parts {k}): no successful rounds; see {out}")
 
             def med(get):
                 return float(np.median([get(r) for r in ok]))

@@ -153,3 +153,18 @@ def test_holdout_keeps_frozen_model_when_adaptation_hurts(digits, digits_artifac
     assert rep.kept == "frozen" and adapted is model
     assert rep.holdout_acc_adapted < rep.holdout_acc_frozen
     _ = np.zeros(1)
+
+
+def test_bench_train_parts_live(tmp_path, digits_artifacts):
+    """The bench's rounds-in-parts figure over real daemons: every K gives successful rounds at alpha 20
+    with the same training vectors, and time to classification at least the longest stage."""
+    from semalign.bench import train_parts_rounds
+
+    res = train_parts_rounds(digits_artifacts, "digits", tmp_path, None, parts=(0, 2), rounds=3, passes=1)
+    assert set(res) == {"0", "2"}
+    for x in res.values():
+        assert x["rounds"] == 2 and x["alpha"] == 20 and 0 < x["acc_adapted"] <= 1
+        assert x["max_ms"] <= x["sum_ms"] and x["airtime_ms"] > 0
+        assert x["to_classification_ms"] >= x["airtime_ms"]
+    assert res["2"]["payload_bytes"] == res["0"]["payload_bytes"] + 2 * 209 - (
+        res["0"]["n_train"] - res["2"]["n_train"]) * (5 + 2 * 20)  # two more headers, fewer vectors

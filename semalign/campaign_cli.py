@@ -121,7 +121,8 @@ def fading(
 
 
 def fed(
-    devices: int = typer.Option(4, help="Device processes (TX daemons), one Dirichlet shard each."),
+    devices: int = typer.Option(4, help="Devices (TX daemons, or SuperNodes with --engine flower), one "
+                                        "Dirichlet shard each."),
     rounds: int = typer.Option(8, help="Federated rounds each device runs."),
     task: str = typer.Option("mlp", help="mlp (digits MLP, no extra data), sst2 or agnews (all-MiniLM-L6-v2; "
                                          "AG News stands in for the paper's QNLI); text tasks need --data-dir."),
@@ -153,12 +154,21 @@ def fed(
     reference: str = typer.Option("none", help="central: also train the centralised-LoRA upper reference "
                                                "in-process (the fixed module on the union of the shards, the "
                                                "devices' epochs per round, as many rounds); none: skip it."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plain TCP instead of CURVE with throwaway keys."),
+    engine: str = typer.Option("daemons", help="daemons: our base-station RX daemon and N device TX daemons "
+                                               "over ZeroMQ; flower: Flower's deployment engine on this "
+                                               "machine (a SuperLink, one SuperNode per device and `flwr run` "
+                                               "on loopback; needs pip install 'semalign[flower]'; OUT/<policy>/ "
+                                               "then holds base_station.jsonl, summary.json, flower_logs/). "
+                                               "Same settings, tables, files and figures."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain TCP instead of CURVE with throwaway keys "
+                                                            "(daemons). No meaning with --engine flower: "
+                                                            "its local run is always insecure on loopback."),
     timeout_s: float = typer.Option(1800.0, help="Wall-clock cap per policy, s."),
     log_level: str = LogOpt,
 ):
-    """A fed-lora federation on loopback: a base station and N device processes per policy; per-round tables
-    and figures. Several --seeds or --budget-j values make a sweep with a summary table per budget."""
+    """A fed-lora federation on loopback: a base station and N devices per policy, as our daemons or under
+    Flower (--engine); per-round tables and figures. Several --seeds or --budget-j values make a sweep with a
+    summary table per budget."""
     from semalign.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
     from semalign.fed_report import format_sweep
 
@@ -174,7 +184,7 @@ def fed(
             devices=devices, rounds=rounds, task=task,
             policies=tuple(p.strip() for p in policy.split(",") if p.strip()), data_dir=data_dir, seed=seeds[0],
             beta=beta, pool_size=pool_size, aggregation=aggregation, budget_j=budgets[0] if budgets else None,
-            secure=not insecure, timeout_s=timeout_s,
+            secure=not insecure, timeout_s=timeout_s, engine=engine,
             rx_options={"fed_eval_size": eval_size} if eval_size is not None else {},
             tx_options={"fed_epochs": epochs} if epochs is not None else {}, reference=reference == "central")
         if len(seeds) > 1 or len(budgets) > 1:

@@ -1,12 +1,22 @@
 """``semalign fed``: a fed-lora federation on loopback, one base station and N device processes.
 
-For each policy asked for (ours, fixed, random) the campaign starts the base
-station (``semalign rx --mode fed-lora``) and N devices (``semalign tx --mode
-fed-lora --device-id k``) as separate processes through
-:mod:`semalign.processes`, over CURVE with throwaway keys (one allowed key
-per device), waits for the devices to finish their rounds, stops the base
-station, and reads every device's ``results.json`` and the base station's
-``base_station.jsonl``. It prints per-round Markdown tables (global accuracy,
+For each policy asked for (ours, fixed, random) the campaign runs one
+federation on one of two engines (:data:`ENGINES`):
+
+- ``daemons`` (:func:`run_policy`): the base station (``semalign rx --mode
+  fed-lora``) and N devices (``semalign tx --mode fed-lora --device-id k``) as
+  separate processes through :mod:`semalign.processes`, over CURVE with
+  throwaway keys (one allowed key per device); it waits for the devices to
+  finish their rounds, stops the base station, and reads every device's
+  ``results.json`` and the base station's ``base_station.jsonl``;
+- ``flower`` (:func:`run_policy_flower`): the same federation under Flower's
+  deployment engine on loopback (a SuperLink, one SuperNode per device and
+  ``flwr run``, insecure, :func:`~common.modes.fed_lora.flower.local.run_flower_local`);
+  the device profiles become node configs and the federation's settings the
+  run config (:func:`flower_configs`), and the per-device round rows are
+  built from the base station's records (:func:`device_rows`).
+
+Either way it prints per-round Markdown tables (global accuracy,
 module, energy and queue per device, lost uploads) and a summary against the
 energy budgets, and writes ``fed.json`` (everything, with every process id),
 ``fed.csv`` (one row per policy, round and device) and the figures of
@@ -26,6 +36,7 @@ the task's default budget.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -37,12 +48,15 @@ from pathlib import Path
 
 import numpy as np
 
+from common.modes.fed_lora.aggregation import AGGREGATIONS
 from common.modes.fed_lora.spec import TASKS, preset
 from common.results.log import load_results
 from semalign.processes import free_port, launch, stop_process, throwaway_keys
 
 log = logging.getLogger("semalign.fed")
 POLICIES = ("ours", "fixed", "random")
+ENGINES = ("daemons", "flower")  # run_policy, run_policy_flower
+FLOWER_JOIN_TIMEOUT_S = 120.0  # the ServerApp's wait for every SuperNode (returns as soon as all are there)
 CSV_FIELDS = ("policy", "round", "device_id", "status", "module", "rank", "power_w", "bandwidth_hz",
               "upload_bits", "upload_s", "compute_s", "transmit_energy_j", "compute_energy_j", "energy_j",
               "energy_budget_j", "queue_j", "outcome", "loss_reason", "packet_error", "uplink_sinr_db",
@@ -59,7 +73,10 @@ class FedCampaign:
     ``budget_j``: the reference energy budget per round that device budgets
     are multiples of (None: the task's default device budget).
     ``rx_options``/``tx_options``: further daemon options (name -> value) for
-    the base station / every device. ``timeout_s``: wall-clock cap per policy.
+    the base station / every device (under Flower: the run config, kebab-case, :func:`flower_configs`).
+    ``engine``: ``daemons`` (our ZeroMQ daemons) or ``flower`` (Flower's deployment engine on loopback).
+    ``secure``: CURVE with throwaway keys (daemons only; Flower's local run is always insecure on loopback).
+    ``timeout_s``: wall-clock cap per policy.
     ``reference``: also train the centralised-LoRA reference (:func:`run_central`).
     ``plots``: write the figures of :mod:`semalign.fed_report`.
     """
@@ -80,10 +97,15 @@ class FedCampaign:
     tx_options: dict = field(default_factory=dict)
     reference: bool = False
     plots: bool = True
+    engine: str = "daemons"
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         bad = [p for p in self.policies if p not in POLICIES]
         if bad or not self.policies:
             raise ValueError(f"policies must be among {POLICIES}, got {list(self.policies)}")
@@ -95,6 +117,14 @@ class FedCampaign:
             raise ValueError(f"budget_j must be finite and > 0, got {self.budget_j}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.engine == "flower":  # a key Flower's app does not know fails here, not in the ServerApp
+            from common.modes.fed_lora.flower.config import NODE_OPTIONS, parse, run_options
+
+            nodes, run = flower_configs(self, self.policies[0], device_profiles(self.devices, self.task,
+                                                                                 self.budget_j))
+            run_options(run)
+            for node in nodes:
+                parse(node, NODE_OPTIONS, "node config")
 
 
 def device_profiles(n: int, task: str, budget_j: float | None = None) -> list[dict]:
@@ -115,13 +145,16 @@ def run_fed(c: FedCampaign, out: Path) -> dict:
     """Run every policy of ``c`` (and the reference); returns (and writes to ``out/fed.json``,
     ``out/fed.csv`` and the figures) the collected results. ``result["loadavg"]``: the 1-minute load
     average at the start and the end."""
+    if c.engine == "flower" and importlib.util.find_spec("flwr") is None:
+        raise RuntimeError("--engine flower needs Flower: pip install 'semalign[flower]'")
     out.mkdir(parents=True, exist_ok=True)
     profiles = device_profiles(c.devices, c.task, c.budget_j)
+    runner = run_policy_flower if c.engine == "flower" else run_policy
     result = {"config": {**asdict(c), "policies": list(c.policies)}, "profiles": profiles, "policies": {},
               "loadavg": {"start": _loadavg()}}
     for policy in c.policies:
         t0 = time.perf_counter()
-        result["policies"][policy] = run_policy(c, policy, profiles, out)
+        result["policies"][policy] = runner(c, policy, profiles, out)
         result["policies"][policy]["wall_s"] = time.perf_counter() - t0
         _write(result, out)
     if c.reference:
@@ -262,7 +295,9 @@ def _shared(c: FedCampaign) -> dict:
 
 
 def run_policy(c: FedCampaign, policy: str, profiles: list[dict], out: Path) -> dict:
-    """One federation with ``policy``: base station + devices as processes; their results."""
+    """One federation with ``policy`` on our daemons: base station + devices as processes; their results
+    (``devices``: every device's ``results.json`` rounds, ``base_station``: its records, ``summary``,
+    the processes' pids)."""
     d = out / policy
     d.mkdir(parents=True, exist_ok=True)
     for old in (d / "bs").glob("*"):  # a fresh base-station log per run
@@ -301,25 +336,81 @@ def run_policy(c: FedCampaign, policy: str, profiles: list[dict], out: Path) -> 
     rows = {k: load_results(d / f"dev{k}") for k in range(c.devices)}
     bs_log = d / "bs" / "base_station.jsonl"
     bs = [json.loads(x) for x in bs_log.read_text().splitlines() if x.strip()] if bs_log.exists() else []
-    return {"rx_pid": rx.pid, "rx_exit": rx_code, "tx_pids": [p.pid for p in devices],
-            "devices": {k: r["rounds"] for k, r in rows.items()},
-            "device_config": {k: r["config"] for k, r in rows.items()}, "base_station": bs,
-            "summary": summarise(rows, bs, profiles)}
+    rounds = {k: r["rounds"] for k, r in rows.items()}
+    return {"engine": "daemons", "rx_pid": rx.pid, "rx_exit": rx_code, "tx_pids": [p.pid for p in devices],
+            "devices": rounds, "device_config": {k: r["config"] for k, r in rows.items()}, "base_station": bs,
+            "summary": summarise(rounds, bs, profiles)}
 
 
-def summarise(rows: dict, bs: list[dict], profiles: list[dict]) -> dict:
-    """Final accuracy, per-device mean energy vs budget, lost uploads, round times."""
+def flower_configs(c: FedCampaign, policy: str, profiles: list[dict]) -> tuple[list[dict], dict]:
+    """``(node_configs, run_config)`` of ``c`` under Flower with ``policy``: device k's profile
+    (:func:`device_profiles`: ``fed-distance-m`` m, ``fed-flops-per-s`` FLOP/s, ``fed-energy-budget-j``
+    J) plus ``device-id`` k; the federation (task, devices, beta, pool size, seed, data dir as an absolute
+    path), policy, aggregation, rounds, one torch thread per process, ``fed-join-timeout-s``
+    (:data:`FLOWER_JOIN_TIMEOUT_S`) and ``c.rx_options``/``c.tx_options``; kebab-case keys, None left out.
+    """
+    from common.modes.fed_lora.flower.config import flower_key
+
+    shared = {k: v for k, v in _shared(c).items() if k != "mode"}
+    if c.data_dir:
+        shared["data_dir"] = str(Path(c.data_dir).resolve())  # the apps run in directories of Flower's choosing
+    run = {**shared, "fed_policy": policy, "fed_aggregation": c.aggregation, "rounds": c.rounds, "threads": 1,
+           "fed_join_timeout_s": FLOWER_JOIN_TIMEOUT_S, **c.rx_options, **c.tx_options}
+    nodes = [{"device-id": k, **{flower_key(key): v for key, v in p.items()}} for k, p in enumerate(profiles)]
+    return nodes, {flower_key(k): v for k, v in run.items() if v is not None}
+
+
+def run_policy_flower(c: FedCampaign, policy: str, profiles: list[dict], out: Path) -> dict:
+    """One federation with ``policy`` under Flower's deployment engine on loopback (a SuperLink, one
+    SuperNode per device, ``flwr run``; everything in ``out/<policy>/``); its results as
+    :func:`run_policy`'s, the device rows built from the base station's records (:func:`device_rows`),
+    plus ``initial_acc`` (0..1, the untrained model), ``nodes`` (the join outcome per SuperNode),
+    ``flower_wall_s`` (s, SuperLink start to the end of ``flwr run``), ``pids`` and ``logs``."""
+    from common.modes.fed_lora.flower.local import run_flower_local
+
+    nodes, run_config = flower_configs(c, policy, profiles)
+    d = out / policy
+    log.info("%s: Flower run of %d SuperNodes in %s", policy, len(nodes), d)
+    run = run_flower_local(d, nodes, run_config, timeout_s=c.timeout_s)
+    devices = device_rows(run.records, c.devices)
+    return {"engine": "flower", "pids": run.pids, "devices": devices, "base_station": run.records,
+            "initial_acc": run.summary["initial_acc"], "nodes": run.summary["nodes"], "flower_wall_s": run.wall_s,
+            "logs": {name: str(path) for name, path in run.logs.items()},
+            "summary": summarise(devices, run.records, profiles)}
+
+
+def device_rows(records: Sequence[dict], n_devices: int) -> dict[int, list[dict]]:
+    """Per-device round rows (``device id -> [row per round]``, ids 0..n_devices-1) from the base station's
+    records (``base_station.jsonl``, one per formed round, every planned device's record in it).
+
+    A row is the device's record of that round (module, energies in J, queue in J, outcome, ...) with
+    ``round`` (the base station's), ``status`` (``error`` for the outcome ``failed``: the device raised,
+    else ``ok``) and ``error`` (its reason, else None), as a device's ``results.json`` holds them. A device
+    the base station did not plan in a round (not connected, joined late) has no row for it.
+    """
+    rows: dict[int, list[dict]] = {k: [] for k in range(n_devices)}
+    for rec in records:
+        for key, dev in rec.get("devices", {}).items():
+            failed = dev.get("outcome") == "failed"
+            rows.setdefault(int(key), []).append({**dev, "round": rec["round"], "status": "error" if failed else "ok",
+                                                  "error": dev.get("loss_reason") if failed else None})
+    return rows
+
+
+def summarise(devices: dict, bs: list[dict], profiles: list[dict]) -> dict:
+    """Final accuracy, per-device mean energy vs budget, lost uploads, round times; ``devices``: device
+    id -> its round rows (a device's ``results.json`` rounds, or :func:`device_rows`)."""
     per_device = {}
-    for k, res in rows.items():
-        ok = [r for r in res["rounds"] if r["status"] == "ok"]
+    for k, rounds in devices.items():
+        ok = [r for r in rounds if r["status"] == "ok"]
         energy = [r.get("energy_j") or 0.0 for r in ok]
         budget = profiles[k]["fed_energy_budget_j"]
         per_device[k] = {"mean_energy_j": sum(energy) / len(energy) if energy else None, "budget_j": budget,
                          "final_queue_j": ok[-1].get("queue_j") if ok else None,
                          "lost": sum(r.get("outcome") == "lost" for r in ok),
                          "skipped": sum(r.get("outcome") == "skipped" for r in ok),
-                         "failed": sum(r["status"] != "ok" for r in res["rounds"]),
-                         "modules": [r.get("module") for r in res["rounds"]]}
+                         "failed": sum(r["status"] != "ok" for r in rounds),
+                         "modules": [r.get("module") for r in rounds]}
     accs = [b["global_acc"] for b in bs]
     walls = [b["round_wall_s"] for b in bs]
     means = [v["mean_energy_j"] for v in per_device.values() if v["mean_energy_j"] is not None]
@@ -409,6 +500,12 @@ def format_tables(result: dict) -> str:
                   f"{ref['epochs']:g} epochs per round, batch {ref['batch_size']}, lr {ref['lr']:g}, "
                   f"{ref['steps']} optimiser steps in all; accuracy {ref['acc_before']:.3f} before training; "
                   f"its s/round is training time in-process"]
+    engines = {res.get("engine", "daemons") for res in result["policies"].values()}
+    if "flower" in engines:
+        before = ", ".join(f"{p} {_fmt(res.get('initial_acc'), '.3f')}" for p, res in result["policies"].items())
+        lines += ["", "engine: Flower's deployment engine on loopback (a SuperLink, one SuperNode per device, "
+                  f"`flwr run`; insecure); global accuracy before any round: {before}; s/round is the "
+                  "ServerApp's, with a fresh ClientApp process per device and round"]
     la = result.get("loadavg") or {}
     if la:
         lines += ["", f"load average (1 min): {_fmt(la.get('start'), '.2f')} at the start, "

@@ -8,7 +8,8 @@ Figures (PNG, matplotlib Agg, one colour per policy in all of them,
 :data:`POLICY_COLOURS`):
 
 - ``fed_accuracy.png``: the global model's test accuracy (%) vs round, per
-  policy, and the centralised-LoRA reference when the result has one;
+  policy, and the centralised-LoRA reference when the result has one (the
+  untrained model's accuracy from the reference, or from a Flower run);
 - ``fed_accuracy_energy.png``: the same accuracy vs cumulative energy per
   device (mJ for the mlp task, J for text; the mean over devices, log scale);
 - ``fed_energy.png``: each device's mean energy per round, one bar per policy,
@@ -85,7 +86,8 @@ def _plt():
 def _title(result: dict, what: str) -> str:
     c = result["config"]
     seeds = f"seed {c['seed']}"
-    return f"fed-lora {c['task']}, {c['devices']} devices, {c['rounds']} rounds, {seeds}: {what}"
+    engine = " (Flower)" if c.get("engine") == "flower" else ""
+    return f"fed-lora {c['task']}, {c['devices']} devices, {c['rounds']} rounds, {seeds}{engine}: {what}"
 
 
 def write_plots(result: dict, out: Path) -> list[Path]:
@@ -105,7 +107,8 @@ def write_plots(result: dict, out: Path) -> list[Path]:
     if ref:
         ax.plot(range(len(ref["acc_by_round"])), 100 * np.array(ref["acc_by_round"]), ls="--", marker="s",
                 color=POLICY_COLOURS["central"], label=POLICY_LABELS["central"])
-    start = ref.get("acc_before") if ref else None
+    start = ref.get("acc_before") if ref else next(
+        (res["initial_acc"] for res in result["policies"].values() if res.get("initial_acc") is not None), None)
     if start is not None:
         ax.axhline(100 * start, color="grey", lw=0.8, ls=":", label="before any round")
     _label(ax, "round", "global model test accuracy (%)", _title(result, "accuracy vs round"))

@@ -320,13 +320,16 @@ class TxNode:
                 return replies, first_sent_ns, time.time_ns()
             if self.stop.is_set():
                 raise _Stopped()
-            wanted = "/".join(t for i, types in enumerate(reply_types) if replies[i] is None for t in types)
+            missing = [i for i, r in enumerate(replies) if r is None]
+            wanted = "/".join(reply_types[missing[-1]])  # the round's last reply missing, and how many before it
+            earlier = f" (nor {len(missing) - 1} earlier repl{'ies' if len(missing) > 2 else 'y'})" \
+                if len(missing) > 1 else ""
             if isinstance(reply, Error):
                 reasons.append("the RX has no session (restarted?)")
             elif self.sock.disconnects > drops:
                 reasons.append("connection to the RX dropped")
             else:
-                reasons.append(f"no {wanted} for round {seq} within {cfg.result_timeout_s} s")
+                reasons.append(f"no {wanted} for round {seq} within {cfg.result_timeout_s} s{earlier}")
             rec.error = "; ".join(reasons) + f" ({attempt + 1} attempt{'s' if attempt else ''})"
             if attempt + 1 < cfg.round_attempts:
                 log.warning("round %d, attempt %d/%d: %s; re-sending", seq, attempt + 1,

@@ -31,11 +31,28 @@ from common.learn.lora import LoraState
 from common.learn.train import lr_at
 
 
+class Resume:
+    """A training run done in several calls (a round's training parts): Adam's moments and the schedule
+    continue from call to call. ``total``: the run's steps (the schedule's length); ``done``: steps run by
+    the earlier calls (updated by each call)."""
+
+    def __init__(self, total: int):
+        self.total, self.done = int(total), 0
+        self._moments: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def moments(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam's (exp_avg, exp_sq) for the flat parameter buffer ``flat`` (zeros on the first call);
+        the trainer updates them in place."""
+        if self._moments is None or self._moments[0].shape != flat.shape:
+            self._moments = (torch.zeros_like(flat), torch.zeros_like(flat))
+        return self._moments
+
+
 def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tensor, y: torch.Tensor,
           m: torch.Tensor, c: torch.Tensor, state: LoraState, *, steps: int, lr: float, batch: int,
           schedule: str = "cosine", gen: torch.Generator | None = None,
           budget_s: float | None = None, cap_s: float | None = None, betas=(0.9, 0.999),
-          eps: float = 1e-8) -> tuple[int, float]:
+          eps: float = 1e-8, resume: "Resume | None" = None) -> tuple[int, float]:
     """Adam on the adapters in ``state`` (updated in place); returns (steps run, last loss).
 
     ``batch`` 0 = full batch. ``schedule``: "cosine" (lr to 0 over the run) or
@@ -44,7 +61,9 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     so a run cut short by the budget still ends annealed ("anytime" schedule).
     ``cap_s``: a wall-clock safety cap that stops the run without touching the
     schedule (which then follows the step count only, so the result does not
-    depend on the clock unless the cap cuts the run).
+    depend on the clock unless the cap cuts the run). ``resume``: this call is
+    a stretch of a longer run (:class:`Resume`: Adam's moments and the schedule
+    continue across calls; ``budget_s`` is then ignored).
     """
     t_start = time.perf_counter()
     n_layers = len(weights)
@@ -76,7 +95,10 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     A, B = views[:k_ad], views[k_ad:2 * k_ad]
     gA, gB = gviews[:k_ad], gviews[k_ad:2 * k_ad]
     D, gD = (views[2 * k_ad:], gviews[2 * k_ad:]) if state.d is not None else (None, None)
-    exp_avg, exp_sq = torch.zeros_like(flat), torch.zeros_like(flat)
+    exp_avg, exp_sq = resume.moments(flat) if resume else (torch.zeros_like(flat), torch.zeros_like(flat))
+    offset, total = (resume.done, resume.total) if resume else (0, steps)
+    if resume:
+        budget_s = None
     b = n if batch <= 0 or batch >= n else batch
     cursor = n
     loss_value = float("nan")
@@ -140,12 +162,15 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
             torch.mm(gv.t(), h, out=gA[i])
             g = torch.ops.aten.threshold_backward(torch.addmm(g @ weights[l], gv, A[i]), h, 0.0)
         # ---- Adam (torch's formula)
-        lr_k = lr_at(lr, schedule, step, steps, elapsed, budget_s)
+        t = offset + step
+        lr_k = lr_at(lr, schedule, t, total, elapsed, budget_s)
         exp_avg.lerp_(grad, 1 - betas[0])
         exp_sq.mul_(betas[1]).addcmul_(grad, grad, value=1 - betas[1])
-        denom = (exp_sq / (1 - betas[1] ** step)).sqrt_().add_(eps)
-        flat.addcdiv_(exp_avg, denom, value=-lr_k / (1 - betas[0] ** step))
+        denom = (exp_sq / (1 - betas[1] ** t)).sqrt_().add_(eps)
+        flat.addcdiv_(exp_avg, denom, value=-lr_k / (1 - betas[0] ** t))
         done = step
+    if resume:
+        resume.done += done
     o = 0
     for p, k in zip(params, sizes):
         p.copy_(flat[o:o + k].view(p.shape))
@@ -212,7 +237,7 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
                 trained: int, steps: int, lr: float, batch: int, schedule: str = "cosine",
                 gen: torch.Generator | None = None, cap_s: float | None = None,
                 frozen_dtype: torch.dtype = torch.float32, betas=(0.9, 0.999),
-                eps: float = 1e-8) -> tuple[int, float, bool]:
+                eps: float = 1e-8, resume: "Resume | None" = None) -> tuple[int, float, bool]:
     """Adam on the full weights and biases of the first ``trained`` Linear layers of an MLP (in place).
 
     ``ws[l]`` (out, in) and ``bs[l]`` (out,) are the MLP's layers with the
@@ -226,8 +251,9 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     Batches as :func:`train` (``drop_last`` epochs, one gather per epoch);
     "cosine" anneals by step count only, so the result does not depend on the
     clock; Adam is torch's fused kernel (one call per step). ``cap_s``:
-    wall-clock safety cap from the call; no step starts after it. Returns
-    (steps run, loss of the last step's batch, whether the cap cut the run).
+    wall-clock safety cap from the call; no step starts after it. ``resume``:
+    this call is a stretch of a longer run (:class:`Resume`). Returns (steps
+    run, loss of the last step's batch, whether the cap cut the run).
     """
     t_start = time.perf_counter()
     n_layers = len(ws)
@@ -243,8 +269,9 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     W, Bv = views[0::2], views[1::2]
     gW, gBv = gviews[0::2], gviews[1::2]
     onehot_t = torch.zeros(ws[-1].shape[0], n).scatter_(0, y.view(1, -1).long(), 1.0)  # (classes, n)
-    exp_avg, exp_sq = torch.zeros_like(flat), torch.zeros_like(flat)
-    step_t = torch.zeros(())
+    exp_avg, exp_sq = resume.moments(flat) if resume else (torch.zeros_like(flat), torch.zeros_like(flat))
+    offset, total = (resume.done, resume.total) if resume else (0, steps)
+    step_t = torch.full((), float(offset))
     b = n if batch <= 0 or batch >= n else batch
     cursor = n
     loss_value = float("nan")
@@ -307,10 +334,13 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
             g = torch.ops.aten.threshold_backward(gin, h, 0.0)  # float32 again at the trained layers
         # ---- Adam (torch's fused kernel; step count by step only)
         step_t += 1
-        torch._fused_adam_([flat], [grad], [exp_avg], [exp_sq], [], [step_t], lr=lr_at(lr, schedule, step, steps),
+        torch._fused_adam_([flat], [grad], [exp_avg], [exp_sq], [], [step_t],
+                           lr=lr_at(lr, schedule, offset + step, total),
                            beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False,
                            maximize=False)
         done = step
+    if resume:
+        resume.done += done
     if cut and done:  # the loss of the last batch, after its update
         with torch.no_grad():
             loss_value = float(-(torch.log_softmax(forward(xb)[0], 0) * yb).sum() / yb.shape[1])

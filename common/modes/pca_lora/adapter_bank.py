@@ -368,13 +368,13 @@ class BankedAlignment(AlignmentStrategy):
     def adapt_part(self, model, z, y, codec, sizes, parts, carry=None):
         """Streaming: the first part starts from the bank's adapter for this alpha or the nearest one;
         the adapter of the last part is stored when kept."""
-        alpha, init_alpha = int(z.shape[1]), None
+        alpha, init, init_alpha = int(z.shape[1]), None, None
         if carry is None:
             stored = self.bank.get(alpha)
             near = (alpha, stored) if stored is not None else self.bank.nearest(alpha)
             if near:
-                init_alpha, carry = near
-        merged, report, state = self.inner.adapt_part(model, z, y, codec, sizes, parts, carry, init_alpha)
-        if merged is not None and report.kept == "adapted" and state is not None:
-            self.bank.put(alpha, state)
-        return merged, report, state
+                init_alpha, init = near
+        merged, report, carry = self.inner.adapt_part(model, z, y, codec, sizes, parts, carry, init, init_alpha)
+        if merged is not None and report.kept == "adapted" and carry["state"] is not None:
+            self.bank.put(alpha, carry["state"])
+        return merged, report, carry

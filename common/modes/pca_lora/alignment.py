@@ -23,11 +23,12 @@ adds an adapter bank (warm starts, and returning alphas that need no training).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -277,9 +278,10 @@ class AlignmentStrategy(ABC):
 
         ``z`` (n, alpha) / ``y`` (n,) are all the parts so far, ``sizes`` their
         vector counts; ``carry`` is what the previous part returned (None for
-        the first). Each part runs its share of the steps one payload would
-        get, continuing from the previous part's adapter; the hold-out is drawn
-        within each part, so no held-out vector was ever trained on. Returns
+        the first). Each part runs its stretch of the steps one payload would
+        get, continuing the previous part's training (adapter, optimiser state,
+        schedule); the hold-out is drawn within each part, so no held-out
+        vector was ever trained on. Returns
         the adapted model (None before the last part: merge and hold-out check
         run once, at the end), the report and the carry for the next part.
         """
@@ -418,28 +420,42 @@ class LoraAlignment(AlignmentStrategy):
         merged, report, _ = self.adapt_state(model, z, y, codec)
         return merged, report
 
-    def adapt_part(self, model, z, y, codec, sizes, parts, carry=None, init_alpha=None):
-        """:meth:`AlignmentStrategy.adapt_part`; ``carry`` is the adapter (:class:`LoraState`) so far, or a
-        stored one to start from (``init_alpha``: the alpha it was fitted at)."""
-        alpha, part = int(z.shape[1]), len(sizes)
-        deep = alpha < self.config.deep_fraction * codec.d_max
-        total = sum(self._plan(alpha, codec, model, deep, self.config.deep_budget_ms if deep else
-                               self.config.budget_ms, None)[0])
-        steps = round(total * part / parts) - round(total * (part - 1) / parts)
+    def adapt_part(self, model, z, y, codec, sizes, parts, carry=None, init=None, init_alpha=None):
+        """:meth:`AlignmentStrategy.adapt_part`. The first part plans the round (the steps one payload of
+        ``parts`` such parts would get) and may start from a stored adapter ``init`` (fitted at
+        ``init_alpha``); each part then runs its stretch of that plan, Adam's moments and the schedule
+        continuing across parts (the autograd reference, without folding, restarts them per part). The
+        report sums the parts. The carry holds the adapter (``carry["state"]``) and the run."""
+        cfg, alpha, part = self.config, int(z.shape[1]), len(sizes)
         holds, offset = [], 0
         for k, n_k in enumerate(sizes):
-            holds.append(_split_holdout(n_k, self.config, seed_offset=k)[1] + offset)
+            holds.append(_split_holdout(n_k, cfg, seed_offset=k, parts=parts)[1] + offset)
             offset += n_k
         hold = torch.cat(holds)
         fit = torch.ones(len(z), dtype=torch.bool)
         fit[hold] = False
-        return self.adapt_state(model, z, y, codec, init=carry, init_alpha=init_alpha, steps=steps,
-                                split=(torch.nonzero(fit).flatten(), hold), finish=part == parts)
+        if carry is None:
+            deep = alpha < cfg.deep_fraction * codec.d_max
+            plan, steps_by, cal = self._plan(alpha, codec, model, deep, cfg.deep_budget_ms if deep else
+                                             cfg.budget_ms, None)
+            if cfg.max_epochs:  # the epoch cap of the round's fit vectors, estimated from its first part
+                n_est = int(fit.sum()) * parts
+                plan = _cap_plan(plan, max(1, math.ceil(cfg.max_epochs * n_est / (cfg.batch_size or n_est))))
+            carry = {"stretch": _Stretch(plan, steps_by, cal), "state": init, "init_alpha": init_alpha,
+                     "reports": []}
+        stretch, total = carry["stretch"], sum(carry["stretch"].plan)
+        stretch.start, stretch.end = round(total * (part - 1) / parts), round(total * part / parts)
+        merged, report, carry["state"] = self.adapt_state(
+            model, z, y, codec, init=carry["state"], init_alpha=carry["init_alpha"],
+            split=(torch.nonzero(fit).flatten(), hold), finish=part == parts, stretch=stretch)
+        carry["reports"].append(report)
+        return merged, _summed(carry["reports"], total), carry
 
     def adapt_state(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec,
                     init: LoraState | None = None, init_alpha: int | None = None,
                     steps: int | None = None, _precision: str | None = None,
-                    split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True
+                    split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True,
+                    stretch: "_Stretch | None" = None
                     ) -> tuple[nn.Sequential | None, AdaptReport, LoraState | None]:
         """Like :meth:`adapt`, starting from ``init`` (a copy is trained) when given.
 
@@ -447,7 +463,9 @@ class LoraAlignment(AlignmentStrategy):
         overrides the configured or calibrated count. ``split``: (fit, hold-out)
         row indices, int64, instead of the seeded draw. Returns the model, the
         report and the trained adapter; without ``finish`` (training goes on
-        later) the model is None: no merge, no hold-out check.
+        later) the model is None: no merge, no hold-out check. ``stretch``:
+        run only steps ``[stretch.start, stretch.end)`` of ``stretch.plan``,
+        continuing its optimiser state (a round in parts).
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -459,7 +477,8 @@ class LoraAlignment(AlignmentStrategy):
         budget_ms = cfg.deep_budget_ms if deep else cfg.budget_ms
         cap_s = None if budget_ms is None else budget_ms / 1e3
         weights, biases = _mlp_weights(model)
-        plan, steps_by, cal = self._plan(alpha, codec, model, deep, budget_ms, steps)
+        plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
+                               self._plan(alpha, codec, model, deep, budget_ms, steps))
         precision = _precision or (cal.precision if cal is not None else frozen_precision(cfg, weights))
         if recipe == "lora":
             precision = "fp32"
@@ -467,7 +486,7 @@ class LoraAlignment(AlignmentStrategy):
         fit_idx, hold = split if split is not None else _split_holdout(len(z), cfg)
         if not len(fit_idx):
             plan = [0]
-        elif cfg.max_epochs:
+        elif cfg.max_epochs and stretch is None:
             per_epoch = len(fit_idx) / (cfg.batch_size or len(fit_idx))
             plan = _cap_plan(plan, max(1, math.ceil(cfg.max_epochs * per_epoch)))
         zt = torch.as_tensor(z)
@@ -479,7 +498,9 @@ class LoraAlignment(AlignmentStrategy):
         # the training gets what the set-up left of the cap, less a tenth kept for the merge and hold-out check
         left = (lambda: None) if cap_s is None else (
             lambda: max(0.9 * cap_s - (time.perf_counter() - t0), 1e-6))
-        requested = sum(plan)
+        # steps of each stage this call runs: all of them, or the stretch's share
+        spans = [(0, k) for k in plan] if stretch is None else stretch.spans()
+        requested = sum(n for _, n in spans)
         warm = False
         if recipe == "lora":
             layers = tuple(range(min(cfg.frozen_layers, len(weights) - 1), len(weights)))
@@ -496,7 +517,8 @@ class LoraAlignment(AlignmentStrategy):
             elif linear is not None:
                 n_done, loss = fastlora.train(weights, biases, zt[fit_idx], yt[fit_idx], m, c, state,
                                               steps=requested, lr=cfg.lr, batch=cfg.batch_size,
-                                              schedule=cfg.schedule, gen=gen, cap_s=left())
+                                              schedule=cfg.schedule, gen=gen, cap_s=left(),
+                                              resume=stretch and stretch.resume(0))
                 done = [n_done]
             else:
                 x = torch.as_tensor(codec.decode(z))
@@ -509,7 +531,7 @@ class LoraAlignment(AlignmentStrategy):
             lr1 = cfg.deep_lr if deep else cfg.lr
             done, loss = [], float("nan")
             x = zt if linear is not None else torch.as_tensor(codec.decode(z))
-            for stage, n_steps in enumerate(plan):
+            for stage, (_, n_steps) in enumerate(spans):
                 if len(fit_idx) == 0 or n_steps == 0:
                     done.append(0)
                     continue
@@ -520,7 +542,8 @@ class LoraAlignment(AlignmentStrategy):
                     n_done, loss, _ = fastlora.train_dense(ws, bs, x[fit_idx], yt[fit_idx], trained=trained,
                                                            steps=n_steps, lr=lr, batch=cfg.batch_size,
                                                            schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                                           frozen_dtype=dtype)
+                                                           frozen_dtype=dtype,
+                                                           resume=stretch and stretch.resume(stage))
                 else:
                     n_done, loss = _train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained, n_steps, lr,
                                                           cfg, gen)
@@ -575,6 +598,42 @@ class LoraAlignment(AlignmentStrategy):
 
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class _Stretch:
+    """What one part of a round in parts trains: steps ``[start, end)`` of the round's ``plan`` (steps per
+    stage, in order), with one :class:`fastlora.Resume` per stage carrying Adam and the schedule."""
+
+    plan: list[int]
+    steps_by: str
+    cal: "Calibration | None"
+    start: int = 0
+    end: int = 0
+    resumes: dict = field(default_factory=dict)
+
+    def spans(self) -> list[tuple[int, int]]:
+        """(offset within the stage, steps) this stretch runs of each stage."""
+        out, first = [], 0
+        for k in self.plan:
+            lo, hi = max(self.start, first), min(self.end, first + k)
+            out.append((lo - first, max(0, hi - lo)))
+            first += k
+        return out
+
+    def resume(self, stage: int) -> fastlora.Resume:
+        return self.resumes.setdefault(stage, fastlora.Resume(self.plan[stage]))
+
+
+def _summed(reports: list[AdaptReport], requested: int) -> AdaptReport:
+    """One report for a round's parts: steps, stage steps and time summed, the last part's verdict."""
+    first, last = reports[0], reports[-1]
+    steps = sum(r.steps for r in reports)
+    stages = [sum(x) for x in itertools.zip_longest(*(r.stage_steps for r in reports), fillvalue=0)]
+    return replace(last, steps=steps, steps_requested=requested, complete=steps == requested,
+                               duration_ms=sum(r.duration_ms for r in reports), stage_steps=stages,
+                               cut_by_cap=any(r.cut_by_cap for r in reports), warm_start=first.warm_start,
+                               warm_from_alpha=first.warm_from_alpha)
 
 
 def _timed(fn) -> float:
@@ -663,9 +722,15 @@ def _compatible(state: LoraState, weights: list[torch.Tensor], layers: tuple[int
         for l, a, b in zip(layers, state.A, state.B))
 
 
-def _split_holdout(n: int, cfg: AdaptConfig, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (fit, hold-out) of ``n`` vectors, seeded by ``cfg.seed + seed_offset``; no hold-out below 50."""
-    k = min(int(n * cfg.holdout), cfg.holdout_max) if n >= 50 else 0
+def _split_holdout(n: int, cfg: AdaptConfig, seed_offset: int = 0, parts: int = 1
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (fit, hold-out) of ``n`` vectors, seeded by ``cfg.seed + seed_offset``; no hold-out below 50.
+
+    ``parts``: ``n`` is one of that many near-equal parts of a round, whose
+    hold-outs together are what the whole round's would be (the 50-vector
+    threshold and ``holdout_max`` apply to the round).
+    """
+    k = min(int(n * cfg.holdout), cfg.holdout_max // parts) if n * parts >= 50 else 0
     if k == 0:
         return torch.arange(n), torch.zeros(0, dtype=torch.long)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 + 104729 * seed_offset))

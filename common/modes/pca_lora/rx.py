@@ -12,8 +12,8 @@ the TX can leave them out.
 
 A round in parts (``--train-parts K`` at the TX, announced in HELLO) sends the
 training vectors first, in K PAYLOAD_TRAIN frames, then the test vectors in
-PAYLOAD. The RX adapts on each part as it is delivered (its share of the
-steps, continuing from the previous part's adapter) and answers TRAIN_ACK
+PAYLOAD. The RX adapts on each part as it is delivered (its stretch of the
+steps one PAYLOAD would get, continuing the previous part's training) and answers TRAIN_ACK
 (not round-final); PAYLOAD is classified with the model adapted meanwhile.
 The parts share the link in turn (each is delivered one air time after the
 previous one), and adaptation runs one part at a time on the RX timeline, so

@@ -518,7 +518,7 @@ class LoraAlignment(AlignmentStrategy):
                 n_done, loss = fastlora.train(weights, biases, zt[fit_idx], yt[fit_idx], m, c, state,
                                               steps=requested, lr=cfg.lr, batch=cfg.batch_size,
                                               schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                              resume=stretch and stretch.resume(0))
+                                              resume=stretch.resume(0) if stretch else None)
                 done = [n_done]
             else:
                 x = torch.as_tensor(codec.decode(z))
@@ -543,7 +543,7 @@ class LoraAlignment(AlignmentStrategy):
                                                            steps=n_steps, lr=lr, batch=cfg.batch_size,
                                                            schedule=cfg.schedule, gen=gen, cap_s=left(),
                                                            frozen_dtype=dtype,
-                                                           resume=stretch and stretch.resume(stage))
+                                                           resume=stretch.resume(stage) if stretch else None)
                 else:
                     n_done, loss = _train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained, n_steps, lr,
                                                           cfg, gen)
@@ -631,9 +631,9 @@ def _summed(reports: list[AdaptReport], requested: int) -> AdaptReport:
     steps = sum(r.steps for r in reports)
     stages = [sum(x) for x in itertools.zip_longest(*(r.stage_steps for r in reports), fillvalue=0)]
     return replace(last, steps=steps, steps_requested=requested, complete=steps == requested,
-                               duration_ms=sum(r.duration_ms for r in reports), stage_steps=stages,
-                               cut_by_cap=any(r.cut_by_cap for r in reports), warm_start=first.warm_start,
-                               warm_from_alpha=first.warm_from_alpha)
+                   duration_ms=sum(r.duration_ms for r in reports), stage_steps=stages,
+                   cut_by_cap=any(r.cut_by_cap for r in reports), warm_start=first.warm_start,
+                   warm_from_alpha=first.warm_from_alpha)
 
 
 def _timed(fn) -> float:

@@ -13,10 +13,11 @@ Figures (medians of ``repeats`` runs, one torch thread):
 - ``adapt``: adaptation time against n_train at alpha 20 for each recipe with the RX's
   default settings (step count calibrated to the budget); floor = FLOPs of the steps / GEMM rate;
 - ``inference``: classification of t vectors; floor = FLOPs / GEMM rate;
-- ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 3-round loopback run;
-  the same run's rounds are at alpha = d_pre with nothing to align, so ``round_d_pre``
-  gives their round latency (TX starts encoding -> RESULT back) against the air time of
-  the payload plus inference.
+- ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 9-round loopback run
+  of the demo trace; 7 of its rounds are at alpha = d_pre with nothing to align, so
+  ``round_d_pre`` gives their round latency (TX starts encoding -> RESULT back; the first
+  round, which pays the processes' warm-up, left out) against the air time of the payload
+  plus inference.
 - ``train_parts``: time to classification (TX starts encoding -> the RX has classified, on
   the RX's emulated timeline) of live rounds at alpha 20 on a constant 64-QAM top-MCS link
   (~170 Mb/s), one PAYLOAD (0 parts: encode, air time and adaptation one after the other)
@@ -186,7 +187,7 @@ class _PeakRss:
 
 
 def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -> dict:
-    """Peak RSS (MiB) of an RX and a TX process during a 3-round loopback run (``VmHWM``)."""
+    """Peak RSS (MiB) of an RX and a TX process during a 9-round loopback run of the demo trace (``VmHWM``)."""
     from semalign.processes import free_port, launch, stop_process
 
     if not Path("/proc/self/status").exists():
@@ -194,11 +195,11 @@ def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -
     address = f"tcp://127.0.0.1:{free_port()}"
     common = {"artifacts": artifacts, "dataset": dataset, "insecure": True}
     out.mkdir(parents=True, exist_ok=True)
-    rx = launch("rx", {"bind": address, "link": "loopback", "trace": "demo", "trace_rounds": 3, **common},
+    rx = launch("rx", {"bind": address, "link": "loopback", "trace": "demo", "trace_rounds": 9, **common},
                 out / "rx.log")
     rx_peak = _PeakRss(rx.pid)
     try:
-        tx = launch("tx", {"connect": address, "rounds": 3, "out": out / "run", "data_dir": data_dir, **common},
+        tx = launch("tx", {"connect": address, "rounds": 9, "out": out / "run", "data_dir": data_dir, **common},
                     out / "tx.log")
         tx_peak = _PeakRss(tx.pid)
         tx.wait(timeout=600)
@@ -213,14 +214,14 @@ def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -
 
 def round_latency_d_pre(run_dir: Path) -> dict | None:
     """Round latency of the run's rounds at alpha = d_pre (TX starts encoding -> RESULT back, ms)
-    against the payload's air time plus the RX's inference, medians."""
+    against the payload's air time plus the RX's inference, medians (round 0, the warm-up, left out)."""
     from common.results.log import load_results
 
     try:
         rounds = [r for r in load_results(run_dir)["rounds"] if r.get("status") == "ok"]
     except (OSError, ValueError, KeyError):
         return None
-    lean = [r for r in rounds if r.get("nothing_to_align") == "d_pre"]
+    lean = [r for r in rounds if r.get("nothing_to_align") == "d_pre" and r["round"] > 0]  # 0: warm-up
     if not lean:
         return None
     lat = [r["latency_ms"]["encode"] + r["latency_ms"]["pack"] + r["latency_ms"]["rtt"] for r in lean]

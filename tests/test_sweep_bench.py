@@ -121,7 +121,7 @@ def test_bench_daemon_rss(tmp_path, digits_artifacts):
     from semalign.bench import daemon_rss
 
     rss = daemon_rss(digits_artifacts, "digits", tmp_path, None)
-    # measured on digits (3 rounds, torch 2.13 CPU): RX 261 MiB, TX 313 MiB, most of it torch itself.
+    # measured on digits (3 rounds then, 9 now; torch 2.13 CPU): RX 261 MiB, TX 313 MiB, most of it torch itself.
     # 1.7x that means a copy of the data per round or a leak, which this catches; the soak measures growth.
     assert 100 < rss["rx_peak_rss_mib"] < 450 and 100 < rss["tx_peak_rss_mib"] < 550, rss
 

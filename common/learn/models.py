@@ -26,6 +26,24 @@ def mlp_shape(model: nn.Sequential) -> tuple[int, tuple[int, ...], int]:
 
 
 @torch.no_grad()
+def fold_decoder(model: nn.Sequential, m: np.ndarray, c: np.ndarray) -> nn.Sequential:
+    """``model`` with a linear decoder ``x = z @ m + c`` folded into its first Linear layer.
+
+    ``m`` float32 (alpha, d_in), ``c`` (d_in,). The returned model takes ``z``
+    float32 (n, alpha) where ``model`` took ``x`` (n, d_in): the same logits up
+    to float32 rounding, without reconstructing ``x`` and at alpha / d_in of
+    the first layer's cost. Its later layers are ``model``'s own modules.
+    """
+    first = model[0]
+    w = first.weight @ torch.as_tensor(m, dtype=torch.float32).t()  # (out, alpha)
+    b = first.weight @ torch.as_tensor(c, dtype=torch.float32) + first.bias
+    folded = nn.Linear(w.shape[1], w.shape[0])
+    folded.weight.copy_(w)
+    folded.bias.copy_(b)
+    return nn.Sequential(folded, *list(model)[1:])
+
+
+@torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 8192) -> np.ndarray:
     """Class ids (uint8, shape (n,)) for ``x`` float32 (n, d_in)."""
     xt = torch.as_tensor(x, dtype=torch.float32)

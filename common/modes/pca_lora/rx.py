@@ -1,11 +1,11 @@
-"""pca-lora's RX half: reconstruct -> align (the adaptation recipe) -> classify -> RESULT.
+"""pca-lora's RX half: dequantize -> align (the adaptation recipe) -> classify -> RESULT.
 
 One PAYLOAD is one round: the link delivers it (air time, HARQ), the features
-are dequantized and checked, the test vectors reconstructed
-(``x_hat = P_alpha z + mean``), the classifier adapted on the training
+are dequantized and checked, the classifier adapted on the training
 vectors by the alignment strategy (a payload without training vectors is
 classified by the frozen model, or by the bank's adapter for its alpha), and
-the test vectors classified with both the frozen and the adapted model (test
+the test vectors classified with both the frozen and the adapted model, the
+reconstruction ``x_hat = z P_alpha + mean`` folded into the first layer (test
 labels travel for evaluation only). RESULT also lists the alphas the RX can
 serve without training vectors (``aligned_alphas``: its adapter bank's), so
 the TX can leave them out.
@@ -33,7 +33,7 @@ from torch import nn
 
 from common.codecs.base import Codec
 from common.learn import fastlora
-from common.learn.models import accuracy, predict
+from common.learn.models import accuracy, fold_decoder, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.pca_lora.alignment import AlignmentStrategy
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, NO_LABEL, Payload, TrainAck, TrainPart
@@ -50,7 +50,8 @@ class RxLimits:
     ``max_deadline_s``: largest TX deadline (s) a session may declare; the
     payload budget is ``rate x deadline``. ``budget_tolerance``: fraction a
     payload may exceed that budget by (0.01: rounding between the two ends).
-    ``max_test_vectors``: test vectors per payload (each is expanded to
+    ``max_test_vectors``: test vectors per payload (each is classified twice,
+    frozen and adapted; with a non-linear codec each is first expanded to
     ``d_raw`` float32 values: 20 000 x 784 x 4 B = 63 MB for MNIST).
     """
 
@@ -77,6 +78,7 @@ class PcaLoraRx(RxHalf):
         self.n_classes = n_classes
         self.limits = limits or RxLimits()
         self.fingerprint = codec.fingerprint
+        self._folded: dict[int, nn.Sequential] = {}  # the frozen model with the decoder folded in, by alpha
 
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max}
@@ -115,7 +117,8 @@ class PcaLoraRx(RxHalf):
                      * self.codec.d_max, self.codec.d_max, info["overhead_ms"])
         z = np.zeros((8, self.codec.d_max), np.float32)
         adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
-        predict(adapted, self.codec.decode(z))
+        self.classify(adapted, z)
+        self.classify(self.model, z)
 
     # ------------------------------------------------------------ PAYLOAD
 
@@ -125,8 +128,7 @@ class PcaLoraRx(RxHalf):
         Budget: the payload may not exceed ``rate x deadline`` of the round's
         announced CHANNEL and the session's HELLO, plus ``budget_tolerance``
         (``earlier_bytes``: what the round's earlier part already took of it).
-        Work: at most ``max_test_vectors`` test vectors (each is reconstructed
-        to ``d_raw`` values and classified).
+        Work: at most ``max_test_vectors`` test vectors (each is classified).
         """
         deadline_s = ctx.session.get("hello_params", {}).get("deadline_s")
         if deadline_s is not None:
@@ -207,7 +209,7 @@ class PcaLoraRx(RxHalf):
 
         t0 = time.perf_counter()
         z = self._features(p)
-        x_test = self.codec.decode(z[: p.n_test])
+        z_test = z[: p.n_test]  # the decode x = z M + c is folded into the classifier (classify)
         t1 = time.perf_counter()
         t_decoded = t_delivered + int((t1 - t_start) * 1e9)
 
@@ -224,13 +226,15 @@ class PcaLoraRx(RxHalf):
             finetune_ms = (time.perf_counter() - t1) * 1e3
             t_ready = t_decoded + int(finetune_ms * 1e6)
         t2 = time.perf_counter()
-        pred = predict(adapted, x_test)
+        pred = self.classify(adapted, z_test)
         t3 = time.perf_counter()
 
         y_test = p.labels[: p.n_test]
         labelled = y_test != NO_LABEL
-        acc_pre = accuracy(predict(self.model, x_test[labelled]), y_test[labelled])
         acc_ada = accuracy(pred[labelled], y_test[labelled])
+        # the frozen model's accuracy, for evaluation only (inferred again only when the model was adapted)
+        acc_pre = acc_ada if adapted is self.model else accuracy(self.classify(self.model, z_test[labelled]),
+                                                                  y_test[labelled])
         n_train = sum(part["sizes"]) if part else p.n_train
         log.info("seq %d: alpha=%d n_train=%d acc %.3f -> %.3f (finetune %.0f ms%s)", p.seq, p.alpha,
                  n_train, acc_pre, acc_ada, finetune_ms, ", overlapped" if part else "")
@@ -245,6 +249,25 @@ class PcaLoraRx(RxHalf):
         t_transmit = t_ready + int((t3 - t2) * 1e9)
         return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
                             ctx.received_ns, t_delivered, t_decoded, t_transmit), not_before_ns=t_transmit)
+
+    def classify(self, model: nn.Sequential, z: np.ndarray) -> np.ndarray:
+        """Class ids uint8 (n,) of received features ``z`` float32 (n, alpha) by ``model`` (input ``x_hat``).
+
+        With a linear codec the decoder is folded into the first layer (no
+        ``d_raw``-sized reconstruction; the frozen model's fold is kept per
+        alpha, at most d_pre of them); otherwise ``x_hat = decode(z)`` first.
+        """
+        alpha = z.shape[1]
+        linear = self.codec.linear_decoder(alpha)
+        if linear is None:
+            return predict(model, self.codec.decode(z))
+        if model is self.model:
+            folded = self._folded.get(alpha)
+            if folded is None:
+                folded = self._folded[alpha] = fold_decoder(model, *linear)
+        else:
+            folded = fold_decoder(model, *linear)
+        return predict(folded, z)
 
     @staticmethod
     def _features(p: Payload) -> np.ndarray:

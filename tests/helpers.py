@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import zmq
 
 from common.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
@@ -15,8 +17,9 @@ from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.messages import Payload
 from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
+from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits, Hello, encode
-from rx_node.daemon import RxNode
+from rx_node.daemon import RxNode, serve
 from tx_node.daemon import TxConfig, TxNode
 from semalign.processes import daemon_argv, free_port  # noqa: F401  (tests import free_port from here)
 
@@ -30,6 +33,27 @@ def rx_node(artifacts, **limits) -> RxNode:
     link = create_sidelink("loopback", trace="demo", rounds=3)
     half = PcaLoraRx(codec, model, LoraAlignment(adapt=AdaptConfig(steps=20)), meta.n_classes)
     return RxNode({half.mode: half}, link, DecodeLimits(**limits))
+
+
+class ServedRx:
+    """``node`` serving over real sockets on a free loopback port, in a thread of this process.
+
+    ``max_bytes``: the socket's message size limit; ``sock_cls`` and ``sock_kw``
+    build another socket (e.g. one that drops messages). :meth:`stop` ends it.
+    """
+
+    def __init__(self, node: RxNode, max_bytes: int = 1 << 24, sock_cls=RxSocket, **sock_kw):
+        self.node = node
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.sock = sock_cls(self.address, max_bytes, zmq.Context.instance(), **sock_kw)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=serve, args=(node, self.sock, self._stop), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
 
 
 def hello(codec, session_id=5, next_seq=0, fingerprint=None, mode="pca-lora", **params) -> bytes:

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-import zmq
 
 from common.artifacts import load_codec
 from common.wire.protocol import Result, decode, encode
@@ -18,10 +17,9 @@ from common.modes.pca_lora.messages import Payload
 from common.results.log import ResultsLog, load_results, read_jsonl
 from common.link.sidelink import PayloadLost
 from common.net.transport import RxSocket, TxSocket
-from rx_node.daemon import serve
 from rx_node.replay import ReplayCache
 from tests.faults_helpers import tx_cmd, wait_rows
-from tests.helpers import ROOT, free_port, hello, payload, rx_node, start_rx, stop
+from tests.helpers import ROOT, ServedRx, free_port, hello, payload, rx_node, start_rx, stop
 from tests.helpers import tx_node
 
 CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=0.5, clock_samples=1,
@@ -113,19 +111,12 @@ def inproc_rx(digits_artifacts):
             for kind, handler in list(node._handlers["pca-lora"].items()):  # PAYLOAD and PAYLOAD_TRAIN
                 node._handlers["pca-lora"][kind] = \
                     lambda p, ctx, h=handler: (setattr(node.link, "_seq", p.seq), h(p, ctx))[1]
-        address = f"tcp://127.0.0.1:{free_port()}"
-        sock = sock_cls(address, 1 << 24, zmq.Context.instance(), **sock_kw)
-        stop = threading.Event()
-        thread = threading.Thread(target=serve, args=(node, sock, stop), daemon=True)
-        thread.start()
-        started.append((stop, thread, sock))
-        return node, address
+        started.append(ServedRx(node, 1 << 24, sock_cls, **sock_kw))
+        return node, started[-1].address
 
     yield start
-    for stop_event, thread, sock in started:
-        stop_event.set()
-        thread.join()
-        sock.close()
+    for served in started:
+        served.stop()
 
 
 def run_tx(artifacts, digits, address, out, rounds, **cfg):

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from common.learn.train import TrainConfig
 from common.link.sidelink import create_sidelink
@@ -37,11 +36,11 @@ from common.modes.fed_lora.messages import (
 from common.wire.tensors import TensorError
 from common.modes.fed_lora.spec import FedSpec, split_pool
 from common.modes.fed_lora.tx import FedLoraTx
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.results.log import ResultsLog, load_results
 from common.wire.protocol import Error, Hello, Result, decode, encode
-from rx_node.daemon import RxNode, serve
-from tests.helpers import ROOT, daemon_argv, free_port, stop
+from rx_node.daemon import RxNode
+from tests.helpers import ROOT, ServedRx, daemon_argv, free_port, stop
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
 
 MODE = get_mode("fed-lora")
@@ -68,19 +67,12 @@ def serve_rx():
 
     def start(half):
         node = RxNode({"fed-lora": half}, create_sidelink("loopback", trace="demo"))
-        address = f"tcp://127.0.0.1:{free_port()}"
-        sock = RxSocket(address, 1 << 26, zmq.Context.instance())
-        stop_event = threading.Event()
-        thread = threading.Thread(target=serve, args=(node, sock, stop_event), daemon=True)
-        thread.start()
-        started.append((stop_event, thread, sock))
-        return node, address
+        started.append(ServedRx(node, 1 << 26))
+        return node, started[-1].address
 
     yield start
-    for stop_event, thread, sock in started:
-        stop_event.set()
-        thread.join()
-        sock.close()
+    for served in started:
+        served.stop()
 
 
 def node_for(address, half, **cfg):

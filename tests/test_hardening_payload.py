@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
-import zmq
 
 from common.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.messages import Payload
 from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.wire.protocol import Error, Result, decode, encode
-from rx_node.daemon import RxNode, serve
-from tests.helpers import free_port, hello, payload
+from rx_node.daemon import RxNode
+from tests.helpers import ServedRx, hello, payload
 
 DEEP_FADE_SEQ = 6  # the demo trace's QPSK MCS1 rounds (9.4 Mb/s) are 6 and 7
 
@@ -68,11 +66,8 @@ def test_one_peers_air_time_does_not_hold_another(digits_artifacts, digits):
     """A 1.6 MB payload in a deep fade (1.4 s of emulated air time) must not delay another peer's round."""
     node = _node(digits_artifacts, max_deadline_s=5.0)
     codec = node.halves["pca-lora"].codec
-    address = f"tcp://127.0.0.1:{free_port()}"
-    sock = RxSocket(address, 64 << 20, zmq.Context.instance())
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(node, sock, stop), daemon=True)
-    thread.start()
+    served = ServedRx(node, 64 << 20)
+    address = served.address
     slow, fast = TxSocket(address), TxSocket(address)
     try:
         assert _ask(slow, hello(codec, session_id=1, next_seq=DEEP_FADE_SEQ, deadline_s=2.0), "HELLO")
@@ -96,9 +91,7 @@ def test_one_peers_air_time_does_not_hold_another(digits_artifacts, digits):
     finally:
         slow.close()
         fast.close()
-        stop.set()
-        thread.join()
-        sock.close()
+        served.stop()
     airtime_s = slow_result.timings_ms["airtime"] / 1e3
     assert airtime_s > 1.3  # 1.6 MB at 9.4 Mb/s
     assert t_fast < airtime_s / 2 < t_slow, (t_fast, t_slow, airtime_s)

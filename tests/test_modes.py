@@ -7,13 +7,11 @@ which the TX checks. Nothing in ``rx_node`` or ``tx_node`` knows it exists.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pytest
-import zmq
 
 from common.link.sidelink import create_sidelink
 from common.modes.base import (
@@ -28,11 +26,11 @@ from common.modes.base import (
     mode_names,
     register_mode,
 )
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.results.log import ResultsLog, load_results
 from common.wire.protocol import Error, Result, decode, register_message
-from rx_node.daemon import RxNode, serve
-from tests.helpers import free_port, hello
+from rx_node.daemon import RxNode
+from tests.helpers import ServedRx, hello
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
 
 FINGERPRINT = "1d" * 32
@@ -113,16 +111,10 @@ class Identity(Mode):
 @pytest.fixture
 def rx_thread():
     """An RX serving only the identity mode over real sockets, in a thread of this process."""
-    node = RxNode({"identity": get_mode("identity").build_rx({})}, create_sidelink("loopback", trace="demo"))
-    address = f"tcp://127.0.0.1:{free_port()}"
-    sock = RxSocket(address, 1 << 20, zmq.Context.instance())
-    stop = threading.Event()
-    thread = threading.Thread(target=serve, args=(node, sock, stop), daemon=True)
-    thread.start()
-    yield node, address
-    stop.set()
-    thread.join()
-    sock.close()
+    served = ServedRx(RxNode({"identity": get_mode("identity").build_rx({})},
+                             create_sidelink("loopback", trace="demo")), 1 << 20)
+    yield served.node, served.address
+    served.stop()
 
 
 def tx(address, half, **cfg):

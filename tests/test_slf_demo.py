@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-import zmq
 from typer.testing import CliRunner
 
 from common.link.sidelink import create_sidelink
@@ -29,11 +27,11 @@ from common.modes.slf.pretrain import pretrain_and_save
 from common.modes.slf.recovery import choose_n_frozen, finetune_flops
 from common.modes.slf.rx import SlfRx
 from common.modes.slf.transceiver import Transceiver, TransceiverShape
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.results.log import ResultsLog
 from common.wire.protocol import Error, Hello, decode, encode
-from rx_node.daemon import RxNode, serve
-from tests.helpers import free_port
+from rx_node.daemon import RxNode
+from tests.helpers import ServedRx
 from tx_node.daemon import TxConfig, TxNode
 
 SHAPE = TransceiverShape(image_size=8, widths=(8, 16), code_dim=8, n_codewords=16, head_channels=(8, 8),
@@ -200,20 +198,13 @@ def rx_server(artifacts):
         opts = {"artifacts": artifacts / "rx", "eps": 0.01}
         if keep is not None:
             opts["keep_alignments"] = keep
-        node = RxNode({"slf": get_mode("slf").build_rx(opts)}, create_sidelink("loopback", trace="demo"))
-        address = f"tcp://127.0.0.1:{free_port()}"
-        sock = RxSocket(address, 1 << 24, zmq.Context.instance())
-        stop_event = threading.Event()
-        thread = threading.Thread(target=serve, args=(node, sock, stop_event), daemon=True)
-        thread.start()
-        state.update(node=node, address=address, sock=sock, stop=stop_event, thread=thread)
-        return node, address
+        served = ServedRx(RxNode({"slf": get_mode("slf").build_rx(opts)}, create_sidelink("loopback", trace="demo")))
+        state.update(node=served.node, address=served.address, served=served)
+        return served.node, served.address
 
     def halt():
         if state:
-            state["stop"].set()
-            state["thread"].join()
-            state["sock"].close()
+            state["served"].stop()
             state.clear()
 
     def restart(keep=None):

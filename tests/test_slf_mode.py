@@ -9,12 +9,10 @@ decodes the TX's indices near chance; one alignment round repairs that.
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pytest
 import torch
-import zmq
 
 from common.link.sidelink import create_sidelink
 from common.modes.base import get_mode
@@ -38,11 +36,11 @@ from common.modes.slf.recovery import state_bytes
 from common.modes.slf.rx import DECODER, SlfRx
 from common.modes.slf.transceiver import DECODER_LAYERS, Transceiver, TransceiverShape, frozen_layers
 from common.modes.slf.tx import SlfTx
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.results.log import ResultsLog, load_results
 from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, decode, encode
-from rx_node.daemon import RxNode, serve
-from tests.helpers import free_port, start_rx, stop
+from rx_node.daemon import RxNode
+from tests.helpers import ServedRx, start_rx, stop
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
 
 SHAPE = TransceiverShape(image_size=8, widths=(8, 16), code_dim=8, n_codewords=16, head_channels=(8, 8),
@@ -74,16 +72,9 @@ def tx_half(artifacts, cls=SlfTx, **opts) -> SlfTx:
 @pytest.fixture
 def rx_thread(artifacts):
     """An slf RX over real sockets in a thread of this process (loopback emulator, demo trace)."""
-    node = RxNode({"slf": rx_half(artifacts)}, create_sidelink("loopback", trace="demo"))
-    address = f"tcp://127.0.0.1:{free_port()}"
-    sock = RxSocket(address, 1 << 24, zmq.Context.instance())
-    stop_event = threading.Event()
-    thread = threading.Thread(target=serve, args=(node, sock, stop_event), daemon=True)
-    thread.start()
-    yield node, address
-    stop_event.set()
-    thread.join()
-    sock.close()
+    served = ServedRx(RxNode({"slf": rx_half(artifacts)}, create_sidelink("loopback", trace="demo")))
+    yield served.node, served.address
+    served.stop()
 
 
 def run(address, half, rounds, out, **cfg):

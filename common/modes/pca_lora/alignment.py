@@ -37,6 +37,7 @@ from torch import nn
 from common.codecs.base import Codec
 from common.learn import fastlora
 from common.learn.lora import LoraConfig, LoraState, init_adapters, merge_into
+from common.learn.models import fold_decoder
 from common.learn.train import TrainConfig, fit
 
 log = logging.getLogger("semalign.align")
@@ -701,11 +702,7 @@ def _dense_state(ws, bs, weights, biases, m, c, a0, trained_layers: int) -> Lora
 @torch.no_grad()
 def _folded_logits(model: nn.Sequential, z: torch.Tensor, m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` on ``x_hat = z m + c`` with the decoder folded into its first layer."""
-    weights, biases = _mlp_weights(model)
-    h = torch.addmm(weights[0] @ c + biases[0], z, (weights[0] @ m.t()).t())
-    for w, b in zip(weights[1:], biases[1:]):
-        h = torch.addmm(b, h.clamp_(min=0), w.t())
-    return h
+    return fold_decoder(model, m, c)(z)
 
 
 def _mlp_weights(model: nn.Sequential) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

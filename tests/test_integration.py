@@ -122,8 +122,10 @@ def test_rounds_in_parts_over_real_sockets(rx_process, digits_artifacts, digits,
     budget; one part adapts exactly as one PAYLOAD does (same vectors, same steps, same accuracy)."""
     _, address = rx_process
     cfg = {"deadline_s": 0.02, "max_train": 120}  # the cap makes every split carry the same vectors
-    runs = {k: run_tx(digits_artifacts, digits, address, tmp_path / str(k), rounds=3, train_parts=k, **cfg)[0]
-            for k in (0, 1, 3)}
+    runs = {}
+    for k in (0, 1, 3):
+        runs[k], node = run_tx(digits_artifacts, digits, address, tmp_path / str(k), rounds=3, train_parts=k, **cfg)
+        node.sock.close()  # before the next TX opens its socket (and its monitor endpoint)
     assert all(r.status == "ok" for rs in runs.values() for r in rs), {k: [(r.status, r.error) for r in rs] for k, rs in runs.items()}
     for single, one, three in zip(runs[0], runs[1], runs[3]):
         assert (single.fields["parts"], one.fields["parts"], three.fields["parts"]) == (1, 2, 4)

@@ -24,6 +24,7 @@ client of a CURVE RX, which libzmq refuses before the allow-list is asked.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import socket
 import threading
@@ -43,6 +44,16 @@ from common.net.security import (
     flush_refusal_logs,
 )
 from common.net.security import log as security_log
+
+_MONITORS = itertools.count()
+
+
+def monitor_address() -> str:
+    """A fresh inproc endpoint for a socket monitor. pyzmq's default names it after the socket's file
+    descriptor, which a new socket may reuse while libzmq still holds the old monitor's endpoint
+    ("Address already in use" on a TX socket opened right after another one was dropped)."""
+    return f"inproc://semalign-monitor-{os.getpid()}-{next(_MONITORS)}"
+
 
 SEND_HWM = 64  # replies queued per TX before further replies to it are dropped (a TX has <= 2 in flight)
 RECV_HWM = 16  # messages buffered per TX while the serving loop is busy (then TCP pushes back)
@@ -215,7 +226,7 @@ class ConnectionMonitor(threading.Thread):
     def __init__(self, sock: zmq.Socket, curve: bool, allow_dir=None):
         super().__init__(name="rx-connection-monitor", daemon=True)
         self._sock = sock
-        self._mon = sock.get_monitor_socket(self.EVENTS)  # made here, in the socket's thread; read in run()
+        self._mon = sock.get_monitor_socket(self.EVENTS, monitor_address())  # made here; read in run()
         self.curve = curve
         self.allow_dir = allow_dir
         self.unauthenticated = 0
@@ -466,7 +477,7 @@ class TxSocket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         apply_client(sock, self.security)
-        monitor = sock.get_monitor_socket(self._EVENTS)
+        monitor = sock.get_monitor_socket(self._EVENTS, monitor_address())
         try:
             check_endpoint(self.address, "connect")
             sock.connect(self.address)

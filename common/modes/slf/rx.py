@@ -3,7 +3,8 @@
 - SLF_DOWNLOAD -> SLF_DECODER (not round-final): the decoder the session
   decodes with (the RX's own until an upload was installed in this session),
   with a fresh random token that the upload must quote.
-- SLF_UPLOAD -> RESULT (round-final): the link's air time is applied to the
+- SLF_UPLOAD -> RESULT (round-final): the link's air time is emulated by holding the reply
+  (``Reply.not_before_ns``, the RX serves other peers meanwhile) on the
   frame, then the upload is checked (a download in this session with that
   token; known decoder tensors of the right shape, float32, finite, whole
   layers, none of the ``l`` frozen ones, within the frame limit) and
@@ -156,8 +157,9 @@ class SlfRx(RxHalf):
         if ctx.nbytes > self.upload_limit:
             raise RoundError("oversize", f"upload of {ctx.nbytes} B exceeds this RX's limit of "
                                          f"{self.upload_limit} B (whole decoder + envelope)")
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
-        t_delivered = time.time_ns()
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        t_delivered = max(delivery.delivered_ns, time.time_ns())
+        t_work = time.perf_counter()
         pending = ctx.session.get(PENDING)
         if pending is None:
             raise RoundError("no_download", "upload without a decoder download in this session; "
@@ -187,7 +189,7 @@ class SlfRx(RxHalf):
         ctx.session[TOKEN] = msg.token
         del ctx.session[PENDING]
         credential = self._keep(new, msg.n_frozen, layers, ctx)
-        t_installed = time.time_ns()
+        t_installed = t_delivered + int((time.perf_counter() - t_work) * 1e9)
         log.info("session %d seq %d: installed %s (l=%d, %d B)", ctx.session_id, msg.seq,
                  ", ".join(layers) or "no layers", msg.n_frozen, wire_tensor_bytes(msg.tensors))
         fields = {"kind": "align", "n_frozen": msg.n_frozen, "installed_layers": list(layers),
@@ -196,7 +198,7 @@ class SlfRx(RxHalf):
         timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "airtime": delivery.airtime_s * 1e3,
                    "install": (t_installed - t_delivered) / 1e6}
         return Reply(Result(msg.session_id, msg.seq, fields, b"", timings, ctx.rx_pid, ctx.received_ns,
-                            t_delivered, t_installed, time.time_ns()))
+                            t_delivered, t_installed, t_installed), not_before_ns=t_installed)
 
     # ------------------------------------------------------------ kept alignments (beyond the paper)
 
@@ -220,7 +222,8 @@ class SlfRx(RxHalf):
         return credential
 
     def on_resume(self, msg: Resume, ctx: RoundContext) -> Reply:
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns)
+        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        due_ns = max(delivery.delivered_ns, time.time_ns())
         if not isinstance(msg.credential, bytes) or len(msg.credential) != CREDENTIAL_BYTES:
             raise RoundError("bad_message", f"credential must be {CREDENTIAL_BYTES} bytes")
         key = hashlib.sha256(msg.credential).digest()
@@ -229,7 +232,7 @@ class SlfRx(RxHalf):
             log.info("session %d seq %d: no kept alignment for that credential; the TX aligns anew",
                      ctx.session_id, msg.seq)
             return Reply(Resumed(msg.session_id, msg.seq, False, b"", -1, [], delivery.airtime_s * 1e3,
-                                 ctx.rx_pid, ctx.received_ns, time.time_ns()), final=False)
+                                 ctx.rx_pid, ctx.received_ns, due_ns), final=False, not_before_ns=due_ns)
         self.kept.move_to_end(key)
         token = os.urandom(TOKEN_BYTES)
         ctx.session.pop(PENDING, None)
@@ -237,7 +240,7 @@ class SlfRx(RxHalf):
         log.info("session %d seq %d: resumed a kept alignment (l=%d, %s) without steps 1-3", ctx.session_id,
                  msg.seq, kept.n_frozen, ", ".join(kept.layers) or "no layers")
         return Reply(Resumed(msg.session_id, msg.seq, True, token, kept.n_frozen, list(kept.layers),
-                             delivery.airtime_s * 1e3, ctx.rx_pid, ctx.received_ns, time.time_ns()))
+                             delivery.airtime_s * 1e3, ctx.rx_pid, ctx.received_ns, due_ns), not_before_ns=due_ns)
 
     # ------------------------------------------------------------ step 4: semantic rounds
 
@@ -256,8 +259,9 @@ class SlfRx(RxHalf):
             raise RoundError("bad_message", f"labels {len(msg.labels)} B / pixels {len(msg.pixels)} B do not "
                                             f"fit n={msg.n} images of {d_raw} pixels")
         # only the semantic part goes over the emulated link; labels and pixels ride along for evaluation
-        delivery = ctx.link.deliver(ctx.nbytes - len(msg.labels) - len(msg.pixels), ctx.state, ctx.received_ns)
-        t_delivered = time.time_ns()
+        delivery = ctx.link.deliver(ctx.nbytes - len(msg.labels) - len(msg.pixels), ctx.state, ctx.received_ns,
+                                    wait=False)
+        t_delivered = max(delivery.delivered_ns, time.time_ns())
         if msg.token:
             if msg.token != ctx.session.get(TOKEN):
                 raise RoundError("stale_alignment", "this session has no installed alignment with that token "
@@ -277,8 +281,8 @@ class SlfRx(RxHalf):
         eps = ctx.state.bler if self.eps is None else self.eps
         received = dmc_numpy(sent, s.n_codewords, eps, np.random.default_rng([self.seed, msg.seq]))
         x_hat = decoder.decode(torch.from_numpy(received.reshape(msg.n, s.indices_per_image)))
-        t_decoded = time.time_ns()
         t1 = time.perf_counter()
+        t_decoded = t_delivered + int((t1 - t0) * 1e9)
         pred = self.head.predict(x_hat).numpy().astype(np.uint8)
         t2 = time.perf_counter()
         mse = None
@@ -294,5 +298,6 @@ class SlfRx(RxHalf):
                   "decoder": "aligned" if msg.token else "original", "transmissions": delivery.transmissions}
         timings = {"deliver": (t_delivered - ctx.received_ns) / 1e6, "airtime": delivery.airtime_s * 1e3,
                    "decode": (t1 - t0) * 1e3, "classify": (t2 - t1) * 1e3}
+        t_transmit = t_delivered + int((time.perf_counter() - t0) * 1e9)
         return Reply(Result(msg.session_id, msg.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
-                            ctx.received_ns, t_delivered, t_decoded, time.time_ns()))
+                            ctx.received_ns, t_delivered, t_decoded, t_transmit), not_before_ns=t_transmit)

@@ -48,18 +48,41 @@ def rx_modes(opts: dict) -> list[str]:
     return names
 
 
-def build_rx(opts: dict, link_table: dict, security: RxSecurity) -> tuple[RxNode, RxSocket]:
+def build_node(opts: dict, link_table: dict, shared_dir=None) -> RxNode:
+    """The modes' RX halves, the link and the limits as one :class:`RxNode` (no socket).
+
+    ``shared_dir``: where the halves keep the state that spans sessions, shared
+    by the RX's worker processes (:meth:`~common.modes.base.RxHalf.share_state`).
+    """
     halves = {name: get_mode(name).build_rx(opts) for name in rx_modes(opts)}
+    if shared_dir is not None:
+        for half in halves.values():
+            half.share_state(shared_dir)
     limits = rx_limits(opts)
     backend, options = link_options(opts, link_table)
     link = create_sidelink(backend, **options)
-    node = RxNode(halves, link, limits)
-    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, limits.max_message_bytes,
+    return RxNode(halves, link, limits)
+
+
+def build_rx(opts: dict, link_table: dict, security: RxSecurity) -> tuple[RxNode, RxSocket]:
+    node = build_node(opts, link_table)
+    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, node.limits.max_message_bytes,
                     security=security)
     return node, sock
 
 
-def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.Event) -> RxStats:
+DEFAULT_WORKERS = 1
+
+
+def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.Event,
+           worker_argv: list[str] | None = None) -> RxStats:
+    """Serve until ``stop``: in this process (``opts['workers']`` 1, the default), or with a front end
+    and that many worker processes (:mod:`rx_node.workers`; ``worker_argv`` starts one)."""
+    workers = int(opts.get("workers") or DEFAULT_WORKERS)
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
+    if workers > 1:
+        return _run_front_end(opts, link_table, security, stop, workers, worker_argv)
     torch.set_num_threads(int(opts.get("threads") or 1))
     keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/fastlora.py)
     node, sock = build_rx(opts, link_table, security)
@@ -68,3 +91,23 @@ def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.E
     finally:
         sock.close()
         node.close()
+
+
+def _run_front_end(opts: dict, link_table: dict, security: RxSecurity, stop: threading.Event, workers: int,
+                   worker_argv: list[str] | None) -> RxStats:
+    from rx_node.workers import FrontEnd
+
+    modes = rx_modes(opts)
+    classes = [get_mode(m) for m in modes]
+    one_owner = {c.name for c in classes if c.rx_one_owner}
+    one_writer = {o for c in classes for o in c.rx_one_writer_options}
+    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, rx_limits(opts).max_message_bytes, security=security)
+    front = None
+    try:
+        front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer)
+        front.start()
+        return front.serve(stop, opts.get("max_rounds"))
+    finally:
+        if front is not None:
+            front.close()
+        sock.close()

@@ -28,7 +28,7 @@ from semalign.cli_support import (
 )
 from common.data.datasets import DATASET_NAMES
 from common.modes.pca_lora.pretrain import PretrainConfig
-from semalign.rx_cli import rx
+from semalign.rx_cli import rx, rx_worker
 from semalign.campaign_cli import register as register_campaigns
 from semalign.ops_cli import keygen, show, soak
 from semalign.tx_cli import tx
@@ -36,6 +36,7 @@ from semalign.tx_cli import tx
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
                "LoRA adaptation at the RX.")
 app.command()(rx)
+app.command("rx-worker")(rx_worker)
 app.command()(tx)
 app.command()(keygen)
 app.command()(soak)

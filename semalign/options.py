@@ -22,7 +22,7 @@ from common.link.sidelink import SIDELINKS
 from common.modes.base import get_mode, mode_names
 from common.options import Option
 from common.wire.protocol import DecodeLimits
-from rx_node.app import DEFAULT_BIND
+from rx_node.app import DEFAULT_BIND, DEFAULT_WORKERS
 from tx_node.app import DEFAULT_CONNECT, DEFAULT_OUT, DEFAULT_ROUNDS
 from tx_node.daemon import TxConfig
 
@@ -46,6 +46,9 @@ RX_DAEMON = [
     Option("max_payload_bytes", int, "Largest message accepted, bytes", DecodeLimits.max_message_bytes),
     Option("threads", int, "CPU threads for training and inference; small MLPs run best on 1", 1),
     Option("max_rounds", int, "Exit after answering this many rounds (default: serve until SIGTERM)"),
+    Option("workers", int, "Worker processes serving the sessions: 1 serves in this process; W > 1 runs a "
+           "front end (socket, CURVE, allow-list) and W workers, each TX connection pinned to one",
+           DEFAULT_WORKERS),
     Option("curve_secret", Path, "CURVE: the RX's secret certificate NAME.key_secret (from `semalign keygen`)"),
     Option("curve_allow", Path, "CURVE: directory of the TX public certificates (*.key) admitted; "
            "others are refused and logged"),
@@ -168,7 +171,7 @@ def check_choices(opts: dict, side: str) -> None:
 
 # options whose range no configuration dataclass checks: name -> (lowest allowed, what it means)
 _LOWEST = {"rounds": (0, "rounds to run"), "max_rounds": (0, "rounds to answer before exiting"),
-           "threads": (1, "CPU threads"), "trace_rounds": (1, "rounds the trace spans")}
+           "threads": (1, "CPU threads"), "workers": (1, "RX worker processes"), "trace_rounds": (1, "rounds the trace spans")}
 
 
 def check_ranges(opts: dict) -> None:

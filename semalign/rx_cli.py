@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
+
+import typer
 
 from common.net.security import rx_security
 from rx_node.app import run_rx
@@ -15,7 +19,8 @@ def _run(cli: dict, config) -> None:
     opts, cfg = options_from(config, "rx", cli)
     stop = stop_on_signals()
     try:
-        stats = run_rx(opts, cfg.get("link", {}), rx_security(opts.get("curve_secret"), opts.get("curve_allow"), bool(opts.get("insecure"))), stop)
+        stats = run_rx(opts, cfg.get("link", {}), rx_security(opts.get("curve_secret"), opts.get("curve_allow"), bool(opts.get("insecure"))), stop,
+                       worker_argv=[sys.executable, "-m", "semalign", "rx-worker"])
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     logging.getLogger("semalign.rx").info("RX exiting: %d rounds ok, %d failed %s", stats.ok, stats.failed,
@@ -23,6 +28,16 @@ def _run(cli: dict, config) -> None:
 
 
 rx = command("rx", rx_options(), _run, "Run the RX daemon: serve the given alignment modes until SIGTERM.")
+
+
+def rx_worker(spec: Path = typer.Option(..., help="The worker's spec file (written by the RX front end)"),
+              generation: int = typer.Option(0, help="Restarts of this worker slot so far"),
+              log_level: str = typer.Option("INFO", help="Log level: DEBUG, INFO, WARNING, ERROR")) -> None:
+    """One RX worker process: started by `semalign rx --workers W` (W > 1), not by hand."""
+    from rx_node.workers import read_spec, run_worker
+
+    setup_logging(log_level, f"rx-w{read_spec(spec)['index']}")
+    raise typer.Exit(run_worker(spec, generation))
 
 
 def main() -> None:

@@ -102,6 +102,11 @@ class RxHalf(ABC):
     def warm_up(self) -> None:
         """Pay one-time costs before serving (optional)."""
 
+    def share_state(self, directory) -> None:
+        """Keep the state that spans sessions in ``directory`` (a :class:`pathlib.Path`), which the RX's
+        worker processes share (``semalign rx --workers W``), so a returning TX finds it whichever
+        worker serves it (optional; state kept in memory is then per worker)."""
+
     def close(self) -> None:
         """Flush and release what the half holds (optional)."""
 
@@ -165,6 +170,11 @@ class Mode(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     rx_options: ClassVar[list] = []  # common.options.Option specs the RX half reads from opts
+    # with RX workers (semalign rx --workers W): all sessions of this mode on one worker (its RX state spans
+    # sessions with one owner, e.g. a federation), and the rx_options naming on-disk state with one writer
+    # (given to worker 0 only; the other workers keep that state in memory)
+    rx_one_owner: ClassVar[bool] = False
+    rx_one_writer_options: ClassVar[tuple] = ()
     tx_options: ClassVar[list] = []  # ... and the TX half
 
     @classmethod

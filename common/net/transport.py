@@ -427,10 +427,30 @@ class RxSocket:
                 self.last_user_id = None
         return peer.bytes, [p.bytes for p in parts]
 
-    def send(self, peer: bytes, frame: bytes) -> None:
-        """Queue ``frame`` for ``peer`` without blocking, or raise :class:`ReplyDropped` (nothing queued)."""
+    def recv_frames(self) -> tuple[bytes, list[zmq.Frame], str | None]:
+        """``(peer identity, frames, authenticated identity or None)`` of one waiting message, the frames
+        as ZeroMQ frames (not copied: a front end forwards them as they are). Call after a poll."""
+        peer, *parts = self.sock.recv_multipart(copy=False)
+        user_id = None
+        if self.auth is not None and parts:
+            try:
+                user_id = parts[-1].get("User-Id") or None
+            except zmq.ZMQError:  # no metadata on this message
+                user_id = None
+        return peer.bytes, parts, user_id
+
+    def flush_logs(self) -> None:
+        """Once a second: the summary line of a refusal flood that stopped (:meth:`recv` does it itself)."""
+        now = time.monotonic()
+        if now >= self._next_log_flush:
+            self._next_log_flush = now + 1.0
+            flush_refusal_logs()
+
+    def send(self, peer: bytes, frame) -> None:
+        """Queue ``frame`` (bytes or a ZeroMQ frame) for ``peer`` without blocking, or raise
+        :class:`ReplyDropped` (nothing queued)."""
         try:
-            self.sock.send_multipart([peer, frame], flags=zmq.NOBLOCK)
+            self.sock.send_multipart([peer, frame], flags=zmq.NOBLOCK, copy=not isinstance(frame, zmq.Frame))
         except zmq.Again as e:
             self.dropped[PeerNotReading.reason] += 1
             raise PeerNotReading(peer, f"{self.send_hwm} replies already queued and unread") from e

@@ -51,6 +51,7 @@ class FedLora(Mode):
     name = "fed-lora"
     summary = ("federated LoRA: devices (TX) train switchable LoRA modules on non-IID shards, the base "
                "station (RX) plans module, power and bandwidth under energy budgets and aggregates")
+    rx_one_owner = True  # one federation, one base station: with RX workers all its sessions go to worker 0
     rx_options = [
         *_SHARED,
         Option("data_dir", str, "directory with the text task's TSV files (<dir>/sst2/{train,test}.tsv, "

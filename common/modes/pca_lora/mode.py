@@ -46,6 +46,7 @@ def artifacts_dir(opts: dict) -> Path:
 class PcaLora(Mode):
     name = "pca-lora"
     summary = "PCA features with fewer dimensions on a weak channel; RX-side LoRA on piggybacked vectors"
+    rx_one_writer_options = ("adapter_bank",)  # one writer per bank directory: RX worker 0 (others: --bank-size in memory)
     rx_options = [
         Option("adapt_recipe", str, f"adaptation recipe: {', '.join(RECIPES)} (lora: the paper's rank-r "
                "LoRA on every layer; first-layer: full training of the first layer folded into the codec, "

@@ -118,6 +118,45 @@ class SlfRx(RxHalf):
         self.decoder_fingerprint = state_fingerprint(trx.decoder_state())
         self.keep_alignments = min(keep_alignments, KEEP_BYTES // self.upload_limit)
         self.kept: OrderedDict[bytes, KeptAlignment] = OrderedDict()  # sha256(credential) -> alignment
+        self.shared_dir = None  # with RX workers: kept alignments also on disk, one file each (share_state)
+
+    def share_state(self, directory) -> None:
+        """Kept alignments also go to ``directory/slf-kept/`` (one ``<sha256 of the credential>.pt`` each:
+        plain decoder tensors, written to a temporary file and renamed, read with ``weights_only``), so a
+        returning TX resumes on whichever RX worker serves it. The directory holds the newest
+        ``keep_alignments`` files (older ones removed by whoever writes)."""
+        from pathlib import Path
+
+        self.shared_dir = Path(directory) / "slf-kept"
+        self.shared_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _kept_file(self, key: bytes):
+        return self.shared_dir / f"{key.hex()}.pt"
+
+    def _share(self, key: bytes, kept: KeptAlignment) -> None:
+        path = self._kept_file(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"state": kept.decoder.decoder_state(), "n_frozen": torch.tensor(kept.n_frozen),
+                    "layers": list(kept.layers)}, tmp)
+        os.replace(tmp, path)
+        files = sorted(self.shared_dir.glob("*.pt"), key=lambda f: f.stat().st_mtime if f.exists() else 0.0)
+        for old in files[: max(0, len(files) - self.keep_alignments)]:
+            old.unlink(missing_ok=True)
+
+    def _shared(self, key: bytes) -> KeptAlignment | None:
+        """A kept alignment another worker wrote, or None."""
+        if self.shared_dir is None:
+            return None
+        try:
+            data = torch.load(self._kept_file(key), weights_only=True)
+            decoder = copy.deepcopy(self.trx)
+            decoder.load_decoder_state(data["state"])
+            return KeptAlignment(decoder.eval(), int(data["n_frozen"]), tuple(data["layers"]), time.time())
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # a file being replaced, or not ours: resume fails, the TX aligns anew
+            log.warning("kept alignment %s unreadable (%s: %s)", key.hex()[:12], type(e).__name__, e)
+            return None
 
     def hello_params(self) -> dict:
         return {**arch_params(self.shape), "eps": self.eps, "eps_source": "bler" if self.eps is None else "fixed",
@@ -211,6 +250,8 @@ class SlfRx(RxHalf):
         old = ctx.session.pop(KEPT, None)
         if old is not None:
             self.kept.pop(old, None)
+            if self.shared_dir is not None:
+                self._kept_file(old).unlink(missing_ok=True)
         if self.keep_alignments <= 0:
             return b""
         credential = os.urandom(CREDENTIAL_BYTES)
@@ -218,6 +259,8 @@ class SlfRx(RxHalf):
         self.kept[key] = KeptAlignment(decoder, n_frozen, tuple(layers), time.time())
         while len(self.kept) > self.keep_alignments:
             self.kept.popitem(last=False)
+        if self.shared_dir is not None:
+            self._share(key, self.kept[key])
         ctx.session[KEPT] = key
         return credential
 
@@ -228,6 +271,12 @@ class SlfRx(RxHalf):
             raise RoundError("bad_message", f"credential must be {CREDENTIAL_BYTES} bytes")
         key = hashlib.sha256(msg.credential).digest()
         kept = self.kept.get(key)
+        if kept is None:
+            kept = self._shared(key)
+            if kept is not None:
+                self.kept[key] = kept
+                while len(self.kept) > self.keep_alignments:
+                    self.kept.popitem(last=False)
         if kept is None:
             log.info("session %d seq %d: no kept alignment for that credential; the TX aligns anew",
                      ctx.session_id, msg.seq)

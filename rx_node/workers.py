@@ -1,0 +1,566 @@
+"""The multi-process RX (``semalign rx --workers W``, W > 1): a front end and W worker processes.
+
+The ZeroMQ guide's load-balancing broker, with sticky sessions and Paranoid
+Pirate heartbeats:
+
+- The **front end** (:class:`FrontEnd`, the ``semalign rx`` process) owns the
+  public ROUTER (:class:`~common.net.transport.RxSocket`: CURVE, the ZAP
+  allow-list, the connection monitor, ``MAXMSGSIZE``) and a second ROUTER
+  bound at ``ipc://DIR/workers`` (``DIR`` a fresh 0700 directory). It never
+  runs mode code and never decodes a request, except to read a small HELLO's
+  mode when a served mode keeps one owner (below) and, on a worker's loss, the
+  ``session_id``/``seq`` of the requests that worker held (to answer them).
+- **Workers** (:func:`run_worker`, ``semalign rx-worker``) are processes the
+  front end starts; each builds the modes' RX halves, the link and an
+  :class:`~rx_node.daemon.RxNode` (sessions, replay record, held replies) as
+  the single-process RX does, connects a DEALER to the front end and
+  announces ``READY`` once warmed up.
+- **Pinning**: a TX connection (its ZeroMQ peer identity) is pinned to one
+  worker on its first message, the worker with the fewest pinned connections;
+  every later frame of that connection goes to the same worker, so a session's
+  rounds, replay record and per-session state stay together. A mode whose RX
+  state spans sessions with one owner (``Mode.rx_one_owner``: fed-lora's base
+  station, one federation) has all its sessions pinned to worker 0: the front
+  end reads the mode of HELLO frames (small msgpack maps) and re-pins. A
+  mode's options that name one-writer state on disk
+  (``Mode.rx_one_writer_options``: pca-lora's ``adapter_bank``) are given to
+  worker 0 only; the others keep that state in memory. State a mode shares
+  between workers (slf's kept alignments) goes to ``DIR/shared``
+  (:meth:`~common.modes.base.RxHalf.share_state`).
+- Frames are forwarded as ZeroMQ frames (``copy=False``): a payload is not
+  copied in Python on its way through the front end.
+- **Heartbeats**: the front end sends ``H`` to each worker every
+  :data:`HEARTBEAT_S`; a worker answers with its own (carrying its counters)
+  from its serving loop. A worker silent for ``LIVENESS`` intervals is hung
+  (stopped, or stuck in one request): it is killed (SIGKILL) and replaced.
+  A worker process that exits (``kill -9``, a crash) is seen at once
+  (``Popen.poll``). Either way the front end logs it, answers every request
+  that worker had not answered with ERROR ``no_session`` naming the reason
+  (the TX then re-opens its session on a fresh connection, pinned to a live
+  worker, and re-sends the round: the round is recorded once, with the reason
+  in its ``error``), drops the worker's pins and starts a new worker in its
+  place (back-off when it keeps failing before READY).
+- The front end never blocks on a worker: its sends to workers are
+  ``NOBLOCK`` with ``ROUTER_MANDATORY`` (a worker that does not take a
+  request gets it refused at once with ``no_session``), and its sends to TXs
+  are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies).
+
+Frames between the front end and a worker (the ROUTER prepends/strips the
+worker's identity ``w<index>g<generation>``):
+
+- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), *frames]``,
+  ``[b"G", peer]`` (the TX connection is gone: drop its session),
+  ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
+- worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``,
+  ``[b"R", reqid, peer, d_ok/d_failed (msgpack), *reply frames]`` (one per
+  request, when its replies are due).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from common.net.transport import ReplyDropped, RxSocket
+from common.wire.protocol import Error, encode
+
+log = logging.getLogger("semalign.rx")
+
+HEARTBEAT_S = 1.0  # Paranoid Pirate: heartbeat interval both ways
+LIVENESS = 3  # heartbeats a worker may miss before it counts as hung
+READY_TIMEOUT_S = 300.0  # a worker's start-up (imports, artifacts, warm-up) at most
+FRONTEND_SILENT_S = 10 * HEARTBEAT_S  # a worker that hears nothing from the front end this long exits
+BACKEND_HWM = 1000  # messages queued per worker (a hung worker's queue fills: further requests refused)
+MAX_PINS = 65536  # pinned TX connections remembered (least recently active forgotten first)
+HELLO_PEEK_BYTES = 8192  # frames up to this size are read for a HELLO's mode (one-owner modes only)
+RESTART_BACKOFF_MAX_S = 30.0
+_U64 = struct.Struct("!Q")
+
+
+def default_worker_argv() -> list[str]:
+    """The command that starts a worker (the front end appends ``--spec PATH``)."""
+    return [sys.executable, "-m", "rx_node.worker"]
+
+
+def peek(frame) -> dict | None:
+    """The envelope of a request frame as a dict (``type``, ``session_id``, ``seq``...), or None."""
+    try:
+        body = msgpack.unpackb(bytes(frame), raw=False, max_ext_len=0)
+    except Exception:  # msgpack raises several classes for bad bytes
+        return None
+    return body if isinstance(body, dict) else None
+
+
+# ---------------------------------------------------------------- options to a worker's spec file
+
+
+def _to_json(value):
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        if set(value) == {"__path__"}:
+            return Path(value["__path__"])
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def write_spec(path: Path, spec: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_to_json(spec), f)
+
+
+def read_spec(path: Path) -> dict:
+    with open(path) as f:
+        return _from_json(json.load(f))
+
+
+# ---------------------------------------------------------------- front end
+
+
+@dataclass
+class _Worker:
+    index: int
+    generation: int
+    proc: subprocess.Popen
+    started: float
+    ready: bool = False
+    last_seen: float = 0.0
+    inflight: dict = field(default_factory=dict)  # reqid -> (peer, [frames]) not yet answered
+    pins: int = 0
+    counters: dict = field(default_factory=dict)  # its RxStats as last reported
+
+    @property
+    def ident(self) -> bytes:
+        return f"w{self.index}g{self.generation}".encode()
+
+
+class FrontEnd:
+    """Serves the public socket with ``workers`` worker processes; see the module docstring.
+
+    ``opts``/``link_table``: the RX's options, handed to every worker (less
+    the one-writer options for workers 1..W-1). ``worker_argv``: the command
+    that starts a worker. :attr:`stats` sums the workers' counters
+    (:class:`~rx_node.daemon.RxStats`), the lost ones' included;
+    :attr:`losses` lists ``(index, reason)`` of every worker lost.
+    """
+
+    def __init__(self, opts: dict, link_table: dict, sock: RxSocket, workers: int,
+                 worker_argv: list[str] | None = None, modes: list[str] | None = None,
+                 one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset()):
+        if workers < 1:
+            raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
+        from rx_node.daemon import RxStats  # here: daemon imports torch-light modules only, but keep it lazy
+        self.opts, self.link_table, self.sock = dict(opts), dict(link_table), sock
+        self.n_workers = workers
+        self.worker_argv = list(worker_argv or default_worker_argv())
+        self.modes = list(modes or [])
+        self.one_owner = set(one_owner)
+        self.one_writer_options = set(one_writer_options)
+        self.stats = RxStats()
+        self.losses: list[tuple[int, str]] = []
+        self._retired = RxStats()  # counters of workers lost or replaced
+        self._reqids = itertools.count(1)
+        self._pins: OrderedDict[bytes, int] = OrderedDict()  # TX peer -> worker index
+        self._workers: list[_Worker | None] = [None] * workers
+        self._failures = [0] * workers  # consecutive losses before READY (restart back-off)
+        self._restart_at = [0.0] * workers
+        self.dir = Path(tempfile.mkdtemp(prefix="semalign-rx-"))
+        os.chmod(self.dir, 0o700)
+        (self.dir / "shared").mkdir(mode=0o700)
+        self.endpoint = f"ipc://{self.dir}/workers"
+        self._ctx = zmq.Context.instance()
+        self.backend = self._ctx.socket(zmq.ROUTER)
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.backend.setsockopt(zmq.SNDHWM, BACKEND_HWM)
+        self.backend.setsockopt(zmq.RCVHWM, BACKEND_HWM)
+        self.backend.setsockopt(zmq.SNDTIMEO, 0)
+        self.backend.setsockopt(zmq.LINGER, 0)
+        self.backend.bind(self.endpoint)
+
+    # ------------------------------------------------------------ workers
+
+    def _spec(self, index: int) -> Path:
+        opts = dict(self.opts)
+        if index > 0:
+            for name in self.one_writer_options:
+                opts.pop(name, None)
+        path = self.dir / f"worker-{index}.json"
+        write_spec(path, {"opts": opts, "link_table": self.link_table, "index": index,
+                          "frontend": self.endpoint, "shared_dir": str(self.dir / "shared"),
+                          "front_pid": os.getpid(), "log_level": logging.getLevelName(log.getEffectiveLevel())})
+        return path
+
+    def _start(self, index: int) -> _Worker:
+        old = self._workers[index]
+        generation = old.generation + 1 if old else 0
+        spec = self._spec(index)
+        proc = subprocess.Popen([*self.worker_argv, "--spec", str(spec), "--generation", str(generation)],
+                                stdin=subprocess.DEVNULL)
+        w = _Worker(index, generation, proc, time.monotonic())
+        w.last_seen = w.started
+        self._workers[index] = w
+        log.info("RX worker %d started (pid %d, generation %d)", index, proc.pid, generation)
+        return w
+
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Start every worker and wait until all announced READY; RuntimeError if one cannot start."""
+        for i in range(self.n_workers):
+            self._start(i)
+        deadline = time.monotonic() + timeout_s
+        while not all(w.ready for w in self._workers):
+            for w in self._workers:
+                code = w.proc.poll()
+                if code is not None:
+                    raise RuntimeError(f"RX worker {w.index} exited with status {code} while starting "
+                                       f"(its log lines above say why)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RX workers not ready within {timeout_s:.0f} s")
+            if self.backend.poll(100, zmq.POLLIN):
+                self._from_worker()
+
+    def _lost(self, w: _Worker, why: str) -> None:
+        """Worker ``w`` is gone (``why``): answer what it held, drop its pins, restart it (with back-off)."""
+        log.error("RX worker %d (pid %d) %s; %d request%s it held answered no_session, restarting it",
+                  w.index, w.proc.pid, why, len(w.inflight), "" if len(w.inflight) == 1 else "s")
+        self.losses.append((w.index, why))
+        if w.proc.poll() is None:
+            w.proc.kill()
+        try:
+            w.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            log.error("RX worker %d (pid %d) did not exit after SIGKILL", w.index, w.proc.pid)
+        for peer, frames in w.inflight.values():
+            self._refuse(peer, frames, f"RX worker {w.index} {why} while serving this request; the session "
+                                       "is gone: re-open it")
+        w.inflight.clear()
+        for peer in [p for p, i in self._pins.items() if i == w.index]:
+            del self._pins[peer]
+        self._retire(w)
+        self._failures[w.index] = self._failures[w.index] + 1 if not w.ready else 0
+        delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** self._failures[w.index]) if self._failures[w.index] else 0.0
+        self._restart_at[w.index] = time.monotonic() + delay
+        w.ready = False
+        w.proc = None  # marks it as waiting for its restart
+        if not delay:
+            self._start(w.index)
+
+    def _retire(self, w: _Worker) -> None:
+        c = w.counters
+        self._retired.replayed += c.get("replayed", 0)
+        for k, v in c.get("errors_by_code", {}).items():
+            self._retired.errors_by_code[k] = self._retired.errors_by_code.get(k, 0) + v
+        w.counters = {}
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for i, w in enumerate(self._workers):
+            if w.proc is None:
+                if now >= self._restart_at[i]:
+                    self._start(i)
+                continue
+            code = w.proc.poll()
+            if code is not None:
+                self._lost(w, f"exited with status {code}" + (f" (signal {-code})" if code < 0 else ""))
+            elif w.ready and now - w.last_seen > LIVENESS * HEARTBEAT_S:
+                self._lost(w, f"is hung: no heartbeat for {now - w.last_seen:.1f} s")
+            elif not w.ready and now - w.started > READY_TIMEOUT_S:
+                self._lost(w, f"not ready within {READY_TIMEOUT_S:.0f} s")
+            elif w.ready:
+                self._to_worker(w, [b"H"])
+
+    def _to_worker(self, w: _Worker, parts: list) -> bool:
+        try:
+            self.backend.send_multipart([w.ident, *parts], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+
+    # ------------------------------------------------------------ TX -> worker
+
+    def _pick(self, peer: bytes, frames: list) -> _Worker | None:
+        target = None
+        if self.one_owner and len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
+            body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
+            if body and body.get("type") == "HELLO" and body.get("mode") in self.one_owner:
+                target = 0
+        index = self._pins.get(peer) if target is None else target
+        w = self._workers[index] if index is not None else None
+        if w is None or not w.ready:
+            ready = [x for x in self._workers if x.ready]
+            if target is not None or not ready:
+                return None
+            w = min(ready, key=lambda x: (x.pins, x.index))
+        if self._pins.get(peer) != w.index:
+            old = self._pins.pop(peer, None)
+            if old is not None:
+                self._workers[old].pins -= 1
+            self._pins[peer] = w.index
+            w.pins += 1
+            while len(self._pins) > MAX_PINS:
+                _, i = self._pins.popitem(last=False)
+                self._workers[i].pins -= 1
+        self._pins.move_to_end(peer)
+        return w
+
+    def _from_tx(self) -> None:
+        peer, frames, owner = self.sock.recv_frames()
+        w = self._pick(peer, frames)
+        if w is None:
+            self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
+            return
+        reqid = _U64.pack(next(self._reqids))
+        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()), *frames]
+        if self._to_worker(w, parts):
+            w.inflight[reqid] = (peer, frames)
+        else:
+            self._refuse(peer, frames, f"RX worker {w.index} is not taking requests (busy or hung)")
+
+    def _refuse(self, peer: bytes, frames: list, why: str) -> None:
+        """ERROR ``no_session`` for a request no worker will answer (a HELLO is dropped: the TX re-sends it)."""
+        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]) if len(frames) == 1 else None
+        if not body or body.get("type") == "HELLO":
+            return
+        sid, seq = body.get("session_id", 0), body.get("seq", -1)
+        if not isinstance(sid, int) or not isinstance(seq, int):
+            return
+        log.warning("ERROR no_session (session %d, seq %d): %s", sid, seq, why)
+        self.stats.errors_by_code["no_session"] = self.stats.errors_by_code.get("no_session", 0) + 1
+        self._send_tx(peer, [encode(Error(sid, seq, "no_session", why))])
+
+    def _send_tx(self, peer: bytes, replies: list, w: _Worker | None = None) -> None:
+        for reply in replies:
+            try:
+                self.sock.send(peer, reply)
+            except ReplyDropped as e:  # the peer left or stopped reading: never block the others
+                self.stats.replies_dropped[e.reason] = self.stats.replies_dropped.get(e.reason, 0) + 1
+                log.warning("%s; dropping its session", e)
+                index = self._pins.pop(peer, None)
+                if index is not None:
+                    self._workers[index].pins -= 1
+                    if self._workers[index].ready:
+                        self._to_worker(self._workers[index], [b"G", peer])
+                return
+
+    # ------------------------------------------------------------ worker -> TX
+
+    def _from_worker(self) -> None:
+        ident, kind, *rest = self.backend.recv_multipart(copy=False)
+        ident = ident.bytes
+        w = next((x for x in self._workers if x is not None and x.proc is not None and x.ident == ident), None)
+        if w is None:
+            return  # a worker already replaced: what it held was answered
+        w.last_seen = time.monotonic()
+        kind = kind.bytes
+        if kind == b"R":
+            reqid, peer, counts, *replies = rest
+            if w.inflight.pop(reqid.bytes, None) is None:
+                return
+            ok, failed = msgpack.unpackb(counts.bytes)
+            self.stats.ok += ok
+            self.stats.failed += failed
+            self._send_tx(peer.bytes, replies, w)
+        elif kind == b"H":
+            w.counters = msgpack.unpackb(rest[0].bytes, raw=False) if rest else {}
+        elif kind == b"READY":
+            w.ready = True
+            self._failures[w.index] = 0
+            log.info("RX worker %d ready (pid %d)", w.index, w.proc.pid)
+
+    # ------------------------------------------------------------ loop
+
+    def _summed(self) -> None:
+        self.stats.replayed = self._retired.replayed + sum(w.counters.get("replayed", 0) for w in self._workers)
+        codes = dict(self._retired.errors_by_code)
+        for w in self._workers:
+            for k, v in w.counters.get("errors_by_code", {}).items():
+                codes[k] = codes.get(k, 0) + v
+        for k, v in self.stats.errors_by_code.items():
+            if k == "no_session":
+                codes[k] = codes.get(k, 0) + v
+        self._codes = codes
+
+    def serve(self, stop: threading.Event, max_rounds: int | None = None):
+        """Forward until ``stop`` is set or ``max_rounds`` rounds were answered; then stop the workers."""
+        poller = zmq.Poller()
+        poller.register(self.sock.sock, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        next_check = 0.0
+        log.info("RX pid %d serving %s on %s with %d workers", os.getpid(), ", ".join(sorted(self.modes)),
+                 self.sock.address, self.n_workers)
+        while not stop.is_set() and (max_rounds is None or self.stats.rounds < max_rounds):
+            events = dict(poller.poll(100))
+            for _ in range(256):  # replies first: they free the TXs
+                if not self.backend.poll(0, zmq.POLLIN):
+                    break
+                self._from_worker()
+            if self.sock.sock in events:
+                for _ in range(256):
+                    if not self.sock.sock.poll(0, zmq.POLLIN):
+                        break
+                    self._from_tx()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + HEARTBEAT_S / 4
+                self.sock.flush_logs()
+                self._check_workers()
+        self.stop_workers()
+        return self.final_stats()
+
+    def final_stats(self):
+        self._summed()
+        out = dataclasses.replace(self.stats, errors_by_code=self._codes)
+        return out
+
+    def stop_workers(self, timeout_s: float = 15.0) -> None:
+        """Ask every worker to stop (its held replies still go out), forward what they send, then close."""
+        live = [w for w in self._workers if w is not None and w.proc is not None]
+        for w in live:
+            if not self._to_worker(w, [b"S"]):
+                w.proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        while any(w.proc.poll() is None for w in live) and time.monotonic() < deadline:
+            if self.backend.poll(50, zmq.POLLIN):
+                self._from_worker()
+        while self.backend.poll(0, zmq.POLLIN):
+            self._from_worker()
+        for w in live:
+            if w.proc.poll() is None:
+                log.warning("RX worker %d (pid %d) did not stop within %.0f s; killing it", w.index, w.proc.pid,
+                            timeout_s)
+                w.proc.kill()
+                w.proc.wait()
+
+    def worker_pids(self) -> list[int | None]:
+        return [w.proc.pid if w is not None and w.proc is not None else None for w in self._workers]
+
+    def close(self) -> None:
+        for w in self._workers:
+            if w is not None and w.proc is not None and w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+        self.backend.close(linger=0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- worker
+
+
+def run_worker(spec_path: Path, generation: int = 0) -> int:
+    """A worker's life: build the node from the spec, announce READY, serve what the front end forwards."""
+    import torch
+
+    from common.learn.fastlora import keep_freed_memory, release_freed_memory
+    from rx_node.app import build_node
+    from rx_node.daemon import RELEASE_AFTER_BYTES
+
+    spec = read_spec(spec_path)
+    index = spec["index"]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the front end, which stops us
+    opts = spec["opts"]
+    torch.set_num_threads(int(opts.get("threads") or 1))
+    keep_freed_memory()
+    node = build_node(opts, spec["link_table"], shared_dir=Path(spec["shared_dir"]))
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, f"w{index}g{generation}".encode())
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, BACKEND_HWM)
+    sock.setsockopt(zmq.RCVHWM, BACKEND_HWM)
+    sock.connect(spec["frontend"])
+    front_pid = spec["front_pid"]
+
+    def send(parts: list) -> None:
+        try:
+            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("RX worker %d: the front end takes nothing (queue full); a reply is dropped", index)
+
+    def counters() -> bytes:
+        s = node.stats
+        return msgpack.packb({"ok": s.ok, "failed": s.failed, "replayed": s.replayed,
+                              "errors_by_code": s.errors_by_code})
+
+    try:
+        node.warm_up()
+        send([b"READY", str(os.getpid()).encode()])
+        log.info("RX worker %d (pid %d) serving %s", index, os.getpid(), ", ".join(sorted(node.halves)))
+        held: list = []  # (due ns, order, reqid, peer, counts, replies), a heap
+        order = itertools.count()
+        heard = time.monotonic()
+        next_beat = 0.0
+        stopping = False
+        while not (stopping and not held):
+            if stop.is_set():
+                stopping = True
+            wait_ms = 100 if not held else max(0, min(100, (held[0][0] - time.time_ns()) // 1_000_000))
+            if not stopping and sock.poll(wait_ms, zmq.POLLIN):
+                kind, *rest = sock.recv_multipart(copy=False)
+                heard = time.monotonic()
+                kind = kind.bytes
+                if kind == b"M":
+                    reqid, peer, owner, rx_ns, *frames = rest
+                    peer_b = peer.bytes
+                    before = (node.stats.ok, node.stats.failed)
+                    data = [f.bytes for f in frames]
+                    replies, hold_ns = node.handle_timed(peer_b, data, _U64.unpack(rx_ns.bytes)[0],
+                                                         owner.bytes.decode() or None)
+                    counts = msgpack.packb([node.stats.ok - before[0], node.stats.failed - before[1]])
+                    heapq.heappush(held, (hold_ns, next(order), reqid, peer, counts, replies))
+                    if sum(len(f) for f in data) > RELEASE_AFTER_BYTES:
+                        release_freed_memory()
+                elif kind == b"G":
+                    node.sessions.pop(rest[0].bytes, None)
+                elif kind == b"S":
+                    stopping = True
+            elif stopping and held:
+                time.sleep(max(0, held[0][0] - time.time_ns()) / 1e9)
+            while held and held[0][0] <= time.time_ns():
+                _, _, reqid, peer, counts, replies = heapq.heappop(held)
+                send([b"R", reqid, peer, counts, *replies])
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT_S
+                send([b"H", counters()])
+            if not stopping and (now - heard > FRONTEND_SILENT_S or os.getppid() != front_pid):
+                log.error("RX worker %d: the front end is gone (silent for %.0f s); exiting", index, now - heard)
+                held.clear()
+                break
+        send([b"H", counters()])
+    finally:
+        sock.close(linger=200)
+        node.close()
+    return 0

@@ -1,0 +1,162 @@
+"""The multi-process RX (``semalign rx --workers W``) over real processes: pinning, replay, worker faults.
+
+No assertion here depends on CPU speed: waits are bounded and generous.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import zmq
+
+from common.artifacts import load_codec
+from common.net.transport import TxSocket
+from common.results.log import ResultsLog, read_jsonl
+from common.wire.protocol import Channel, Error, Hello, Result, decode, encode
+from tests.helpers import hello, payload, start_rx, stop, tx_node
+
+CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=1.0, clock_samples=1,
+              backoff_s=0.05, backoff_max_s=0.5, result_timeout_s=20.0, hello_attempts=120, round_attempts=4,
+              connect_timeout_s=120.0)
+
+
+def _campaigns(digits_artifacts, digits, address, tmp_path, n_tx, rounds, on_round=None):
+    """``n_tx`` TX nodes (threads, one socket each), each running ``rounds`` rounds; returns their rows."""
+    codec, _ = load_codec(digits_artifacts)
+    outs, nodes, threads = [], [], []
+    for i in range(n_tx):
+        out = tmp_path / f"tx{i}"
+        out.mkdir()
+        node = tx_node(codec, digits, TxSocket(address), session_id=100 + i, **CONFIG)
+        nodes.append(node)
+        outs.append(out)
+        cb = (lambda rec, i=i: on_round(i, rec)) if on_round else None
+        threads.append(threading.Thread(target=node.run, args=(rounds, ResultsLog(out, {})),
+                                        kwargs={"on_round": cb}, daemon=True))
+    try:
+        for t in threads:
+            t.start()
+            time.sleep(0.3)  # the first connection is pinned before the next one arrives
+        for t in threads:
+            t.join(300)
+            assert not t.is_alive(), "a TX campaign did not finish within 300 s"
+    finally:
+        for node in nodes:
+            node.sock.close()
+    return [read_jsonl(out / "results.jsonl") for out in outs]
+
+
+def _recv(sock: zmq.Socket, timeout_ms: int = 60000):
+    assert sock.poll(timeout_ms, zmq.POLLIN), "no reply from the RX"
+    frame = sock.recv()
+    return frame, decode(frame)
+
+
+def test_two_txs_are_pinned_each_to_one_worker(digits_artifacts, digits, tmp_path):
+    log = tmp_path / "rx.log"
+    proc, address = start_rx(digits_artifacts, "--workers", "2", "--trace", "demo", "--trace-rounds", "4",
+                             log_file=log)
+    try:
+        per_tx = _campaigns(digits_artifacts, digits, address, tmp_path, 2, 6)
+    finally:
+        out = stop(proc) or ""
+    text = log.read_text()
+    for rows in per_tx:
+        assert [r["round"] for r in rows] == list(range(6))
+        assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+        assert len({r["rx_pid"] for r in rows}) == 1  # every round of a TX served by one worker
+    pids = [rows[0]["rx_pid"] for rows in per_tx]
+    assert len(set(pids)) == 2 and proc.pid not in pids  # the two TXs on the two workers, not the front end
+    assert "with 2 workers" in text and "RX exiting: 12 rounds ok" in text, text[-3000:] + out
+
+
+def test_repeated_request_gets_the_recorded_reply_through_the_front_end(digits_artifacts, digits, tmp_path):
+    proc, address = start_rx(digits_artifacts, "--workers", "2", log_file=tmp_path / "rx.log")
+    codec, _ = load_codec(digits_artifacts)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    try:
+        sock.send(hello(codec, session_id=7))  # waits in the socket until the workers are ready
+        assert isinstance(_recv(sock, 120000)[1], Hello)
+        assert isinstance(_recv(sock)[1], Channel)
+        frame = encode(payload(codec, digits, seq=0, session_id=7))
+        sock.send(frame)
+        first, msg = _recv(sock)
+        assert isinstance(msg, Result), msg
+        assert isinstance(_recv(sock)[1], Channel)
+        sock.send(frame)  # a re-sent request (its reply was "lost")
+        again, _ = _recv(sock)
+        assert again == first  # answered from the worker's record, not processed again
+    finally:
+        sock.close()
+        text = stop(proc) or ""
+    assert "repeated: answering from the record" in (tmp_path / "rx.log").read_text() + text
+
+
+def _kill_mid_campaign(digits_artifacts, digits, tmp_path, sig, rounds=10, at=3):
+    """Two TXs on W=2; after round ``at`` of TX 0, its worker gets ``sig``. Returns (rows per TX, log, victim)."""
+    log = tmp_path / "rx.log"
+    proc, address = start_rx(digits_artifacts, "--workers", "2", "--trace", "demo", "--trace-rounds", "4",
+                             log_file=log)
+    victim = []
+
+    def on_round(i, rec):
+        if i == 0 and rec.round == at and not victim:
+            victim.append(rec.rx_pid)
+            time.sleep(0.01)  # lands in the middle of the next round
+            os.kill(rec.rx_pid, sig)
+
+    try:
+        per_tx = _campaigns(digits_artifacts, digits, address, tmp_path, 2, rounds, on_round)
+        deadline = time.monotonic() + 120
+        while log.read_text().count(" ready (pid ") < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the replacement worker announces READY
+    finally:
+        if victim and sig == signal.SIGSTOP:
+            try:
+                os.kill(victim[0], signal.SIGCONT)  # if the front end did not kill it, do not leave it stopped
+            except ProcessLookupError:
+                pass
+        stop(proc)
+    return per_tx, log.read_text(), victim[0]
+
+
+def _every_round_once(per_tx, rounds):
+    for rows in per_tx:
+        assert [r["round"] for r in rows] == list(range(rounds))  # none lost, none twice
+        bad = [r for r in rows if r["status"] != "ok"]
+        assert all(r["error"] for r in bad)  # a failed round says why
+
+
+def test_worker_killed_mid_campaign_is_restarted_and_every_round_recorded_once(digits_artifacts, digits, tmp_path):
+    per_tx, text, victim = _kill_mid_campaign(digits_artifacts, digits, tmp_path, signal.SIGKILL)
+    _every_round_once(per_tx, 10)
+    assert f"(pid {victim}) exited with status -9" in text
+    assert "generation 1)" in text and text.count(" ready (pid ") == 3
+    rows = per_tx[0]
+    assert victim not in {r["rx_pid"] for r in rows[4:]}  # TX 0 went on with another worker
+    assert all(r["status"] == "ok" for r in rows[4:])  # re-opened on its retry
+    assert any("no session" in (r["error"] or "") or r["attempts"] > 1 for r in rows[4:])
+
+
+def test_hung_worker_is_detected_and_replaced(digits_artifacts, digits, tmp_path):
+    per_tx, text, victim = _kill_mid_campaign(digits_artifacts, digits, tmp_path, signal.SIGSTOP)
+    _every_round_once(per_tx, 10)
+    assert f"(pid {victim}) is hung: no heartbeat" in text
+    assert "generation 1)" in text and text.count(" ready (pid ") == 3
+    with pytest.raises(ProcessLookupError):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # killed by the front end (or exited with it)
+            os.kill(victim, 0)
+            time.sleep(0.2)
+        pytest.fail(f"the hung worker {victim} is still there")
+    assert all(r["status"] == "ok" for r in per_tx[0][4:])
+
+
+def test_workers_option_is_checked(digits_artifacts, tmp_path):
+    proc, _ = start_rx(digits_artifacts, "--workers", "0")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--workers 0" in out, out

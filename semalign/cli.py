@@ -30,7 +30,7 @@ from common.data.datasets import DATASET_NAMES
 from common.modes.pca_lora.pretrain import PretrainConfig
 from semalign.rx_cli import rx, rx_worker
 from semalign.campaign_cli import register as register_campaigns
-from semalign.ops_cli import keygen, show, soak
+from semalign.ops_cli import keygen, load, show, soak
 from semalign.tx_cli import tx
 
 app = make_app("Semantic alignment between a drifted TX and RX: PCA payloads over ZeroMQ, "
@@ -40,6 +40,7 @@ app.command("rx-worker")(rx_worker)
 app.command()(tx)
 app.command()(keygen)
 app.command()(soak)
+app.command()(load)
 app.command()(show)
 register_campaigns(app)  # sweep, bench, fading (semalign/campaign_cli.py)
 

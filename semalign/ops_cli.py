@@ -123,3 +123,28 @@ def show(
     counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "no rounds yet"
     typer.echo(f"{len(rounds)} rounds: {counts}; session {config.get('session_id', '?')}, "
                f"connect {config.get('connect', '?')}")
+
+
+def load(
+    workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated."),
+    txs: str = typer.Option("1,4,8", help="TX process counts N, comma-separated."),
+    rounds: int = typer.Option(30, help="Rounds each TX runs."),
+    out: Path = typer.Option(Path("runs/load"), help="Directory for load.json, load.csv and each pair's logs."),
+    dataset: str = typer.Option("digits", help="Dataset: digits (fast) or mnist."),
+    artifacts: Optional[Path] = ArtifactsOpt,
+    trace: str = typer.Option("deep", help="Channel trace: deep (constant 64-QAM MCS 1, ~9.4 Mb/s) or a CSV path."),
+    log_level: str = LogOpt,
+):
+    """Load an RX: N TX processes against W workers in deep fade; rounds/s and p50/p90/p99 per (N, W)."""
+    from semalign.load import run_load, table
+
+    setup_logging(log_level, "load")
+    try:
+        ws = [int(w) for w in workers.split(",") if w.strip()]
+        ns = [int(n) for n in txs.split(",") if n.strip()]
+        s = run_load(out, ws, ns, rounds, dataset, artifacts, trace)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(table(s["rows"]))
+    typer.echo(f"load average: {s['uptime']}; load.json and load.csv in {out}")
+

@@ -160,3 +160,64 @@ def test_workers_option_is_checked(digits_artifacts, tmp_path):
     proc, _ = start_rx(digits_artifacts, "--workers", "0")
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "--workers 0" in out, out
+
+
+# ------------------------------------------------------------------ slf kept alignments shared by workers
+
+
+@pytest.fixture(scope="module")
+def slf_artifacts(tmp_path_factory, digits):
+    from common.modes.slf.configs import TransceiverConfig
+    from common.modes.slf.pretrain import pretrain_and_save
+    from common.modes.slf.transceiver import TransceiverShape
+
+    shape = TransceiverShape(image_size=8, widths=(8, 16), code_dim=8, n_codewords=16, head_channels=(8, 8),
+                             head_hidden=32)
+    common = {"dataset": "digits", "epochs": 10, "head_epochs": 10, "batch_size": 64, "lr": 1e-2, "shape": shape,
+              "max_pool": 700, "n_shards": 2}
+    root = tmp_path_factory.mktemp("slf_workers")
+    for cfg in (TransceiverConfig("rx", eps=1e-3, seed=1, shard=0, **common),
+                TransceiverConfig("tx", eps=0.05, seed=2, shard=1, **common)):
+        pretrain_and_save(cfg, digits, root / cfg.name)
+    return root
+
+
+def test_slf_kept_alignment_resumes_on_another_worker(slf_artifacts, tmp_path):
+    """Two RX nodes sharing a directory stand in for two workers: a TX aligns on one, returns on the other."""
+    from common.link.sidelink import create_sidelink
+    from common.modes.base import get_mode
+    from rx_node.daemon import RxNode
+    from tests.helpers import ServedRx
+    from tx_node.daemon import TxConfig, TxNode
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    served = []
+    for _ in range(2):
+        half = get_mode("slf").build_rx({"artifacts": slf_artifacts / "rx", "eps": 0.01})
+        half.share_state(shared)
+        served.append(ServedRx(RxNode({"slf": half}, create_sidelink("loopback", trace="demo"))))
+
+    def run(address, out):
+        half = get_mode("slf").build_tx({"artifacts": slf_artifacts / "tx", "finetune_epochs": 2,
+                                         "finetune_lr": 1e-2, "n_images": 100, "n_frozen": 2,
+                                         "alignment_cache": str(tmp_path / "cache")})
+        node = TxNode(half, TxSocket(address), TxConfig(hello_timeout_s=1.0, hello_attempts=10, clock_samples=1,
+                                                         result_timeout_s=30.0, round_attempts=1))
+        try:
+            return node.run(3, ResultsLog(out, {"mode": "slf", **half.config_record()}))
+        finally:
+            node.sock.close()
+
+    try:
+        first = run(served[0].address, tmp_path / "a1")
+        assert [r.status for r in first] == ["ok"] * 3 and first[1].fields["kept"], [r.error for r in first]
+        assert len(list((shared / "slf-kept").glob("*.pt"))) == 1
+        again = run(served[1].address, tmp_path / "a2")  # the other "worker" never saw this TX
+        assert [r.status for r in again] == ["ok"] * 3, [r.error for r in again]
+        assert again[1].fields["resumed"] and again[1].fields["download_frame_bytes"] == 0
+        assert again[2].fields["decoder"] == "aligned"
+        assert again[2].fields["accuracy"] == first[2].fields["accuracy"]
+    finally:
+        for s in served:
+            s.stop()

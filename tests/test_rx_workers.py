@@ -221,3 +221,38 @@ def test_slf_kept_alignment_resumes_on_another_worker(slf_artifacts, tmp_path):
     finally:
         for s in served:
             s.stop()
+
+
+def test_curve_front_end_admits_listed_keys_and_refuses_others(digits_artifacts, digits, tmp_path):
+    """CURVE and the allow-list stay in the front end: an admitted TX's rounds run on a worker, with its
+    key passed along (sessions bound to it); an unknown key is refused and logged."""
+    from common.net.security import TxSecurity, generate_keypair, load_public, load_secret
+    from semalign.processes import throwaway_keys
+
+    rx_keys, tx_keys = throwaway_keys(tmp_path / "keys", "tx-lab")
+    rx_args = [a for k, v in rx_keys.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    log = tmp_path / "rx.log"
+    proc, address = start_rx(digits_artifacts, "--workers", "2", *rx_args, log_file=log)
+    codec, _ = load_codec(digits_artifacts)
+    good = TxSecurity(load_secret(tx_keys["curve_secret"]), load_public(tx_keys["curve_server_public"]))
+    generate_keypair(tmp_path / "stranger", "tx-stranger")
+    bad = TxSecurity(load_secret(tmp_path / "stranger" / "tx-stranger.key_secret"),
+                     load_public(tx_keys["curve_server_public"]))
+    try:
+        node = tx_node(codec, digits, TxSocket(address, security=good), **CONFIG)
+        try:
+            records = node.run(2, ResultsLog(tmp_path / "good", {}))
+        finally:
+            node.sock.close()
+        assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
+        assert records[0].rx_pid != proc.pid  # served by a worker
+        stranger = tx_node(codec, digits, TxSocket(address, security=bad),
+                           **{**CONFIG, "hello_attempts": 2, "connect_timeout_s": 3.0})
+        try:
+            with pytest.raises(Exception):
+                stranger.run(1, ResultsLog(tmp_path / "bad", {}))
+        finally:
+            stranger.sock.close()
+    finally:
+        stop(proc)
+    assert "REFUSED" in log.read_text()

@@ -156,6 +156,7 @@ class _Worker:
     last_seen: float = 0.0
     inflight: dict = field(default_factory=dict)  # reqid -> (peer, [frames]) not yet answered
     pins: int = 0
+    beat_sent: float = 0.0
     counters: dict = field(default_factory=dict)  # its RxStats as last reported
 
     @property
@@ -294,7 +295,8 @@ class FrontEnd:
                 self._lost(w, f"is hung: no heartbeat for {now - w.last_seen:.1f} s")
             elif not w.ready and now - w.started > READY_TIMEOUT_S:
                 self._lost(w, f"not ready within {READY_TIMEOUT_S:.0f} s")
-            elif w.ready:
+            elif w.ready and now - w.beat_sent >= HEARTBEAT_S:
+                w.beat_sent = now
                 self._to_worker(w, [b"H"])
 
     def _to_worker(self, w: _Worker, parts: list) -> bool:

@@ -14,7 +14,7 @@ import zmq
 from common.artifacts import load_codec
 from common.net.transport import TxSocket
 from common.results.log import ResultsLog, read_jsonl
-from common.wire.protocol import Channel, Error, Hello, Result, decode, encode
+from common.wire.protocol import Channel, Hello, Result, decode, encode
 from tests.helpers import hello, payload, start_rx, stop, tx_node
 
 CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=1.0, clock_samples=1,

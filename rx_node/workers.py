@@ -16,7 +16,8 @@ Pirate heartbeats:
   the single-process RX does, connects a DEALER to the front end and
   announces ``READY`` once warmed up.
 - **Pinning**: a TX connection (its ZeroMQ peer identity) is pinned to one
-  worker on its first message, the worker with the fewest pinned connections;
+  worker on its first message, the worker with the fewest pinned connections
+  active in the last :data:`PIN_ACTIVE_S`;
   every later frame of that connection goes to the same worker, so a session's
   rounds, replay record and per-session state stay together. A mode whose RX
   state spans sessions with one owner (``Mode.rx_one_owner``: fed-lora's base
@@ -90,6 +91,7 @@ READY_TIMEOUT_S = 300.0  # a worker's start-up (imports, artifacts, warm-up) at 
 FRONTEND_SILENT_S = 10 * HEARTBEAT_S  # a worker that hears nothing from the front end this long exits
 BACKEND_HWM = 1000  # messages queued per worker (a hung worker's queue fills: further requests refused)
 MAX_PINS = 65536  # pinned TX connections remembered (least recently active forgotten first)
+PIN_ACTIVE_S = 60.0  # a pinned connection counts towards its worker's load this long after its last frame
 HELLO_PEEK_BYTES = 8192  # frames up to this size are read for a HELLO's mode (one-owner modes only)
 RESTART_BACKOFF_MAX_S = 30.0
 _U64 = struct.Struct("!Q")
@@ -155,7 +157,6 @@ class _Worker:
     ready: bool = False
     last_seen: float = 0.0
     inflight: dict = field(default_factory=dict)  # reqid -> (peer, [frames]) not yet answered
-    pins: int = 0
     beat_sent: float = 0.0
     counters: dict = field(default_factory=dict)  # its RxStats as last reported
 
@@ -190,7 +191,7 @@ class FrontEnd:
         self.losses: list[tuple[int, str]] = []
         self._retired = RxStats()  # counters of workers lost or replaced
         self._reqids = itertools.count(1)
-        self._pins: OrderedDict[bytes, int] = OrderedDict()  # TX peer -> worker index
+        self._pins: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # TX peer -> (worker, last seen)
         self._workers: list[_Worker | None] = [None] * workers
         self._failures = [0] * workers  # consecutive losses before READY (restart back-off)
         self._restart_at = [0.0] * workers
@@ -263,7 +264,7 @@ class FrontEnd:
             self._refuse(peer, frames, f"RX worker {w.index} {why} while serving this request; the session "
                                        "is gone: re-open it")
         w.inflight.clear()
-        for peer in [p for p, i in self._pins.items() if i == w.index]:
+        for peer in [p for p, (i, _) in self._pins.items() if i == w.index]:
             del self._pins[peer]
         self._retire(w)
         self._failures[w.index] = self._failures[w.index] + 1 if not w.ready else 0
@@ -312,29 +313,36 @@ class FrontEnd:
 
     # ------------------------------------------------------------ TX -> worker
 
+    def _active_pins(self) -> list[int]:
+        """Per worker, the pinned TX connections active within :data:`PIN_ACTIVE_S` (a connection a TX
+        dropped stays pinned, idle, until forgotten: it must not count against its worker)."""
+        counts, cutoff = [0] * self.n_workers, time.monotonic() - PIN_ACTIVE_S
+        for peer in reversed(self._pins):  # most recently active last
+            index, seen = self._pins[peer]
+            if seen < cutoff:
+                break
+            counts[index] += 1
+        return counts
+
     def _pick(self, peer: bytes, frames: list) -> _Worker | None:
         target = None
         if self.one_owner and len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
             body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
             if body and body.get("type") == "HELLO" and body.get("mode") in self.one_owner:
                 target = 0
-        index = self._pins.get(peer) if target is None else target
+        pinned = self._pins.get(peer)
+        index = pinned[0] if target is None and pinned else target
         w = self._workers[index] if index is not None else None
         if w is None or not w.ready:
             ready = [x for x in self._workers if x.ready]
             if target is not None or not ready:
                 return None
-            w = min(ready, key=lambda x: (x.pins, x.index))
-        if self._pins.get(peer) != w.index:
-            old = self._pins.pop(peer, None)
-            if old is not None:
-                self._workers[old].pins -= 1
-            self._pins[peer] = w.index
-            w.pins += 1
-            while len(self._pins) > MAX_PINS:
-                _, i = self._pins.popitem(last=False)
-                self._workers[i].pins -= 1
-        self._pins.move_to_end(peer)
+            active = self._active_pins()
+            w = min(ready, key=lambda x: (active[x.index], x.index))
+        self._pins.pop(peer, None)
+        self._pins[peer] = (w.index, time.monotonic())  # most recently active last
+        while len(self._pins) > MAX_PINS:
+            self._pins.popitem(last=False)
         return w
 
     def _from_tx(self) -> None:
@@ -369,11 +377,9 @@ class FrontEnd:
             except ReplyDropped as e:  # the peer left or stopped reading: never block the others
                 self.stats.replies_dropped[e.reason] = self.stats.replies_dropped.get(e.reason, 0) + 1
                 log.warning("%s; dropping its session", e)
-                index = self._pins.pop(peer, None)
-                if index is not None:
-                    self._workers[index].pins -= 1
-                    if self._workers[index].ready:
-                        self._to_worker(self._workers[index], [b"G", peer])
+                pinned = self._pins.pop(peer, None)
+                if pinned is not None and self._workers[pinned[0]].ready:
+                    self._to_worker(self._workers[pinned[0]], [b"G", peer])
                 return
 
     # ------------------------------------------------------------ worker -> TX

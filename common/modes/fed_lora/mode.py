@@ -122,7 +122,7 @@ class FedLora(Mode):
             out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))
         station = BaseStation(spec, data, task, cell, opt, config,
                               capacity_exponent=_get(opts, "fed_capacity_exponent", p.capacity_exponent))
-        return FedLoraRx(station, fp)
+        return FedLoraRx(station, fp, allow_dir=opts.get("curve_allow"))
 
     @classmethod
     def build_tx(cls, opts: dict):

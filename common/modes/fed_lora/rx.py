@@ -56,6 +56,7 @@ import numpy as np
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
 from common.modes.fed_lora.messages import (
+    FED_VERSION,
     MAX_POLLS,
     RESULT_FIELDS,
     FedAck,
@@ -78,7 +79,7 @@ from common.modes.fed_lora.optimizer import (
     plan_round,
     random_plan,
 )
-from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, take
+from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, preset, take
 from common.modes.fed_lora.wireless import CellConfig, DeviceChannels, DeviceProfile
 from common.wire.protocol import Result
 
@@ -89,6 +90,11 @@ HISTORY_ROUNDS = 8  # formed rounds kept in memory (devices fetch their RESULT f
 PROFILE_KEYS = ("distance_m", "max_power_w", "flops_per_s", "flops_per_cycle", "kappa", "energy_budget_j")
 PROFILE_LIMITS = {"distance_m": (1.0, 1e6), "max_power_w": (1e-6, 10.0), "flops_per_s": (1e3, 1e18),
                   "flops_per_cycle": (0.01, 1e4), "kappa": (1e-40, 1e-20), "energy_budget_j": (1e-9, 1e6)}
+# train_flops: the base station recomputes each module's FLOPs per epoch on the device's part of the split;
+# the claim only tells the epoch count, which must be the same for every module and within these factors
+# of the task preset's epochs (docs/modes/fed_lora.md, "Checks")
+EPOCHS_RANGE = (0.1, 4.0)
+EPOCHS_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,9 @@ class Report:
     uplink_sinr_db: float = 0.0
     draw: float = 0.0
     train_s: float = 0.0
-    ack: Any = None  # the FedAck sent (a repeated UPDATE gets it again)
+    ack: Any = None  # the FedAck sent (the same UPDATE again gets it again)
+    digest: bytes = b""  # FedUpdate.digest of the update reported (a different one is a `duplicate`)
+    error: tuple[str, str] | None = None  # (code, message) it was refused with (the same update: again)
 
 
 @dataclass
@@ -186,6 +194,7 @@ class FedRound:
     risk: float
     objective: float
     starts: dict[str, dict] = field(default_factory=dict)  # module -> wire tensors of the global start
+    fetched: set = field(default_factory=set)  # devices that were sent their plan (may send an update)
     reports: dict[int, Report] = field(default_factory=dict)
     updates: dict[int, tuple[dict, int]] = field(default_factory=dict)  # delivered: device -> (arrays, n)
     formed: bool = False
@@ -267,11 +276,15 @@ class BaseStation:
 
     # ------------------------------------------------------------ devices
 
-    def check_device(self, params: dict) -> str | None:
-        """Why a device's HELLO ``params`` cannot join (None: it can; it is then registered)."""
+    def check_device(self, params: dict, register: bool = True) -> str | None:
+        """Why a device's HELLO ``params`` cannot join (None: it can; it is then registered, unless
+        ``register`` is False: :meth:`register` does it once the sender's key was checked)."""
         problem = self.spec.mismatch(params)
         if problem:
             return problem
+        if params.get("fed_version") != FED_VERSION:
+            return (f"fed_version {params.get('fed_version')!r}: this base station speaks fed-lora version "
+                    f"{FED_VERSION} (docs/protocol.md); upgrade the device")
         k = params.get("device_id")
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.spec.n_devices:
             return f"device_id {k!r} must be an int in 0..{self.spec.n_devices - 1}"
@@ -290,18 +303,58 @@ class BaseStation:
                 return f"profile {key}={v!r} outside [{lo:g}, {hi:g}]"
         flops = params.get("train_flops")
         if not isinstance(flops, dict) or sorted(flops) != sorted(self.modules) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1e21
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1e21
                 for v in flops.values()):
-            return f"train_flops must map each of {self.modules} to a finite FLOP count in [0, 1e21]"
+            return f"train_flops must map each of {self.modules} to a finite FLOP count in (0, 1e21]"
+        try:
+            self.derive_train_flops(k, flops)
+        except ValueError as e:
+            return str(e)
         known = self.devices.get(k)
         if known is not None and known.hello != params:
             return (f"device {k} is registered with other parameters (a second device with --device-id {k}?); "
                     "restart the base station to change a device's profile")
-        if known is None:
-            self._register(k, params)
+        if known is None and register:
+            self.register(params)
         return None
 
-    def _register(self, k: int, params: dict) -> None:
+    def epoch_flops(self, k: int) -> dict[str, float]:
+        """FLOPs of one epoch of local training of each module on device ``k``'s part of the split,
+        computed here from the module's shapes and the part's samples (``task.train_flops``)."""
+        cache = self.__dict__.setdefault("_epoch_flops", {})
+        if k not in cache:
+            x, _ = self.data.shard(k)
+            cache[k] = {m: float(self.task.train_flops(m, x, 1.0)) for m in self.modules}
+        return cache[k]
+
+    def derive_train_flops(self, k: int, claimed: dict) -> dict[str, float]:
+        """The FLOPs per round the base station plans device ``k`` with: its own per-epoch count
+        (:meth:`epoch_flops`) times the epoch count the claim implies, which must be one number for all
+        modules (relative spread <= :data:`EPOCHS_RTOL`) within :data:`EPOCHS_RANGE` x the task
+        preset's epochs; ``ValueError`` names what does not hold. A device therefore cannot make
+        one module look cheaper than another, nor its training arbitrarily fast or slow."""
+        per_epoch = self.epoch_flops(k)
+        epochs = {m: float(claimed[m]) / per_epoch[m] for m in self.modules if per_epoch[m] > 0}
+        if not epochs:
+            raise ValueError(f"device {k}: no module has a positive FLOP count")
+        lo_e, hi_e = min(epochs.values()), max(epochs.values())
+        if hi_e > lo_e * (1 + EPOCHS_RTOL):
+            raise ValueError(f"device {k}: train_flops {claimed} imply different epoch counts per module "
+                             f"({', '.join(f'{m} {e:.4g}' for m, e in epochs.items())}); the base station "
+                             "computes each module's FLOPs itself")
+        base = preset(self.spec.task).epochs
+        lo, hi = EPOCHS_RANGE[0] * base, EPOCHS_RANGE[1] * base
+        e = sum(epochs.values()) / len(epochs)
+        if not lo <= e <= hi:
+            raise ValueError(f"device {k}: train_flops imply {e:.4g} epochs per round, outside [{lo:g}, {hi:g}] "
+                             f"({EPOCHS_RANGE[0]:g}..{EPOCHS_RANGE[1]:g} x the task's {base:g})")
+        return {m: per_epoch[m] * e for m in self.modules}
+
+    def register(self, params: dict) -> None:
+        """Register the device of HELLO ``params`` (checked by :meth:`check_device`); idempotent."""
+        k = params["device_id"]
+        if k in self.devices:
+            return
         p = params["profile"]
         profile = DeviceProfile(distance_m=float(p["distance_m"]), max_power_w=float(p["max_power_w"]),
                                 cpu_hz=float(p["flops_per_s"]) / float(p["flops_per_cycle"]),
@@ -311,7 +364,7 @@ class BaseStation:
                                  speed_mps=self.config.speed_mps, round_s=self.config.round_s,
                                  seed=int(np.random.default_rng([self.config.seed, 31, k]).integers(2**31)))
         self.devices[k] = Device(k, params, profile, int(params["n_samples"]),
-                                 {m: float(v) for m, v in params["train_flops"].items()}, channel,
+                                 self.derive_train_flops(k, params["train_flops"]), channel,
                                  queue_j=self.saved_queues.get(k, 0.0))
         if self.first_hello_ns is None:
             self.first_hello_ns = self.clock()
@@ -406,6 +459,7 @@ class BaseStation:
             return self._plan_msg(msg, rnd, dev, SKIP, "joined_late")
         if d.module is None:
             return self._plan_msg(msg, rnd, dev, d, "policy")
+        rnd.fetched.add(dev.device_id)
         return self._plan_msg(msg, rnd, dev, d, "")
 
     def _plan_msg(self, msg: FedPoll, rnd: FedRound, dev: Device, d: DeviceDecision, reason: str) -> FedPlan:
@@ -435,22 +489,44 @@ class BaseStation:
         return self.result_fields(rnd, dev)
 
     def on_update(self, dev: Device, msg: FedUpdate, now_ns: int) -> FedAck:
+        """Check, emulate the uplink of, and record ``dev``'s update (see the module docstring).
+
+        Refusals, in order: a round already over (formed, or dropped from the history) -> ``late``; a
+        round not planned yet, or planned without this device, or whose plan this device has not
+        fetched -> ``not_planned`` (nothing recorded: the device's real update is still welcome); a
+        round beyond the next one -> ``round``; a second, different update -> ``duplicate`` (the same
+        update again gets the same answer); then the update's own checks."""
         r, k = msg.seq, dev.device_id
         rnd = self.rounds.get(r)
         if rnd is None:
-            raise RoundError("round", f"round {r} is not open at the base station")
+            if r < self.next_round:
+                raise RoundError("late", f"round {r} closed before the update came (the base station is at "
+                                         f"round {self.next_round})")
+            if r == self.next_round:
+                raise RoundError("not_planned", f"round {r} is not planned yet: poll for its plan first")
+            raise RoundError("round", f"round {r} is not open at the base station (next round to plan: "
+                                      f"{self.next_round})")
         d = rnd.decisions.get(k)
         if d is None or d.module is None:
             raise RoundError("not_planned", f"device {k} is not planned to train in round {r}")
-        if k in rnd.reports:
-            rep = rnd.reports[k]
+        rep = rnd.reports.get(k)
+        if rep is not None:
+            if rep.digest and rep.digest != msg.digest:
+                raise RoundError("duplicate", f"device {k} already reported another update in round {r} "
+                                              f"({rep.outcome}{': ' + rep.reason if rep.reason else ''})")
             if rep.ack is not None:
                 return rep.ack  # the same update again (its reply was lost): the same answer
-            raise RoundError("duplicate", f"device {k} already reported in round {r} ({rep.outcome}: {rep.reason})")
+            code, text = rep.error or ("duplicate", f"device {k} already reported in round {r} ({rep.outcome})")
+            raise RoundError(code, text)
         if rnd.formed:  # its energy was spent all the same: charge the planned energy to its queue
             dev.queue_j += _finite(d.energy_j)
-            rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s)
-            raise RoundError("late", f"round {r} closed ({rnd.record.get('closed_by')}) before the update came")
+            text = f"round {r} closed ({rnd.record.get('closed_by')}) before the update came"
+            rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s,
+                                    digest=msg.digest, error=("late", text))
+            raise RoundError("late", text)
+        if k not in rnd.fetched:
+            raise RoundError("not_planned", f"device {k} has not fetched its plan for round {r}: poll for it "
+                                            "first")
         try:
             if msg.module != d.module:
                 raise TensorError("module", f"update trains module {msg.module!r}, the plan says {d.module!r}")
@@ -458,8 +534,9 @@ class BaseStation:
                 raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
             arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
         except TensorError as e:
-            self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s)
-            raise RoundError(e.code, f"round {r}, device {k}: {e}") from e
+            text = f"round {r}, device {k}: {e}"
+            self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s, digest=msg.digest, message=text)
+            raise RoundError(e.code, text) from e
         bits = 8 * wire_tensor_bytes(msg.tensors)
         gain = rnd.gains[k]
         rate = float(self.cell.rate_bps(d.power_w, gain, d.bandwidth_hz))
@@ -481,7 +558,7 @@ class BaseStation:
         ack = FedAck(msg.session_id, r, k, outcome, reason, bits, _finite(upload_s, -1.0), compute_s,
                      _finite(d.power_w * upload_s), compute_e, per, sinr_db, draw)
         rnd.reports[k] = Report(outcome, reason, bits, ack.upload_s, compute_s, ack.transmit_energy_j, compute_e,
-                                per, sinr_db, draw, msg.train_s, ack)
+                                per, sinr_db, draw, msg.train_s, ack, msg.digest)
         if outcome == "delivered":
             rnd.updates[k] = (arrays, dev.n_samples)
         log.info("round %d: device %d update %s%s (%d bits, %.3g s up, PER %.3g)", r, k, outcome,
@@ -489,13 +566,15 @@ class BaseStation:
         self._maybe_form(rnd, now_ns)
         return ack
 
-    def refuse(self, dev: Device, rnd: FedRound, code: str, now_ns: int, train_s: float = 0.0) -> None:
+    def refuse(self, dev: Device, rnd: FedRound, code: str, now_ns: int, train_s: float = 0.0,
+               digest: bytes = b"", message: str = "") -> None:
         """Record ``dev``'s update in ``rnd`` as ``refused`` (``code``: why, e.g. a :class:`TensorError`
         code); the planned module's compute energy (J) is charged, as the device did train."""
         d = rnd.decisions[dev.device_id]
         rnd.reports[dev.device_id] = Report(
             "refused", code, compute_s=d.compute_s, train_s=train_s,
-            compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])))
+            compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])), digest=digest,
+            error=(code, message or code))
         self._maybe_form(rnd, now_ns)
 
     def fail(self, dev: Device, rnd: FedRound, reason: str, now_ns: int) -> None:
@@ -649,26 +728,77 @@ def _json_default(v):
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
+DEVICE_KEY_FILE = "dev{}.key"  # in the allow-list directory: the one CURVE key that speaks for device N
+
+
+def device_key(allow_dir: Path, k: int) -> str | None:
+    """The z85 public key in ``allow_dir/dev<k>.key`` (None: no such readable certificate); read on every
+    HELLO, so a key admitted or replaced while the RX runs takes effect at once."""
+    import zmq.auth
+
+    try:
+        public, _ = zmq.auth.load_certificate(str(Path(allow_dir) / DEVICE_KEY_FILE.format(k)))
+    except (OSError, ValueError):
+        return None
+    return public.decode() if isinstance(public, bytes) else str(public)
+
+
+def check_attempt(store: dict, msg: FedPoll) -> None:
+    """A session numbers its polls of a round 0, 1, 2, ... (plan and result polls together): ``attempt``
+    must be the next number, or the last one again (a repeat the replay record no longer holds); anything
+    else is ``bad_message``. ``store``: the session's store (keeps the last attempt of its recent rounds)."""
+    seen = store.setdefault("fed_attempts", {})
+    last = seen.get(msg.seq, -1)
+    if msg.attempt not in (last, last + 1):
+        raise RoundError("bad_message", f"round {msg.seq}: poll attempt {msg.attempt}, but this session's last "
+                                        f"poll of the round was {last} (polls count 0, 1, 2, ...)")
+    seen[msg.seq] = msg.attempt
+    for old in [r for r in seen if r < msg.seq - HISTORY_ROUNDS]:
+        del seen[old]
+
+
 class FedLoraRx(RxHalf):
-    """The RX half: the base station behind the daemon's handlers."""
+    """The RX half: the base station behind the daemon's handlers.
+
+    ``replay_errors`` is False: the daemon keeps none of this mode's ERRORs in its replay record; the base
+    station answers a repeated request itself from its round state (the same update: the same FED_ACK or
+    refusal), so an early or wrong request never turns a later valid one into a recorded ERROR.
+    """
 
     mode = "fed-lora"
+    replay_errors = False
     fingerprint_hint = ("devices and the base station must build the same task model: the same --fed-task and "
                         "--seed, the same MLP code or MiniLM weights")
 
-    def __init__(self, station: BaseStation, fingerprint: str):
+    def __init__(self, station: BaseStation, fingerprint: str, allow_dir: str | Path | None = None):
         self.station = station
         self.fingerprint = fingerprint
+        self.allow_dir = Path(allow_dir) if allow_dir else None
         log.info("fed-lora session fingerprint %s", fingerprint)
 
     def hello_params(self) -> dict:
         s = self.station
-        return {**s.spec.params(), "modules": s.modules, "policy": s.config.policy,
+        return {**s.spec.params(), "fed_version": FED_VERSION, "modules": s.modules, "policy": s.config.policy,
                 "aggregation": s.config.aggregation, "deadline_s": float(s.opt.deadline_s),
                 "max_polls": MAX_POLLS}
 
     def check_hello(self, params: dict) -> str | None:
-        return self.station.check_device(params)
+        return self.station.check_device(params, register=False)
+
+    def check_hello_owner(self, params: dict, owner: str | None) -> tuple[str, str] | None:
+        """A device id is bound to the CURVE key in ``dev<N>.key`` of the allow-list (``--curve-allow``):
+        a HELLO for device N from any other key is refused with ``device_key`` (and logged). On a plain
+        socket (``owner`` None, ``--insecure``) nothing is authenticated and nothing is bound."""
+        k = params["device_id"]
+        if owner is not None:
+            bound = device_key(self.allow_dir, k) if self.allow_dir else None
+            if bound != owner:
+                why = (f"no {DEVICE_KEY_FILE.format(k)} in the allow-list {self.allow_dir}" if bound is None
+                       else f"{DEVICE_KEY_FILE.format(k)} holds another key")
+                log.warning("HELLO for device %d from CURVE key %s REFUSED: %s", k, owner, why)
+                return ("device_key", f"this CURVE key may not speak for device {k}: {why}")
+        self.station.register(params)
+        return None
 
     def handlers(self) -> dict:
         return {FedPoll.TYPE: self.on_poll, FedUpdate.TYPE: self.on_update}
@@ -678,6 +808,7 @@ class FedLoraRx(RxHalf):
         now = s.clock()
         s.tick(now)
         dev = s.bind(ctx, msg.device_id)
+        check_attempt(ctx.session, msg)
         if msg.want == "plan":
             return Reply(s.on_plan_poll(dev, msg.seq, msg, now), final=False)
         if msg.want == "result":

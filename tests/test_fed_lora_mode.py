@@ -109,9 +109,9 @@ def test_three_devices_three_rounds(serve_rx, tmp_path):
     seen = []  # (n updates aggregated, state before, state after) per aggregation
     aggregate = station.global_adapter.aggregate
 
-    def spy(updates, n_samples, population_samples=None):
+    def spy(updates, n_samples, population_samples=None, scales=None):
         before = station.global_adapter.state()
-        aggregate(updates, n_samples, population_samples=population_samples)
+        aggregate(updates, n_samples, population_samples=population_samples, scales=scales)
         seen.append((list(n_samples), before, station.global_adapter.state()))
 
     station.global_adapter.aggregate = spy

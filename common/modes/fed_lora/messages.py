@@ -229,7 +229,7 @@ RESULT_FIELDS = ("fed_round", "device_id", "module", "rank", "skip_reason", "pow
                  "upload_bits", "upload_s", "compute_s", "transmit_energy_j", "compute_energy_j", "energy_j",
                  "energy_budget_j", "queue_j", "outcome", "delivered", "loss_reason", "packet_error",
                  "uplink_sinr_db", "gain_db", "global_acc", "n_planned", "n_delivered", "closed_by",
-                 "policy", "aggregation", "round_wall_s")
+                 "policy", "aggregation", "round_wall_s", "update_norm", "clip_scale")
 
 
 def retry_after_ms(waited_ms: int, attempt: int, until_ns: int | None, now_ns: int) -> int:

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
-from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
+from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter, update_norm
 from common.modes.fed_lora.messages import (
     FED_VERSION,
     MAX_POLLS,
@@ -104,7 +104,13 @@ class BaseStationConfig:
     ``policy``: ours, fixed or random; ``aggregation``: one of
     :data:`AGGREGATIONS`; ``fixed_module``: the module of the fixed baseline
     (None: the largest); ``round_timeout_s``: wall-clock time from planning
-    after which a round forms without the devices still missing;
+    after which a round forms without the devices still missing, at the
+    latest; ``silent_margin``/``silent_slack_s``: the round forms without a
+    silent device earlier, ``silent_slack_s + silent_margin x max over the
+    participants of the plan's compute_s + upload_s`` after planning
+    (:meth:`BaseStation.silent_deadline_s`); ``clip_factor``: every delivered
+    update's norm is clipped to ``clip_factor x`` the median of the round's
+    delivered update norms (0: no clipping; :mod:`aggregation`);
     ``join_timeout_s``: wall-clock time from the first HELLO after which
     round 0 is planned with the devices known by then; ``eval_size``: test
     samples the global model is evaluated on (0 = all); ``k_factor``,
@@ -119,6 +125,9 @@ class BaseStationConfig:
     aggregation: str = "stack-svd"
     fixed_module: str | None = None
     round_timeout_s: float = 60.0
+    silent_margin: float = 3.0
+    silent_slack_s: float = 10.0
+    clip_factor: float = 3.0
     join_timeout_s: float = 30.0
     eval_size: int = 0
     k_factor: float = 1.0
@@ -133,9 +142,11 @@ class BaseStationConfig:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        for name in ("round_timeout_s", "join_timeout_s", "round_s"):
+        for name in ("round_timeout_s", "join_timeout_s", "round_s", "silent_margin", "silent_slack_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if not (self.clip_factor == 0 or (math.isfinite(self.clip_factor) and self.clip_factor >= 1)):
+            raise ValueError(f"clip_factor must be 0 (no clipping) or finite and >= 1, got {self.clip_factor!r}")
         if self.eval_size < 0:
             raise ValueError(f"eval_size must be >= 0, got {self.eval_size}")
         if self.aggregation == "fedavg" and self.policy != "fixed":
@@ -177,6 +188,8 @@ class Report:
     draw: float = 0.0
     train_s: float = 0.0
     ack: Any = None  # the FedAck sent (the same UPDATE again gets it again)
+    update_norm: float = 0.0  # ||U - G|| of a delivered update (aggregation.update_norm)
+    clip_scale: float = 1.0  # c_k it entered the aggregate with (1: not clipped)
     digest: bytes = b""  # FedUpdate.digest of the update reported (a different one is a `duplicate`)
     error: tuple[str, str] | None = None  # (code, message) it was refused with (the same update: again)
 
@@ -418,8 +431,8 @@ class BaseStation:
                                    np.random.default_rng([self.config.seed, 41, r]))
             decisions = dict(zip(ids, plan.decisions))
             risk, objective = plan.risk, plan.objective
-        rnd = FedRound(r, now_ns, now_ns + int(self.config.round_timeout_s * 1e9), decisions, gains, queues,
-                       risk, objective)
+        rnd = FedRound(r, now_ns, now_ns + int(self.silent_deadline_s(decisions) * 1e9), decisions, gains,
+                       queues, risk, objective)
         self.rounds[r] = rnd
         self.next_round = r + 1
         log.info("round %d planned (%s): %s", r, self.config.policy,
@@ -428,6 +441,16 @@ class BaseStation:
         if not rnd.participants:
             self.form(rnd, now_ns, "nobody_planned")
         return rnd
+
+    def silent_deadline_s(self, decisions: dict[int, DeviceDecision]) -> float:
+        """Wall-clock seconds from planning after which the round forms without the devices that have not
+        reported: ``min(round_timeout_s, silent_slack_s + silent_margin x max_k (compute_s + upload_s))``
+        over the devices planned to train (the plan's emulated compute and air time; the slack covers the
+        real local training and transport). A device that has not reported by then is ``missing``."""
+        planned = [d.compute_s + d.upload_s for d in decisions.values() if d.module is not None
+                   and math.isfinite(d.compute_s + d.upload_s)]
+        expected = max(planned, default=0.0)
+        return min(self.config.round_timeout_s, self.config.silent_slack_s + self.config.silent_margin * expected)
 
     def start_factors(self, rnd: FedRound, module: str) -> list[dict]:
         """The global adapter's starting factors for ``module`` in ``rnd`` (computed once per round)."""
@@ -450,6 +473,9 @@ class BaseStation:
                 until = self.first_hello_ns + int(self.config.join_timeout_s * 1e9)
                 return self._wait(dev, msg, "joining", until, now_ns)
             rnd = self.plan(r, now_ns)
+        skip = rnd.decisions.get(dev.device_id)
+        if rnd.formed and skip is not None and skip.module is None:  # told to skip: that stands, formed or not
+            return self._plan_msg(msg, rnd, dev, skip, "policy")
         if rnd.formed and dev.device_id in rnd.decisions:
             raise RoundError("round_closed", f"round {r} closed ({rnd.record.get('closed_by')}) before this "
                                              "device fetched its plan")
@@ -533,6 +559,10 @@ class BaseStation:
             if msg.n_samples != dev.n_samples:
                 raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
             arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
+            norm = update_norm(arrays, self.global_adapter.state())
+            if not math.isfinite(norm):  # finite float32 values whose product overflows: this update alone goes
+                raise TensorError("non_finite", f"the update's delta from the global model has norm {norm} "
+                                                "(its factors' product overflows)")
         except TensorError as e:
             text = f"round {r}, device {k}: {e}"
             self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s, digest=msg.digest, message=text)
@@ -558,7 +588,7 @@ class BaseStation:
         ack = FedAck(msg.session_id, r, k, outcome, reason, bits, _finite(upload_s, -1.0), compute_s,
                      _finite(d.power_w * upload_s), compute_e, per, sinr_db, draw)
         rnd.reports[k] = Report(outcome, reason, bits, ack.upload_s, compute_s, ack.transmit_energy_j, compute_e,
-                                per, sinr_db, draw, msg.train_s, ack, msg.digest)
+                                per, sinr_db, draw, msg.train_s, ack, norm, 1.0, msg.digest)
         if outcome == "delivered":
             rnd.updates[k] = (arrays, dev.n_samples)
         log.info("round %d: device %d update %s%s (%d bits, %.3g s up, PER %.3g)", r, k, outcome,
@@ -595,10 +625,11 @@ class BaseStation:
             before = self.global_adapter.state()
             layers, head = dict(self.global_adapter.layers), dict(self.global_adapter.head)
             population = sum(d.n_samples for d in self.devices.values())
+            scales = self.clip_scales(rnd, delivered)
             try:
                 self.global_adapter.aggregate([rnd.updates[k][0] for k in delivered],
                                               [rnd.updates[k][1] for k in delivered],
-                                              population_samples=population)
+                                              population_samples=population, scales=scales)
             except ValueError as e:  # all-or-nothing: the global adapter is unchanged
                 log.error("round %d: aggregation failed, the global adapter is unchanged: %s", rnd.index, e)
                 closed_by += "+aggregation_failed"
@@ -638,6 +669,20 @@ class BaseStation:
         if self.out:
             self._save(rnd.record)
 
+    def clip_scales(self, rnd: FedRound, delivered: list[int]) -> list[float]:
+        """Clipping factors ``c_k = min(1, clip_factor x median_j ||U_j - G|| / ||U_k - G||)`` of the
+        delivered updates (all 1 with ``clip_factor`` 0, or a median of 0); recorded in each report."""
+        norms = [rnd.reports[k].update_norm for k in delivered]
+        bound = self.config.clip_factor * float(np.median(norms)) if norms else 0.0
+        scales = [1.0 if bound <= 0 or n <= bound else bound / n for n in norms]
+        for k, c in zip(delivered, scales):
+            rnd.reports[k].clip_scale = c
+            if c < 1:
+                log.warning("round %d: device %d's update clipped: norm %.4g > %.3g x the median %.4g (scale %.3g)",
+                            rnd.index, k, rnd.reports[k].update_norm, self.config.clip_factor,
+                            bound / self.config.clip_factor, c)
+        return scales
+
     def _device_record(self, rnd: FedRound, k: int, energy_j: float, closed_by: str, now_ns: int) -> dict:
         d = rnd.decisions[k]
         rep = rnd.reports.get(k)
@@ -661,7 +706,8 @@ class BaseStation:
                 "gain_db": _db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
                 "n_planned": len(rnd.participants), "n_delivered": len(rnd.updates), "closed_by": closed_by,
                 "policy": self.config.policy, "aggregation": self.config.aggregation,
-                "round_wall_s": (now_ns - rnd.planned_ns) / 1e9}
+                "round_wall_s": (now_ns - rnd.planned_ns) / 1e9, "update_norm": rep.update_norm,
+                "clip_scale": rep.clip_scale}
 
     def result_fields(self, rnd: FedRound, dev: Device) -> dict:
         """The RESULT fields of ``dev`` in the formed round ``rnd``."""

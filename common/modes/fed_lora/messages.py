@@ -11,12 +11,11 @@ what to do or to come back later::
                                               or FED_WAIT (round r's aggregate not formed yet)
 
 A skipped device sends no FED_UPDATE. The RX daemon answers a repeated
-``(session, seq, TYPE)`` from its replay record, so every poll of a round is
-a distinct type: ``FED_POLL_0``, ``FED_POLL_1``, ... up to
-``FED_POLL_<MAX_POLLS - 1>``, numbered by the device's ``attempt`` within the
-round (the field repeats the number and must match). The base station's
-``retry_after_ms`` hints keep a round within :data:`MAX_POLLS` polls (see
-:func:`retry_after_ms`).
+request from its replay record: a FED_POLL is told apart by its ``attempt``
+(0 .. MAX_POLLS - 1, numbered 0, 1, 2, ... per session and round, plan and
+result polls together) and ``want``, a FED_UPDATE by its :attr:`FedUpdate.digest`.
+The base station's ``retry_after_ms`` hints keep a round within
+:data:`MAX_POLLS` polls (see :func:`retry_after_ms`).
 
 All types are plain msgpack maps (``common.wire.protocol.encode``). Adapters
 travel as a msgpack array of maps ``{name, dtype, shape, data}``: ``name`` as

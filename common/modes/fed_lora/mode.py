@@ -85,7 +85,7 @@ class FedLora(Mode):
         Option("fed_silent_slack_s", float, _preset_help("wall-clock slack of that silent-device deadline (the "
                "devices' real training and transport), s", "silent_slack_s")),
         Option("fed_clip_factor", float, "clip every delivered update's norm (product space, from the global "
-               "start) to this x the median of the round's update norms; 0 = no clipping", 3.0),
+               "start) to this x the median of the round's update norms; 0 = no clipping", 1.0),
         Option("fed_join_timeout_s", float, "wall-clock time from the first HELLO after which round 0 is "
                "planned with the devices known by then, s", 30.0),
         Option("fed_eval_size", int, _preset_help("test samples the global model is evaluated on after "
@@ -127,7 +127,7 @@ class FedLora(Mode):
             round_timeout_s=_get(opts, "fed_round_timeout_s", p.round_timeout_s),
             silent_margin=_get(opts, "fed_silent_margin", 3.0),
             silent_slack_s=_get(opts, "fed_silent_slack_s", p.silent_slack_s),
-            clip_factor=_get(opts, "fed_clip_factor", 3.0),
+            clip_factor=_get(opts, "fed_clip_factor", 1.0),
             join_timeout_s=_get(opts, "fed_join_timeout_s", 30.0), eval_size=_get(opts, "fed_eval_size", p.eval_size),
             k_factor=_get(opts, "fed_k_factor", 1.0), seed=spec.seed,
             out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))

@@ -94,6 +94,9 @@ PROFILE_LIMITS = {"distance_m": (1.0, 1e6), "max_power_w": (1e-6, 10.0), "flops_
 # the claim only tells the epoch count, which must be the same for every module and within these factors
 # of the task preset's epochs (docs/modes/fed_lora.md, "Checks")
 EPOCHS_RANGE = (0.1, 4.0)
+# an update whose delta from the global (product space, float64) is above float32's range (or not finite)
+# is refused ``non_finite``: its product would overflow the float32 global adapter
+MAX_UPDATE_NORM = float(np.finfo(np.float32).max)
 EPOCHS_RTOL = 1e-3
 
 
@@ -127,7 +130,7 @@ class BaseStationConfig:
     round_timeout_s: float = 60.0
     silent_margin: float = 3.0
     silent_slack_s: float = 10.0
-    clip_factor: float = 3.0
+    clip_factor: float = 1.0
     join_timeout_s: float = 30.0
     eval_size: int = 0
     k_factor: float = 1.0
@@ -560,7 +563,7 @@ class BaseStation:
                 raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
             arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
             norm = update_norm(arrays, self.global_adapter.state())
-            if not math.isfinite(norm):  # finite float32 values whose product overflows: this update alone goes
+            if not norm <= MAX_UPDATE_NORM:  # finite float32 values whose product overflows: this update alone goes
                 raise TensorError("non_finite", f"the update's delta from the global model has norm {norm} "
                                                 "(its factors' product overflows)")
         except TensorError as e:

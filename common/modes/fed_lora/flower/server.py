@@ -133,6 +133,7 @@ def play_round(grid, station, r: int, joined: dict[int, int]) -> dict:
     msgs = [Message(plan_content(r, rnd.decisions[k], station.start_factors(rnd, rnd.decisions[k].module)),
                     dst_node_id=joined[k], message_type="train", group_id=str(r))
             for k in rnd.participants]
+    rnd.fetched.update(rnd.participants)  # the train message carries the plan: each may send its update
     device_of = {node: k for k, node in joined.items()}
     if msgs:
         for reply in grid.send_and_receive(msgs, timeout=station.config.round_timeout_s):

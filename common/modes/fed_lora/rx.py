@@ -42,15 +42,11 @@ state to ``out/state.npz`` + ``out/state.json`` when ``out`` is set; with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
@@ -79,7 +75,9 @@ from common.modes.fed_lora.optimizer import (
     plan_round,
     random_plan,
 )
+from common.modes.fed_lora.records import Device, FedRound, Report, db, finite, load_state, save_state
 from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, preset, take
+from common.modes.fed_lora.uplink import uplink_outcome
 from common.modes.fed_lora.wireless import CellConfig, DeviceChannels, DeviceProfile
 from common.wire.protocol import Result
 
@@ -157,80 +155,6 @@ class BaseStationConfig:
                              "(ours and random switch between modules of different ranks)")
         if self.resume and not self.out:
             raise ValueError("resume needs the directory of the saved state (out)")
-
-
-@dataclass
-class Device:
-    """What the base station knows of one device (from its HELLO) and its running state."""
-
-    device_id: int
-    hello: dict
-    profile: DeviceProfile
-    n_samples: int
-    train_flops: dict[str, float]
-    channel: DeviceChannels
-    queue_j: float = 0.0
-    active: bool = True
-    session_id: int | None = None
-
-
-@dataclass
-class Report:
-    """One device's outcome in a round: ``outcome`` delivered, lost, refused, late or failed (and its
-    energy, J)."""
-
-    outcome: str
-    reason: str = ""
-    upload_bits: int = 0
-    upload_s: float = 0.0
-    compute_s: float = 0.0
-    transmit_energy_j: float = 0.0
-    compute_energy_j: float = 0.0
-    packet_error: float = 0.0
-    uplink_sinr_db: float = 0.0
-    draw: float = 0.0
-    train_s: float = 0.0
-    ack: Any = None  # the FedAck sent (the same UPDATE again gets it again)
-    update_norm: float = 0.0  # ||U - G|| of a delivered update (aggregation.update_norm)
-    clip_scale: float = 1.0  # c_k it entered the aggregate with (1: not clipped)
-    digest: bytes = b""  # FedUpdate.digest of the update reported (a different one is a `duplicate`)
-    error: tuple[str, str] | None = None  # (code, message) it was refused with (the same update: again)
-
-
-@dataclass
-class FedRound:
-    """Round ``index``: its plan, the reports and, once formed, its record."""
-
-    index: int
-    planned_ns: int
-    deadline_ns: int
-    decisions: dict[int, DeviceDecision]
-    gains: dict[int, float]
-    queues_before: dict[int, float]
-    risk: float
-    objective: float
-    starts: dict[str, dict] = field(default_factory=dict)  # module -> wire tensors of the global start
-    fetched: set = field(default_factory=set)  # devices that were sent their plan (may send an update)
-    reports: dict[int, Report] = field(default_factory=dict)
-    updates: dict[int, tuple[dict, int]] = field(default_factory=dict)  # delivered: device -> (arrays, n)
-    formed: bool = False
-    record: dict = field(default_factory=dict)  # per-device RESULT fields once formed, + "round"
-
-    @property
-    def participants(self) -> list[int]:
-        return sorted(k for k, d in self.decisions.items() if d.module is not None)
-
-    def complete(self) -> bool:
-        return all(k in self.reports for k in self.participants)
-
-
-def _finite(x: float, default: float = 0.0) -> float:
-    x = float(x)
-    return x if math.isfinite(x) else default
-
-
-def _db(x: float) -> float:
-    return 10.0 * math.log10(x) if x > 0 else -300.0
 
 
 class BaseStation:
@@ -496,8 +420,8 @@ class BaseStation:
         gain = rnd.gains.get(dev.device_id, 0.0)
         return FedPlan(msg.session_id, msg.seq, dev.device_id, d.module or "", reason,
                        self.ranks.get(d.module, 0) if d.module else 0, float(d.power_w), float(d.bandwidth_hz),
-                       float(self.opt.deadline_s), _finite(d.compute_s), _finite(d.upload_s, -1.0),
-                       _finite(d.energy_j, -1.0), float(d.success_prob), _db(gain),
+                       float(self.opt.deadline_s), finite(d.compute_s), finite(d.upload_s, -1.0),
+                       finite(d.energy_j, -1.0), float(d.success_prob), db(gain),
                        float(rnd.queues_before.get(dev.device_id, dev.queue_j)), rnd.deadline_ns,
                        self.config.policy, len(rnd.participants), tensors)
 
@@ -548,7 +472,7 @@ class BaseStation:
             code, text = rep.error or ("duplicate", f"device {k} already reported in round {r} ({rep.outcome})")
             raise RoundError(code, text)
         if rnd.formed:  # its energy was spent all the same: charge the planned energy to its queue
-            dev.queue_j += _finite(d.energy_j)
+            dev.queue_j += finite(d.energy_j)
             text = f"round {r} closed ({rnd.record.get('closed_by')}) before the update came"
             rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s,
                                     digest=msg.digest, error=("late", text))
@@ -571,25 +495,13 @@ class BaseStation:
             self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s, digest=msg.digest, message=text)
             raise RoundError(e.code, text) from e
         bits = 8 * wire_tensor_bytes(msg.tensors)
-        gain = rnd.gains[k]
-        rate = float(self.cell.rate_bps(d.power_w, gain, d.bandwidth_hz))
-        upload_s = bits / rate if rate > 0 else math.inf
-        flops = dev.train_flops[d.module]
-        compute_s = float(dev.profile.compute_time_s(flops))
-        compute_e = float(dev.profile.compute_energy_j(flops))
-        per = float(self.cell.packet_error(d.power_w, gain, d.bandwidth_hz))
-        sinr_db = _db(float(self.cell.sinr(d.power_w, gain, d.bandwidth_hz)))
-        draw = float(np.random.default_rng([self.config.seed, 53, r, k]).uniform())
-        if compute_s + upload_s > self.opt.deadline_s:
-            outcome, reason = "lost", "deadline"
-        elif draw < per:
-            outcome, reason = "lost", "packet_error"
-        else:
-            outcome, reason = "delivered", ""
-        if not math.isfinite(upload_s):  # no rate (zero power): it transmits until the deadline in vain
-            upload_s = max(self.opt.deadline_s - compute_s, 0.0)
-        ack = FedAck(msg.session_id, r, k, outcome, reason, bits, _finite(upload_s, -1.0), compute_s,
-                     _finite(d.power_w * upload_s), compute_e, per, sinr_db, draw)
+        u = uplink_outcome(self.cell, dev.profile, d.power_w, d.bandwidth_hz, rnd.gains[k], bits,
+                           dev.train_flops[d.module], self.opt.deadline_s, self.config.seed, r, k)
+        outcome, reason, compute_e, per, sinr_db, draw = (u.outcome, u.reason, u.compute_energy_j,
+                                                          u.packet_error, u.uplink_sinr_db, u.draw)
+        ack = FedAck(msg.session_id, r, k, u.outcome, u.reason, bits, u.upload_s, u.compute_s,
+                     u.transmit_energy_j, u.compute_energy_j, u.packet_error, u.uplink_sinr_db, u.draw)
+        compute_s = u.compute_s
         rnd.reports[k] = Report(outcome, reason, bits, ack.upload_s, compute_s, ack.transmit_energy_j, compute_e,
                                 per, sinr_db, draw, msg.train_s, ack, norm, 1.0, msg.digest)
         if outcome == "delivered":
@@ -706,7 +618,7 @@ class BaseStation:
                 "energy_budget_j": dev.profile.energy_budget_j, "queue_j": dev.queue_j, "outcome": outcome,
                 "delivered": outcome == "delivered", "loss_reason": reason if outcome != "delivered" else "",
                 "packet_error": rep.packet_error, "uplink_sinr_db": rep.uplink_sinr_db,
-                "gain_db": _db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
+                "gain_db": db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
                 "n_planned": len(rnd.participants), "n_delivered": len(rnd.updates), "closed_by": closed_by,
                 "policy": self.config.policy, "aggregation": self.config.aggregation,
                 "round_wall_s": (now_ns - rnd.planned_ns) / 1e9, "update_norm": rep.update_norm,
@@ -730,51 +642,23 @@ class BaseStation:
         pred = self.task.predict_merged(self.eval_x, self.global_adapter.state())
         return float(np.mean(pred == self.eval_y)) if len(self.eval_y) else float("nan")
 
-    # ------------------------------------------------------------ saved state
+    # ------------------------------------------------------------ saved state (records.py)
 
     def _save(self, record: dict) -> None:
-        with open(self.out / "base_station.jsonl", "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-        state = self.global_adapter.state()
-        tmp = self.out / "state.tmp.npz"
-        np.savez(tmp, **state)
-        os.replace(tmp, self.out / "state.npz")
         meta = {"spec": self.spec.params(), "next_round": self.next_round, "accuracy": self.accuracy,
                 "aggregation": self.config.aggregation, "layers": sorted(self.global_adapter.layers),
                 "queues_j": {str(k): d.queue_j for k, d in self.devices.items()},
                 "config": {k: v for k, v in asdict(self.config).items()}}
-        tmp = self.out / "state.tmp.json"
-        tmp.write_text(json.dumps(meta, indent=1, default=_json_default))
-        os.replace(tmp, self.out / "state.json")
+        save_state(self.out, record, self.global_adapter.state(), meta)
 
     def _load(self) -> None:
-        meta_path, state_path = self.out / "state.json", self.out / "state.npz"
-        if not meta_path.exists() or not state_path.exists():
-            raise ValueError(f"resume: no saved base-station state in {self.out} (state.json, state.npz)")
-        meta = json.loads(meta_path.read_text())
-        problem = self.spec.mismatch(meta.get("spec", {}))
-        if problem:
-            raise ValueError(f"resume: the state in {self.out} is of another federation: {problem}")
-        if meta.get("aggregation") != self.config.aggregation:
-            raise ValueError(f"resume: the state in {self.out} was aggregated with {meta.get('aggregation')}")
-        with np.load(state_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if not all(np.isfinite(a).all() for a in arrays.values()):
-            raise ValueError(f"resume: {state_path} holds non-finite values")
+        arrays, meta = load_state(self.out, self.spec, self.config.aggregation)
         self.global_adapter.head = {k: arrays[k].astype(np.float32) for k in ("head.weight", "head.bias")}
         self.global_adapter.layers = {layer: (arrays[f"{layer}.lora_B"], arrays[f"{layer}.lora_A"])
                                       for layer in meta["layers"]}
         self.next_round = int(meta["next_round"])
         self.saved_queues = {int(k): float(v) for k, v in meta.get("queues_j", {}).items()}
         log.info("resumed from %s: next round %d", self.out, self.next_round)
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 DEVICE_KEY_FILE = "dev{}.key"  # in the allow-list directory: the one CURVE key that speaks for device N

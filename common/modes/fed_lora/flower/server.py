@@ -133,7 +133,6 @@ def play_round(grid, station, r: int, joined: dict[int, int]) -> dict:
     msgs = [Message(plan_content(r, rnd.decisions[k], station.start_factors(rnd, rnd.decisions[k].module)),
                     dst_node_id=joined[k], message_type="train", group_id=str(r))
             for k in rnd.participants]
-    rnd.fetched.update(rnd.participants)  # the train message carries the plan: each may send its update
     device_of = {node: k for k, node in joined.items()}
     if msgs:
         for reply in grid.send_and_receive(msgs, timeout=station.config.round_timeout_s):
@@ -158,6 +157,7 @@ def receive(station, rnd, dev, reply: Message) -> None:
         log.warning("round %d: device %d sent a malformed update: %s", rnd.index, dev.device_id, e)
         station.refuse(dev, rnd, e.code, now)
         return
+    rnd.fetched.add(dev.device_id)  # under Flower the train message carried the plan
     try:
         station.on_update(dev, update, now)
     except RoundError as e:

@@ -207,10 +207,12 @@ def load_fed_data(spec: FedSpec, data_dir: str | Path | None = None) -> FedData:
 
 def build_task(spec: FedSpec, n_classes: int):
     """The task's model with its LoRA modules, initialised from ``spec.seed`` (same on every end)."""
-    from common.modes.fed_lora.foundation import MiniLMTask, MlpTask
+    from common.modes.fed_lora.foundation_mlp import MlpTask
 
     if spec.task == "mlp":
         return MlpTask(64, n_classes, hidden=MLP_HIDDEN, seed=spec.seed)
+    from common.modes.fed_lora.foundation_minilm import MiniLMTask  # transformers + peft: text tasks only
+
     return MiniLMTask(n_classes, max_seq_len=TEXT_MAX_SEQ_LEN, seed=spec.seed)
 
 

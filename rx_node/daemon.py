@@ -171,31 +171,32 @@ class RxNode:
             log.info("%s seq %d of session %d repeated: answering from the record", msg.TYPE, msg.seq,
                      session.session_id)
             return cached[0], cached[1], 0
-        answer = self._run(session, msg, handler, frame, received_ns)
-        self.replay.put((session.owner, session.session_id), key, answer)
+        answer, is_error = self._run(session, msg, handler, frame, received_ns)
+        if not is_error or getattr(self.halves.get(session.mode), "replay_errors", True):  # a mode may keep its ERRORs out
+            self.replay.put((session.owner, session.session_id), key, answer)
         return answer
 
-    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
-        """The mode's answer: (reply frame, ends the round, not-before time in ns)."""
+    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[tuple[bytes, bool, int], bool]:
+        """The mode's answer: ((reply frame, ends the round, not-before time in ns), it is an ERROR)."""
         sid, seq = session.session_id, msg.seq
         try:
             state = session.announced.get(seq) or self.link.channel_state(seq)
             ctx = RoundContext(sid, seq, state, self.link, len(frame), received_ns, self.pid, session.store)
             reply = handler(msg, ctx)
         except PayloadLost as e:
-            return self._error(sid, seq, "lost", str(e)), True, 0
+            return (self._error(sid, seq, "lost", str(e)), True, 0), True
         except (RoundError, ProtocolError) as e:
-            return self._error(sid, seq, e.code, str(e)), True, 0
+            return (self._error(sid, seq, e.code, str(e)), True, 0), True
         except Exception as e:  # the daemon must keep serving; the round is recorded as failed
             log.error("%s round %d failed:\n%s", session.mode, seq, traceback.format_exc())
-            return self._error(sid, seq, "internal", f"{type(e).__name__}: {e}"), True, 0
+            return (self._error(sid, seq, "internal", f"{type(e).__name__}: {e}"), True, 0), True
         if reply.final:
             session.rounds += 1
             self.stats.ok += 1
         message = reply.message
         if "request_digest" in getattr(message, "__dataclass_fields__", {}):
             message = dataclasses.replace(message, request_digest=request_digest(frame))
-        return encode(message), reply.final, reply.not_before_ns
+        return (encode(message), reply.final, reply.not_before_ns), False
 
     def _error(self, sid: int, seq: int, code: str, message: str) -> bytes:
         log.warning("ERROR %s (session %d, seq %d): %s", code, sid, seq, message)
@@ -241,6 +242,8 @@ class RxNode:
             reason = half.check_hello(msg.params)
             if reason:
                 problem = ("params", f"mode {msg.mode}: {reason}")
+            else:  # whether the sender's key may speak for what its params claim (e.g. a device id)
+                problem = half.check_hello_owner(msg.params, owner)
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
         # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count;

@@ -240,7 +240,8 @@ def test_app_run_config_matches_the_options():
     opts = run_options(config)
     assert opts == {"fed_task": "mlp", "fed_devices": 4, "fed_beta": 0.5, "fed_pool_size": 0, "fed_policy": "ours",
                     "fed_aggregation": "stack-svd", "fed_price_floor": 0.05, "fed_join_timeout_s": 30.0,
-                    "fed_k_factor": 1.0, "fed_resume": False, "seed": 0, "rounds": 2, "threads": 1}
+                    "fed_k_factor": 1.0, "fed_resume": False, "seed": 0, "rounds": 2, "threads": 1,
+                    "fed_silent_margin": 3.0, "fed_clip_factor": 1.0}
 
 
 @pytest.mark.parametrize("run, node, message", [

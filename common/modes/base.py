@@ -91,9 +91,20 @@ class RxHalf(ABC):
     def hello_params(self) -> dict:
         """The RX's session parameters, sent back in HELLO."""
 
+    # Whether the daemon keeps this mode's ERROR replies in its replay record (a repeated request is
+    # then answered with the recorded ERROR). A mode whose RX keeps its own round state and answers a
+    # repeat consistently sets False, so an early or wrong request never poisons a later valid one.
+    replay_errors: bool = True
+
     @abstractmethod
     def check_hello(self, params: dict) -> str | None:
         """Why a TX's HELLO ``params`` cannot open a session (None: they can)."""
+
+    def check_hello_owner(self, params: dict, owner: str | None) -> tuple[str, str] | None:
+        """``(code, message)`` when the sender's authenticated key ``owner`` (CURVE public key, z85;
+        None on a plain socket) may not open a session with ``params``, else None (the default: any key
+        the allow-list admits may). Called after :meth:`check_hello` accepted ``params``."""
+        return None
 
     @abstractmethod
     def handlers(self) -> dict[str, Handler]:

@@ -15,6 +15,22 @@ layer.
   zero rows to ``r_max``, average B and A separately; a device of rank r takes
   the first r components. Not exact: ``avg(B) avg(A) != avg(B A)``.
 - ``fedavg``: plain weighted averaging of equal-rank B and A (and the head).
+- ``trimmed-mean`` / ``median`` (robust, against hostile devices): per layer
+  the dense products ``P_k = B_k A_k`` (out, in) of the K received updates,
+  combined coordinate-wise, unweighted: ``trimmed-mean`` drops the
+  ``t = floor(TRIM_FRACTION K)`` smallest and largest values of every
+  coordinate (t = 1 at K = 4) and averages the rest; ``median`` takes the
+  median. The head likewise. The result is blended with the previous global
+  by the received devices' sample share (as the other rules) and kept as
+  exact factors (SVD of the product, rank <= min(out, in)), redistributed
+  to each device by truncated SVD as ``stack-svd``.
+
+**Clipping** (every rule, ``scales``): update k's contribution enters with
+weight ``c_k w_k`` and the previous global takes the other ``(1 - c_k) w_k``,
+i.e. the update is replaced by ``G + c_k (U_k - G)``: its delta from the
+global, in product space (:func:`update_norm`), shrunk by ``c_k`` (exact for
+the product-space rules; in factor space for ``zero-pad`` and ``fedavg``).
+The base station sets ``c_k = min(1, clip x median_j ||U_j - G|| / ||U_k - G||)``.
 
 Internal arithmetic is float64; :func:`stack_lora` and :func:`product_svd` return float64,
 the other helpers and :class:`GlobalAdapter` C-contiguous float32.
@@ -22,11 +38,15 @@ the other helpers and :class:`GlobalAdapter` C-contiguous float32.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
-AGGREGATIONS: tuple[str, ...] = ("stack-svd", "zero-pad", "fedavg")
+AGGREGATIONS: tuple[str, ...] = ("stack-svd", "zero-pad", "fedavg", "trimmed-mean", "median")
+ROBUST: tuple[str, ...] = ("trimmed-mean", "median")
+PRODUCT_SPACE: tuple[str, ...] = ("stack-svd", *ROBUST)  # kept as exact factors, redistributed by SVD
+TRIM_FRACTION = 0.25  # trimmed-mean: values dropped at each end of every coordinate, as a fraction of K
 Factors = tuple[np.ndarray, np.ndarray]  # (B (out, r), A (r, in))
 
 
@@ -133,6 +153,36 @@ def fedavg(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray
     return sum(w * np.asarray(x, np.float64) for x, w in zip(arrays, weights)).astype(np.float32)
 
 
+def update_norm(update: Mapping[str, np.ndarray], global_state: Mapping[str, np.ndarray]) -> float:
+    """``||U - G||``: the Frobenius norm (float64; may be inf or nan) of an update's delta from the global
+    state, over every adapted layer's product ``B A`` (a layer without global state: from zero) and
+    the head. Dense products: cheap for these layers (at most 1536 x 384 for MiniLM)."""
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for key, a in update.items():
+            if key.endswith(".lora_A"):
+                layer = key[: -len(".lora_A")]
+                p = np.asarray(update[f"{layer}.lora_B"], np.float64) @ np.asarray(a, np.float64)
+                if f"{layer}.lora_A" in global_state:
+                    p = p - (np.asarray(global_state[f"{layer}.lora_B"], np.float64)
+                             @ np.asarray(global_state[f"{layer}.lora_A"], np.float64))
+                total += float(np.sum(p * p))
+            elif key.startswith("head."):
+                d = np.asarray(a, np.float64) - np.asarray(global_state[key], np.float64)
+                total += float(np.sum(d * d))
+    return math.sqrt(total) if math.isfinite(total) else (math.inf if not math.isnan(total) else math.nan)
+
+
+def robust_combine(values: Sequence[np.ndarray], method: str) -> np.ndarray:
+    """Coordinate-wise ``trimmed-mean`` or ``median`` of equal-shape arrays (float64, unweighted)."""
+    x = np.stack([np.asarray(v, np.float64) for v in values])
+    if method == "median":
+        return np.median(x, axis=0)
+    t = int(TRIM_FRACTION * len(x))
+    x = np.sort(x, axis=0)
+    return x[t:len(x) - t].mean(axis=0)
+
+
 class GlobalAdapter:
     """The base station's global LoRA state per layer and head, updated each round.
 
@@ -155,7 +205,7 @@ class GlobalAdapter:
         self._rng = np.random.default_rng(seed)
 
     def aggregate(self, updates: Sequence[Mapping[str, np.ndarray]], n_samples: Sequence[int],
-                  population_samples: int | None = None) -> None:
+                  population_samples: int | None = None, scales: Sequence[float] | None = None) -> None:
         """Fold one round's received updates (weights ``n_samples``) into the global state.
 
         ``population_samples`` (the total over all devices, participating or
@@ -165,12 +215,22 @@ class GlobalAdapter:
         their share (a layer without state: the zero update for ``stack-svd``,
         renormalised weights for the factor-averaging methods). None: the
         received updates replace the state (weights ``n_k / sum n``).
+        ``scales`` (needs ``population_samples``): clipping factors ``c_k`` in
+        (0, 1], the previous state takes ``(1 - c_k)`` of update k's weight.
         All-or-nothing: a malformed update raises ValueError and changes nothing.
         """
         if len(updates) != len(n_samples):
             raise ValueError(f"{len(updates)} updates but {len(n_samples)} sample counts")
         if not updates:
             return
+        if scales is not None:
+            if population_samples is None or len(scales) != len(updates) or not all(
+                    0 < c <= 1 for c in scales):
+                raise ValueError(f"scales {list(scales)} must be one value in (0, 1] per update, with "
+                                 "population_samples")
+            if any(c < 1 for c in scales):
+                old = self.state()
+                updates = [u if c >= 1 else self._shrink(u, c, old) for u, c in zip(updates, scales)]
         sample_weights(n_samples)  # validates the counts
         if population_samples is not None and not population_samples >= sum(n_samples):
             raise ValueError(f"population_samples={population_samples} is below the received {sum(n_samples)}")
@@ -190,10 +250,38 @@ class GlobalAdapter:
         layers = {layer: self._combine(layer, items, population_samples) for layer, items in per_layer.items()}
         head_w = self._weights(n_samples, population_samples)
         keep_old = population_samples is not None
-        head = {key: fedavg([np.asarray(u[key]) for u in updates] + ([old] if keep_old else []), head_w)
-                for key, old in self.head.items()}
+        if self.method in ROBUST:
+            share = float(head_w[:-1].sum()) if keep_old else 1.0
+            head = {key: (share * robust_combine([u[key] for u in updates], self.method)
+                          + (1 - share) * np.asarray(old, np.float64)).astype(np.float32)
+                    for key, old in self.head.items()}
+        else:
+            head = {key: fedavg([np.asarray(u[key]) for u in updates] + ([old] if keep_old else []), head_w)
+                    for key, old in self.head.items()}
         self.layers.update(layers)
         self.head = head
+
+    def _shrink(self, update: Mapping[str, np.ndarray], c: float, old: Mapping[str, np.ndarray]) -> dict:
+        """``G + c (U - G)``: in product space (factors ``[c B_U | (1-c) B_G]``, ``[A_U; A_G]``, exact) for
+        the product-space rules, in factor space for the factor-averaging ones; the head likewise."""
+        out = {}
+        for key, v in update.items():
+            if key.endswith(".lora_A"):
+                layer = key[: -len(".lora_A")]
+                B, A = np.asarray(update[f"{layer}.lora_B"], np.float64), np.asarray(v, np.float64)
+                g = self.layers.get(layer)
+                if g is None:
+                    B2, A2 = c * B, A
+                elif self.method in PRODUCT_SPACE:
+                    B2 = np.concatenate([c * B, (1 - c) * np.asarray(g[0], np.float64)], axis=1)
+                    A2 = np.concatenate([A, np.asarray(g[1], np.float64)], axis=0)
+                else:
+                    gb, ga = _pad(np.asarray(g[0], np.float64), np.asarray(g[1], np.float64), B.shape[1], self._rng)
+                    B2, A2 = c * B + (1 - c) * gb, c * A + (1 - c) * ga
+                out[f"{layer}.lora_B"], out[key] = B2, A2
+            elif key.startswith("head."):
+                out[key] = (c * np.asarray(v, np.float64) + (1 - c) * np.asarray(old[key], np.float64)).astype(np.float32)
+        return out
 
     @staticmethod
     def _weights(counts: Sequence[float], population: int | None) -> np.ndarray:
@@ -217,6 +305,18 @@ class GlobalAdapter:
         if self.method == "stack-svd":
             u_, s, vt = product_svd(*stack_lora(factors, w))
             return u_ * s, vt  # exact, rank <= min(out, in)
+        if self.method in ROBUST:
+            k = len(items)
+            m = robust_combine([np.asarray(b, np.float64) @ np.asarray(a, np.float64) for b, a in factors[:k]],
+                               self.method)
+            if population is not None:  # the received devices' share; the previous state (or zero) the rest
+                share = min(1.0, sum(n for _, n in items) / population)
+                m = share * m
+                old = self.layers.get(layer)
+                if old is not None:
+                    m = m + (1 - share) * (np.asarray(old[0], np.float64) @ np.asarray(old[1], np.float64))
+            u_, s, vt = product_svd(m, np.eye(m.shape[1]))
+            return u_ * s, vt
         if self.method == "zero-pad":
             return zero_pad_average(factors, w)
         return fedavg([b for b, _ in factors], w), fedavg([a for _, a in factors], w)
@@ -243,7 +343,7 @@ class GlobalAdapter:
             r = ranks[layer]
             if layer not in self.layers:
                 B, A = _pad(np.zeros((rows, 0)), np.zeros((0, cols)), r, self._rng)
-            elif self.method == "stack-svd":
+            elif self.method in PRODUCT_SPACE:
                 B, A = svd_redistribute(*self.layers[layer], r, self._rng)
             else:
                 B, A = _pad(*(np.asarray(x, np.float64) for x in self.layers[layer]), r, self._rng)

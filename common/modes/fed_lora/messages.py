@@ -11,12 +11,11 @@ what to do or to come back later::
                                               or FED_WAIT (round r's aggregate not formed yet)
 
 A skipped device sends no FED_UPDATE. The RX daemon answers a repeated
-``(session, seq, TYPE)`` from its replay record, so every poll of a round is
-a distinct type: ``FED_POLL_0``, ``FED_POLL_1``, ... up to
-``FED_POLL_<MAX_POLLS - 1>``, numbered by the device's ``attempt`` within the
-round (the field repeats the number and must match). The base station's
-``retry_after_ms`` hints keep a round within :data:`MAX_POLLS` polls (see
-:func:`retry_after_ms`).
+request from its replay record: a FED_POLL is told apart by its ``attempt``
+(0 .. MAX_POLLS - 1, numbered 0, 1, 2, ... per session and round, plan and
+result polls together) and ``want``, a FED_UPDATE by its :attr:`FedUpdate.digest`.
+The base station's ``retry_after_ms`` hints keep a round within
+:data:`MAX_POLLS` polls (see :func:`retry_after_ms`).
 
 All types are plain msgpack maps (``common.wire.protocol.encode``). Adapters
 travel as a msgpack array of maps ``{name, dtype, shape, data}``: ``name`` as
@@ -29,6 +28,7 @@ Byte layouts: ``docs/modes/fed_lora.md``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +36,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.wire.protocol import register_message
+from common.wire.protocol import ProtocolError, register_message
 from common.wire.tensors import arrays_from_wire, arrays_to_wire
 
-MAX_POLLS = 64  # polls per device and round (FED_POLL_0 .. FED_POLL_63)
+# fed-lora's own version, in both HELLOs' params (docs/protocol.md, "Mode fed-lora"): 2 = issue 19/21's
+# rules (attempt numbering, duplicate/late/not_planned, no ERROR replayed, device keys, clipping)
+FED_VERSION = 2
+MAX_POLLS = 64  # polls per device and round, attempt 0 .. 63
 TENSOR_DTYPE = "float32"  # the only tensor dtype on the wire: IEEE 754 binary32, little-endian
 MAX_ADAPTER_BYTES = 8 * 2**20  # raw tensor bytes of one adapter (MiniLM's all-r16 + head: 2.7 MB)
 ENVELOPE_ALLOWANCE_BYTES = 64 * 1024  # msgpack keys, names, shapes and scalars around the raw bytes
@@ -76,6 +79,12 @@ class FedPoll:
     attempt: int
     want: str
     waited_ms: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.attempt < MAX_POLLS:
+            raise ProtocolError("bad_message", f"FED_POLL: attempt={self.attempt} outside [0, {MAX_POLLS - 1}]")
+        if self.want not in WANTS:
+            raise ProtocolError("bad_message", f"FED_POLL: want={self.want[:32]!r}, not one of {WANTS}")
 
 
 def poll(attempt: int, session_id: int, seq: int, device_id: int, want: str, waited_ms: int = 0) -> FedPoll:
@@ -158,6 +167,7 @@ class FedUpdate:
     """
 
     TYPE: ClassVar[str] = "FED_UPDATE"
+    REPLAY_FIELDS: ClassVar[tuple[str, ...]] = ("digest",)
     max_bytes: ClassVar[int] = MAX_ADAPTER_BYTES + ENVELOPE_ALLOWANCE_BYTES
     session_id: int
     seq: int
@@ -167,6 +177,21 @@ class FedUpdate:
     train_loss: float
     train_s: float
     tensors: list
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 (16 bytes) of what the update says (module, n_samples and every tensor's name, dtype,
+        shape and bytes; not the loss or time): part of the replay key, so only the same update again is
+        answered from the record, and the base station tells a second, different update apart."""
+        h = hashlib.sha256(f"{self.module}|{self.n_samples}|{len(self.tensors)}".encode())
+        for t in self.tensors:
+            if isinstance(t, Mapping):
+                h.update(repr((t.get("name"), t.get("dtype"), t.get("shape"))).encode())
+                data = t.get("data")
+                h.update(data if isinstance(data, (bytes, bytearray)) else repr(data).encode())
+            else:
+                h.update(repr(type(t)).encode())
+        return h.digest()[:16]
 
 
 @register_message
@@ -203,7 +228,7 @@ RESULT_FIELDS = ("fed_round", "device_id", "module", "rank", "skip_reason", "pow
                  "upload_bits", "upload_s", "compute_s", "transmit_energy_j", "compute_energy_j", "energy_j",
                  "energy_budget_j", "queue_j", "outcome", "delivered", "loss_reason", "packet_error",
                  "uplink_sinr_db", "gain_db", "global_acc", "n_planned", "n_delivered", "closed_by",
-                 "policy", "aggregation", "round_wall_s")
+                 "policy", "aggregation", "round_wall_s", "update_norm", "clip_scale")
 
 
 def retry_after_ms(waited_ms: int, attempt: int, until_ns: int | None, now_ns: int) -> int:

@@ -61,7 +61,8 @@ class FedLora(Mode):
                "module at full power on an equal bandwidth share: fixed-rank FedAvg) or random (a random "
                "module per device, otherwise as fixed)", "ours"),
         Option("fed_aggregation", str, "aggregation of heterogeneous-rank updates: stack-svd (exact "
-               "stacking + SVD redistribution), zero-pad (HetLoRA) or fedavg (factor averaging)", "stack-svd"),
+               "stacking + SVD redistribution), zero-pad (HetLoRA), fedavg (factor averaging), or the robust "
+               "coordinate-wise trimmed-mean / median of the updates' products", "stack-svd"),
         Option("fed_fixed_module", str, "module of the fixed baseline [default: the largest: all-r8 for mlp, "
                "all-r16 for text]"),
         Option("fed_deadline_s", float, _preset_help("emulated latency budget of a round per device "
@@ -79,6 +80,13 @@ class FedLora(Mode):
                "largest module's) ** this, in (0, 1]", "capacity_exponent")),
         Option("fed_round_timeout_s", float, _preset_help("wall-clock time from planning after which a "
                "round forms without the devices still missing, s (checked on every message)", "round_timeout_s")),
+        Option("fed_silent_margin", float, "a round forms without a device that has not reported "
+               "silent-slack + this x the plan's largest compute + upload time after planning (at the latest "
+               "--fed-round-timeout-s)", 3.0),
+        Option("fed_silent_slack_s", float, _preset_help("wall-clock slack of that silent-device deadline (the "
+               "devices' real training and transport), s", "silent_slack_s")),
+        Option("fed_clip_factor", float, "clip every delivered update's norm (product space, from the global "
+               "start) to this x the median of the round's update norms; 0 = no clipping", 1.0),
         Option("fed_join_timeout_s", float, "wall-clock time from the first HELLO after which round 0 is "
                "planned with the devices known by then, s", 30.0),
         Option("fed_eval_size", int, _preset_help("test samples the global model is evaluated on after "
@@ -118,12 +126,15 @@ class FedLora(Mode):
             policy=opts.get("fed_policy") or "ours", aggregation=opts.get("fed_aggregation") or "stack-svd",
             fixed_module=opts.get("fed_fixed_module"),
             round_timeout_s=_get(opts, "fed_round_timeout_s", p.round_timeout_s),
+            silent_margin=_get(opts, "fed_silent_margin", 3.0),
+            silent_slack_s=_get(opts, "fed_silent_slack_s", p.silent_slack_s),
+            clip_factor=_get(opts, "fed_clip_factor", 1.0),
             join_timeout_s=_get(opts, "fed_join_timeout_s", 30.0), eval_size=_get(opts, "fed_eval_size", p.eval_size),
             k_factor=_get(opts, "fed_k_factor", 1.0), seed=spec.seed,
             out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))
         station = BaseStation(spec, data, task, cell, opt, config,
                               capacity_exponent=_get(opts, "fed_capacity_exponent", p.capacity_exponent))
-        return FedLoraRx(station, fp)
+        return FedLoraRx(station, fp, allow_dir=opts.get("curve_allow"))
 
     @classmethod
     def build_tx(cls, opts: dict):

@@ -42,20 +42,17 @@ state to ``out/state.npz`` + ``out/state.json`` when ``out`` is set; with
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
-from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
+from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter, update_norm
 from common.modes.fed_lora.messages import (
+    FED_VERSION,
     MAX_POLLS,
     RESULT_FIELDS,
     FedAck,
@@ -78,7 +75,9 @@ from common.modes.fed_lora.optimizer import (
     plan_round,
     random_plan,
 )
-from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, take
+from common.modes.fed_lora.records import Device, FedRound, Report, db, finite, load_state, save_state
+from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, preset, take
+from common.modes.fed_lora.uplink import uplink_outcome
 from common.modes.fed_lora.wireless import CellConfig, DeviceChannels, DeviceProfile
 from common.wire.protocol import Result
 
@@ -89,6 +88,14 @@ HISTORY_ROUNDS = 8  # formed rounds kept in memory (devices fetch their RESULT f
 PROFILE_KEYS = ("distance_m", "max_power_w", "flops_per_s", "flops_per_cycle", "kappa", "energy_budget_j")
 PROFILE_LIMITS = {"distance_m": (1.0, 1e6), "max_power_w": (1e-6, 10.0), "flops_per_s": (1e3, 1e18),
                   "flops_per_cycle": (0.01, 1e4), "kappa": (1e-40, 1e-20), "energy_budget_j": (1e-9, 1e6)}
+# train_flops: the base station recomputes each module's FLOPs per epoch on the device's part of the split;
+# the claim only tells the epoch count, which must be the same for every module and within these factors
+# of the task preset's epochs (docs/modes/fed_lora.md, "Checks")
+EPOCHS_RANGE = (0.1, 4.0)
+# an update whose delta from the global (product space, float64) is above float32's range (or not finite)
+# is refused ``non_finite``: its product would overflow the float32 global adapter
+MAX_UPDATE_NORM = float(np.finfo(np.float32).max)
+EPOCHS_RTOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,13 @@ class BaseStationConfig:
     ``policy``: ours, fixed or random; ``aggregation``: one of
     :data:`AGGREGATIONS`; ``fixed_module``: the module of the fixed baseline
     (None: the largest); ``round_timeout_s``: wall-clock time from planning
-    after which a round forms without the devices still missing;
+    after which a round forms without the devices still missing, at the
+    latest; ``silent_margin``/``silent_slack_s``: the round forms without a
+    silent device earlier, ``silent_slack_s + silent_margin x max over the
+    participants of the plan's compute_s + upload_s`` after planning
+    (:meth:`BaseStation.silent_deadline_s`); ``clip_factor``: every delivered
+    update's norm is clipped to ``clip_factor x`` the median of the round's
+    delivered update norms (0: no clipping; :mod:`aggregation`);
     ``join_timeout_s``: wall-clock time from the first HELLO after which
     round 0 is planned with the devices known by then; ``eval_size``: test
     samples the global model is evaluated on (0 = all); ``k_factor``,
@@ -113,6 +126,9 @@ class BaseStationConfig:
     aggregation: str = "stack-svd"
     fixed_module: str | None = None
     round_timeout_s: float = 60.0
+    silent_margin: float = 3.0
+    silent_slack_s: float = 10.0
+    clip_factor: float = 1.0
     join_timeout_s: float = 30.0
     eval_size: int = 0
     k_factor: float = 1.0
@@ -127,9 +143,11 @@ class BaseStationConfig:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-        for name in ("round_timeout_s", "join_timeout_s", "round_s"):
+        for name in ("round_timeout_s", "join_timeout_s", "round_s", "silent_margin", "silent_slack_s"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)!r}")
+        if not (self.clip_factor == 0 or (math.isfinite(self.clip_factor) and self.clip_factor >= 1)):
+            raise ValueError(f"clip_factor must be 0 (no clipping) or finite and >= 1, got {self.clip_factor!r}")
         if self.eval_size < 0:
             raise ValueError(f"eval_size must be >= 0, got {self.eval_size}")
         if self.aggregation == "fedavg" and self.policy != "fixed":
@@ -137,75 +155,6 @@ class BaseStationConfig:
                              "(ours and random switch between modules of different ranks)")
         if self.resume and not self.out:
             raise ValueError("resume needs the directory of the saved state (out)")
-
-
-@dataclass
-class Device:
-    """What the base station knows of one device (from its HELLO) and its running state."""
-
-    device_id: int
-    hello: dict
-    profile: DeviceProfile
-    n_samples: int
-    train_flops: dict[str, float]
-    channel: DeviceChannels
-    queue_j: float = 0.0
-    active: bool = True
-    session_id: int | None = None
-
-
-@dataclass
-class Report:
-    """One device's outcome in a round: ``outcome`` delivered, lost, refused, late or failed (and its
-    energy, J)."""
-
-    outcome: str
-    reason: str = ""
-    upload_bits: int = 0
-    upload_s: float = 0.0
-    compute_s: float = 0.0
-    transmit_energy_j: float = 0.0
-    compute_energy_j: float = 0.0
-    packet_error: float = 0.0
-    uplink_sinr_db: float = 0.0
-    draw: float = 0.0
-    train_s: float = 0.0
-    ack: Any = None  # the FedAck sent (a repeated UPDATE gets it again)
-
-
-@dataclass
-class FedRound:
-    """Round ``index``: its plan, the reports and, once formed, its record."""
-
-    index: int
-    planned_ns: int
-    deadline_ns: int
-    decisions: dict[int, DeviceDecision]
-    gains: dict[int, float]
-    queues_before: dict[int, float]
-    risk: float
-    objective: float
-    starts: dict[str, dict] = field(default_factory=dict)  # module -> wire tensors of the global start
-    reports: dict[int, Report] = field(default_factory=dict)
-    updates: dict[int, tuple[dict, int]] = field(default_factory=dict)  # delivered: device -> (arrays, n)
-    formed: bool = False
-    record: dict = field(default_factory=dict)  # per-device RESULT fields once formed, + "round"
-
-    @property
-    def participants(self) -> list[int]:
-        return sorted(k for k, d in self.decisions.items() if d.module is not None)
-
-    def complete(self) -> bool:
-        return all(k in self.reports for k in self.participants)
-
-
-def _finite(x: float, default: float = 0.0) -> float:
-    x = float(x)
-    return x if math.isfinite(x) else default
-
-
-def _db(x: float) -> float:
-    return 10.0 * math.log10(x) if x > 0 else -300.0
 
 
 class BaseStation:
@@ -267,11 +216,15 @@ class BaseStation:
 
     # ------------------------------------------------------------ devices
 
-    def check_device(self, params: dict) -> str | None:
-        """Why a device's HELLO ``params`` cannot join (None: it can; it is then registered)."""
+    def check_device(self, params: dict, register: bool = True) -> str | None:
+        """Why a device's HELLO ``params`` cannot join (None: it can; it is then registered, unless
+        ``register`` is False: :meth:`register` does it once the sender's key was checked)."""
         problem = self.spec.mismatch(params)
         if problem:
             return problem
+        if params.get("fed_version") != FED_VERSION:
+            return (f"fed_version {params.get('fed_version')!r}: this base station speaks fed-lora version "
+                    f"{FED_VERSION} (docs/protocol.md); upgrade the device")
         k = params.get("device_id")
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.spec.n_devices:
             return f"device_id {k!r} must be an int in 0..{self.spec.n_devices - 1}"
@@ -290,18 +243,58 @@ class BaseStation:
                 return f"profile {key}={v!r} outside [{lo:g}, {hi:g}]"
         flops = params.get("train_flops")
         if not isinstance(flops, dict) or sorted(flops) != sorted(self.modules) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1e21
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1e21
                 for v in flops.values()):
-            return f"train_flops must map each of {self.modules} to a finite FLOP count in [0, 1e21]"
+            return f"train_flops must map each of {self.modules} to a finite FLOP count in (0, 1e21]"
+        try:
+            self.derive_train_flops(k, flops)
+        except ValueError as e:
+            return str(e)
         known = self.devices.get(k)
         if known is not None and known.hello != params:
             return (f"device {k} is registered with other parameters (a second device with --device-id {k}?); "
                     "restart the base station to change a device's profile")
-        if known is None:
-            self._register(k, params)
+        if known is None and register:
+            self.register(params)
         return None
 
-    def _register(self, k: int, params: dict) -> None:
+    def epoch_flops(self, k: int) -> dict[str, float]:
+        """FLOPs of one epoch of local training of each module on device ``k``'s part of the split,
+        computed here from the module's shapes and the part's samples (``task.train_flops``)."""
+        cache = self.__dict__.setdefault("_epoch_flops", {})
+        if k not in cache:
+            x, _ = self.data.shard(k)
+            cache[k] = {m: float(self.task.train_flops(m, x, 1.0)) for m in self.modules}
+        return cache[k]
+
+    def derive_train_flops(self, k: int, claimed: dict) -> dict[str, float]:
+        """The FLOPs per round the base station plans device ``k`` with: its own per-epoch count
+        (:meth:`epoch_flops`) times the epoch count the claim implies, which must be one number for all
+        modules (relative spread <= :data:`EPOCHS_RTOL`) within :data:`EPOCHS_RANGE` x the task
+        preset's epochs; ``ValueError`` names what does not hold. A device therefore cannot make
+        one module look cheaper than another, nor its training arbitrarily fast or slow."""
+        per_epoch = self.epoch_flops(k)
+        epochs = {m: float(claimed[m]) / per_epoch[m] for m in self.modules if per_epoch[m] > 0}
+        if not epochs:
+            raise ValueError(f"device {k}: no module has a positive FLOP count")
+        lo_e, hi_e = min(epochs.values()), max(epochs.values())
+        if hi_e > lo_e * (1 + EPOCHS_RTOL):
+            raise ValueError(f"device {k}: train_flops {claimed} imply different epoch counts per module "
+                             f"({', '.join(f'{m} {e:.4g}' for m, e in epochs.items())}); the base station "
+                             "computes each module's FLOPs itself")
+        base = preset(self.spec.task).epochs
+        lo, hi = EPOCHS_RANGE[0] * base, EPOCHS_RANGE[1] * base
+        e = sum(epochs.values()) / len(epochs)
+        if not lo <= e <= hi:
+            raise ValueError(f"device {k}: train_flops imply {e:.4g} epochs per round, outside [{lo:g}, {hi:g}] "
+                             f"({EPOCHS_RANGE[0]:g}..{EPOCHS_RANGE[1]:g} x the task's {base:g})")
+        return {m: per_epoch[m] * e for m in self.modules}
+
+    def register(self, params: dict) -> None:
+        """Register the device of HELLO ``params`` (checked by :meth:`check_device`); idempotent."""
+        k = params["device_id"]
+        if k in self.devices:
+            return
         p = params["profile"]
         profile = DeviceProfile(distance_m=float(p["distance_m"]), max_power_w=float(p["max_power_w"]),
                                 cpu_hz=float(p["flops_per_s"]) / float(p["flops_per_cycle"]),
@@ -311,7 +304,7 @@ class BaseStation:
                                  speed_mps=self.config.speed_mps, round_s=self.config.round_s,
                                  seed=int(np.random.default_rng([self.config.seed, 31, k]).integers(2**31)))
         self.devices[k] = Device(k, params, profile, int(params["n_samples"]),
-                                 {m: float(v) for m, v in params["train_flops"].items()}, channel,
+                                 self.derive_train_flops(k, params["train_flops"]), channel,
                                  queue_j=self.saved_queues.get(k, 0.0))
         if self.first_hello_ns is None:
             self.first_hello_ns = self.clock()
@@ -365,8 +358,8 @@ class BaseStation:
                                    np.random.default_rng([self.config.seed, 41, r]))
             decisions = dict(zip(ids, plan.decisions))
             risk, objective = plan.risk, plan.objective
-        rnd = FedRound(r, now_ns, now_ns + int(self.config.round_timeout_s * 1e9), decisions, gains, queues,
-                       risk, objective)
+        rnd = FedRound(r, now_ns, now_ns + int(self.silent_deadline_s(decisions) * 1e9), decisions, gains,
+                       queues, risk, objective)
         self.rounds[r] = rnd
         self.next_round = r + 1
         log.info("round %d planned (%s): %s", r, self.config.policy,
@@ -375,6 +368,16 @@ class BaseStation:
         if not rnd.participants:
             self.form(rnd, now_ns, "nobody_planned")
         return rnd
+
+    def silent_deadline_s(self, decisions: dict[int, DeviceDecision]) -> float:
+        """Wall-clock seconds from planning after which the round forms without the devices that have not
+        reported: ``min(round_timeout_s, silent_slack_s + silent_margin x max_k (compute_s + upload_s))``
+        over the devices planned to train (the plan's emulated compute and air time; the slack covers the
+        real local training and transport). A device that has not reported by then is ``missing``."""
+        planned = [d.compute_s + d.upload_s for d in decisions.values() if d.module is not None
+                   and math.isfinite(d.compute_s + d.upload_s)]
+        expected = max(planned, default=0.0)
+        return min(self.config.round_timeout_s, self.config.silent_slack_s + self.config.silent_margin * expected)
 
     def start_factors(self, rnd: FedRound, module: str) -> list[dict]:
         """The global adapter's starting factors for ``module`` in ``rnd`` (computed once per round)."""
@@ -397,6 +400,9 @@ class BaseStation:
                 until = self.first_hello_ns + int(self.config.join_timeout_s * 1e9)
                 return self._wait(dev, msg, "joining", until, now_ns)
             rnd = self.plan(r, now_ns)
+        skip = rnd.decisions.get(dev.device_id)
+        if rnd.formed and skip is not None and skip.module is None:  # told to skip: that stands, formed or not
+            return self._plan_msg(msg, rnd, dev, skip, "policy")
         if rnd.formed and dev.device_id in rnd.decisions:
             raise RoundError("round_closed", f"round {r} closed ({rnd.record.get('closed_by')}) before this "
                                              "device fetched its plan")
@@ -406,6 +412,7 @@ class BaseStation:
             return self._plan_msg(msg, rnd, dev, SKIP, "joined_late")
         if d.module is None:
             return self._plan_msg(msg, rnd, dev, d, "policy")
+        rnd.fetched.add(dev.device_id)
         return self._plan_msg(msg, rnd, dev, d, "")
 
     def _plan_msg(self, msg: FedPoll, rnd: FedRound, dev: Device, d: DeviceDecision, reason: str) -> FedPlan:
@@ -413,8 +420,8 @@ class BaseStation:
         gain = rnd.gains.get(dev.device_id, 0.0)
         return FedPlan(msg.session_id, msg.seq, dev.device_id, d.module or "", reason,
                        self.ranks.get(d.module, 0) if d.module else 0, float(d.power_w), float(d.bandwidth_hz),
-                       float(self.opt.deadline_s), _finite(d.compute_s), _finite(d.upload_s, -1.0),
-                       _finite(d.energy_j, -1.0), float(d.success_prob), _db(gain),
+                       float(self.opt.deadline_s), finite(d.compute_s), finite(d.upload_s, -1.0),
+                       finite(d.energy_j, -1.0), float(d.success_prob), db(gain),
                        float(rnd.queues_before.get(dev.device_id, dev.queue_j)), rnd.deadline_ns,
                        self.config.policy, len(rnd.participants), tensors)
 
@@ -435,53 +442,68 @@ class BaseStation:
         return self.result_fields(rnd, dev)
 
     def on_update(self, dev: Device, msg: FedUpdate, now_ns: int) -> FedAck:
+        """Check, emulate the uplink of, and record ``dev``'s update (see the module docstring).
+
+        Refusals, in order: a round already over (formed, or dropped from the history) -> ``late``; a
+        round not planned yet, or planned without this device, or whose plan this device has not
+        fetched -> ``not_planned`` (nothing recorded: the device's real update is still welcome); a
+        round beyond the next one -> ``round``; a second, different update -> ``duplicate`` (the same
+        update again gets the same answer); then the update's own checks."""
         r, k = msg.seq, dev.device_id
         rnd = self.rounds.get(r)
         if rnd is None:
-            raise RoundError("round", f"round {r} is not open at the base station")
+            if r < self.next_round:
+                raise RoundError("late", f"round {r} closed before the update came (the base station is at "
+                                         f"round {self.next_round})")
+            if r == self.next_round:
+                raise RoundError("not_planned", f"round {r} is not planned yet: poll for its plan first")
+            raise RoundError("round", f"round {r} is not open at the base station (next round to plan: "
+                                      f"{self.next_round})")
         d = rnd.decisions.get(k)
         if d is None or d.module is None:
             raise RoundError("not_planned", f"device {k} is not planned to train in round {r}")
-        if k in rnd.reports:
-            rep = rnd.reports[k]
+        rep = rnd.reports.get(k)
+        if rep is not None:
+            if rep.digest and rep.digest != msg.digest:
+                raise RoundError("duplicate", f"device {k} already reported another update in round {r} "
+                                              f"({rep.outcome}{': ' + rep.reason if rep.reason else ''})")
             if rep.ack is not None:
                 return rep.ack  # the same update again (its reply was lost): the same answer
-            raise RoundError("duplicate", f"device {k} already reported in round {r} ({rep.outcome}: {rep.reason})")
+            code, text = rep.error or ("duplicate", f"device {k} already reported in round {r} ({rep.outcome})")
+            raise RoundError(code, text)
         if rnd.formed:  # its energy was spent all the same: charge the planned energy to its queue
-            dev.queue_j += _finite(d.energy_j)
-            rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s)
-            raise RoundError("late", f"round {r} closed ({rnd.record.get('closed_by')}) before the update came")
+            dev.queue_j += finite(d.energy_j)
+            text = f"round {r} closed ({rnd.record.get('closed_by')}) before the update came"
+            rnd.reports[k] = Report("late", "round closed", compute_s=d.compute_s, train_s=msg.train_s,
+                                    digest=msg.digest, error=("late", text))
+            raise RoundError("late", text)
+        if k not in rnd.fetched:
+            raise RoundError("not_planned", f"device {k} has not fetched its plan for round {r}: poll for it "
+                                            "first")
         try:
             if msg.module != d.module:
                 raise TensorError("module", f"update trains module {msg.module!r}, the plan says {d.module!r}")
             if msg.n_samples != dev.n_samples:
                 raise TensorError("n_samples", f"n_samples={msg.n_samples}, device {k} holds {dev.n_samples}")
             arrays = adapter_from_wire(msg.tensors, self.shapes[d.module])
+            norm = update_norm(arrays, self.global_adapter.state())
+            if not norm <= MAX_UPDATE_NORM:  # finite float32 values whose product overflows: this update alone goes
+                raise TensorError("non_finite", f"the update's delta from the global model has norm {norm} "
+                                                "(its factors' product overflows)")
         except TensorError as e:
-            self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s)
-            raise RoundError(e.code, f"round {r}, device {k}: {e}") from e
+            text = f"round {r}, device {k}: {e}"
+            self.refuse(dev, rnd, e.code, now_ns, train_s=msg.train_s, digest=msg.digest, message=text)
+            raise RoundError(e.code, text) from e
         bits = 8 * wire_tensor_bytes(msg.tensors)
-        gain = rnd.gains[k]
-        rate = float(self.cell.rate_bps(d.power_w, gain, d.bandwidth_hz))
-        upload_s = bits / rate if rate > 0 else math.inf
-        flops = dev.train_flops[d.module]
-        compute_s = float(dev.profile.compute_time_s(flops))
-        compute_e = float(dev.profile.compute_energy_j(flops))
-        per = float(self.cell.packet_error(d.power_w, gain, d.bandwidth_hz))
-        sinr_db = _db(float(self.cell.sinr(d.power_w, gain, d.bandwidth_hz)))
-        draw = float(np.random.default_rng([self.config.seed, 53, r, k]).uniform())
-        if compute_s + upload_s > self.opt.deadline_s:
-            outcome, reason = "lost", "deadline"
-        elif draw < per:
-            outcome, reason = "lost", "packet_error"
-        else:
-            outcome, reason = "delivered", ""
-        if not math.isfinite(upload_s):  # no rate (zero power): it transmits until the deadline in vain
-            upload_s = max(self.opt.deadline_s - compute_s, 0.0)
-        ack = FedAck(msg.session_id, r, k, outcome, reason, bits, _finite(upload_s, -1.0), compute_s,
-                     _finite(d.power_w * upload_s), compute_e, per, sinr_db, draw)
+        u = uplink_outcome(self.cell, dev.profile, d.power_w, d.bandwidth_hz, rnd.gains[k], bits,
+                           dev.train_flops[d.module], self.opt.deadline_s, self.config.seed, r, k)
+        outcome, reason, compute_e, per, sinr_db, draw = (u.outcome, u.reason, u.compute_energy_j,
+                                                          u.packet_error, u.uplink_sinr_db, u.draw)
+        ack = FedAck(msg.session_id, r, k, u.outcome, u.reason, bits, u.upload_s, u.compute_s,
+                     u.transmit_energy_j, u.compute_energy_j, u.packet_error, u.uplink_sinr_db, u.draw)
+        compute_s = u.compute_s
         rnd.reports[k] = Report(outcome, reason, bits, ack.upload_s, compute_s, ack.transmit_energy_j, compute_e,
-                                per, sinr_db, draw, msg.train_s, ack)
+                                per, sinr_db, draw, msg.train_s, ack, norm, 1.0, msg.digest)
         if outcome == "delivered":
             rnd.updates[k] = (arrays, dev.n_samples)
         log.info("round %d: device %d update %s%s (%d bits, %.3g s up, PER %.3g)", r, k, outcome,
@@ -489,13 +511,15 @@ class BaseStation:
         self._maybe_form(rnd, now_ns)
         return ack
 
-    def refuse(self, dev: Device, rnd: FedRound, code: str, now_ns: int, train_s: float = 0.0) -> None:
+    def refuse(self, dev: Device, rnd: FedRound, code: str, now_ns: int, train_s: float = 0.0,
+               digest: bytes = b"", message: str = "") -> None:
         """Record ``dev``'s update in ``rnd`` as ``refused`` (``code``: why, e.g. a :class:`TensorError`
         code); the planned module's compute energy (J) is charged, as the device did train."""
         d = rnd.decisions[dev.device_id]
         rnd.reports[dev.device_id] = Report(
             "refused", code, compute_s=d.compute_s, train_s=train_s,
-            compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])))
+            compute_energy_j=float(dev.profile.compute_energy_j(dev.train_flops[d.module])), digest=digest,
+            error=(code, message or code))
         self._maybe_form(rnd, now_ns)
 
     def fail(self, dev: Device, rnd: FedRound, reason: str, now_ns: int) -> None:
@@ -516,10 +540,11 @@ class BaseStation:
             before = self.global_adapter.state()
             layers, head = dict(self.global_adapter.layers), dict(self.global_adapter.head)
             population = sum(d.n_samples for d in self.devices.values())
+            scales = self.clip_scales(rnd, delivered)
             try:
                 self.global_adapter.aggregate([rnd.updates[k][0] for k in delivered],
                                               [rnd.updates[k][1] for k in delivered],
-                                              population_samples=population)
+                                              population_samples=population, scales=scales)
             except ValueError as e:  # all-or-nothing: the global adapter is unchanged
                 log.error("round %d: aggregation failed, the global adapter is unchanged: %s", rnd.index, e)
                 closed_by += "+aggregation_failed"
@@ -559,6 +584,20 @@ class BaseStation:
         if self.out:
             self._save(rnd.record)
 
+    def clip_scales(self, rnd: FedRound, delivered: list[int]) -> list[float]:
+        """Clipping factors ``c_k = min(1, clip_factor x median_j ||U_j - G|| / ||U_k - G||)`` of the
+        delivered updates (all 1 with ``clip_factor`` 0, or a median of 0); recorded in each report."""
+        norms = [rnd.reports[k].update_norm for k in delivered]
+        bound = self.config.clip_factor * float(np.median(norms)) if norms else 0.0
+        scales = [1.0 if bound <= 0 or n <= bound else bound / n for n in norms]
+        for k, c in zip(delivered, scales):
+            rnd.reports[k].clip_scale = c
+            if c < 1:
+                log.warning("round %d: device %d's update clipped: norm %.4g > %.3g x the median %.4g (scale %.3g)",
+                            rnd.index, k, rnd.reports[k].update_norm, self.config.clip_factor,
+                            bound / self.config.clip_factor, c)
+        return scales
+
     def _device_record(self, rnd: FedRound, k: int, energy_j: float, closed_by: str, now_ns: int) -> dict:
         d = rnd.decisions[k]
         rep = rnd.reports.get(k)
@@ -579,10 +618,11 @@ class BaseStation:
                 "energy_budget_j": dev.profile.energy_budget_j, "queue_j": dev.queue_j, "outcome": outcome,
                 "delivered": outcome == "delivered", "loss_reason": reason if outcome != "delivered" else "",
                 "packet_error": rep.packet_error, "uplink_sinr_db": rep.uplink_sinr_db,
-                "gain_db": _db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
+                "gain_db": db(rnd.gains.get(k, 0.0)), "global_acc": self.accuracy,
                 "n_planned": len(rnd.participants), "n_delivered": len(rnd.updates), "closed_by": closed_by,
                 "policy": self.config.policy, "aggregation": self.config.aggregation,
-                "round_wall_s": (now_ns - rnd.planned_ns) / 1e9}
+                "round_wall_s": (now_ns - rnd.planned_ns) / 1e9, "update_norm": rep.update_norm,
+                "clip_scale": rep.clip_scale}
 
     def result_fields(self, rnd: FedRound, dev: Device) -> dict:
         """The RESULT fields of ``dev`` in the formed round ``rnd``."""
@@ -602,37 +642,17 @@ class BaseStation:
         pred = self.task.predict_merged(self.eval_x, self.global_adapter.state())
         return float(np.mean(pred == self.eval_y)) if len(self.eval_y) else float("nan")
 
-    # ------------------------------------------------------------ saved state
+    # ------------------------------------------------------------ saved state (records.py)
 
     def _save(self, record: dict) -> None:
-        with open(self.out / "base_station.jsonl", "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
-        state = self.global_adapter.state()
-        tmp = self.out / "state.tmp.npz"
-        np.savez(tmp, **state)
-        os.replace(tmp, self.out / "state.npz")
         meta = {"spec": self.spec.params(), "next_round": self.next_round, "accuracy": self.accuracy,
                 "aggregation": self.config.aggregation, "layers": sorted(self.global_adapter.layers),
                 "queues_j": {str(k): d.queue_j for k, d in self.devices.items()},
                 "config": {k: v for k, v in asdict(self.config).items()}}
-        tmp = self.out / "state.tmp.json"
-        tmp.write_text(json.dumps(meta, indent=1, default=_json_default))
-        os.replace(tmp, self.out / "state.json")
+        save_state(self.out, record, self.global_adapter.state(), meta)
 
     def _load(self) -> None:
-        meta_path, state_path = self.out / "state.json", self.out / "state.npz"
-        if not meta_path.exists() or not state_path.exists():
-            raise ValueError(f"resume: no saved base-station state in {self.out} (state.json, state.npz)")
-        meta = json.loads(meta_path.read_text())
-        problem = self.spec.mismatch(meta.get("spec", {}))
-        if problem:
-            raise ValueError(f"resume: the state in {self.out} is of another federation: {problem}")
-        if meta.get("aggregation") != self.config.aggregation:
-            raise ValueError(f"resume: the state in {self.out} was aggregated with {meta.get('aggregation')}")
-        with np.load(state_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        if not all(np.isfinite(a).all() for a in arrays.values()):
-            raise ValueError(f"resume: {state_path} holds non-finite values")
+        arrays, meta = load_state(self.out, self.spec, self.config.aggregation)
         self.global_adapter.head = {k: arrays[k].astype(np.float32) for k in ("head.weight", "head.bias")}
         self.global_adapter.layers = {layer: (arrays[f"{layer}.lora_B"], arrays[f"{layer}.lora_A"])
                                       for layer in meta["layers"]}
@@ -641,34 +661,77 @@ class BaseStation:
         log.info("resumed from %s: next round %d", self.out, self.next_round)
 
 
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+DEVICE_KEY_FILE = "dev{}.key"  # in the allow-list directory: the one CURVE key that speaks for device N
+
+
+def device_key(allow_dir: Path, k: int) -> str | None:
+    """The z85 public key in ``allow_dir/dev<k>.key`` (None: no such readable certificate); read on every
+    HELLO, so a key admitted or replaced while the RX runs takes effect at once."""
+    import zmq.auth
+
+    try:
+        public, _ = zmq.auth.load_certificate(str(Path(allow_dir) / DEVICE_KEY_FILE.format(k)))
+    except (OSError, ValueError):
+        return None
+    return public.decode() if isinstance(public, bytes) else str(public)
+
+
+def check_attempt(store: dict, msg: FedPoll) -> None:
+    """A session numbers its polls of a round 0, 1, 2, ... (plan and result polls together): ``attempt``
+    must be the next number, or the last one again (a repeat the replay record no longer holds); anything
+    else is ``bad_message``. ``store``: the session's store (keeps the last attempt of its recent rounds)."""
+    seen = store.setdefault("fed_attempts", {})
+    last = seen.get(msg.seq, -1)
+    if msg.attempt not in (last, last + 1):
+        raise RoundError("bad_message", f"round {msg.seq}: poll attempt {msg.attempt}, but this session's last "
+                                        f"poll of the round was {last} (polls count 0, 1, 2, ...)")
+    seen[msg.seq] = msg.attempt
+    for old in [r for r in seen if r < msg.seq - HISTORY_ROUNDS]:
+        del seen[old]
 
 
 class FedLoraRx(RxHalf):
-    """The RX half: the base station behind the daemon's handlers."""
+    """The RX half: the base station behind the daemon's handlers.
+
+    ``replay_errors`` is False: the daemon keeps none of this mode's ERRORs in its replay record; the base
+    station answers a repeated request itself from its round state (the same update: the same FED_ACK or
+    refusal), so an early or wrong request never turns a later valid one into a recorded ERROR.
+    """
 
     mode = "fed-lora"
+    replay_errors = False
     fingerprint_hint = ("devices and the base station must build the same task model: the same --fed-task and "
                         "--seed, the same MLP code or MiniLM weights")
 
-    def __init__(self, station: BaseStation, fingerprint: str):
+    def __init__(self, station: BaseStation, fingerprint: str, allow_dir: str | Path | None = None):
         self.station = station
         self.fingerprint = fingerprint
+        self.allow_dir = Path(allow_dir) if allow_dir else None
         log.info("fed-lora session fingerprint %s", fingerprint)
 
     def hello_params(self) -> dict:
         s = self.station
-        return {**s.spec.params(), "modules": s.modules, "policy": s.config.policy,
+        return {**s.spec.params(), "fed_version": FED_VERSION, "modules": s.modules, "policy": s.config.policy,
                 "aggregation": s.config.aggregation, "deadline_s": float(s.opt.deadline_s),
                 "max_polls": MAX_POLLS}
 
     def check_hello(self, params: dict) -> str | None:
-        return self.station.check_device(params)
+        return self.station.check_device(params, register=False)
+
+    def check_hello_owner(self, params: dict, owner: str | None) -> tuple[str, str] | None:
+        """A device id is bound to the CURVE key in ``dev<N>.key`` of the allow-list (``--curve-allow``):
+        a HELLO for device N from any other key is refused with ``device_key`` (and logged). On a plain
+        socket (``owner`` None, ``--insecure``) nothing is authenticated and nothing is bound."""
+        k = params["device_id"]
+        if owner is not None:
+            bound = device_key(self.allow_dir, k) if self.allow_dir else None
+            if bound != owner:
+                why = (f"no {DEVICE_KEY_FILE.format(k)} in the allow-list {self.allow_dir}" if bound is None
+                       else f"{DEVICE_KEY_FILE.format(k)} holds another key")
+                log.warning("HELLO for device %d from CURVE key %s REFUSED: %s", k, owner, why)
+                return ("device_key", f"this CURVE key may not speak for device {k}: {why}")
+        self.station.register(params)
+        return None
 
     def handlers(self) -> dict:
         return {FedPoll.TYPE: self.on_poll, FedUpdate.TYPE: self.on_update}
@@ -678,6 +741,7 @@ class FedLoraRx(RxHalf):
         now = s.clock()
         s.tick(now)
         dev = s.bind(ctx, msg.device_id)
+        check_attempt(ctx.session, msg)
         if msg.want == "plan":
             return Reply(s.on_plan_poll(dev, msg.seq, msg, now), final=False)
         if msg.want == "result":

@@ -37,6 +37,7 @@ import numpy as np
 from common.learn.train import TrainConfig
 from common.modes.base import RoundFailed, RoundIO, TxHalf
 from common.modes.fed_lora.messages import (
+    FED_VERSION,
     MAX_POLLS,
     FedAck,
     FedPlan,
@@ -110,13 +111,16 @@ class FedLoraTx(TxHalf):
         self.sleep = time.sleep  # tests may pass a faster clock
 
     def hello_params(self) -> dict:
-        return {**self.spec.params(), "device_id": self.config.device_id, "n_samples": len(self.y),
-                "modules": self.modules, "profile": self.config.profile(), "train_flops": self.train_flops}
+        return {**self.spec.params(), "fed_version": FED_VERSION, "device_id": self.config.device_id,
+                "n_samples": len(self.y), "modules": self.modules, "profile": self.config.profile(),
+                "train_flops": self.train_flops}
 
     def check_hello_reply(self, params: dict) -> str | None:
         problem = self.spec.mismatch(params)
         if problem:
             return problem
+        if params.get("fed_version") != FED_VERSION:
+            return f"the base station speaks fed-lora version {params.get('fed_version')!r}, this device {FED_VERSION}"
         if params.get("modules") != self.modules:
             return f"the base station's modules {params.get('modules')!r} != this device's {self.modules}"
         return None

@@ -157,6 +157,7 @@ def receive(station, rnd, dev, reply: Message) -> None:
         log.warning("round %d: device %d sent a malformed update: %s", rnd.index, dev.device_id, e)
         station.refuse(dev, rnd, e.code, now)
         return
+    rnd.fetched.add(dev.device_id)  # under Flower the train message carried the plan
     try:
         station.on_update(dev, update, now)
     except RoundError as e:

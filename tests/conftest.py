@@ -26,6 +26,15 @@ DIGITS_D_PRE = 40
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run long variants (soak, full MNIST)")
+    parser.addoption("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                     help="force the frozen layers' precision of every pca-lora adaptation the suite runs "
+                          "(in-process and in the daemons it starts), through SEMALIGN_PRECISION")
+
+
+def pytest_configure(config):
+    precision = config.getoption("--precision")
+    if precision:
+        os.environ["SEMALIGN_PRECISION"] = precision
 
 
 def pytest_collection_modifyitems(config, items):

@@ -112,13 +112,28 @@ def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
     assert after > before + 0.03, (before, after)
 
 
-def test_time_budget_stops_early(digits):
+class StepClock:
+    """A fake clock: every reading is ``tick_s`` later than the one before, whatever the CPU."""
+
+    def __init__(self, tick_s: float):
+        self.t, self.tick_s = 0.0, tick_s
+
+    def __call__(self) -> float:
+        self.t += self.tick_s
+        return self.t
+
+
+@pytest.mark.parametrize("recipe", ["lora", "first-layer", "staged"])
+def test_time_budget_stops_early(digits, recipe):
+    """The wall-clock cap cuts a run at the step its clock says, on any CPU (the clock is injected:
+    1 ms per reading; 50 ms cap, of which the training gets 0.9)."""
     model = build_mlp(64, (256, 256), 10)
     codec = PcaCodec.fit(digits.x_train, 64)
     z = np.random.default_rng(0).normal(size=(4000, 64)).astype(np.float32)
-    _, report = LoraAlignment(adapt=AdaptConfig(steps=100000, budget_ms=50)).adapt(
-        model, z, np.zeros(4000, np.uint8), codec)
-    assert not report.complete and 0 < report.steps < 100000
+    config = AdaptConfig(recipe=recipe, steps=100000, budget_ms=50, max_epochs=0, holdout=0)
+    _, report = LoraAlignment(adapt=config, clock=StepClock(1e-3)).adapt(model, z, np.zeros(4000, np.uint8), codec)
+    assert report.cut_by_cap and not report.complete
+    assert 20 <= report.steps <= 45, report  # about one clock reading per step within 0.9 x 50 ms
 
 
 def test_folded_training_equals_unfolded(digits, digits_artifacts):

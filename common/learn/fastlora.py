@@ -25,6 +25,8 @@ Shapes: ``z`` float32 (n, alpha); ``m`` float32 (alpha, d_raw) and ``c``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+
 import torch
 
 from common.learn.lora import LoraState
@@ -52,7 +54,8 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
           m: torch.Tensor, c: torch.Tensor, state: LoraState, *, steps: int, lr: float, batch: int,
           schedule: str = "cosine", gen: torch.Generator | None = None,
           budget_s: float | None = None, cap_s: float | None = None, betas=(0.9, 0.999),
-          eps: float = 1e-8, resume: "Resume | None" = None) -> tuple[int, float]:
+          eps: float = 1e-8, resume: "Resume | None" = None,
+          clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
     """Adam on the adapters in ``state`` (updated in place); returns (steps run, last loss).
 
     ``batch`` 0 = full batch. ``schedule``: "cosine" (lr to 0 over the run) or
@@ -63,9 +66,10 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     schedule (which then follows the step count only, so the result does not
     depend on the clock unless the cap cuts the run). ``resume``: this call is
     a stretch of a longer run (:class:`Resume`: Adam's moments and the schedule
-    continue across calls; ``budget_s`` is then ignored).
+    continue across calls; ``budget_s`` is then ignored). ``clock``: seconds,
+    what ``budget_s`` and ``cap_s`` are measured with (a test passes a fake one).
     """
-    t_start = time.perf_counter()
+    t_start = clock()
     n_layers = len(weights)
     layers = state.layers
     if not layers or list(layers) != list(range(layers[0], n_layers)):
@@ -104,7 +108,7 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     loss_value = float("nan")
     done = 0
     for step in range(1, steps + 1):
-        elapsed = time.perf_counter() - t_start
+        elapsed = clock() - t_start
         if (budget_s is not None and elapsed >= budget_s) or (cap_s is not None and elapsed >= cap_s):
             break
         if b == n:
@@ -237,7 +241,8 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
                 trained: int, steps: int, lr: float, batch: int, schedule: str = "cosine",
                 gen: torch.Generator | None = None, cap_s: float | None = None,
                 frozen_dtype: torch.dtype = torch.float32, betas=(0.9, 0.999),
-                eps: float = 1e-8, resume: "Resume | None" = None) -> tuple[int, float, bool]:
+                eps: float = 1e-8, resume: "Resume | None" = None,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[int, float, bool]:
     """Adam on the full weights and biases of the first ``trained`` Linear layers of an MLP (in place).
 
     ``ws[l]`` (out, in) and ``bs[l]`` (out,) are the MLP's layers with the
@@ -252,10 +257,11 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     "cosine" anneals by step count only, so the result does not depend on the
     clock; Adam is torch's fused kernel (one call per step). ``cap_s``:
     wall-clock safety cap from the call; no step starts after it. ``resume``:
-    this call is a stretch of a longer run (:class:`Resume`). Returns (steps
-    run, loss of the last step's batch, whether the cap cut the run).
+    this call is a stretch of a longer run (:class:`Resume`). ``clock``: seconds,
+    what ``cap_s`` is measured with. Returns (steps run, loss of the last
+    step's batch, whether the cap cut the run).
     """
-    t_start = time.perf_counter()
+    t_start = clock()
     n_layers = len(ws)
     if not 1 <= trained <= n_layers:
         raise ValueError(f"trained={trained} must be in [1, {n_layers}]")
@@ -300,7 +306,7 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
         return (p.float() if p.dtype != torch.float32 else p), inputs
 
     for step in range(1, steps + 1):
-        if cap_s is not None and time.perf_counter() - t_start >= cap_s:
+        if cap_s is not None and clock() - t_start >= cap_s:
             cut = True
             break
         if b == n:

@@ -326,6 +326,10 @@ class BankedAlignment(AlignmentStrategy):
     def calibrate(self, model: nn.Sequential, codec: Codec) -> dict | None:
         return self.inner.calibrate(model, codec)
 
+    def warm_up(self, model: nn.Sequential, codec: Codec) -> dict | None:
+        """The inner strategy's warm-up: nothing it trains reaches the bank."""
+        return self.inner.warm_up(model, codec)
+
     def aligned_alphas(self) -> list[int]:
         return sorted(self.bank.alphas())
 

@@ -26,8 +26,10 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -240,18 +242,34 @@ _CALIBRATIONS: dict[tuple, Calibration] = {}
 def _calibration_key(cfg: AdaptConfig, lora: LoraConfig, model: nn.Sequential, codec: Codec) -> tuple:
     weights, _ = _mlp_weights(model)
     return (cfg.recipe, tuple(tuple(w.shape) for w in weights), codec.d_max, cfg.batch_size,
-            torch.get_num_threads(), cfg.precision, lora.rank, cfg.frozen_layers, cfg.budget_ms,
+            torch.get_num_threads(), requested_precision(cfg), lora.rank, cfg.frozen_layers, cfg.budget_ms,
             cfg.deep_budget_ms)
+
+
+PRECISION_ENV = "SEMALIGN_PRECISION"
+
+
+def requested_precision(cfg: AdaptConfig) -> str:
+    """``cfg.precision``, except that "auto" gives way to the environment variable
+    ``SEMALIGN_PRECISION`` (fp32, bf16 or auto) where it is set: one switch that forces
+    the precision of every RX a run starts (the test suite's ``--precision``)."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    forced = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
+    if forced not in PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV}={forced!r}: use one of {PRECISIONS} (or unset it)")
+    return forced
 
 
 def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str:
     """"bf16" or "fp32" for the frozen later layers of the dense recipes (detected once per process)."""
-    if cfg.recipe == "lora" or cfg.precision == "fp32" or len(weights) < 2:
+    precision = requested_precision(cfg)
+    if cfg.recipe == "lora" or precision == "fp32" or len(weights) < 2:
         return "fp32"
+    if precision == "bf16":
+        return "bf16"
     batch = cfg.batch_size or 256
     shapes = [tuple(w.shape) for w in weights[1:]]
-    if cfg.precision == "bf16":
-        return "bf16"
     return "bf16" if fastlora.bf16_faster(shapes, batch) else "fp32"
 
 
@@ -291,6 +309,12 @@ class AlignmentStrategy(ABC):
         """Measure what the strategy needs to know about this machine (start-up); a summary or None."""
         return None
 
+    def warm_up(self, model: nn.Sequential, codec: Codec) -> dict | None:
+        """Before serving: :meth:`calibrate`, and pay every one-time cost of the adaptation paths a
+        round may take, so the first round gets the steps its plan says. Stores nothing (an adapter
+        bank stays as it was). Returns the calibration summary or None."""
+        return self.calibrate(model, codec)
+
     def without_training(self, model: nn.Sequential, alpha: int, codec: Codec) -> tuple[nn.Sequential, dict]:
         """The model for a payload at ``alpha`` that carries no training vectors, and its report dict."""
         return model, {"strategy": "none", "steps": 0, "complete": True, "steps_by": "none"}
@@ -315,10 +339,12 @@ class LoraAlignment(AlignmentStrategy):
     adapter bank serve them all.
     """
 
-    def __init__(self, lora: LoraConfig = LoraConfig(), adapt: AdaptConfig = AdaptConfig(), fold: bool = True):
+    def __init__(self, lora: LoraConfig = LoraConfig(), adapt: AdaptConfig = AdaptConfig(), fold: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         self.lora = lora
         self.config = adapt
         self.fold = fold
+        self.clock = clock  # seconds; what the wall-clock cap and the reported duration are measured with
 
     @property
     def name(self) -> str:
@@ -347,6 +373,24 @@ class LoraAlignment(AlignmentStrategy):
                      cal.plan(self.config, codec.d_max, self.config.budget_ms), codec.d_max, self.config.budget_ms)
         return {"recipe": cal.recipe, "per_step_ms": [list(ab) for ab in cal.per_step],
                 "overhead_ms": cal.overhead_ms, "precision": cal.precision}
+
+    def warm_up(self, model: nn.Sequential, codec: Codec) -> dict:
+        """:meth:`AlignmentStrategy.warm_up`: calibrate, then one whole adaptation (set-up, two steps of
+        every stage of the recipe in its precision, merge, hold-out check) on synthetic vectors at a
+        deep alpha and at d_max, the batch shapes of a real round: oneDNN's primitives (bf16 ones
+        included), the allocator's growth and the first calls are paid here, not in a round."""
+        info = self.calibrate(model, codec)
+        cfg = self.config
+        stages = 2 if cfg.recipe == "staged" else 1
+        gen = torch.Generator().manual_seed(4242)
+        n = 4 * (cfg.batch_size or 256)
+        n_classes = _mlp_weights(model)[0][-1].shape[0]
+        for alpha in sorted({max(1, math.ceil(cfg.deep_fraction * codec.d_max) - 1), codec.d_max}):
+            z = torch.randn(n, alpha, generator=gen).numpy()
+            y = torch.randint(0, n_classes, (n,), generator=gen).numpy().astype(np.uint8)
+            stretch = _Stretch([2] * stages, "fixed", None, start=0, end=2 * stages)
+            self.adapt_state(model, z, y, codec, stretch=stretch)
+        return info
 
     def _measure(self, model: nn.Sequential, codec: Codec, repeats: int) -> Calibration:
         cfg = self.config
@@ -468,7 +512,8 @@ class LoraAlignment(AlignmentStrategy):
         run only steps ``[stretch.start, stretch.end)`` of ``stretch.plan``,
         continuing its optimiser state (a round in parts).
         """
-        t0 = time.perf_counter()
+        clock = self.clock
+        t0 = clock()
         cfg = self.config
         recipe = cfg.recipe
         z = np.asarray(z, np.float32)
@@ -498,7 +543,7 @@ class LoraAlignment(AlignmentStrategy):
             m, c = (torch.as_tensor(a) for a in linear)
         # the training gets what the set-up left of the cap, less a tenth kept for the merge and hold-out check
         left = (lambda: None) if cap_s is None else (
-            lambda: max(0.9 * cap_s - (time.perf_counter() - t0), 1e-6))
+            lambda: max(0.9 * cap_s - (clock() - t0), 1e-6))
         # steps of each stage this call runs: all of them, or the stretch's share
         spans = [(0, k) for k in plan] if stretch is None else stretch.spans()
         requested = sum(n for _, n in spans)
@@ -519,7 +564,7 @@ class LoraAlignment(AlignmentStrategy):
                 n_done, loss = fastlora.train(weights, biases, zt[fit_idx], yt[fit_idx], m, c, state,
                                               steps=requested, lr=cfg.lr, batch=cfg.batch_size,
                                               schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                              resume=stretch.resume(0) if stretch else None)
+                                              resume=stretch.resume(0) if stretch else None, clock=clock)
                 done = [n_done]
             else:
                 x = torch.as_tensor(codec.decode(z))
@@ -543,7 +588,7 @@ class LoraAlignment(AlignmentStrategy):
                     n_done, loss, _ = fastlora.train_dense(ws, bs, x[fit_idx], yt[fit_idx], trained=trained,
                                                            steps=n_steps, lr=lr, batch=cfg.batch_size,
                                                            schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                                           frozen_dtype=dtype,
+                                                           frozen_dtype=dtype, clock=clock,
                                                            resume=stretch.resume(stage) if stretch else None)
                 else:
                     n_done, loss = _train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained, n_steps, lr,
@@ -563,7 +608,7 @@ class LoraAlignment(AlignmentStrategy):
             if kept == "frozen":
                 merged = model
         report = AdaptReport(recipe, total_done, requested, total_done == requested, loss, n_params,
-                             (time.perf_counter() - t0) * 1e3, warm, init_alpha if warm else None, kept,
+                             (clock() - t0) * 1e3, warm, init_alpha if warm else None, kept,
                              len(fit_idx), len(hold), acc_frozen, acc_adapted, steps_by,
                              total_done < requested and cap_s is not None, done,
                              precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4))

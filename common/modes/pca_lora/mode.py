@@ -64,7 +64,8 @@ class PcaLora(Mode):
                f"d_pre/10 (below: {AdaptConfig.deep_budget_ms:g} ms); the calibrated step count fills "
                f"{AdaptConfig.fill:g} of it", AdaptConfig.budget_ms),
         Option("adapt_precision", str, "frozen layers of the first-layer/staged recipes: auto (bfloat16 where "
-               "a start-up measurement finds it faster than float32), fp32 or bf16", AdaptConfig.precision),
+               "a start-up measurement finds it faster than float32; the environment variable SEMALIGN_PRECISION "
+               "overrides auto), fp32 or bf16", AdaptConfig.precision),
         Option("adapter_bank", Path, "directory of a persistent adapter bank (adapters by alpha: warm "
                "starts, and returning alphas served without training); none by default"),
         Option("bank_size", int, "adapters the bank keeps, least recently used evicted (16 when a bank "

@@ -103,22 +103,21 @@ class PcaLoraRx(RxHalf):
 
     def warm_up(self) -> None:
         """Calibrate the adaptation's step count to its budget on this machine (once per process),
-        then one tiny adaptation and inference so the first real round pays no start-up cost.
+        pay the adaptation's one-time costs (:meth:`AlignmentStrategy.warm_up`: every stage, in its
+        precision, at real round shapes; the adapter bank is left alone) and run inference, so the
+        first real round pays no start-up cost.
 
         numpy's BLAS is limited to torch's thread count first: its idle worker
         threads spin after each multi-threaded product and slowed the training
         steps that followed a reconstruction by up to 2x on a 2-core machine.
         """
         fastlora.match_blas_threads()
-        info = self.strategy.calibrate(self.model, self.codec)
+        info = self.strategy.warm_up(self.model, self.codec)
         if info:
             log.info("adaptation: recipe %s, frozen layers in %s, %.2f ms/step at alpha %d, %.1f ms fixed",
                      info["recipe"], info["precision"], info["per_step_ms"][0][0] + info["per_step_ms"][0][1]
                      * self.codec.d_max, self.codec.d_max, info["overhead_ms"])
-        z = np.zeros((8, self.codec.d_max), np.float32)
-        adapted, _ = self.strategy.adapt(self.model, z, np.zeros(8, np.uint8), self.codec)
-        self.classify(adapted, z)
-        self.classify(self.model, z)
+        self.classify(self.model, np.zeros((8, self.codec.d_max), np.float32))
 
     # ------------------------------------------------------------ PAYLOAD
 

@@ -1,0 +1,95 @@
+"""The frozen layers' precision (fp32 / bf16 / auto) and the RX's warm-up, on any CPU.
+
+Each precision is forced here, so both paths run on every machine (bf16 emulated, slowly, where
+the CPU has no bf16 arithmetic); ``pytest --precision {fp32,bf16}`` forces it for the whole suite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.artifacts import load_codec, load_model
+from common.learn import fastlora
+from common.learn.models import accuracy, predict
+from common.modes.pca_lora import alignment
+from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment, frozen_precision, requested_precision
+from common.modes.pca_lora.rx import PcaLoraRx
+
+
+@pytest.fixture
+def served(digits_artifacts):
+    codec, meta = load_codec(digits_artifacts)
+    return codec, load_model(digits_artifacts, meta), meta
+
+
+def _weights(model):
+    return alignment._mlp_weights(model)[0]
+
+
+def test_environment_forces_auto_only(monkeypatch):
+    monkeypatch.setenv("SEMALIGN_PRECISION", "bf16")
+    assert requested_precision(AdaptConfig()) == "bf16"
+    assert requested_precision(AdaptConfig(precision="fp32")) == "fp32"  # an explicit choice stays
+    monkeypatch.setenv("SEMALIGN_PRECISION", "fp64")
+    with pytest.raises(ValueError, match="SEMALIGN_PRECISION='fp64'"):
+        requested_precision(AdaptConfig())
+
+
+def test_auto_picks_fp32_without_bf16_arithmetic(monkeypatch, served):
+    """Where /proc/cpuinfo shows no bf16 arithmetic, auto is fp32 without a measurement."""
+    _, model, _ = served
+    monkeypatch.delenv("SEMALIGN_PRECISION", raising=False)
+    monkeypatch.setattr(fastlora, "native_bf16", lambda: False)
+    monkeypatch.setattr(fastlora, "_BF16", {})
+    assert frozen_precision(AdaptConfig(recipe="staged"), _weights(model)) == "fp32"
+    assert fastlora._BF16 == {(((32, 64), (10, 32)), 256, 1): False}
+
+
+@pytest.mark.parametrize("recipe", ["first-layer", "staged"])
+def test_bf16_and_fp32_learn_alike(monkeypatch, digits, served, recipe):
+    """The same payload and step count in each precision: same step counts, accuracies within 2 pp
+    on the digits test set (bf16 rounds the frozen layers' products to 8 bits of mantissa)."""
+    codec, model, _ = served
+    z = codec.encode(digits.x_train[:600], 4)
+    y = digits.y_train[:600]
+    z_test = codec.encode(digits.x_test, 4)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        monkeypatch.setenv("SEMALIGN_PRECISION", precision)
+        cfg = AdaptConfig(recipe=recipe, steps=40, stage1_steps=20, stage2_min_steps=20, budget_ms=None,
+                          deep_budget_ms=None, holdout=0, max_epochs=0)
+        adapted, report = LoraAlignment(adapt=cfg).adapt(model, z, y, codec)
+        assert report.precision == precision and report.complete and report.steps == 40
+        out[precision] = (report, accuracy(predict(adapted, codec.decode(z_test)), digits.y_test))
+    (r32, acc32), (r16, acc16) = out["fp32"], out["bf16"]
+    assert r32.stage_steps == r16.stage_steps
+    assert acc32 > accuracy(predict(model, codec.decode(z_test)), digits.y_test) + 0.03  # the adaptation did something
+    assert abs(acc32 - acc16) <= 0.02, (acc32, acc16)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_round_after_warm_up_gets_its_planned_steps(monkeypatch, digits, served, precision):
+    """After the RX's warm-up the first round runs the same steps as the second on the same payload,
+    uncut: the one-time costs were paid before serving. (The plan fills 0.3 of a 400 ms budget, so
+    only a one-time cost, not a busy CPU, could cut it.)"""
+    codec, model, meta = served
+    monkeypatch.setenv("SEMALIGN_PRECISION", precision)
+    cfg = AdaptConfig(recipe="staged", fill=0.3, budget_ms=400, deep_budget_ms=400, seed=3)
+    half = PcaLoraRx(codec, model, LoraAlignment(adapt=cfg), meta.n_classes)
+    half.warm_up()
+    z, y = codec.encode(digits.x_train[:1200], 3), digits.y_train[:1200]
+    first = half.strategy.adapt(model, z, y, codec)[1]
+    second = half.strategy.adapt(model, z, y, codec)[1]
+    assert first.steps_by == "calibrated" and first.precision == precision
+    assert first.complete and not first.cut_by_cap, first
+    assert first.steps == second.steps and first.stage_steps == second.stage_steps
+
+
+def test_warm_up_leaves_the_adapter_bank_empty(tmp_path, served):
+    codec, model, meta = served
+    bank = AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank")
+    half = PcaLoraRx(codec, model, BankedAlignment(LoraAlignment(adapt=AdaptConfig(steps=5)), bank), meta.n_classes)
+    half.warm_up()
+    assert bank.alphas() == [] and AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank").alphas() == []

@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write, atomic_write_json, json_safe
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter
 from common.modes.fed_lora.messages import (
@@ -606,18 +606,14 @@ class BaseStation:
 
     def _save(self, record: dict) -> None:
         with open(self.out / "base_station.jsonl", "a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
         state = self.global_adapter.state()
-        tmp = self.out / "state.tmp.npz"
-        np.savez(tmp, **state)
-        os.replace(tmp, self.out / "state.npz")
+        atomic_write(self.out / "state.npz", lambda f: np.savez(f, **state))
         meta = {"spec": self.spec.params(), "next_round": self.next_round, "accuracy": self.accuracy,
                 "aggregation": self.config.aggregation, "layers": sorted(self.global_adapter.layers),
                 "queues_j": {str(k): d.queue_j for k, d in self.devices.items()},
                 "config": {k: v for k, v in asdict(self.config).items()}}
-        tmp = self.out / "state.tmp.json"
-        tmp.write_text(json.dumps(meta, indent=1, default=_json_default))
-        os.replace(tmp, self.out / "state.json")
+        atomic_write_json(self.out / "state.json", meta)
 
     def _load(self) -> None:
         meta_path, state_path = self.out / "state.json", self.out / "state.npz"
@@ -639,14 +635,6 @@ class BaseStation:
         self.next_round = int(meta["next_round"])
         self.saved_queues = {int(k): float(v) for k, v in meta.get("queues_j", {}).items()}
         log.info("resumed from %s: next round %d", self.out, self.next_round)
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 class FedLoraRx(RxHalf):

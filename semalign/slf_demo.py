@@ -12,7 +12,7 @@
    semantic rounds with the aligned decoder.
 3. A returning TX (a second TX process, same key, same ``alignment_cache``)
    runs 3 rounds: its alignment round resumes the kept alignment instead of
-   steps 1-3 (issue 9, item 6a).
+   steps 1-3.
 
 Prints a table per round, the recovery-time breakdown (emulated air time,
 measured wall time, Table I's model) and accuracy / MSE before vs after, and

@@ -28,7 +28,7 @@ Experiments (``docs/modes/slf.md``, "Reproducing the paper"):
   RX classifies with a 20-class head (digits 0-9, garments 10-19) trained
   here on clean images of both sources (none of them the TX's), as the
   paper's classifier trained on both datasets.
-- **Recovery deadline** (issue 9, item 6b): the ``l`` that
+- **Recovery deadline**: the ``l`` that
   :func:`choose_n_frozen` picks for each link rate and deadline, from Table
   I's measured frame sizes and FLOPs, under the paper's compute rate and
   this CPU's measured one, with the accuracy and MSE that ``l`` measured.

@@ -1,4 +1,4 @@
-"""Issue 11: adaptation recipes, deterministic step counts, and rounds with nothing to align."""
+"""Adaptation recipes, deterministic step counts, and rounds with nothing to align."""
 
 from __future__ import annotations
 

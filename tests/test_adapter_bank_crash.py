@@ -1,4 +1,4 @@
-"""Issue 12, item 5: the adapter bank survives kill -9 mid-write; a bad entry is skipped, never fatal."""
+"""The adapter bank survives kill -9 mid-write; a bad entry is skipped, never fatal."""
 
 from __future__ import annotations
 

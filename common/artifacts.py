@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from common.codecs.base import Codec
 from common.codecs.pca import PcaCodec
+from common.files import atomic_write, atomic_write_json
 from common.learn.models import build_mlp
 
 ARTIFACT_FORMAT_VERSION = 2
@@ -67,28 +67,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_artifacts(directory: str | Path, codec: PcaCodec, model: nn.Sequential, *, dataset: str,
                    hidden: tuple[int, ...], n_classes: int, test_accuracy: float,
                    train_seconds: float, seed: int) -> ArtifactMeta:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    def write_basis(p: Path) -> None:
-        with open(p, "wb") as f:
-            np.savez(f, mean=codec.mean, components=codec.components)
-
-    _atomic_write(d / "basis.npz", write_basis)
-    _atomic_write(d / "model.pt", lambda p: torch.save(model.state_dict(), p))
+    atomic_write(d / "basis.npz", lambda f: np.savez(f, mean=codec.mean, components=codec.components))
+    atomic_write(d / "model.pt", lambda f: torch.save(model.state_dict(), f))
     meta = ArtifactMeta(ARTIFACT_FORMAT_VERSION, "pca-lora", codec.name, "mlp", dataset, codec.d_raw, codec.d_max, list(hidden),
                         n_classes, codec.fingerprint,
                         {n: sha256_file(d / n) for n in ("basis.npz", "model.pt")},
                         test_accuracy, train_seconds, seed)
-    _atomic_write(d / "meta.json", lambda p: p.write_text(json.dumps(asdict(meta), indent=2)))
+    atomic_write_json(d / "meta.json", asdict(meta), indent=2)
     return meta
 
 

@@ -28,6 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from common.files import toml_value
 from common.options import UNSET, Option
 
 
@@ -88,15 +89,11 @@ def merged_options(config: dict, table: str, cli: dict, allowed: set[str],
 
 def _toml(value: Any) -> str:
     """``value`` written the way it reads in a TOML file (for messages)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, dict):
         return "{...}"
     if isinstance(value, list):
         return "[...]"
-    return str(value)
+    return toml_value(value) if isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def _kind(value: Any) -> str:

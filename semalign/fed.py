@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import read_jsonl
 from common.modes.fed_lora.aggregation import AGGREGATIONS
 from common.modes.fed_lora.spec import TASKS, preset
 from common.results.log import load_results
@@ -335,7 +336,7 @@ def run_policy(c: FedCampaign, policy: str, profiles: list[dict], out: Path) -> 
                            f"see {d}/dev<k>.log")
     rows = {k: load_results(d / f"dev{k}") for k in range(c.devices)}
     bs_log = d / "bs" / "base_station.jsonl"
-    bs = [json.loads(x) for x in bs_log.read_text().splitlines() if x.strip()] if bs_log.exists() else []
+    bs = read_jsonl(bs_log) if bs_log.exists() else []
     rounds = {k: r["rounds"] for k, r in rows.items()}
     return {"engine": "daemons", "rx_pid": rx.pid, "rx_exit": rx_code, "tx_pids": [p.pid for p in devices],
             "devices": rounds, "device_config": {k: r["config"] for k, r in rows.items()}, "base_station": bs,

@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from common.files import free_port  # noqa: F401  (re-exported: the launcher's callers pick ports with it)
 from common.net.security import generate_keypair
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def daemon_argv(role: str, options: dict) -> list[str]:

@@ -12,7 +12,7 @@
    semantic rounds with the aligned decoder.
 3. A returning TX (a second TX process, same key, same ``alignment_cache``)
    runs 3 rounds: its alignment round resumes the kept alignment instead of
-   steps 1-3 (issue 9, item 6a).
+   steps 1-3.
 
 Prints a table per round, the recovery-time breakdown (emulated air time,
 measured wall time, Table I's model) and accuracy / MSE before vs after, and
@@ -23,7 +23,6 @@ writes ``OUT/results.json``: the TX's rounds and config, both processes' pids
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import tomllib
 from rich.console import Console
 from rich.table import Table
 
+from common.files import atomic_write_json
 from common.modes.slf.artifacts import SlfArtifactError, read_slf_meta
 from common.modes.slf.configs import CONFIGS
 from common.results.log import load_results
@@ -166,9 +166,7 @@ def run_slf_demo(rounds: int, out: Path, tx_trx: str = "trx2", rx_trx: str = "tr
                                "summary": summarise_returning(again["rounds"], result["summary"])}
     _check_pids(result)
     path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, result, indent=2)
     if show:
         print_demo(result)
         print(f"results: {path}", file=sys.stdout)

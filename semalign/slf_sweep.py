@@ -28,7 +28,7 @@ Experiments (``docs/modes/slf.md``, "Reproducing the paper"):
   RX classifies with a 20-class head (digits 0-9, garments 10-19) trained
   here on clean images of both sources (none of them the TX's), as the
   paper's classifier trained on both datasets.
-- **Recovery deadline** (issue 9, item 6b): the ``l`` that
+- **Recovery deadline**: the ``l`` that
   :func:`choose_n_frozen` picks for each link rate and deadline, from Table
   I's measured frame sizes and FLOPs, under the paper's compute rate and
   this CPU's measured one, with the accuracy and MSE that ``l`` measured.
@@ -45,7 +45,6 @@ import copy
 import csv
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 
 from common.data.datasets import Dataset, DatasetUnavailable, load_dataset
+from common.files import atomic_write_json
 from common.modes.slf.artifacts import load_transceiver
 from common.modes.slf.configs import TransceiverConfig
 from common.modes.slf.dmc import dmc_numpy
@@ -556,24 +556,10 @@ def _csv(path: Path, rows: list[dict]) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in names})
 
 
-def _json_safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
-
-
 def write_files(result: dict, out: Path) -> None:
     for name in ("table1", "table1_fp16", "fig3_eps", "fig3_dissimilarity", "deadline"):
         _csv(out / f"{name}.csv", result.get(name) or [])
-    tmp = out / "slf_sweep.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(result), indent=2))
-    tmp.replace(out / "slf_sweep.json")
+    atomic_write_json(out / "slf_sweep.json", result, indent=2)
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from common.data.datasets import Dataset
+from common.files import atomic_write, json_safe
 from common.learn.models import accuracy, build_mlp, predict
 from common.learn.train import TrainConfig, fit
 from common.link.channel.nr import max_mcs
@@ -222,9 +223,7 @@ def cached_end_to_end(cache_dir: Path, tag: str, x: np.ndarray, y: np.ndarray, n
         except (ValueError, RuntimeError, OSError) as e:
             log.warning("E2E cache %s unreadable (%s); retraining", pt, e)
     net, info = train_end_to_end(x, y, n_classes, hidden, cfg, seed)
-    tmp = pt.with_name(pt.name + ".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, pt)
+    atomic_write(pt, lambda f: torch.save(net.state_dict(), f), fsync=False)  # a cache
     info["sha256"] = hashlib.sha256(pt.read_bytes()).hexdigest()
     meta.write_text(json.dumps(info))
     return net, {**info, "cached": False}
@@ -315,8 +314,8 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
               "d_pre": codec.d_max, "b_max_bytes": b_max, "rate_bps": cfg.rate, "deadline_s": cfg.deadline_s,
               "n_test": cfg.n_test, "value_dtype": cfg.value_dtype, "header_bytes": layout.header_bytes,
               "vector_header_bytes": layout.vector_header_bytes, "machine": machine,
-              "loadavg_end": list(os.getloadavg()), "config": _jsonable(asdict(cfg)),
-              "adapt_defaults": _jsonable(asdict(AdaptConfig())), "default_method": DEFAULT_METHOD,
+              "loadavg_end": list(os.getloadavg()), "config": json_safe(asdict(cfg)),
+              "adapt_defaults": json_safe(asdict(AdaptConfig())), "default_method": DEFAULT_METHOD,
               "calibration": calibration, "rows": rows}
     result["summary"] = summarize(rows)
     write_outputs(out, result)
@@ -352,14 +351,6 @@ def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig,
         row["n_train"] = n
         rows.append(row)
     return rows
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -16,12 +16,12 @@ from common.modes.pca_lora.adapter_bank import (
 )
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.artifacts import load_codec, load_model
-from common.learn.lora import init_adapters
+from common.learn.lora import LoraConfig, init_adapters
 
 
 def _state(seed=0):
     weights = [torch.zeros(16, 8), torch.zeros(4, 16)]
-    return init_adapters(weights, (0, 1), 2, 2.0, True, torch.Generator().manual_seed(seed))
+    return init_adapters(weights, (0, 1), LoraConfig(2, 4.0), True, torch.Generator().manual_seed(seed))
 
 
 def test_lru_evicts_least_recently_used():

@@ -54,10 +54,35 @@ def test_rounds_zero_runs_no_round(tmp_path, digits_artifacts):
     assert "0/0 rounds ok" in result.output
 
 
-def test_help_mentions_units():
-    out = runner.invoke(app, ["tx", "--help"]).output
-    assert "bit/s" in out.replace("\n", " ") or "rate_bps" in out
-    assert "s;" in out or ", s" in out
+# an option named after its unit must name that unit in its help (regex on the help text)
+UNIT_SUFFIXES = {"_flops_per_s": r"FLOP/s", "_flops": r"FLOP/s", "_ms": r"\bms\b", "_bps": r"\bbit/s\b",
+                 "_bytes": r"\bbytes\b", "_hz": r"\bHz\b", "_m": r"\bm\b", "_w": r"\bW\b", "_j": r"\bJ\b",
+                 "_s": r"\bs\b"}
+
+
+def _unit_of(name: str) -> str | None:
+    return next((unit for suffix, unit in UNIT_SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def test_help_names_the_unit_of_every_option_with_a_unit_suffix():
+    """Every daemon option (all modes) whose name ends in a unit names that unit in its help, and that help
+    is what ``rx --help`` / ``tx --help`` print; the suffix table covers every numeric option's suffix."""
+    import re
+
+    from semalign.options import rx_options, tx_options
+
+    checked = 0
+    for role, options in (("rx", rx_options()), ("tx", tx_options())):
+        out = " ".join(runner.invoke(app, [role, "--help"]).output.split())
+        for o in options:
+            unit = _unit_of(o.name)
+            if unit is None:
+                continue
+            checked += 1
+            assert re.search(unit, o.help_text), f"{role} --{o.name}: help names no unit {unit!r}: {o.help_text!r}"
+            assert "--" + o.name.replace("_", "-") in out
+    assert checked >= 20  # deadline_s, link_rate_bps, max_payload_bytes, fed_bandwidth_hz, adapt_budget_ms, ...
+    assert _unit_of("deadline_s") == r"\bs\b" and _unit_of("fed_flops_per_s") == "FLOP/s"
 
 
 def test_pretrain_digits(tmp_path):

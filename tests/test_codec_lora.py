@@ -56,7 +56,7 @@ def test_state_merge_equals_module_form():
     """The two forms of an adapter (LoraState merged into the MLP, LoraLinear modules) agree."""
     model, x = _model(), torch.randn(5, 16)
     weights = [m.weight.detach() for m in model if isinstance(m, torch.nn.Linear)]
-    state = init_adapters(weights, (0, 1, 2), 4, 2.0, False, torch.Generator().manual_seed(1))
+    state = init_adapters(weights, (0, 1, 2), LoraConfig(4, 8.0), False, torch.Generator().manual_seed(1))
     for b in state.B:
         b.normal_()
     wrapped = _wrapped(model, LoraConfig(rank=4, lora_alpha=8))
@@ -65,6 +65,29 @@ def test_state_merge_equals_module_form():
             m.lora_A.copy_(state.A[i])
             m.lora_B.copy_(state.B[i])
     torch.testing.assert_close(merge_into(model, state)(x), wrapped(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rank, layers, r", [(9, (1, 2), 8), (11, (2,), 8), (20, (0,), 12)])
+def test_clamped_rank_forms_agree(rank, layers, r):
+    """A rank above a layer's min(in, out) is clamped; both forms then scale by lora_alpha / (clamped r)."""
+    model, x = _model(), torch.randn(5, 16)
+    config = LoraConfig(rank=rank, lora_alpha=6.0)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    state = init_adapters([m.weight.detach() for m in linears], layers, config, False,
+                          torch.Generator().manual_seed(1))
+    assert [a.shape[0] for a in state.A] == [r] * len(layers) and state.scaling == 6.0 / r
+    for b in state.B:
+        b.normal_()
+    wrapped = torch.nn.Sequential(*(LoraLinear(m, config) if m in [linears[l] for l in layers] else m
+                                    for m in model))
+    modules = [m for m in wrapped if isinstance(m, LoraLinear)]
+    assert [m.scaling for m in modules] == [state.scaling] * len(layers)
+    with torch.no_grad():
+        for i, m in enumerate(modules):
+            m.lora_A.copy_(state.A[i])
+            m.lora_B.copy_(state.B[i])
+    torch.testing.assert_close(merge_into(model, state)(x), wrapped(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(wrapped(x), model(x))
 
 
 def test_merge_refuses_non_finite():
@@ -80,7 +103,7 @@ def test_production_merge_refuses_non_finite(part):
     """The merge the RX uses (merge_into) refuses an adapter whose weights or bias deltas overflow."""
     model = _model()
     weights = [m.weight.detach() for m in model if isinstance(m, torch.nn.Linear)]
-    state = init_adapters(weights, (1, 2), 4, 2.0, True, torch.Generator().manual_seed(0))
+    state = init_adapters(weights, (1, 2), LoraConfig(4, 8.0), True, torch.Generator().manual_seed(0))
     getattr(state, part)[0].fill_(float("nan"))
     with pytest.raises(LoraMergeError, match="not finite"):
         merge_into(model, state)

@@ -1,8 +1,8 @@
-"""Issue 12, item 6: configuration that means what it says.
+"""Configuration that means what it says.
 
 Booleans, integers and floats from TOML are checked against the option specs
 (``insecure = "false"`` is an error naming the key, never a truthy value);
-each bad configuration of the issue ends in one ``error: ...`` line that
+each bad configuration ends in one ``error: ...`` line that
 names the option and the fix, exit status 2, no traceback -- through typer's
 CliRunner, and once through a real daemon process.
 """
@@ -60,9 +60,9 @@ def with_config(tmp_path, cmd, text):
 
 
 @pytest.mark.parametrize("text,words", [
-    # today: insecure = "false" runs without CURVE (a non-empty string is true)
+    # read as a truthy string, insecure = "false" would run without CURVE
     ('[tx]\ninsecure = "false"\n', ['insecure = "false"', "is a string", "insecure = false (no quotes)"]),
-    # today: resume = "false" resumes
+    # read as a truthy string, resume = "false" would resume
     ('[tx]\nresume = "false"\n', ['resume = "false"', "resume = false"]),
     ('[tx]\ndeadline_s = "fast"\n', ["deadline_s", "a finite number", "deadline_s = 0.05"]),
     ('[tx]\nn_test = 10.5\n', ["n_test = 10.5", "a whole number", "n_test = 500"]),
@@ -110,10 +110,10 @@ def test_unknown_config_file_is_named(rx_cmd, tmp_path):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["--dataset", "cifar"], ["--dataset cifar", "mnist, fashion-mnist, digits"]),  # today: the RX takes it
+    (["--dataset", "cifar"], ["--dataset cifar", "mnist, fashion-mnist, digits"]),  # not a dataset the RX can load
     (["--max-alpha", "0"], ["max_alpha", "positive"]),
-    (["--bind", "tcp://nonsense:5555"], ["--bind tcp://nonsense:5555", "tcp://0.0.0.0:PORT"]),  # today: ZMQError
-    (["--bind", "tcp://127.0.0.1:99999"], ["--bind", "1 to 65535"]),  # today: libzmq binds another port
+    (["--bind", "tcp://nonsense:5555"], ["--bind tcp://nonsense:5555", "tcp://0.0.0.0:PORT"]),  # not a ZMQError traceback
+    (["--bind", "tcp://127.0.0.1:99999"], ["--bind", "1 to 65535"]),  # libzmq would bind another port
     (["--bind", "nonsense"], ["--bind nonsense", "tcp://HOST:PORT"]),
     (["--mode", "pca-lora,nope"], ["--mode nope", "pca-lora"]),
     (["--link", "radio-x"], ["--link radio-x", "loopback"]),
@@ -123,7 +123,7 @@ def test_rx_values_refused_in_one_line(rx_cmd, extra, words):
 
 
 def test_port_in_use_is_one_line(rx_cmd):
-    with socket.socket() as busy:  # today: a ZMQError traceback
+    with socket.socket() as busy:  # not a ZMQError traceback
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]

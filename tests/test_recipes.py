@@ -1,4 +1,4 @@
-"""Issue 11: adaptation recipes, deterministic step counts, and rounds with nothing to align."""
+"""Adaptation recipes, deterministic step counts, and rounds with nothing to align."""
 
 from __future__ import annotations
 
@@ -88,13 +88,13 @@ def test_training_in_stretches_continues_adam_and_the_schedule(trained):
 
 def test_lora_training_in_stretches_continues_adam_and_the_schedule():
     """The same for the folded LoRA trainer (the paper's recipe)."""
-    from common.learn.lora import init_adapters
+    from common.learn.lora import LoraConfig, init_adapters
 
     ws, bs = _mlp()
     m, c = torch.randn(8, 12, generator=torch.Generator().manual_seed(4)) * 0.3, torch.zeros(12)  # x = z m + c
     ws = [torch.randn(32, 12, generator=torch.Generator().manual_seed(6)) * 0.3, *ws[1:]]
     z, y = torch.randn(200, 8, generator=torch.Generator().manual_seed(3)), torch.arange(200) % 10
-    states = [init_adapters(ws, (0, 1, 2), 4, 2.0, True, torch.Generator().manual_seed(7)) for _ in range(2)]
+    states = [init_adapters(ws, (0, 1, 2), LoraConfig(4, 8.0), True, torch.Generator().manual_seed(7)) for _ in range(2)]
     fastlora.train(ws, bs, z, y, m, c, states[0], steps=20, lr=1e-2, batch=0)
     resume = fastlora.Resume(20)
     for k in (5, 15):

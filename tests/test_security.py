@@ -150,7 +150,7 @@ def _ask(sock, frame, want, timeout_s=5.0):
 
 
 def test_a_session_is_bound_to_the_key_that_opened_it(curve_rx, keys, digits_artifacts, digits):
-    """A second admitted TX cannot take over, read or feed another TX's session (issue 12, item 2)."""
+    """A second admitted TX cannot take over, read or feed another TX's session."""
     from common.wire.protocol import encode
     from tests.helpers import hello, payload
 

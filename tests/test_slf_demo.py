@@ -1,4 +1,4 @@
-"""`semalign demo --mode slf`, `semalign slf-sweep` and the slf extras of issue 9 item 6.
+"""`semalign demo --mode slf`, `semalign slf-sweep` and the slf extras (what they plot and keep).
 
 Tiny transceivers (8x8 digits, K = 16), pre-trained once per module: "rx"
 (decoder + head served), "tx" (encoder + data sent) and "src" (a third

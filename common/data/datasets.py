@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_write
+
 DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
 CACHE_FORMAT_VERSION = 1
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -90,9 +92,7 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
         return _from_uint8_npz(cache_file, name)
     arrays, scale = readers[name](data_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp.npz")
-    np.savez(tmp, scale=np.float32(scale), **arrays)
-    os.replace(tmp, cache_file)
+    atomic_write(cache_file, lambda f: np.savez(f, scale=np.float32(scale), **arrays), fsync=False)  # a cache
     return _from_uint8_npz(cache_file, name)
 
 

@@ -11,6 +11,13 @@ Two forms of the same adapter:
   :mod:`common.learn.fastlora`, or with autograd) merged by :func:`merge_into`;
 - :class:`LoraLinear`: a module wrapping one frozen ``nn.Linear`` for autograd
   training (fed-lora's small-model path), merged by :meth:`LoraLinear.merged`.
+
+One definition of the scaling in both forms, as peft: ``scaling = lora_alpha / r``
+with ``r`` the adapter's actual rank, i.e. the configured rank clamped to the
+layer's ``min(in, out)`` (:meth:`LoraConfig.rank_for`). A :class:`LoraState`
+has one rank for all its adapters (the hand-written trainer takes one
+scaling), clamped to its smallest adapted layer; so an adapter of either form
+always has ``scaling * A.shape[0] == lora_alpha``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ class LoraMergeError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """``rank`` r; ``lora_alpha`` sets ``scaling = lora_alpha / r``."""
+    """``rank``: the configured r (clamped per adapter, :meth:`rank_for`); ``lora_alpha``: ``scaling = lora_alpha / r``."""
 
     rank: int = 8
     lora_alpha: float = 16.0
@@ -39,9 +46,13 @@ class LoraConfig:
         if not self.lora_alpha > 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
 
-    @property
-    def scaling(self) -> float:
-        return self.lora_alpha / self.rank
+    def rank_for(self, *shapes: tuple[int, int]) -> int:
+        """The rank of adapters on weights of ``shapes`` (out, in): ``rank`` clamped to the smallest dimension."""
+        return min(self.rank, *(min(s) for s in shapes))
+
+    def scaling_for(self, r: int) -> float:
+        """``lora_alpha / r`` for an adapter of rank ``r`` (the clamped rank, never the configured one)."""
+        return self.lora_alpha / r
 
 
 def lora_delta(A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -82,17 +93,20 @@ class LoraState:
         return lora_delta(self.A[i], self.B[i], self.scaling)
 
 
-def init_adapters(weights: list[torch.Tensor], layers: tuple[int, ...], rank: int, scaling: float,
+def init_adapters(weights: list[torch.Tensor], layers: tuple[int, ...], config: LoraConfig,
                   bias: bool, gen: torch.Generator) -> LoraState:
-    """Fresh adapters for ``weights[l]`` (out, in), l in ``layers``: A Kaiming-uniform, B and d zero."""
+    """Fresh adapters for ``weights[l]`` (out, in), l in ``layers``: A Kaiming-uniform, B and d zero.
+
+    All of rank ``r = config.rank_for(...)`` over the adapted layers, ``scaling = lora_alpha / r``.
+    """
+    r = config.rank_for(*(tuple(weights[l].shape) for l in layers))
     A, B, d = [], [], []
     for l in layers:
         out_f, in_f = weights[l].shape
-        r = min(rank, in_f, out_f)
         A.append(kaiming_uniform_A(r, in_f, gen))
         B.append(torch.zeros(out_f, r))
         d.append(torch.zeros(out_f))
-    return LoraState(tuple(layers), A, B, d if bias else None, scaling)
+    return LoraState(tuple(layers), A, B, d if bias else None, config.scaling_for(r))
 
 
 @torch.no_grad()
@@ -127,10 +141,10 @@ class LoraLinear(nn.Module):
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
-        r = min(config.rank, base.in_features, base.out_features)
+        r = config.rank_for(tuple(base.weight.shape))
         self.lora_A = nn.Parameter(kaiming_uniform_A(r, base.in_features, gen))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
-        self.scaling = config.lora_alpha / r
+        self.scaling = config.scaling_for(r)
 
     def delta_weight(self) -> torch.Tensor:
         """``Delta W = scaling * B A``, shape (out, in)."""

@@ -35,6 +35,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from common.files import atomic_write_bytes
 from common.net.ratelimit import rate_limit
 
 REFUSAL_LOG_BURST = 5        # per message template and window: lines that pass
@@ -122,9 +123,7 @@ def admit_public_key(public: str | Path, allow_dir: str | Path, replace: bool = 
             raise KeyFileError(f"{dest} already admits another key; remove it first (or pass --force with a "
                                f"new key pair to replace it)")
     if dest.resolve() != src.resolve():
-        tmp = dest.with_name(dest.name + ".tmp")
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dest)  # the RX re-reads the directory at each connection: never a half-written file
+        atomic_write_bytes(dest, src.read_bytes())  # the RX re-reads the directory at each connection
     return dest
 
 

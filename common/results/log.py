@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe, read_jsonl
+
 log = logging.getLogger("semalign.results")
 
-LATENCY_STAGES = ("encode", "pack", "transfer", "reconstruct", "finetune", "classify")
 LATENCY_CUMULATIVE = ("communication", "fine_tuning", "classification")
 
 
@@ -57,38 +57,15 @@ class RoundRecord:
     fields: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        row = {k: _json_safe(v) for k, v in asdict(self).items() if k != "fields"}
+        row = {k: json_safe(v) for k, v in asdict(self).items() if k != "fields"}
         clash = set(self.fields) & set(row)
         if clash:
             raise ValueError(f"mode fields {sorted(clash)} clash with the common round fields")
-        row.update({k: _json_safe(v) for k, v in self.fields.items()})
+        row.update({k: json_safe(v) for k, v in self.fields.items()})
         return row
 
 
-def _json_safe(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    return v
-
-
 FINAL_STATUSES = ("ok", "failed")  # a resumed campaign skips these; ``aborted`` rounds run again
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a ``results.jsonl``; a torn last line (crash while appending) is skipped."""
-    rows = []
-    lines = Path(path).read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if i != len(lines) - 1:
-                raise ValueError(f"{path}: line {i + 1} is not JSON (only the last line may be torn)")
-    return rows
 
 
 def _is_row(line: bytes) -> bool:
@@ -118,7 +95,7 @@ def repair_jsonl(path: str | Path) -> str | None:
     if _is_row(lines[last]):
         intact = head + lines[last] + b"\n"
         if data != intact:  # newline missing, or blank lines after the row: nothing is lost
-            _write_atomic(p, intact)
+            atomic_write_bytes(p, intact)
         return None
     return _move_tail(p, head, data[len(head):], sum(1 for ln in lines[:last] if ln.strip()))
 
@@ -129,21 +106,12 @@ def _move_tail(p: Path, keep: bytes, tail: bytes, rows: int) -> str:
         f.write(tail.rstrip(b"\n") + b"\n")
         f.flush()
         os.fsync(f.fileno())
-    _write_atomic(p, keep)
+    atomic_write_bytes(p, keep)
     shown = tail[:60].decode("utf-8", "replace")
     message = (f"{p}: the last line was cut mid-write ({len(tail)} bytes: {shown!r}...), probably by a "
                f"crash; kept the {rows} complete rows before it and moved the partial line to {corrupt}")
     log.warning("%s", message)
     return message
-
-
-def _write_atomic(p: Path, data: bytes) -> None:
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 class ResultsLog:
@@ -167,9 +135,7 @@ class ResultsLog:
             self.repair_message = repair_jsonl(self.jsonl)
             kept = {r["round"]: r for r in read_jsonl(self.jsonl) if r.get("status") in FINAL_STATUSES}
             self.rounds = [kept[k] for k in sorted(kept)]
-            tmp = self.jsonl.with_name("results.jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rounds))
-            os.replace(tmp, self.jsonl)
+            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.rounds))
         else:
             self.jsonl.write_text("")
         self._write_json()
@@ -188,10 +154,7 @@ class ResultsLog:
         self._write_json()
 
     def _write_json(self) -> None:
-        path = self.dir / "results.json"
-        tmp = path.with_name("results.json.tmp")
-        tmp.write_text(json.dumps({"config": self.config, "rounds": self.rounds}, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(self.dir / "results.json", {"config": self.config, "rounds": self.rounds})
 
 
 def load_results(path: str | Path) -> dict:

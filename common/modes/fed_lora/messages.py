@@ -47,7 +47,6 @@ TENSOR_DTYPE = "float32"  # the only tensor dtype on the wire: IEEE 754 binary32
 MAX_ADAPTER_BYTES = 8 * 2**20  # raw tensor bytes of one adapter (MiniLM's all-r16 + head: 2.7 MB)
 ENVELOPE_ALLOWANCE_BYTES = 64 * 1024  # msgpack keys, names, shapes and scalars around the raw bytes
 MAX_TENSORS = 200  # tensors per adapter (MiniLM all-r16: 36 layers x 2 + head 2 = 74)
-MAX_NAME_LEN = 200
 WANTS = ("plan", "result")
 # retry hints (ms): first wait, fraction of the time already waited, the deadline margin
 RETRY_MIN_MS = 50

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write, atomic_write_json, json_safe
 from common.modes.fed_lora.optimizer import DeviceDecision
 from common.modes.fed_lora.wireless import DeviceChannels, DeviceProfile
 
@@ -94,25 +94,14 @@ def db(x: float) -> float:
     return 10.0 * math.log10(x) if x > 0 else -300.0
 
 
-def json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
 def save_state(out: Path, record: dict, state: dict[str, np.ndarray], meta: dict) -> None:
     """Append ``record`` to ``out/base_station.jsonl``; write the global ``state`` (name -> float32 array)
-    to ``out/state.npz`` and ``meta`` to ``out/state.json``, each atomically (write, then rename)."""
+    to ``out/state.npz`` and ``meta`` to ``out/state.json``, each atomically and synced (a crash leaves
+    the old file or the new one)."""
     with open(out / "base_station.jsonl", "a") as f:
-        f.write(json.dumps(record, default=json_default) + "\n")
-    tmp = out / "state.tmp.npz"
-    np.savez(tmp, **state)
-    os.replace(tmp, out / "state.npz")
-    tmp = out / "state.tmp.json"
-    tmp.write_text(json.dumps(meta, indent=1, default=json_default))
-    os.replace(tmp, out / "state.json")
+        f.write(json.dumps(json_safe(record)) + "\n")
+    atomic_write(out / "state.npz", lambda f: np.savez(f, **state))
+    atomic_write_json(out / "state.json", meta)
 
 
 def load_state(out: Path, spec, aggregation: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -46,6 +46,7 @@ from torch import nn
 
 from common.modes.pca_lora.alignment import AdaptReport, AlignmentStrategy, LoraAlignment
 from common.codecs.base import Codec
+from common.files import atomic_write_bytes
 from common.learn.lora import LoraState, merge_into
 
 BANK_FORMAT_VERSION = 1
@@ -183,14 +184,14 @@ class AdapterBank:
         name = f"alpha-{alpha:04d}.pt"
         if name == current:
             name = f"alpha-{alpha:04d}-1.pt"
-        _write_atomic(self.directory / name, data, sync_dir=False)  # the manifest write syncs the directory
+        atomic_write_bytes(self.directory / name, data)  # the manifest write syncs the directory
         return {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
     def _write_manifest(self) -> None:
         manifest = {"format_version": BANK_FORMAT_VERSION, "fingerprint": self.fingerprint,
                     "model_sha256": self.model_sha, "capacity": self.capacity,
                     "lru": [dict(alpha=a, **self._files[a]) for a in self._entries if a in self._files]}
-        _write_atomic(self.directory / MANIFEST, json.dumps(manifest, indent=1).encode(), sync_dir=True)
+        atomic_write_bytes(self.directory / MANIFEST, json.dumps(manifest, indent=1).encode(), fsync_dir=True)
 
     def _skip(self, alpha, file: Path | None, why: str) -> None:
         self.skipped.append((alpha, str(file) if file else None, why))
@@ -269,35 +270,6 @@ class AdapterBank:
                     p.unlink()
                 except OSError as e:
                     log.warning("adapter bank: cannot remove leftover %s (%s)", p, e)
-
-
-def _write_atomic(path: Path, data: bytes, sync_dir: bool) -> None:
-    """``path`` holds ``data`` or its old content, never a mix: temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if sync_dir:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # platforms without directory fds
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BankedAlignment(AlignmentStrategy):

@@ -435,7 +435,7 @@ class LoraAlignment(AlignmentStrategy):
         c = torch.zeros(codec.d_raw)
         if self.config.recipe == "lora":
             layers = tuple(range(min(self.config.frozen_layers, len(weights) - 1), len(weights)))
-            state = init_adapters(weights, layers, self.lora.rank, self.lora.scaling, self.config.bias,
+            state = init_adapters(weights, layers, self.lora, self.config.bias,
                                   torch.Generator().manual_seed(0))
             fastlora.train(weights, biases, z, y, m, c, state, steps=k, lr=1e-3,
                            batch=self.config.batch_size, gen=torch.Generator().manual_seed(0))
@@ -557,7 +557,7 @@ class LoraAlignment(AlignmentStrategy):
                     state.d = [torch.zeros(weights[l].shape[0]) for l in layers]
                 warm = True
             else:
-                state = init_adapters(weights, layers, self.lora.rank, self.lora.scaling, cfg.bias, gen)
+                state = init_adapters(weights, layers, self.lora, cfg.bias, gen)
             if len(fit_idx) == 0 or requested == 0:
                 done, loss = [0], float("nan")
             elif linear is not None:

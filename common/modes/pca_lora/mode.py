@@ -53,7 +53,8 @@ class PcaLora(Mode):
                "later layers frozen; staged: first-layer, then all layers when the budget allows)",
                AdaptConfig.recipe),
         Option("lora_rank", int, "LoRA rank r (recipe lora)", LoraConfig.rank),
-        Option("lora_alpha", float, "LoRA alpha; scaling = lora_alpha / rank (recipe lora)", LoraConfig.lora_alpha),
+        Option("lora_alpha", float, "LoRA alpha; scaling = lora_alpha / r, r the rank clamped to the smallest "
+                                    "adapted layer (recipe lora)", LoraConfig.lora_alpha),
         Option("adapt_steps", int, "Adam steps of fine-tuning per round; 0 = as many as fill "
                f"{AdaptConfig.fill:g} of the time budget, calibrated at start-up (deterministic)",
                AdaptConfig.steps),

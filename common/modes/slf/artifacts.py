@@ -18,7 +18,8 @@ from typing import Mapping
 
 import torch
 
-from common.artifacts import ArtifactError, _atomic_write, sha256_file
+from common.artifacts import ArtifactError, sha256_file
+from common.files import atomic_write, atomic_write_json
 from common.modes.slf.configs import TransceiverConfig
 from common.modes.slf.transceiver import TaskHead, Transceiver
 
@@ -67,11 +68,11 @@ def save_transceiver(directory: str | Path, model: Transceiver, head: TaskHead, 
     d.mkdir(parents=True, exist_ok=True)
     state = {f"{prefix}{k}": t.detach().cpu().contiguous()
              for prefix, module in zip(PREFIXES, (model, head)) for k, t in module.state_dict().items()}
-    _atomic_write(d / MODEL_FILE, lambda p: torch.save(state, p))
+    atomic_write(d / MODEL_FILE, lambda f: torch.save(state, f))
     meta = SlfArtifactMeta(SLF_ARTIFACT_FORMAT_VERSION, CODEC_NAME, MODE_NAME, config.to_dict(),
                            {MODEL_FILE: sha256_file(d / MODEL_FILE)}, state_fingerprint(state),
                            {k: float(v) for k, v in metrics.items()})
-    _atomic_write(d / META_FILE, lambda p: p.write_text(json.dumps(asdict(meta), indent=2)))
+    atomic_write_json(d / META_FILE, asdict(meta), indent=2)
     return read_slf_meta(d)
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common.files import atomic_write, atomic_write_bytes
 from common.modes.slf.artifacts import state_fingerprint
 from common.modes.slf.transceiver import DECODER_LAYERS, Transceiver
 
@@ -56,17 +56,6 @@ def alignment_key(rx_decoder_fingerprint: str, own_fingerprint: str, eps: float,
     return hashlib.sha256(spec.encode()).hexdigest()[:32]
 
 
-def _write_private(path: Path, write) -> None:
-    """Create ``path`` mode 0600 through a temporary file and an atomic rename; ``write(fileobj)``."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class AlignmentCache:
     """The directory of kept alignments (created 0700 when missing)."""
 
@@ -85,10 +74,10 @@ class AlignmentCache:
                 self.remove(key, l)
         state = {k: t.detach().cpu().contiguous().clone() for k, t in model.state_dict().items()}
         pt, js = self._paths(key, n_frozen)
-        _write_private(pt, lambda f: torch.save(state, f))
+        atomic_write(pt, lambda f: torch.save(state, f), mode=0o600)
         record = {"format_version": CACHE_FORMAT_VERSION, "n_frozen": n_frozen, "credential": credential.hex(),
                   "fingerprint": state_fingerprint(state), "saved_at": time.time(), **meta}
-        _write_private(js, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        atomic_write_bytes(js, json.dumps(record, indent=2).encode(), mode=0o600)
 
     def lookup(self, key: str, like: Transceiver, n_frozen: int | None = None) -> CachedAlignment | None:
         """The kept alignment for ``key`` and ``n_frozen`` (None: any ``l``, the smallest first), or None.

@@ -282,9 +282,3 @@ class Resumed:
     t_transmit_ns: int
     request_digest: bytes = b""
 
-
-# RESULT.fields of an slf round, by kind
-ALIGN_RESULT_FIELDS = ("kind", "n_frozen", "installed_layers", "upload_tensor_bytes", "upload_frame_bytes",
-                       "transmissions", "credential")
-SEMANTIC_RESULT_FIELDS = ("kind", "n", "accuracy", "mse", "semantic_bytes", "eps", "symbol_errors", "decoder",
-                          "transmissions")

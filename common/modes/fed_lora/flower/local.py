@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import free_port, read_jsonl, toml_value, write_toml
+
 APP_DIR = Path(__file__).resolve().parents[4] / "deploy" / "flower"
 CONNECTION = "semalign-local"
 LOG_TAIL_CHARS = 3000
@@ -50,24 +52,11 @@ class FlowerRun:
     pids: list[int] = field(default_factory=list)
 
 
-def toml_value(v: Any) -> str:
-    """A config value as TOML (bool, int, finite float, str); ``ValueError`` for anything else."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float) and math.isfinite(v):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
+def run_config_value(v: Any) -> Any:
+    """``v`` when Flower's run and node configs can hold it (bool, int, finite float, str); ``ValueError`` else."""
+    if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v)):
+        return v
     raise ValueError(f"config values must be bool, int, finite float or str, got {v!r}")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def flower_command(name: str) -> str:
@@ -98,7 +87,7 @@ def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
     for stale in ("summary.json", "base_station.jsonl"):
         (out / stale).unlink(missing_ok=True)
     overrides = {"fed-devices": len(node_configs), **(run_config or {}), "fed-out": str(out)}
-    (out / "run_config.toml").write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in overrides.items()))
+    write_toml(out / "run_config.toml", {k: run_config_value(v) for k, v in overrides.items()})
     link_port = free_port(host)
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
@@ -120,13 +109,12 @@ def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
                             str(link_port), "--disable-runtime-dependency-installation"])
         _wait_listening(host, link_port, procs["superlink"], deadline=t0 + min(timeout_s, 120.0))
         for k, node in enumerate(node_configs):
-            cfg = " ".join(f"{key}={toml_value(v)}" for key, v in node.items())
+            cfg = " ".join(f"{key}={toml_value(run_config_value(v))}" for key, v in node.items())
             start(f"supernode{k}", [flower_command("flower-supernode"), "--insecure", "--superlink",
                                     f"{host}:{link_port}", "--port", str(free_port(host)), "--node-config", cfg])
         (home / "flwr-run").mkdir(parents=True, exist_ok=True)
-        (home / "flwr-run" / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{host}:{link_port}"\ninsecure = true\n')
+        write_toml(home / "flwr-run" / "config.toml",
+                   {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"{host}:{link_port}", "insecure": True}}})
         run = start("flwr-run", [flower_command("flwr"), "run", str(Path(app_dir).resolve()), CONNECTION,
                                  "--run-config", str(out / "run_config.toml"), "--stream"])
         try:
@@ -140,7 +128,7 @@ def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
     if not summary_path.exists():
         raise FlowerRunError(f"the ServerApp wrote no {summary_path} (flwr run exit {procs['flwr-run'].returncode})"
                              f"{_tails(logs)}")
-    records = [json.loads(line) for line in (out / "base_station.jsonl").read_text().splitlines() if line]
+    records = read_jsonl(out / "base_station.jsonl")
     return FlowerRun(out, records, json.loads(summary_path.read_text()), wall_s, logs, sorted(seen))
 
 

@@ -1,4 +1,4 @@
-"""Issue 12, item 5: the adapter bank survives kill -9 mid-write; a bad entry is skipped, never fatal."""
+"""The adapter bank survives kill -9 mid-write; a bad entry is skipped, never fatal."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.learn.lora import init_adapters
+from common.learn.lora import LoraConfig, init_adapters
 from common.modes.pca_lora.adapter_bank import MANIFEST, AdapterBank, AdapterBankError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _state(seed=0):
     weights = [torch.zeros(16, 8), torch.zeros(4, 16)]
-    return init_adapters(weights, (0, 1), 2, 2.0, True, torch.Generator().manual_seed(seed))
+    return init_adapters(weights, (0, 1), LoraConfig(2, 4.0), True, torch.Generator().manual_seed(seed))
 
 
 # A zygote: imports torch once, then forks one writer per "go" line. Each writer opens the bank
@@ -31,7 +31,7 @@ def _state(seed=0):
 # interleave, until the test SIGKILLs it. The zygote reaps it and says "dead".
 _ZYGOTE = r"""
 import os, sys, random, torch
-from common.learn.lora import init_adapters
+from common.learn.lora import LoraConfig, init_adapters
 from common.modes.pca_lora.adapter_bank import AdapterBank
 bank_dir = sys.argv[1]
 weights = [torch.zeros(64, 32), torch.zeros(10, 64)]
@@ -46,7 +46,7 @@ for line in sys.stdin:
             i = 0
             while os.getppid() == zygote:  # an orphan stops by itself
                 i += 1
-                state = init_adapters(weights, (0, 1), 4, 2.0, True, torch.Generator().manual_seed(i))
+                state = init_adapters(weights, (0, 1), LoraConfig(4, 8.0), True, torch.Generator().manual_seed(i))
                 bank.put(rng.choice((8, 12, 16, 20, 24)), state)
         except BaseException as e:
             os.write(1, ("error %s %s\n" % (type(e).__name__, e)).replace("\n", " ").encode() + b"\n")

@@ -1,4 +1,4 @@
-"""Issue 12, items 1 and 4: no peer can stall the RX's sends, and libzmq drops oversized messages.
+"""No peer can stall the RX's sends, and libzmq drops oversized messages.
 
 Real sockets throughout: a raw DEALER that floods and never reads against a
 serving loop on :class:`RxSocket`, and raw ZMTP (no ZeroMQ on the attacker's

@@ -1,4 +1,4 @@
-"""Issue 12, item 5: a results.jsonl whose last line was cut mid-write is repaired on resume, loudly."""
+"""A results.jsonl whose last line was cut mid-write is repaired on resume, loudly."""
 
 from __future__ import annotations
 

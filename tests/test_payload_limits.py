@@ -1,4 +1,4 @@
-"""Issue 12, item 3: a valid payload cannot stall the RX or cost more than its round allows."""
+"""A valid payload cannot stall the RX or cost more than its round allows."""
 
 from __future__ import annotations
 

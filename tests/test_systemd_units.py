@@ -1,4 +1,4 @@
-"""Issue 12, item 4: the systemd units set descriptor and memory limits (sane, documented, consistent)."""
+"""The systemd units set descriptor and memory limits (sane, documented, consistent)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12, items 4 and 8: repeated log lines are rate-limited (fake clock), and a ZAP refusal flood is."""
+"""Repeated log lines are rate-limited (fake clock), and a ZAP refusal flood is."""
 
 from __future__ import annotations
 

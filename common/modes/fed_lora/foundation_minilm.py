@@ -24,20 +24,16 @@ from common.learn.lora import LoraConfig, LoraLinear
 from common.learn.models import build_mlp
 from common.learn.train import FitReport, TrainConfig, fit
 
-from common.modes.fed_lora.foundation import (  # noqa: F401
+from common.modes.fed_lora.foundation import (
     MINILM_PACKAGE,
     MINILM_SUBLAYERS,
     TEXT_INSTALL_HINT,
     AdapterTask,
     LoraModuleSpec,
-    MLP_MODULES,
     MINILM_MODULES,
-    _fresh,
-    _grad,
     _LoraRef,
     _set_train,
     _train_flops_per_sample,
-    _train_mode,
 )
 
 # --- the MiniLM task (transformers + peft) ------------------------------------------

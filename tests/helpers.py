@@ -21,7 +21,7 @@ from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits, Hello, encode
 from rx_node.daemon import RxNode, serve
 from tx_node.daemon import TxConfig, TxNode
-from semalign.processes import daemon_argv, free_port  # noqa: F401  (tests import free_port from here)
+from semalign.campaigns.processes import daemon_argv, free_port  # noqa: F401  (tests import free_port from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 

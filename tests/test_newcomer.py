@@ -31,7 +31,7 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.net import security
 from common.net.security import generate_keypair, load_public, rx_security
 from common.net.transport import RxSocket, TxSocket

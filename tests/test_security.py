@@ -7,7 +7,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.results.log import ResultsLog
 from common.net.security import (
     TxSecurity,

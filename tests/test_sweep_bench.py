@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
 from semalign.campaigns.pca_lora.runner import build_round, reference_rate_bps

@@ -11,7 +11,7 @@ def pretrain_command(opts: dict, progress: bool) -> None:
     """``semalign pretrain``: fit the PCA basis and pre-train the classifier; prints one summary line."""
     import typer
 
-    from common.artifacts import DEFAULT_D_PRE
+    from common.modes.pca_lora.artifacts import DEFAULT_D_PRE
     from common.modes.pca_lora.pretrain import PretrainConfig
     from semalign.campaigns.pca_lora.runner import run_pretrain
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.artifacts import (
+from common.modes.pca_lora.artifacts import (
     DEFAULT_D_PRE,
     ArtifactError,
     ArtifactMeta,
@@ -21,7 +21,7 @@ from common.artifacts import (
     read_meta,
     save_artifacts,
 )
-from common.codecs.pca import PcaCodec
+from common.modes.pca_lora.codec import PcaCodec
 from common.data.datasets import Dataset, load_dataset
 from common.learn import fastlora
 from common.link.channel.emulator import LinkParams, state_from_mcs

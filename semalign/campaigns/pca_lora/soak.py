@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.data.datasets import load_dataset
 from common.results.log import ResultsLog, read_jsonl
 from common.net.security import TxSecurity, load_public, load_secret

@@ -8,7 +8,7 @@ import torch
 
 from common.learn.fastlora import keep_freed_memory
 from common.link.sidelink import create_sidelink
-from common.modes.base import get_mode
+from common.modes.base import DEFAULT_MODE, get_mode
 from common.net.security import RxSecurity
 from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits
@@ -42,8 +42,8 @@ def rx_limits(opts: dict) -> DecodeLimits:
 
 
 def rx_modes(opts: dict) -> list[str]:
-    """The modes to serve: ``opts['mode']``, a name or a comma-separated list [default: pca-lora]."""
-    given = opts.get("mode") or "pca-lora"
+    """The modes to serve: ``opts['mode']``, a name or a comma-separated list [default: :data:`DEFAULT_MODE`]."""
+    given = opts.get("mode") or DEFAULT_MODE
     names = given if isinstance(given, list) else [m.strip() for m in str(given).split(",") if m.strip()]
     return names
 

@@ -46,9 +46,9 @@ def sweep(
     log_level: str = LogOpt,
 ):
     """Accuracy and latency vs alpha for Pre-Trained, LoRA, End-to-End, full and last-layer fine-tuning."""
-    from semalign.runner import ensure_artifacts
-    from semalign.sweep import E2EConfig, SweepConfig, live_rounds, run_sweep
-    from semalign.sweep_report import print_summary, print_targets
+    from semalign.campaigns.pca_lora.runner import ensure_artifacts
+    from semalign.campaigns.pca_lora.sweep import E2EConfig, SweepConfig, live_rounds, run_sweep
+    from semalign.campaigns.pca_lora.sweep_report import print_summary, print_targets
 
     setup_logging(log_level, "sweep")
     try:
@@ -78,8 +78,8 @@ def bench(
     log_level: str = LogOpt,
 ):
     """Micro-benchmarks next to their physical floors; writes OUT/bench.json and prints a table."""
-    from semalign.bench import print_bench, run_bench
-    from semalign.runner import ensure_artifacts
+    from semalign.campaigns.pca_lora.bench import print_bench, run_bench
+    from semalign.campaigns.pca_lora.runner import ensure_artifacts
 
     setup_logging(log_level, "bench")
     try:
@@ -106,8 +106,8 @@ def fading(
     log_level: str = LogOpt,
 ):
     """Compare the alpha policies (largest, lookahead) with and without the adapter bank over a trace."""
-    from semalign.fading import print_fading, run_fading
-    from semalign.runner import ensure_artifacts
+    from semalign.campaigns.pca_lora.fading import print_fading, run_fading
+    from semalign.campaigns.pca_lora.runner import ensure_artifacts
 
     setup_logging(log_level, "fading")
     try:
@@ -169,8 +169,8 @@ def fed(
     """A fed-lora federation on loopback: a base station and N devices per policy, as our daemons or under
     Flower (--engine); per-round tables and figures. Several --seeds or --budget-j values make a sweep with a
     summary table per budget."""
-    from semalign.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
-    from semalign.fed_report import format_sweep
+    from semalign.campaigns.fed_lora.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
+    from semalign.campaigns.fed_lora.fed_report import format_sweep
 
     setup_logging(log_level, "fed")
     seeds = _ints(seed, "--seed")
@@ -252,7 +252,7 @@ def slf_sweep(
     demo's reduced size). Scale up with --table-epochs, --fig3-epochs, more --eps / --dissimilarity values,
     --finetune-images, --threads, or --device cuda where torch sees a GPU.
     """
-    from semalign.slf_sweep import SlfSweepConfig, format_tables, run_slf_sweep
+    from semalign.campaigns.slf.sweep import SlfSweepConfig, format_tables, run_slf_sweep
 
     setup_logging(log_level, "slf-sweep")
     try:

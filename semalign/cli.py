@@ -27,7 +27,8 @@ from semalign.cli_support import (
     setup_logging,
 )
 from common.data.datasets import DATASET_NAMES
-from common.modes.pca_lora.pretrain import PretrainConfig
+from common.modes.base import DEFAULT_MODE
+from semalign.campaigns import modes_with
 from semalign.rx_cli import rx, rx_worker
 from semalign.campaign_cli import register as register_campaigns
 from semalign.ops_cli import keygen, load, show, soak
@@ -75,62 +76,15 @@ def pretrain(
 ):
     """Fit the PCA basis and pre-train the RX classifier on d_pre-dim reconstructions (--mode slf: train
     the named VQ-VAE transceivers and their task heads)."""
-    from common.artifacts import DEFAULT_D_PRE
-    from semalign.runner import run_pretrain
+    from semalign.campaigns import campaign
 
     setup_logging(log_level, "pretrain")
     opts, _ = options_from(config, "pretrain", dict(mode=mode, trx=trx, max_pool=max_pool, head_epochs=head_epochs,
                                                 dataset=dataset, data_dir=data_dir, d_pre=d_pre, epochs=epochs,
                                                 batch_size=batch_size, lr=lr, seed=seed, out=out),
                           _signature_options(pretrain))
-    mode = opts.pop("mode", "pca-lora")
-    if mode == "slf":
-        _pretrain_slf(opts, progress)
-        return
-    if mode != "pca-lora":
-        fail(f"--mode {mode}: pretrain knows pca-lora and slf")
-    slf_only = sorted(k for k in ("trx", "max_pool", "head_epochs") if k in opts)
-    if slf_only:
-        fail(f"{', '.join('--' + k.replace('_', '-') for k in slf_only)}: slf options; add --mode slf")
-    name = opts.pop("dataset", "mnist")
-    data_dir, out = opts.pop("data_dir", None), opts.pop("out", None)
-    opts.setdefault("d_pre", DEFAULT_D_PRE.get(name, 200))
     try:
-        meta = run_pretrain(name, Path(out) if out else None, PretrainConfig(**opts), data_dir, progress)
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
-    typer.echo(f"test accuracy at alpha=d_pre={meta.d_pre}: {meta.test_accuracy:.4f} "
-               f"(trained in {meta.train_seconds:.1f} s); fingerprint {meta.fingerprint[:16]}")
-
-
-def _pretrain_slf(opts: dict, progress: bool) -> None:
-    """``pretrain --mode slf``: each named transceiver on its own data split, saved to artifacts/slf-<trx>."""
-    from common.data.datasets import load_dataset
-    from common.modes.slf.configs import get_config
-    from common.modes.slf.messages import arch_fingerprint
-    from common.modes.slf.pretrain import default_slf_artifacts, pretrain_and_save, progress_steps, with_overrides
-    from semalign.progress import progress_bar
-
-    pca_only = sorted(k for k in ("dataset", "d_pre") if k in opts)
-    if pca_only:
-        fail(f"{', '.join('--' + k.replace('_', '-') for k in pca_only)}: not an slf option (each transceiver "
-             "config names its dataset)")
-    names = [n.strip() for n in str(opts.pop("trx", "trx1,trx2,trx3")).split(",") if n.strip()]
-    out, data_dir = opts.pop("out", None), opts.pop("data_dir", None)
-    if out and len(names) != 1:
-        fail(f"--out names one directory; give one --trx with it (got {', '.join(names)})")
-    try:
-        configs = [with_overrides(get_config(n), opts) for n in names]
-        data = {c.dataset: load_dataset(c.dataset, data_dir) for c in configs}  # every dataset before training
-        for c in configs:
-            path = Path(out) if out else default_slf_artifacts(c.name)
-            with progress_bar(f"pretrain slf {c.name}", progress_steps(c), progress) as advance:
-                meta = pretrain_and_save(c, data[c.dataset], path, advance)
-            m = meta.metrics
-            typer.echo(f"{c.name}: {c.dataset}, eps {c.eps:g}, {m['train_images']:.0f}/{m['test_images']:.0f} "
-                       f"train/test images; head accuracy {m['head_accuracy_clean']:.4f} (clean), own link "
-                       f"accuracy {m['link_accuracy']:.4f}, MSE {m['link_mse']:.4f}; {m['seconds']:.1f} s; saved "
-                       f"{path} (session fingerprint {arch_fingerprint(c.shape)[:16]})")
+        campaign(opts.pop("mode", DEFAULT_MODE), "pretrain_command", "pretrain")(opts, progress)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
 
@@ -140,7 +94,8 @@ def _pretrain_slf(opts: dict, progress: bool) -> None:
 
 @app.command()
 def demo(
-    mode: str = typer.Option("pca-lora", help="Alignment mode to demonstrate: pca-lora, slf or fed-lora."),
+    mode: str = typer.Option(DEFAULT_MODE, help="Alignment mode to demonstrate: "
+                             f"{', '.join(modes_with('demo_command'))}."),
     rounds: int = typer.Option(9, help="Rounds to run."),
     out: Path = typer.Option(Path("runs/demo"), help="Directory for results.json and the daemons' logs."),
     dataset: str = typer.Option("mnist", help=f"pca-lora: dataset, one of {', '.join(DATASET_NAMES)}."),
@@ -161,46 +116,16 @@ def demo(
     log_level: str = LogOpt,
 ):
     """Loopback demo: start the RX and the TX (or the base station and devices) as processes, print a table."""
+    from semalign.campaigns import campaign
+
     setup_logging(log_level, "demo")
+    given = dict(rounds=rounds, out=out, dataset=dataset, data_dir=data_dir, artifacts=artifacts, trace=trace,
+                 n_test=n_test, deadline_s=deadline_s, value_dtype=value_dtype, adapt_steps=adapt_steps,
+                 tx_trx=tx_trx, rx_trx=rx_trx, n_frozen=n_frozen, devices=devices, task=task, policy=policy)
     try:
-        if mode == "slf":
-            from semalign.slf_demo import run_slf_demo
-
-            run_slf_demo(rounds=rounds, out=out, tx_trx=tx_trx, rx_trx=rx_trx, n_frozen=n_frozen, trace=trace,
-                         data_dir=data_dir, config=config)
-            return
-        if mode == "fed-lora":
-            from semalign.fed import run_fed_demo
-
-            run_fed_demo(rounds=rounds, out=out, devices=devices, task=task, policy=policy, data_dir=data_dir,
-                         config=config)
-            return
-        if mode != "pca-lora":
-            fail(f"--mode {mode!r}: choose pca-lora, slf or fed-lora")
-        _pca_lora_demo(rounds, out, dataset, data_dir, artifacts, trace, n_test, deadline_s, value_dtype,
-                       adapt_steps, config)
+        campaign(mode, "demo_command", "demo")(given, config, _demo_table)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
-
-
-def _pca_lora_demo(rounds, out, dataset, data_dir, artifacts, trace, n_test, deadline_s, value_dtype,
-                   adapt_steps, config) -> None:
-    from semalign.demo import run_demo
-    from semalign.tables import print_rounds
-
-    given = dict(rounds=rounds, out=out, dataset=dataset, data_dir=data_dir, artifacts=artifacts, trace=trace,
-                 n_test=n_test, deadline_s=deadline_s, value_dtype=value_dtype, adapt_steps=adapt_steps)
-    given.update({k: v for k, v in _demo_table(config, given).items() if k in given})
-    _check_demo(given, config)
-    g = given
-    tx_options = {"config": config, "n_test": g["n_test"], "deadline_s": g["deadline_s"],
-                  "value_dtype": g["value_dtype"]}
-    rx_options = {"config": config, "adapt_steps": g["adapt_steps"]}
-    out = Path(g["out"])
-    results = run_demo(g["rounds"], out, g["dataset"], g["trace"], g["artifacts"], g["data_dir"], tx_options,
-                       rx_options)
-    print_rounds(results["rounds"], f"semalign demo: {g['dataset']}, trace {g['trace']}")
-    typer.echo(f"results: {out / 'results.json'}  (`semalign show {out}` prints this table again)")
 
 
 def _demo_options() -> dict:
@@ -257,42 +182,10 @@ def _demo_table(config: Optional[Path], given: dict) -> dict:
     table = merged_options(cfg, "demo", {}, set(specs), specs, config)
     from_file = {k: v for k, v in table.items()
                  if not _given_on_command_line(k, given.get(k, specs[k].default), specs[k].default)}
-    if from_file.get("mode", "pca-lora") != "pca-lora":
+    if from_file.get("mode", DEFAULT_MODE) != DEFAULT_MODE:
         raise ConfigError(f"config file {config}, table [demo]: mode = \"{from_file['mode']}\": choose the demo's "
                           f"mode on the command line (--mode {from_file['mode']}); the table's other keys apply")
     return from_file
-
-
-def _check_demo(g: dict, config: Optional[Path]) -> None:
-    """Every option of a pca-lora demo, checked before a process starts (ValueError naming the option):
-    the trace, the dataset, --data-dir, the numbers the daemons' configs check, the --config tables."""
-    from common.data.datasets import check_data_dir
-    from common.link.channel import build_trace
-    from common.modes.pca_lora.alignment import AdaptConfig
-    from common.modes.pca_lora.tx import PcaLoraTxConfig
-    from semalign.config import load_toml, merged_options
-    from semalign.options import check_choices
-
-    if g["rounds"] < 1:
-        raise ValueError(f"--rounds {g['rounds']}: the demo needs at least one round")
-    check_choices({"dataset": g["dataset"]}, "tx")
-    try:
-        build_trace(str(g["trace"]), g["rounds"])
-    except ValueError as e:
-        raise ValueError(f"--trace {g['trace']}: {e}") from e
-    check_data_dir(g["data_dir"])
-    if g["artifacts"] is not None and Path(g["artifacts"]).exists() and not Path(g["artifacts"]).is_dir():
-        raise ValueError(f"--artifacts {g['artifacts']}: a file, not an artifacts directory")
-    if Path(g["out"]).exists() and not Path(g["out"]).is_dir():
-        raise ValueError(f"--out {g['out']}: a file, not a directory")
-    PcaLoraTxConfig(**{k: g[k] for k in ("n_test", "deadline_s", "value_dtype") if g[k] is not None})
-    if g["adapt_steps"] is not None:
-        AdaptConfig(steps=g["adapt_steps"])
-    cfg = load_toml(config)  # the tables the daemons will read: checked here, not after they started
-    for table, specs in (("rx", RX), ("tx", TX)):
-        if table in cfg:
-            merged_options(cfg, table, {}, set(specs), specs, config)
-            check_choices(cfg[table], table)
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def soak(
     log_level: str = LogOpt,
 ):
     """Soak the daemon pair on loopback: every round accounted for, RSS growth, latency p50/p99."""
-    from semalign.soak import run_soak
+    from semalign.campaigns.pca_lora.soak import run_soak
 
     setup_logging(log_level, "soak")
     try:
@@ -97,7 +97,7 @@ def show(
     from rich.console import Console
 
     from common.results.log import load_results, read_jsonl
-    from semalign.tables import print_results
+    from semalign.campaigns.tables import print_results, results_mode
 
     path = directory / "results.json" if directory.is_dir() else directory
     try:
@@ -114,7 +114,7 @@ def show(
         fail(f"{path}: not a semalign results file (no list of rounds)")
     rounds = doc.get("rounds") or []
     config = doc.get("config") or {}
-    mode = config.get("mode") or next((r.get("mode") for r in rounds if r.get("mode")), "pca-lora")
+    mode = results_mode(doc)
     console = Console()
     print_results(doc, f"{path}: {mode}", console)
     by_status: dict[str, int] = {}
@@ -136,7 +136,7 @@ def load(
     log_level: str = LogOpt,
 ):
     """Load an RX: N TX processes against W workers in deep fade; rounds/s and p50/p90/p99 per (N, W)."""
-    from semalign.load import run_load, table
+    from semalign.campaigns.pca_lora.load import run_load, table
 
     setup_logging(log_level, "load")
     try:

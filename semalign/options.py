@@ -19,7 +19,7 @@ import typer
 
 from common.data.datasets import DATASET_NAMES
 from common.link.sidelink import SIDELINKS
-from common.modes.base import get_mode, mode_names
+from common.modes.base import DEFAULT_MODE, get_mode, mode_names
 from common.options import Option
 from common.wire.protocol import DecodeLimits
 from rx_node.app import DEFAULT_BIND, DEFAULT_WORKERS
@@ -28,7 +28,7 @@ from tx_node.daemon import TxConfig
 
 COMMON = [
     Option("mode", str, f"Alignment mode: one of {', '.join(mode_names())} (the RX takes a comma-separated "
-           "list of the modes it serves)", "pca-lora"),
+           "list of the modes it serves)", DEFAULT_MODE),
     Option("artifacts", Path, "Artifacts directory (codec + model; meta.json names their kinds)",
            "artifacts/<dataset>-d<d_pre>"),
     Option("dataset", str, f"Dataset: one of {', '.join(DATASET_NAMES)}", "mnist"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from common.artifacts import save_artifacts
+from common.modes.pca_lora.artifacts import save_artifacts
 from common.data.datasets import load_dataset
 from common.modes.pca_lora.pretrain import PretrainConfig, pretrain
 

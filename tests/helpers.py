@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.messages import Payload
@@ -22,7 +22,7 @@ from common.wire.protocol import DecodeLimits, Hello, encode
 from rx_node.daemon import RxNode, serve
 from tx_node.daemon import TxConfig, TxNode
 from common.files import free_port  # noqa: F401  (tests import free_port from here)
-from semalign.processes import daemon_argv
+from semalign.campaigns.processes import daemon_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from common.modes.pca_lora.adapter_bank import (
     model_digest,
 )
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn.lora import LoraConfig, init_adapters
 
 

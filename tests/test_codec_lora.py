@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-from common.codecs.pca import PcaCodec
+from common.modes.pca_lora.codec import PcaCodec
 from common.learn.lora import LoraConfig, LoraLinear, LoraMergeError, init_adapters, merge_into
 from common.learn.models import accuracy, build_mlp, predict
 
@@ -121,7 +121,7 @@ def test_base_model_is_not_modified(digits):
 
 def test_lora_recovers_misaligned_accuracy(digits, digits_artifacts):
     """Pre-trained on 40 dims, fed 6: LoRA on 300 received vectors must beat the frozen model."""
-    from common.artifacts import load_codec, load_model
+    from common.modes.pca_lora.artifacts import load_codec, load_model
 
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
@@ -161,7 +161,7 @@ def test_time_budget_stops_early(digits, recipe):
 
 def test_folded_training_equals_unfolded(digits, digits_artifacts):
     """Training LoRA on z through the folded first layer gives the same W* as training on x_hat."""
-    from common.artifacts import load_codec, load_model
+    from common.modes.pca_lora.artifacts import load_codec, load_model
 
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
@@ -177,7 +177,7 @@ def test_folded_training_equals_unfolded(digits, digits_artifacts):
 
 def test_deep_alpha_gets_more_steps(digits, digits_artifacts):
     """Below deep_fraction * d_pre (here 0.25 * 40 = 10) the strategy asks for deep_steps."""
-    from common.artifacts import load_codec, load_model
+    from common.modes.pca_lora.artifacts import load_codec, load_model
 
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)

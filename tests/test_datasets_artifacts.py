@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.data import datasets
-from common.artifacts import ArtifactError, load_codec, load_model
+from common.modes.pca_lora.artifacts import ArtifactError, load_codec, load_model
 from common.data.datasets import DatasetUnavailable, load_dataset, read_idx
 
 

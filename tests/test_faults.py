@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.wire.protocol import Result, decode, encode
 from common.modes.pca_lora.messages import Payload
 from common.results.log import ResultsLog, load_results, read_jsonl

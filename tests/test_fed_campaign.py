@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from semalign.cli import app
-from semalign.fed import FedCampaign, _write, format_tables, run_central
-from semalign.fed_report import PLOT_FILES, format_sweep, plot_sweep, policy_series, sweep_rows, write_plots
+from semalign.campaigns.fed_lora.fed import FedCampaign, _write, format_tables, run_central
+from semalign.campaigns.fed_lora.fed_report import PLOT_FILES, format_sweep, plot_sweep, policy_series, sweep_rows, write_plots
 
 BUDGETS_J = (0.010, 0.005, 0.003)  # per device
 

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from semalign.cli import app
-from semalign.fed import (
+from semalign.campaigns.fed_lora.fed import (
     CSV_FIELDS,
     FedCampaign,
     _csv_rows,

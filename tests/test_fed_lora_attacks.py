@@ -24,7 +24,7 @@ from common.net.transport import RxSocket, TxSocket
 from common.results.log import ResultsLog
 from common.wire.protocol import Error, Hello, Result, decode, encode
 from rx_node.daemon import RxNode
-from semalign.processes import throwaway_keys
+from semalign.campaigns.processes import throwaway_keys
 from tests.helpers import ServedRx
 from tests.test_fed_lora_defects import Device, federation, trained  # noqa: F401  (fixture)
 from tests.test_fed_lora_mode import node_for

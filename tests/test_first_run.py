@@ -31,7 +31,7 @@ import pytest
 import zmq
 from typer.testing import CliRunner
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.net import security
 from common.net.security import generate_keypair, load_public, rx_security
 from common.net.transport import RxSocket, TxSocket
@@ -250,7 +250,7 @@ def test_show_prints_any_mode_and_refuses_a_missing_dir(tmp_path):
 def test_demo_table_fits_80_columns_and_says_which_model_was_kept():
     from rich.console import Console
 
-    from semalign.tables import kept, print_rounds
+    from semalign.campaigns.pca_lora.tables import kept, print_rounds
 
     rows = [{"round": 0, "status": "ok", "modulation": "256QAM", "mcs": 27, "rate_bps": 2.269e8, "alpha": 200,
              "n_train": 0, "acc_pretrained": 0.976, "acc_adapted": 0.976, "latency_ms": {"communication": 125.3},

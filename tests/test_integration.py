@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.wire.protocol import Channel, Error, Hello, decode, encode
 from common.results.log import LATENCY_CUMULATIVE, ResultsLog, load_results
 from common.net.transport import RxSocket, TxSocket

@@ -135,7 +135,7 @@ def test_a_new_mode_runs_over_the_unchanged_daemons(rx_thread, tmp_path):
 
 
 def test_rx_refuses_a_mode_it_does_not_serve(rx_thread, digits_artifacts):
-    from common.artifacts import load_codec
+    from common.modes.pca_lora.artifacts import load_codec
 
     node, _ = rx_thread
     codec, _ = load_codec(digits_artifacts)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
 from common.modes.pca_lora.messages import Payload

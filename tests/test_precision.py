@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn import fastlora
 from common.learn.models import accuracy, predict
 from common.modes.pca_lora import alignment

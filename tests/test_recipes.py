@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from common.artifacts import load_codec, load_model
+from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn import fastlora
 from common.learn.lora import merge_into
 from common.learn.models import accuracy, predict

@@ -11,7 +11,7 @@ import time
 import pytest
 import zmq
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.net.transport import TxSocket
 from common.results.log import ResultsLog, read_jsonl
 from common.wire.protocol import Channel, Hello, Result, decode, encode
@@ -227,7 +227,7 @@ def test_curve_front_end_admits_listed_keys_and_refuses_others(digits_artifacts,
     """CURVE and the allow-list stay in the front end: an admitted TX's rounds run on a worker, with its
     key passed along (sessions bound to it); an unknown key is refused and logged."""
     from common.net.security import TxSecurity, generate_keypair, load_public, load_secret
-    from semalign.processes import throwaway_keys
+    from semalign.campaigns.processes import throwaway_keys
 
     rx_keys, tx_keys = throwaway_keys(tmp_path / "keys", "tx-lab")
     rx_args = [a for k, v in rx_keys.items() for a in ("--" + k.replace("_", "-"), str(v))]

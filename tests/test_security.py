@@ -7,7 +7,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.results.log import ResultsLog
 from common.net.security import (
     TxSecurity,
@@ -18,7 +18,7 @@ from common.net.security import (
 )
 from common.net.transport import TxSocket
 from semalign.cli import app
-from semalign.processes import throwaway_keys
+from semalign.campaigns.processes import throwaway_keys
 from tests.helpers import start_rx, stop
 from tests.helpers import tx_node as make_tx
 from tx_node.daemon import HandshakeFailed

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from common.modes.base import get_mode
+from common.modes.base import DEFAULT_MODE, get_mode
 from common.net.security import TxSecurity
 from common.net.transport import TxSocket
 from common.results.log import ResultsLog, load_results
@@ -72,7 +72,7 @@ def run_tx(opts: dict, security: TxSecurity, stop: threading.Event, on_round=Non
     RX that still holds a round answers it from its record), running only the
     rounds of ``0 .. rounds-1`` without a final record.
     """
-    mode = opts.get("mode") or "pca-lora"
+    mode = opts.get("mode") or DEFAULT_MODE
     half = get_mode(mode).build_tx(opts)
     config = TxConfig(**{k: opts[k] for k in TX_CONFIG_KEYS if opts.get(k) is not None})
     out = Path(opts.get("out") or DEFAULT_OUT)

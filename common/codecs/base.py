@@ -1,10 +1,10 @@
 """What a codec is: the TX's encoder and the RX's decoder of one mode's representation.
 
 A codec maps raw vectors ``x`` (float32, ``(n, d_raw)``) to ``alpha``-dim
-features ``z`` and back. ``pca`` (:mod:`common.codecs.pca`) serves the
+features ``z`` and back. ``pca`` (:mod:`common.modes.pca_lora.codec`) serves the
 pca-lora mode; the slf mode's VQ-VAE transceiver is its own codec. The
 artifacts' ``meta.json`` names the codec kind and loading dispatches on it
-(:func:`common.artifacts.load_codec`).
+(:func:`common.modes.pca_lora.artifacts.load_codec`).
 """
 
 from __future__ import annotations

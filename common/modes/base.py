@@ -24,12 +24,16 @@ from typing import Any, Callable, ClassVar, Iterable
 from common.link.channel.state import ChannelState
 from common.results.log import RoundRecord
 
-# mode name -> module that registers it when imported
+# mode name -> module that registers it when imported: the one registry line of a mode (its campaigns, if
+# any, are found by name: semalign/campaigns/<name with _ for ->/, see semalign/campaigns/__init__.py)
 BUILTIN_MODES = {
     "fed-lora": "common.modes.fed_lora.mode",
     "pca-lora": "common.modes.pca_lora.mode",
     "slf": "common.modes.slf.mode",
 }
+
+
+DEFAULT_MODE = "pca-lora"  # the mode the daemons and the campaigns run when none is named
 
 
 class RoundError(Exception):

@@ -27,7 +27,7 @@ with atheris.instrument_imports(include=["common", "rx_node"]):
     import torch
 
     from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
-    from common.codecs.pca import PcaCodec
+    from common.modes.pca_lora.codec import PcaCodec
     from common.learn.models import build_mlp
     from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode
     from common.modes.pca_lora.messages import Payload

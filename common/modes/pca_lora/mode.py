@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.artifacts import default_artifacts, load_codec, load_model
+from common.modes.pca_lora.artifacts import default_artifacts, load_codec, load_model
 from common.data.datasets import load_dataset
 from common.learn import fastlora
 from common.learn.lora import LoraConfig

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.codecs.pca import PcaCodec
+from common.modes.pca_lora.codec import PcaCodec
 from common.data.datasets import Dataset
 from common.learn.models import accuracy, build_mlp, predict
 from common.learn.train import TrainConfig, fit

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from common.artifacts import ArtifactError, sha256_file
+from common.artifacts import META_FILE, ArtifactError, checked_file, read_meta_json, sha256_file
 from common.files import atomic_write, atomic_write_json
 from common.modes.slf.configs import TransceiverConfig
 from common.modes.slf.transceiver import TaskHead, Transceiver
@@ -27,7 +27,6 @@ SLF_ARTIFACT_FORMAT_VERSION = 1
 CODEC_NAME = "vqvae"
 MODE_NAME = "slf"
 MODEL_FILE = "model.pt"
-META_FILE = "meta.json"
 PREFIXES = ("transceiver.", "head.")
 
 
@@ -79,15 +78,11 @@ def save_transceiver(directory: str | Path, model: Transceiver, head: TaskHead, 
 def read_slf_meta(directory: str | Path) -> SlfArtifactMeta:
     """``meta.json`` of ``directory``, checked for format version, codec and mode."""
     path = Path(directory) / META_FILE
-    if not path.exists():
-        raise SlfArtifactError(f"no SLF artifacts in {directory} (missing {META_FILE})")
+    raw = read_meta_json(directory, SLF_ARTIFACT_FORMAT_VERSION, what="SLF artifacts", error=SlfArtifactError)
     try:
-        meta = SlfArtifactMeta(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
+        meta = SlfArtifactMeta(**raw)
+    except TypeError as e:
         raise SlfArtifactError(f"{path}: unreadable ({e})") from e
-    if meta.format_version != SLF_ARTIFACT_FORMAT_VERSION:
-        raise SlfArtifactError(f"{path}: format version {meta.format_version}, this build reads "
-                               f"version {SLF_ARTIFACT_FORMAT_VERSION}")
     if (meta.codec, meta.mode) != (CODEC_NAME, MODE_NAME):
         raise SlfArtifactError(f"{path}: codec {meta.codec!r} / mode {meta.mode!r}, expected "
                                f"{CODEC_NAME!r} / {MODE_NAME!r}")
@@ -98,13 +93,7 @@ def load_transceiver(directory: str | Path) -> tuple[Transceiver, TaskHead, Tran
     """Transceiver, frozen task head (eval mode), config and meta, verified against checksum and fingerprint."""
     d = Path(directory)
     meta = read_slf_meta(d)
-    path = d / MODEL_FILE
-    if not path.exists():
-        raise SlfArtifactError(f"{path} is missing")
-    digest = sha256_file(path)
-    if digest != meta.sha256.get(MODEL_FILE):
-        raise SlfArtifactError(f"{path}: sha256 {digest[:12]}... does not match {META_FILE} "
-                               f"({str(meta.sha256.get(MODEL_FILE))[:12]}...); the file is corrupt or replaced")
+    path = checked_file(d, MODEL_FILE, meta.sha256, SlfArtifactError)
     try:
         config = TransceiverConfig.from_dict(meta.config)
         state = torch.load(path, weights_only=True, map_location="cpu")

@@ -84,8 +84,8 @@ from common.modes.slf.training import (
 from common.modes.slf.transceiver import DECODER_LAYERS, TaskHead, Transceiver
 from common.wire.protocol import decode, encode
 from semalign.progress import progress_bar
-from semalign.runner import machine_info
-from semalign.slf_demo import ensure_transceiver
+from semalign.campaigns.machine import machine_info
+from semalign.campaigns.slf.demo import ensure_transceiver
 
 log = logging.getLogger("semalign.slf_sweep")
 

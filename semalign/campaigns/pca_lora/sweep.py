@@ -57,15 +57,15 @@ from common.learn import fastlora
 from common.modes.pca_lora.alignment import DEFAULT_RECIPE, AdaptConfig, LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, budget_bytes
 from common.wire.values import value_format
-from semalign.progress import progress_bar
-from semalign.runner import (
+from semalign.campaigns.machine import machine_info
+from semalign.campaigns.pca_lora.runner import (
     RoundData,
     build_round,
     campaign_inputs,
-    machine_info,
     quantized_test,
     reference_rate_bps,
 )
+from semalign.progress import progress_bar
 
 log = logging.getLogger("semalign.sweep")
 
@@ -402,7 +402,7 @@ def write_outputs(out: Path, result: dict) -> None:
             w.writerow({k: r.get(k) for k in CSV_FIELDS})
     (out / "sweep.json").write_text(json.dumps(result, indent=1, default=float))
     (out / "policy_table.json").write_text(json.dumps(policy_table(rows), indent=1))
-    from semalign.sweep_report import markdown_table
+    from semalign.campaigns.pca_lora.sweep_report import markdown_table
 
     (out / "sweep.md").write_text(markdown_table(result))
     try:
@@ -503,7 +503,7 @@ def plot_latency(result: dict, path: Path) -> None:
 def live_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str | None = None,
                 rx_options: dict | None = None):
     """A ``live_runner`` for :func:`run_sweep`: one RX process per seed, one TX process per alpha."""
-    from semalign.processes import free_port, launch, stop_process
+    from semalign.campaigns.processes import free_port, launch, stop_process
 
     def runner(dims: list[int], cfg: SweepConfig) -> dict:
         live_dir = out / "live"

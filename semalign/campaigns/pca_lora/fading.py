@@ -25,7 +25,8 @@ from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes
 from common.link.channel import build_trace
 from common.learn.models import accuracy, predict
-from semalign.runner import build_round, campaign_inputs, machine_info, quantized_test
+from semalign.campaigns.machine import machine_info
+from semalign.campaigns.pca_lora.runner import build_round, campaign_inputs, quantized_test
 from common.modes.pca_lora.tx import PcaLoraTxConfig
 from common.learn import fastlora
 from common.modes.pca_lora.policy import AccuracyTable, BudgetView, get_policy, lean_n_train

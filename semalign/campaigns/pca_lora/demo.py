@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from common.results.log import load_results
-from semalign.processes import free_port, launch, stop_process, throwaway_keys
-from semalign.runner import ensure_artifacts
+from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
+from semalign.campaigns.pca_lora.runner import ensure_artifacts
 from tx_node.app import RESULT_FILES, set_aside
 
 log = logging.getLogger("semalign.demo")
@@ -105,3 +105,36 @@ def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path |
             stop_process(tx, timeout_s=10)
         stop_process(rx)
     return load_results(out)
+
+
+def check_demo(g: dict, config: Path | None) -> None:
+    """Every option of a pca-lora demo, checked before a process starts (ValueError naming the option):
+    the trace, the dataset, --data-dir, the numbers the daemons' configs check, the --config tables."""
+    from common.data.datasets import check_data_dir
+    from common.link.channel import build_trace
+    from common.modes.pca_lora.alignment import AdaptConfig
+    from common.modes.pca_lora.tx import PcaLoraTxConfig
+    from semalign.cli_support import RX, TX
+    from semalign.config import load_toml, merged_options
+    from semalign.options import check_choices
+
+    if g["rounds"] < 1:
+        raise ValueError(f"--rounds {g['rounds']}: the demo needs at least one round")
+    check_choices({"dataset": g["dataset"]}, "tx")
+    try:
+        build_trace(str(g["trace"]), g["rounds"])
+    except ValueError as e:
+        raise ValueError(f"--trace {g['trace']}: {e}") from e
+    check_data_dir(g["data_dir"])
+    if g["artifacts"] is not None and Path(g["artifacts"]).exists() and not Path(g["artifacts"]).is_dir():
+        raise ValueError(f"--artifacts {g['artifacts']}: a file, not an artifacts directory")
+    if Path(g["out"]).exists() and not Path(g["out"]).is_dir():
+        raise ValueError(f"--out {g['out']}: a file, not a directory")
+    PcaLoraTxConfig(**{k: g[k] for k in ("n_test", "deadline_s", "value_dtype") if g[k] is not None})
+    if g["adapt_steps"] is not None:
+        AdaptConfig(steps=g["adapt_steps"])
+    cfg = load_toml(config)  # the tables the daemons will read: checked here, not after they started
+    for table, specs in (("rx", RX), ("tx", TX)):
+        if table in cfg:
+            merged_options(cfg, table, {}, set(specs), specs, config)
+            check_choices(cfg[table], table)

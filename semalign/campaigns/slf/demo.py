@@ -5,7 +5,7 @@
    measured in ``docs/modes/slf.md`` (about 45 s per transceiver on one core
    here), with a progress bar.
 2. The RX (``semalign rx --mode slf --trx RX_TRX``) and the TX (``semalign tx
-   --mode slf --trx TX_TRX``) start through :mod:`semalign.processes`, over
+   --mode slf --trx TX_TRX``) start through :mod:`semalign.campaigns.processes`, over
    CURVE with throwaway keys in ``OUT/keys``, on the loopback emulator: round
    0 is a semantic round with the RX's original decoder (misaligned), round 1
    the alignment (download, fine-tuning with ``l`` frozen, upload), the rest
@@ -36,7 +36,7 @@ from common.files import atomic_write_json
 from common.modes.slf.artifacts import SlfArtifactError, read_slf_meta
 from common.modes.slf.configs import CONFIGS
 from common.results.log import load_results
-from semalign.processes import free_port, launch, stop_process, throwaway_keys
+from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
 
 log = logging.getLogger("semalign.demo")
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.results.log import read_jsonl
-from semalign.processes import free_port, launch, stop_process
-from semalign.runner import ensure_artifacts
+from common.files import read_jsonl
+from semalign.campaigns.processes import free_port, launch, stop_process
+from semalign.campaigns.pca_lora.runner import ensure_artifacts
 
 log = logging.getLogger("semalign.load")
 

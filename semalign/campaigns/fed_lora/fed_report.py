@@ -1,7 +1,7 @@
-"""Plots and tables of ``semalign fed`` results (the campaign itself is :mod:`semalign.fed`).
+"""Plots and tables of ``semalign fed`` results (the campaign itself is :mod:`semalign.campaigns.fed_lora.fed`).
 
-Inputs are the dicts :func:`semalign.fed.run_fed` returns (and writes as
-``fed.json``) and :func:`semalign.fed.run_fed_sweep` returns (``fed_sweep.json``);
+Inputs are the dicts :func:`semalign.campaigns.fed_lora.fed.run_fed` returns (and writes as
+``fed.json``) and :func:`semalign.campaigns.fed_lora.fed.run_fed_sweep` returns (``fed_sweep.json``);
 a result read back from JSON works too (device ids as str keys).
 
 Figures (PNG, matplotlib Agg, one colour per policy in all of them,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.artifacts import (
+from common.modes.pca_lora.artifacts import (
     DEFAULT_D_PRE,
     ArtifactError,
     ArtifactMeta,
@@ -23,7 +21,7 @@ from common.artifacts import (
     read_meta,
     save_artifacts,
 )
-from common.codecs.pca import PcaCodec
+from common.modes.pca_lora.codec import PcaCodec
 from common.data.datasets import Dataset, load_dataset
 from common.learn import fastlora
 from common.link.channel.emulator import LinkParams, state_from_mcs
@@ -90,20 +88,6 @@ def ensure_artifacts(dataset: str, artifacts: Path | None, data_dir: str | None 
 def reference_rate_bps() -> float:
     """Top MCS of the 64-QAM table on the default 40 MHz / 30 kHz link (about 170.1 Mb/s)."""
     return state_from_mcs(max_mcs("qam64"), "qam64", LinkParams()).rate_bps
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "loadavg": list(os.getloadavg())}
 
 
 # ---------------------------------------------------------------- payloads

@@ -43,7 +43,8 @@ from common.modes.pca_lora.budget import PayloadLayout, n_train_max
 from common.learn.models import mlp_shape, predict
 from common.wire.protocol import decode, encode
 from common.modes.pca_lora.messages import Payload
-from semalign.runner import campaign_inputs, machine_info, reference_rate_bps
+from semalign.campaigns.machine import machine_info
+from semalign.campaigns.pca_lora.runner import campaign_inputs, reference_rate_bps
 
 
 def _median_s(fn, repeats: int) -> float:
@@ -188,7 +189,7 @@ class _PeakRss:
 
 def daemon_rss(artifacts: Path, dataset: str, out: Path, data_dir: str | None) -> dict:
     """Peak RSS (MiB) of an RX and a TX process during a 9-round loopback run of the demo trace (``VmHWM``)."""
-    from semalign.processes import free_port, launch, stop_process
+    from semalign.campaigns.processes import free_port, launch, stop_process
 
     if not Path("/proc/self/status").exists():
         return {"rx_peak_rss_mib": None, "tx_peak_rss_mib": None, "note": "no /proc on this system"}
@@ -239,7 +240,7 @@ def train_parts_rounds(artifacts: Path, dataset: str, out: Path, data_dir: str |
     them alike; the same seeds, so all carry the same vectors): medians (ms) over every pass's rounds of
     the time to classification and of its parts, the first round of each run left out (warm-up)."""
     from common.results.log import load_results
-    from semalign.processes import free_port, launch, stop_process
+    from semalign.campaigns.processes import free_port, launch, stop_process
 
     out.mkdir(parents=True, exist_ok=True)
     trace = out / "constant_qam64_top.csv"

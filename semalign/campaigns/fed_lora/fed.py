@@ -5,7 +5,7 @@ federation on one of two engines (:data:`ENGINES`):
 
 - ``daemons`` (:func:`run_policy`): the base station (``semalign rx --mode
   fed-lora``) and N devices (``semalign tx --mode fed-lora --device-id k``) as
-  separate processes through :mod:`semalign.processes`, over CURVE with
+  separate processes through :mod:`semalign.campaigns.processes`, over CURVE with
   throwaway keys (one allowed key per device); it waits for the devices to
   finish their rounds, stops the base station, and reads every device's
   ``results.json`` and the base station's ``base_station.jsonl``;
@@ -20,7 +20,7 @@ Either way it prints per-round Markdown tables (global accuracy,
 module, energy and queue per device, lost uploads) and a summary against the
 energy budgets, and writes ``fed.json`` (everything, with every process id),
 ``fed.csv`` (one row per policy, round and device) and the figures of
-:mod:`semalign.fed_report` under ``out``.
+:mod:`semalign.campaigns.fed_lora.fed_report` under ``out``.
 
 With ``reference`` the campaign also trains the centralised-LoRA upper
 reference in-process (:func:`run_central`): the same model and the largest
@@ -52,7 +52,7 @@ from common.files import read_jsonl
 from common.modes.fed_lora.aggregation import AGGREGATIONS
 from common.modes.fed_lora.spec import TASKS, preset
 from common.results.log import load_results
-from semalign.processes import free_port, launch, stop_process, throwaway_keys
+from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
 
 log = logging.getLogger("semalign.fed")
 POLICIES = ("ours", "fixed", "random")
@@ -79,7 +79,7 @@ class FedCampaign:
     ``secure``: CURVE with throwaway keys (daemons only; Flower's local run is always insecure on loopback).
     ``timeout_s``: wall-clock cap per policy.
     ``reference``: also train the centralised-LoRA reference (:func:`run_central`).
-    ``plots``: write the figures of :mod:`semalign.fed_report`.
+    ``plots``: write the figures of :mod:`semalign.campaigns.fed_lora.fed_report`.
     """
 
     devices: int = 4
@@ -163,7 +163,7 @@ def run_fed(c: FedCampaign, out: Path) -> dict:
     result["loadavg"]["end"] = _loadavg()
     _write(result, out)
     if c.plots:
-        from semalign.fed_report import write_plots
+        from semalign.campaigns.fed_lora.fed_report import write_plots
 
         result["figures"] = [str(p) for p in write_plots(result, out)]
         _write(result, out)
@@ -270,7 +270,7 @@ def run_fed_sweep(c: FedCampaign, budgets_j: Sequence[float], seeds: Sequence[in
     sweep["loadavg"]["end"] = _loadavg()
     _write_sweep(sweep, out)
     if c.plots:
-        from semalign.fed_report import plot_sweep
+        from semalign.campaigns.fed_lora.fed_report import plot_sweep
 
         sweep["figure"] = str(plot_sweep(sweep, out / "fed_sweep.png"))
         _write_sweep(sweep, out)
@@ -278,7 +278,7 @@ def run_fed_sweep(c: FedCampaign, budgets_j: Sequence[float], seeds: Sequence[in
 
 
 def _write_sweep(sweep: dict, out: Path) -> None:
-    from semalign.fed_report import format_sweep
+    from semalign.campaigns.fed_lora.fed_report import format_sweep
 
     (out / "fed_sweep.json").write_text(json.dumps(sweep, indent=1, default=str))
     with open(out / "fed_sweep.csv", "w", newline="") as f:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.artifacts import load_codec
+from common.modes.pca_lora.artifacts import load_codec
 from common.data.datasets import load_dataset
 from common.results.log import ResultsLog, read_jsonl
 from common.net.security import TxSecurity, load_public, load_secret
 from common.net.transport import TxSocket
-from semalign.processes import free_port, launch, stop_process, throwaway_keys
-from semalign.runner import ensure_artifacts
+from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
+from semalign.campaigns.pca_lora.runner import ensure_artifacts
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from tx_node.daemon import TxConfig, TxNode
 

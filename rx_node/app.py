@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from common.learn.fastlora import keep_freed_memory
+from common.learn.process_tuning import keep_freed_memory
 from common.link.sidelink import create_sidelink
 from common.modes.base import DEFAULT_MODE, get_mode
 from common.net.security import RxSecurity
@@ -84,7 +84,7 @@ def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.E
     if workers > 1:
         return _run_front_end(opts, link_table, security, stop, workers, worker_argv)
     torch.set_num_threads(int(opts.get("threads") or 1))
-    keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/fastlora.py)
+    keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/process_tuning.py)
     node, sock = build_rx(opts, link_table, security)
     try:
         return serve(node, sock, stop, opts.get("max_rounds"))

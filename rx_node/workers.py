@@ -489,7 +489,7 @@ def run_worker(spec_path: Path, generation: int = 0) -> int:
     """A worker's life: build the node from the spec, announce READY, serve what the front end forwards."""
     import torch
 
-    from common.learn.fastlora import keep_freed_memory, release_freed_memory
+    from common.learn.process_tuning import keep_freed_memory, release_freed_memory
     from rx_node.app import build_node
     from rx_node.daemon import RELEASE_AFTER_BYTES
 

@@ -14,7 +14,8 @@ from common.modes.pca_lora.adapter_bank import (
     BankedAlignment,
     model_digest,
 )
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.adapt_config import AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn.lora import LoraConfig, init_adapters
 

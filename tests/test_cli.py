@@ -35,7 +35,7 @@ def test_help_explains_every_option(command):
 
 def test_daemon_help_defaults_are_the_code_defaults():
     """The [default: ...] shown for an option is the value the code applies (one definition)."""
-    from common.modes.pca_lora.alignment import AdaptConfig
+    from common.modes.pca_lora.adapt_config import AdaptConfig
     from common.modes.pca_lora.tx import PcaLoraTxConfig
     from semalign.options import by_name, rx_options, tx_options
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.adapt_config import AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.codec import PcaCodec
 from common.learn.lora import LoraConfig, LoraLinear, LoraMergeError, init_adapters, merge_into
 from common.learn.models import accuracy, build_mlp, predict

@@ -16,11 +16,11 @@ import pytest
 from common.link.sidelink import create_sidelink
 from common.modes.base import get_mode
 from common.modes.fed_lora.attack_bench import hostile
-from common.modes.fed_lora.messages import FedAck, FedPlan, FedWait, adapter_from_wire
+from common.modes.fed_lora.messages import FedAck, FedPlan, FedWait
 from common.modes.fed_lora.optimizer import SKIP
 from common.modes.fed_lora.tx import FedLoraTx
 from common.net.security import TxSecurity, load_public, load_secret, rx_security
-from common.net.transport import RxSocket, TxSocket
+from common.net.transport import TxSocket
 from common.results.log import ResultsLog
 from common.wire.protocol import Error, Hello, Result, decode, encode
 from rx_node.daemon import RxNode
@@ -166,7 +166,6 @@ def test_a_hostile_update_is_clipped_over_the_daemons(serve_half, tmp_path, clip
     hist = half.station.history
     acc = hist[-1]["global_acc"]
     scales = [h["devices"][3]["clip_scale"] for h in hist]
-    honest = [h["devices"][k]["clip_scale"] for h in hist for k in range(3)]
     assert all(r.status == "ok" for k in records for r in records[k])
     if clip:
         assert all(c < 0.2 for c in scales)  # the hostile one is cut to the median norm

@@ -8,7 +8,8 @@ import numpy as np
 
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.adapt_config import AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.messages import Payload
 from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
 from common.net.transport import TxSocket

@@ -6,15 +6,16 @@ the CPU has no bf16 arithmetic); ``pytest --precision {fp32,bf16}`` forces it fo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn import fastlora
 from common.learn.models import accuracy, predict
-from common.modes.pca_lora import alignment
 from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment, frozen_precision, requested_precision
+from common.modes.pca_lora.adapt_config import AdaptConfig, requested_precision
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.calibration import frozen_precision
+from common.modes.pca_lora.folded_mlp import mlp_weights
 from common.modes.pca_lora.rx import PcaLoraRx
 
 
@@ -25,7 +26,7 @@ def served(digits_artifacts):
 
 
 def _weights(model):
-    return alignment._mlp_weights(model)[0]
+    return mlp_weights(model)[0]
 
 
 def test_environment_forces_auto_only(monkeypatch):

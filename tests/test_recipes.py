@@ -16,14 +16,10 @@ from common.link.channel.nr import max_mcs
 from common.link.sidelink.ip import undelayed_delivery
 from common.modes.base import RoundContext, RoundIO
 from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
-from common.modes.pca_lora.alignment import (
-    DEFAULT_RECIPE,
-    RECIPES,
-    AdaptConfig,
-    LoraAlignment,
-    _dense_state,
-    _train_dense_reference,
-)
+from common.learn.reference import train_dense_reference
+from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, RECIPES, AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.folded_mlp import dense_state
 from common.modes.pca_lora.mode import PcaLora
 from common.modes.pca_lora.policy import AccuracyTable, get_policy, lean_n_train
 from common.modes.pca_lora.rx import PcaLoraRx
@@ -55,8 +51,8 @@ def test_dense_trainer_matches_autograd_fit(trained):
     w2, b2 = [w.clone() for w in ws], [b.clone() for b in bs]
     n1, l1, cut = fastlora.train_dense(w1, b1, z, y, trained=trained, steps=20, lr=1e-2, batch=64,
                                        gen=torch.Generator().manual_seed(5))
-    n2, l2 = _train_dense_reference(w2, b2, z, y, trained, 20, 1e-2, AdaptConfig(batch_size=64),
-                                    torch.Generator().manual_seed(5))
+    n2, l2 = train_dense_reference(w2, b2, z, y, trained=trained, steps=20, lr=1e-2, batch=64, schedule="cosine",
+                                   gen=torch.Generator().manual_seed(5))
     assert n1 == n2 == 20 and not cut and l1 == pytest.approx(l2, rel=1e-4)
     for a, b in zip(w1 + b1, w2 + b2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
@@ -131,7 +127,7 @@ def test_dense_merge_is_exact(setup, digits, trained):
     ws = [weights[0] @ m.t() + 0.1 * torch.randn(weights[0].shape[0], alpha, generator=g),
           *[w + 0.05 * torch.randn(w.shape, generator=g) * (trained > 1) for w in weights[1:]]]
     bs = [weights[0] @ c + biases[0] + 0.1, *[b + 0.05 * (trained > 1) for b in biases[1:]]]
-    merged = merge_into(model, _dense_state(ws, bs, weights, biases, m, c, m, trained))
+    merged = merge_into(model, dense_state(ws, bs, weights, biases, m, c, m, trained))
     z = torch.as_tensor(codec.encode(digits.x_test[:200], alpha))
     h = z
     for l in range(3):
@@ -184,7 +180,7 @@ def test_cap_cuts_and_is_reported(setup, digits):
 
 
 def test_staged_plan_moves_on_only_when_the_budget_allows():
-    from common.modes.pca_lora.alignment import Calibration
+    from common.modes.pca_lora.calibration import Calibration
 
     cal = Calibration("staged", ((0.4, 0.0), (0.6, 0.0)), 10.0, "fp32", (120.0, 400.0))
     cfg = AdaptConfig()

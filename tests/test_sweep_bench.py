@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+from common.modes.pca_lora.adapt_config import AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app

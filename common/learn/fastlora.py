@@ -182,24 +182,6 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
     return done, loss_value
 
 
-def match_blas_threads(threads: int | None = None) -> int | None:
-    """Limit numpy's BLAS (OpenBLAS, MKL) to ``threads`` (default: torch's thread count), process-wide.
-
-    After a multi-threaded numpy product (PCA decode, payload reconstruction)
-    OpenBLAS's worker threads keep spinning for a while; on a small machine
-    they take the core the single-threaded trainer needs, and the next ~100
-    training steps ran at half speed. Returns the limit set, or None where
-    ``threadpoolctl`` (a scikit-learn dependency) is missing.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    n = threads or torch.get_num_threads()
-    threadpool_limits(limits=n, user_api="blas")
-    return n
-
-
 def _flat_buffers(params: list[torch.Tensor]):
     """One flat parameter buffer and one gradient buffer, with per-parameter views into both.
 
@@ -214,24 +196,6 @@ def _flat_buffers(params: list[torch.Tensor]):
         gviews.append(grad[o:o + k].view(p.shape))
         o += k
     return sizes, flat, grad, views, gviews
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks instead of returning them to the kernel (process-wide).
-
-    Each training step allocates and frees blocks of a few hundred kB; by
-    default glibc serves those with fresh ``mmap`` pages, and the page faults
-    cost more than the arithmetic. Returns False where this is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 # ---------------------------------------------------------------- dense (full-rank) recipes
@@ -422,19 +386,3 @@ def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> 
         faster = best(torch.bfloat16) < 0.9 * best(torch.float32)
     _BF16[key] = faster
     return faster
-
-
-def release_freed_memory() -> bool:
-    """Hand freed heap memory back to the kernel now (glibc ``malloc_trim``); False where not glibc.
-
-    With :func:`keep_freed_memory` freed blocks stay in the process; after a
-    large message the RX calls this so one big round does not keep its peak RSS.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):
-        return False

@@ -26,7 +26,8 @@ with atheris.instrument_imports(include=["common", "rx_node"]):
     import numpy as np
     import torch
 
-    from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+    from common.modes.pca_lora.adapt_config import AdaptConfig
+    from common.modes.pca_lora.alignment import LoraAlignment
     from common.modes.pca_lora.codec import PcaCodec
     from common.learn.models import build_mlp
     from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode

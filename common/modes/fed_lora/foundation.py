@@ -36,23 +36,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import math
-import os
 import re
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Generic, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.learn.lora import LoraConfig, LoraLinear
-from common.learn.models import build_mlp
 from common.learn.train import FitReport, TrainConfig, fit
 
 X = TypeVar("X")

@@ -4,25 +4,17 @@ transformers and peft, imported when a task is built (:func:`_text_stack`)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
-import json
-import math
 import os
 import re
 import warnings
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.learn.lora import LoraConfig, LoraLinear
-from common.learn.models import build_mlp
-from common.learn.train import FitReport, TrainConfig, fit
 
 from common.modes.fed_lora.foundation import (
     MINILM_PACKAGE,

@@ -4,17 +4,7 @@ head (no extra packages); the shared API is :class:`~common.modes.fed_lora.found
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
-import json
-import math
-import os
-import re
-import warnings
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Generic, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +12,6 @@ from torch import nn
 
 from common.learn.lora import LoraConfig, LoraLinear
 from common.learn.models import build_mlp
-from common.learn.train import FitReport, TrainConfig, fit
 
 from common.modes.fed_lora.foundation import (
     AdapterTask,

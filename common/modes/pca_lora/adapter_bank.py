@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.modes.pca_lora.alignment import AdaptReport, AlignmentStrategy, LoraAlignment
+from common.modes.pca_lora.adapt_config import AdaptReport
+from common.modes.pca_lora.alignment import AlignmentStrategy, LoraAlignment
 from common.codecs.base import Codec
 from common.files import atomic_write_bytes
 from common.learn.lora import LoraState, merge_into

@@ -19,18 +19,21 @@ says when it cut a run. :class:`~common.modes.pca_lora.adapter_bank.BankedAlignm
 adds an adapter bank (warm starts, and returning alphas that need no training).
 (The other modes align differently and bring their own halves; see
 :mod:`common.modes.base`.)
+
+What a round is asked and reports is in :mod:`.adapt_config`; step counts from
+measured costs in :mod:`.calibration`; a round in parts in :mod:`.parts_plan`;
+the folded classifier and the dense deltas in :mod:`.folded_mlp`; the hold-out
+check in :mod:`.holdout`; the trainers in :mod:`common.learn.fastlora` and
+their autograd references in :mod:`common.learn.reference`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -39,241 +42,17 @@ from torch import nn
 from common.codecs.base import Codec
 from common.learn import fastlora
 from common.learn.lora import LoraConfig, LoraState, init_adapters, merge_into
-from common.learn.models import fold_decoder
-from common.learn.train import TrainConfig, fit
+from common.learn.reference import train_dense_reference, train_reference
+from common.modes.pca_lora.adapt_config import AdaptConfig, AdaptReport
+from common.modes.pca_lora.calibration import (CALIBRATIONS, Calibration, calibration_key, frozen_precision,
+                                               split_stages, timed)
+from common.modes.pca_lora.folded_mlp import compatible, dense_start, dense_state, mlp_weights
+from common.modes.pca_lora.holdout import holdout_check, split_holdout
+from common.modes.pca_lora.parts_plan import Stretch, cap_plan, summed_report
 
 log = logging.getLogger("semalign.align")
 
-RECIPES = ("lora", "first-layer", "staged")
-# chosen from the sweep in docs/benchmarks.md ("Adaptation recipes")
-DEFAULT_RECIPE = "staged"
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass(frozen=True)
-class AdaptConfig:
-    """How the RX adapts: the recipe, its optimiser settings and how long it may run.
-
-    ``recipe``: one of :data:`RECIPES`. Adam steps of ``batch_size`` vectors
-    (0 = full batch) at peak learning rate ``lr`` with ``schedule`` "cosine"
-    (annealed to 0 over the planned steps) or "constant".
-
-    How many steps: ``steps`` > 0 runs exactly that many (``deep_steps`` below
-    the deep threshold); 0 (default) runs the count :meth:`LoraAlignment.calibrate`
-    measured to fill ``fill`` of the time budget on this machine (at most
-    ``max_steps``, in multiples of 10; ``max_steps`` without a budget), so the
-    same payload gives the same model whatever the load. ``budget_ms`` (``deep_budget_ms`` below the deep threshold): a
-    wall-clock safety cap on the whole adaptation (set-up, training, merge,
-    hold-out check; None = none); a run it cuts is reported
-    (``cut_by_cap``). ``max_epochs`` caps the steps at this many passes over
-    the fitted vectors (a few dozen vectors get a few steps; 0 = no cap).
-
-    Below ``deep_fraction * d_pre`` (alpha 20 for MNIST's d_pre = 200) the
-    misalignment is severe and the payload small (little air time): the budget
-    is ``deep_budget_ms`` and the dense recipes use ``deep_lr``.
-
-    LoRA only: ``bias`` (a delta on every adapted layer's bias; the dense
-    recipes always train biases), ``frozen_layers`` (leading Linear layers
-    without an adapter). Staged only: ``stage1_steps`` first-layer steps, then
-    all layers at ``stage2_lr`` when at least ``stage2_min_steps`` of them fit
-    the budget (else it is the first-layer recipe). ``precision``: the frozen
-    layers of the first-layer recipe (and stage 1) in "fp32", "bf16", or
-    "auto" (bf16 where a start-up measurement finds it faster).
-
-    ``holdout``: fraction of the received vectors (at most ``holdout_max``)
-    kept aside; the adapted model is used only if its hold-out cross-entropy
-    is no higher than the frozen model's (0 = no check). ``warm_steps``: steps
-    for a returning alpha whose adapter the bank holds; 0 = reuse that
-    adapter as it is when the hold-out check accepts it (else train anew).
-    """
-
-    recipe: str = DEFAULT_RECIPE
-    steps: int = 0
-    lr: float = 1e-2
-    batch_size: int = 256
-    budget_ms: float | None = 120.0
-    fill: float = 0.75
-    max_steps: int = 2000
-    schedule: str = "cosine"
-    bias: bool = True
-    frozen_layers: int = 0
-    holdout: float = 0.1
-    holdout_max: int = 512
-    warm_steps: int = 0
-    max_epochs: float = 10.0
-    deep_fraction: float = 0.1
-    deep_steps: int = 0
-    deep_budget_ms: float | None = 400.0
-    deep_lr: float = 3e-2
-    stage1_steps: int = 150
-    stage2_min_steps: int = 200
-    stage2_lr: float = 1e-2
-    precision: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        if self.steps < 0 or self.warm_steps < 0 or self.deep_steps < 0:
-            raise ValueError(f"steps={self.steps}, deep_steps={self.deep_steps} and warm_steps="
-                             f"{self.warm_steps} must be >= 0 (0 = calibrated)")
-        if not (self.lr > 0 and self.deep_lr > 0 and self.stage2_lr > 0):
-            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, deep_lr={self.deep_lr}, "
-                             f"stage2_lr={self.stage2_lr}")
-        if self.batch_size < 0:
-            raise ValueError(f"batch_size must be >= 0, got {self.batch_size}")
-        for name in ("budget_ms", "deep_budget_ms"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {v}")
-        if not 0 < self.fill <= 1 or self.max_steps < 1:
-            raise ValueError(f"fill={self.fill} must be in (0, 1] and max_steps={self.max_steps} >= 1")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        if self.frozen_layers < 0:
-            raise ValueError(f"frozen_layers must be >= 0, got {self.frozen_layers}")
-        if not 0 <= self.deep_fraction <= 1:
-            raise ValueError(f"deep_fraction must be in [0, 1], got {self.deep_fraction}")
-        if self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}")
-        if not 0 <= self.holdout < 1 or self.holdout_max < 0:
-            raise ValueError(f"holdout={self.holdout} must be in [0, 1) and holdout_max={self.holdout_max} >= 0")
-        if self.stage1_steps < 1 or self.stage2_min_steps < 1:
-            raise ValueError(f"stage1_steps={self.stage1_steps} and stage2_min_steps="
-                             f"{self.stage2_min_steps} must be >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-
-
-@dataclass(frozen=True)
-class AdaptReport:
-    """What adaptation did: steps run of those asked, whether it ran to completion.
-
-    ``strategy``: the recipe. ``steps_by``: "calibrated" (the step count
-    :func:`calibrate` derived from the budget), "fixed" (``steps`` given) or
-    "none" (no training). ``cut_by_cap``: the wall-clock safety cap stopped
-    the run before its steps (then ``complete`` is False and the result
-    depends on the machine's load). ``stage_steps``: steps per stage (staged:
-    first-layer, all layers). ``precision``: the frozen layers' arithmetic
-    ("fp32" or "bf16"). ``ms_per_step``: the calibrated cost the step count
-    came from (None when not calibrated).
-    ``warm_start``/``warm_from_alpha``: whether training started from a stored
-    adapter (and which alpha it was fitted at); ``reused``: the bank's adapter
-    for this alpha was used as it is, without training. ``kept``: "adapted",
-    or "frozen" when the hold-out check found the frozen model better (lower
-    cross-entropy on the held-out vectors decides). ``holdout_acc_*``: both
-    models' accuracies on them (None without a hold-out).
-    """
-
-    strategy: str
-    steps: int
-    steps_requested: int
-    complete: bool
-    final_loss: float
-    trainable_params: int
-    duration_ms: float
-    warm_start: bool = False
-    warm_from_alpha: int | None = None
-    kept: str = "adapted"
-    n_fit: int = 0
-    n_holdout: int = 0
-    holdout_acc_frozen: float | None = None
-    holdout_acc_adapted: float | None = None
-    steps_by: str = "fixed"
-    cut_by_cap: bool = False
-    stage_steps: list = field(default_factory=list)
-    precision: str = "fp32"
-    ms_per_step: float | None = None
-    reused: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------- calibration
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured costs of one recipe on this machine: ms per step ``a + b * alpha`` per stage
-    (first-layer / LoRA, then all layers for staged), a fixed ``overhead_ms`` per adaptation
-    (set-up, merge, hold-out check), and the frozen layers' precision."""
-
-    recipe: str
-    per_step: tuple  # ((a, b), ...) one per stage, ms
-    overhead_ms: float
-    precision: str
-    budgets: tuple  # (budget_ms, deep_budget_ms) it was made for
-
-    def ms_per_step(self, stage: int, alpha: int) -> float:
-        a, b = self.per_step[stage]
-        return a + b * alpha
-
-    def plan(self, cfg: AdaptConfig, alpha: int, budget_ms: float | None) -> list[int]:
-        """Steps per stage that fill ``cfg.fill`` of ``budget_ms`` (multiples of 10, at least 10)."""
-        if budget_ms is None:
-            return _split_stages(cfg, cfg.max_steps, self.recipe)
-        avail = cfg.fill * budget_ms - self.overhead_ms
-        c1 = self.ms_per_step(0, alpha)
-        total1 = _round10(avail / c1, cfg.max_steps)
-        if self.recipe != "staged" or total1 <= cfg.stage1_steps:
-            return [total1]
-        c2 = self.ms_per_step(1, alpha)
-        s2 = _round10((avail - cfg.stage1_steps * c1) / c2, cfg.max_steps - cfg.stage1_steps)
-        return [cfg.stage1_steps, s2] if s2 >= cfg.stage2_min_steps else [total1]
-
-
-def _round10(x: float, cap: int) -> int:
-    """``x`` rounded down to a multiple of 10, in [10, cap]: a count that small timing noise does not move."""
-    return int(max(10, min(cap, 10 * math.floor(x / 10)))) if x == x else 10
-
-
-def _split_stages(cfg: AdaptConfig, total: int, recipe: str) -> list[int]:
-    """A fixed step count split into stages: staged runs ``stage1_steps`` first-layer steps first,
-    the rest on all layers when at least ``stage2_min_steps`` are left."""
-    if recipe != "staged" or total - cfg.stage1_steps < cfg.stage2_min_steps:
-        return [total]
-    return [cfg.stage1_steps, total - cfg.stage1_steps]
-
-
-_CALIBRATIONS: dict[tuple, Calibration] = {}
-
-
-def _calibration_key(cfg: AdaptConfig, lora: LoraConfig, model: nn.Sequential, codec: Codec) -> tuple:
-    weights, _ = _mlp_weights(model)
-    return (cfg.recipe, tuple(tuple(w.shape) for w in weights), codec.d_max, cfg.batch_size,
-            torch.get_num_threads(), requested_precision(cfg), lora.rank, cfg.frozen_layers, cfg.budget_ms,
-            cfg.deep_budget_ms)
-
-
-PRECISION_ENV = "SEMALIGN_PRECISION"
-
-
-def requested_precision(cfg: AdaptConfig) -> str:
-    """``cfg.precision``, except that "auto" gives way to the environment variable
-    ``SEMALIGN_PRECISION`` (fp32, bf16 or auto) where it is set: one switch that forces
-    the precision of every RX a run starts (the test suite's ``--precision``)."""
-    if cfg.precision != "auto":
-        return cfg.precision
-    forced = os.environ.get(PRECISION_ENV, "auto").strip().lower() or "auto"
-    if forced not in PRECISIONS:
-        raise ValueError(f"{PRECISION_ENV}={forced!r}: use one of {PRECISIONS} (or unset it)")
-    return forced
-
-
-def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str:
-    """"bf16" or "fp32" for the frozen later layers of the dense recipes (detected once per process)."""
-    precision = requested_precision(cfg)
-    if cfg.recipe == "lora" or precision == "fp32" or len(weights) < 2:
-        return "fp32"
-    if precision == "bf16":
-        return "bf16"
-    batch = cfg.batch_size or 256
-    shapes = [tuple(w.shape) for w in weights[1:]]
-    return "bf16" if fastlora.bf16_faster(shapes, batch) else "fp32"
-
-
-# ---------------------------------------------------------------- strategies
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the frozen layers' arithmetic
 
 
 class AlignmentStrategy(ABC):
@@ -361,11 +140,11 @@ class LoraAlignment(AlignmentStrategy):
         torch thread): other processes' load neither shortens nor lengthens
         the step counts, only the wall-clock cap notices it.
         """
-        key = _calibration_key(self.config, self.lora, model, codec)
-        cal = _CALIBRATIONS.get(key)
+        key = calibration_key(self.config, self.lora, model, codec)
+        cal = CALIBRATIONS.get(key)
         if cal is None:
             cal = self._measure(model, codec, repeats)
-            _CALIBRATIONS[key] = cal
+            CALIBRATIONS[key] = cal
             log.info("adaptation calibrated: recipe %s, %s ms/step at alpha %d, %.1f ms fixed, frozen layers %s; "
                      "steps %s at alpha %d in %s ms", cal.recipe,
                      "/".join(f"{cal.ms_per_step(i, codec.d_max):.2f}" for i in range(len(cal.per_step))),
@@ -384,17 +163,17 @@ class LoraAlignment(AlignmentStrategy):
         stages = 2 if cfg.recipe == "staged" else 1
         gen = torch.Generator().manual_seed(4242)
         n = 4 * (cfg.batch_size or 256)
-        n_classes = _mlp_weights(model)[0][-1].shape[0]
+        n_classes = mlp_weights(model)[0][-1].shape[0]
         for alpha in sorted({max(1, math.ceil(cfg.deep_fraction * codec.d_max) - 1), codec.d_max}):
             z = torch.randn(n, alpha, generator=gen).numpy()
             y = torch.randint(0, n_classes, (n,), generator=gen).numpy().astype(np.uint8)
-            stretch = _Stretch([2] * stages, "fixed", None, start=0, end=2 * stages)
+            stretch = Stretch([2] * stages, "fixed", None, start=0, end=2 * stages)
             self.adapt_state(model, z, y, codec, stretch=stretch)
         return info
 
     def _measure(self, model: nn.Sequential, codec: Codec, repeats: int) -> Calibration:
         cfg = self.config
-        weights, biases = _mlp_weights(model)
+        weights, biases = mlp_weights(model)
         precision = frozen_precision(cfg, weights)
         batch = cfg.batch_size or 256
         gen = torch.Generator().manual_seed(12345)
@@ -409,7 +188,7 @@ class LoraAlignment(AlignmentStrategy):
                 def run():
                     self._train_synthetic(weights, biases, z, y, codec, stage, k, precision)
                 run()
-                best = min(_timed(run) for _ in range(repeats))
+                best = min(timed(run) for _ in range(repeats))
                 stages.append(best * 1e3 / k)
             per_alpha[alpha] = stages
         per_step = []
@@ -422,7 +201,7 @@ class LoraAlignment(AlignmentStrategy):
         z = np.asarray(torch.randn(n, codec.d_max, generator=gen).numpy(), np.float32)
         y = np.asarray(torch.randint(0, weights[-1].shape[0], (n,), generator=gen).numpy(), np.uint8)
         self.adapt_state(model, z, y, codec, steps=1, _precision=precision)
-        one = min(_timed(lambda: self.adapt_state(model, z, y, codec, steps=1, _precision=precision))
+        one = min(timed(lambda: self.adapt_state(model, z, y, codec, steps=1, _precision=precision))
                   for _ in range(repeats)) * 1e3
         a, b = per_step[0]
         overhead = max(one - (a + b * codec.d_max), 0.0)
@@ -444,7 +223,7 @@ class LoraAlignment(AlignmentStrategy):
         bs = [weights[0] @ c + biases[0], *[b.clone() for b in biases[1:]]]
         fastlora.train_dense(ws, bs, z, y, trained=1 if stage == 0 else len(ws), steps=k, lr=1e-3,
                              batch=self.config.batch_size, gen=torch.Generator().manual_seed(0),
-                             frozen_dtype=_DTYPES[precision] if stage == 0 else torch.float32)
+                             frozen_dtype=DTYPES[precision] if stage == 0 else torch.float32)
 
     def _plan(self, alpha: int, codec: Codec, model: nn.Sequential, deep: bool, budget_ms: float | None,
               steps: int | None) -> tuple[list[int], str, Calibration | None]:
@@ -452,11 +231,11 @@ class LoraAlignment(AlignmentStrategy):
         cfg = self.config
         fixed = steps if steps is not None else (cfg.deep_steps if deep else cfg.steps)
         if fixed:  # 0: calibrated
-            return _split_stages(cfg, fixed, cfg.recipe), "fixed", None
-        key = _calibration_key(cfg, self.lora, model, codec)
-        if key not in _CALIBRATIONS:
+            return split_stages(cfg, fixed, cfg.recipe), "fixed", None
+        key = calibration_key(cfg, self.lora, model, codec)
+        if key not in CALIBRATIONS:
             self.calibrate(model, codec)
-        cal = _CALIBRATIONS[key]
+        cal = CALIBRATIONS[key]
         return cal.plan(cfg, alpha, budget_ms), "calibrated", cal
 
     # ------------------------------------------------------------ adaptation
@@ -474,7 +253,7 @@ class LoraAlignment(AlignmentStrategy):
         cfg, alpha, part = self.config, int(z.shape[1]), len(sizes)
         holds, offset = [], 0
         for k, n_k in enumerate(sizes):
-            holds.append(_split_holdout(n_k, cfg, seed_offset=k, parts=parts)[1] + offset)
+            holds.append(split_holdout(n_k, cfg, seed_offset=k, parts=parts)[1] + offset)
             offset += n_k
         hold = torch.cat(holds)
         fit = torch.ones(len(z), dtype=torch.bool)
@@ -485,8 +264,8 @@ class LoraAlignment(AlignmentStrategy):
                                              cfg.budget_ms, None)
             if cfg.max_epochs:  # the epoch cap of the round's fit vectors, estimated from its first part
                 n_est = int(fit.sum()) * parts
-                plan = _cap_plan(plan, max(1, math.ceil(cfg.max_epochs * n_est / (cfg.batch_size or n_est))))
-            carry = {"stretch": _Stretch(plan, steps_by, cal), "state": init, "init_alpha": init_alpha,
+                plan = cap_plan(plan, max(1, math.ceil(cfg.max_epochs * n_est / (cfg.batch_size or n_est))))
+            carry = {"stretch": Stretch(plan, steps_by, cal), "state": init, "init_alpha": init_alpha,
                      "reports": []}
         stretch, total = carry["stretch"], sum(carry["stretch"].plan)
         stretch.start, stretch.end = round(total * (part - 1) / parts), round(total * part / parts)
@@ -494,13 +273,13 @@ class LoraAlignment(AlignmentStrategy):
             model, z, y, codec, init=carry["state"], init_alpha=carry["init_alpha"],
             split=(torch.nonzero(fit).flatten(), hold), finish=part == parts, stretch=stretch)
         carry["reports"].append(report)
-        return merged, _summed(carry["reports"], total), carry
+        return merged, summed_report(carry["reports"], total), carry
 
     def adapt_state(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec,
                     init: LoraState | None = None, init_alpha: int | None = None,
                     steps: int | None = None, _precision: str | None = None,
                     split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True,
-                    stretch: "_Stretch | None" = None
+                    stretch: "Stretch | None" = None
                     ) -> tuple[nn.Sequential | None, AdaptReport, LoraState | None]:
         """Like :meth:`adapt`, starting from ``init`` (a copy is trained) when given.
 
@@ -522,19 +301,19 @@ class LoraAlignment(AlignmentStrategy):
         deep = alpha < cfg.deep_fraction * codec.d_max
         budget_ms = cfg.deep_budget_ms if deep else cfg.budget_ms
         cap_s = None if budget_ms is None else budget_ms / 1e3
-        weights, biases = _mlp_weights(model)
+        weights, biases = mlp_weights(model)
         plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
                                self._plan(alpha, codec, model, deep, budget_ms, steps))
         precision = _precision or (cal.precision if cal is not None else frozen_precision(cfg, weights))
         if recipe == "lora":
             precision = "fp32"
         gen = torch.Generator().manual_seed(cfg.seed)
-        fit_idx, hold = split if split is not None else _split_holdout(len(z), cfg)
+        fit_idx, hold = split if split is not None else split_holdout(len(z), cfg)
         if not len(fit_idx):
             plan = [0]
         elif cfg.max_epochs and stretch is None:
             per_epoch = len(fit_idx) / (cfg.batch_size or len(fit_idx))
-            plan = _cap_plan(plan, max(1, math.ceil(cfg.max_epochs * per_epoch)))
+            plan = cap_plan(plan, max(1, math.ceil(cfg.max_epochs * per_epoch)))
         zt = torch.as_tensor(z)
         yt = torch.as_tensor(y.astype(np.int64))
         linear = codec.linear_decoder(alpha) if self.fold else None
@@ -550,7 +329,7 @@ class LoraAlignment(AlignmentStrategy):
         warm = False
         if recipe == "lora":
             layers = tuple(range(min(cfg.frozen_layers, len(weights) - 1), len(weights)))
-            if init is not None and _compatible(init, weights, layers):
+            if init is not None and compatible(init, weights, layers):
                 state = LoraState(init.layers, [a.clone() for a in init.A], [b.clone() for b in init.B],
                                   None if init.d is None else [d.clone() for d in init.d], init.scaling)
                 if cfg.bias and state.d is None:
@@ -568,11 +347,12 @@ class LoraAlignment(AlignmentStrategy):
                 done = [n_done]
             else:
                 x = torch.as_tensor(codec.decode(z))
-                n_done, loss = _train_reference(weights, biases, x[fit_idx], yt[fit_idx], state, requested, cfg, gen)
+                n_done, loss = train_reference(weights, biases, x[fit_idx], yt[fit_idx], state, steps=requested, lr=cfg.lr,
+                                               batch=cfg.batch_size, schedule=cfg.schedule, gen=gen)
                 done = [n_done]
             n_params = sum(t.numel() for t in (*state.A, *state.B, *(state.d or [])))
         else:
-            ws, bs, a0 = _dense_start(weights, biases, m, c, codec.d_raw, init)
+            ws, bs, a0 = dense_start(weights, biases, m, c, codec.d_raw, init)
             warm = init is not None
             lr1 = cfg.deep_lr if deep else cfg.lr
             done, loss = [], float("nan")
@@ -583,7 +363,7 @@ class LoraAlignment(AlignmentStrategy):
                     continue
                 trained = 1 if stage == 0 else len(ws)
                 lr = lr1 if stage == 0 else cfg.stage2_lr
-                dtype = _DTYPES[precision] if trained < len(ws) else torch.float32
+                dtype = DTYPES[precision] if trained < len(ws) else torch.float32
                 if linear is not None:
                     n_done, loss, _ = fastlora.train_dense(ws, bs, x[fit_idx], yt[fit_idx], trained=trained,
                                                            steps=n_steps, lr=lr, batch=cfg.batch_size,
@@ -591,20 +371,20 @@ class LoraAlignment(AlignmentStrategy):
                                                            frozen_dtype=dtype, clock=clock,
                                                            resume=stretch.resume(stage) if stretch else None)
                 else:
-                    n_done, loss = _train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained, n_steps, lr,
-                                                          cfg, gen)
+                    n_done, loss = train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained=trained, steps=n_steps,
+                                                         lr=lr, batch=cfg.batch_size, schedule=cfg.schedule, gen=gen)
                 done.append(n_done)
                 if n_done < n_steps:
                     break
             trained_layers = len(ws) if (len(done) > 1 and done[1] > 0) or (init is not None and
                                                                             max(init.layers) > 0) else 1
-            state = _dense_state(ws, bs, weights, biases, m, c, a0, trained_layers)
+            state = dense_state(ws, bs, weights, biases, m, c, a0, trained_layers)
             n_params = sum(ws[l].numel() + bs[l].numel() for l in range(trained_layers))
         total_done = sum(done)
         merged = merge_into(model, state) if finish else None
         kept, acc_frozen, acc_adapted = "adapted", None, None
         if len(hold) and finish:
-            kept, acc_frozen, acc_adapted = self._holdout_check(model, merged, z, y, hold, codec, m, c)
+            kept, acc_frozen, acc_adapted = holdout_check(model, merged, z, y, hold, codec, m, c)
             if kept == "frozen":
                 merged = model
         report = AdaptReport(recipe, total_done, requested, total_done == requested, loss, n_params,
@@ -619,214 +399,10 @@ class LoraAlignment(AlignmentStrategy):
         """The hold-out check of ``candidate`` against ``model`` on this payload's held-out vectors:
         (kept, frozen accuracy, candidate accuracy, held-out count); "adapted" when nothing is held out."""
         z = np.asarray(z, np.float32)
-        hold = _split_holdout(len(z), self.config)[1]
+        hold = split_holdout(len(z), self.config)[1]
         if not len(hold):
             return "adapted", None, None, 0
         linear = codec.linear_decoder(z.shape[1]) if self.fold else None
         m, c = (None, None) if linear is None else (torch.as_tensor(a) for a in linear)
-        return (*self._holdout_check(model, candidate, z, np.asarray(y), hold, codec, m, c), len(hold))
+        return (*holdout_check(model, candidate, z, np.asarray(y), hold, codec, m, c), len(hold))
 
-    def _holdout_check(self, model, merged, z, y, hold, codec, m, c) -> tuple[str, float, float]:
-        y_hold = torch.as_tensor(y[hold.numpy()].astype(np.int64))
-        if m is not None:  # folded: alpha instead of d_raw per vector in the first layer
-            zh = torch.as_tensor(z[hold.numpy()])
-            frozen_logits = _folded_logits(model, zh, m, c)
-            adapted_logits = _folded_logits(merged, zh, m, c)
-        else:
-            x_hold = torch.as_tensor(codec.decode(z[hold.numpy()]))
-            with torch.no_grad():
-                frozen_logits, adapted_logits = model(x_hold), merged(x_hold)
-        acc_frozen = float((frozen_logits.argmax(1) == y_hold).float().mean())
-        acc_adapted = float((adapted_logits.argmax(1) == y_hold).float().mean())
-        # cross-entropy decides: far less noisy than accuracy on a few hundred vectors
-        worse = nn.functional.cross_entropy(adapted_logits, y_hold) > nn.functional.cross_entropy(frozen_logits, y_hold)
-        return ("frozen" if worse else "adapted"), acc_frozen, acc_adapted
-
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@dataclass
-class _Stretch:
-    """What one part of a round in parts trains: steps ``[start, end)`` of the round's ``plan`` (steps per
-    stage, in order), with one :class:`fastlora.Resume` per stage carrying Adam and the schedule."""
-
-    plan: list[int]
-    steps_by: str
-    cal: "Calibration | None"
-    start: int = 0
-    end: int = 0
-    resumes: dict = field(default_factory=dict)
-
-    def spans(self) -> list[tuple[int, int]]:
-        """(offset within the stage, steps) this stretch runs of each stage."""
-        out, first = [], 0
-        for k in self.plan:
-            lo, hi = max(self.start, first), min(self.end, first + k)
-            out.append((lo - first, max(0, hi - lo)))
-            first += k
-        return out
-
-    def resume(self, stage: int) -> fastlora.Resume:
-        return self.resumes.setdefault(stage, fastlora.Resume(self.plan[stage]))
-
-
-def _summed(reports: list[AdaptReport], requested: int) -> AdaptReport:
-    """One report for a round's parts: steps, stage steps and time summed, the last part's verdict."""
-    first, last = reports[0], reports[-1]
-    steps = sum(r.steps for r in reports)
-    stages = [sum(x) for x in itertools.zip_longest(*(r.stage_steps for r in reports), fillvalue=0)]
-    return replace(last, steps=steps, steps_requested=requested, complete=steps == requested,
-                   duration_ms=sum(r.duration_ms for r in reports), stage_steps=stages,
-                   cut_by_cap=any(r.cut_by_cap for r in reports), warm_start=first.warm_start,
-                   warm_from_alpha=first.warm_from_alpha)
-
-
-def _timed(fn) -> float:
-    """Seconds ``fn`` took: CPU time of this thread when torch runs on it alone (time taken by other
-    processes on the machine does not count, so the calibration does not follow the load), else wall time."""
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-    t0 = clock()
-    fn()
-    return clock() - t0
-
-
-def _cap_plan(plan: list[int], cap: int) -> list[int]:
-    """``plan`` with at most ``cap`` steps in all: later stages give way first."""
-    out, left = [], cap
-    for n in plan:
-        out.append(min(n, left))
-        left -= out[-1]
-    while len(out) > 1 and out[-1] == 0:
-        out.pop()
-    return out
-
-
-def _dense_start(weights, biases, m, c, d_raw: int, init: LoraState | None):
-    """Working copies of the layers for the dense recipes (first layer folded when ``m`` is given),
-    with ``init``'s deltas applied (any stored adapter: its first-layer delta is projected onto
-    this alpha's basis). Returns (ws, bs, A of the first layer's adapter)."""
-    ws = [w.clone() for w in weights]
-    bs = [b.clone() for b in biases]
-    if init is not None:
-        for i, l in enumerate(init.layers):
-            delta = init.delta_weight(i)
-            ws[l] = ws[l] + delta
-            if init.d is not None:
-                bs[l] = bs[l] + init.d[i]
-    if m is not None:
-        bs[0] = ws[0] @ c + bs[0]
-        ws[0] = ws[0] @ m.t()
-        return ws, bs, m
-    return ws, bs, torch.eye(d_raw)
-
-
-@torch.no_grad()
-def _dense_state(ws, bs, weights, biases, m, c, a0, trained_layers: int) -> LoraState:
-    """The trained dense layers as a :class:`LoraState` (scaling 1) that :func:`merge_into` merges exactly.
-
-    First layer, folded: ``A = M``, ``B = D (M M^T)^-1`` with ``D = w_0 - W_0 M^T``, so
-    ``Delta W_0 M^T = D`` on the features; its bias delta absorbs ``Delta W_0 c``.
-    Other layers: ``A = I``, ``B = w_l - W_l``.
-    """
-    if m is not None:
-        d0 = ws[0] - weights[0] @ m.t()
-        gram = m @ m.t()
-        b0 = torch.linalg.solve(gram, d0.t()).t()                 # D G^-1 (G symmetric)
-        db0 = bs[0] - (weights[0] @ c + biases[0]) - b0 @ (m @ c)
-    else:
-        b0, db0 = ws[0] - weights[0], bs[0] - biases[0]
-    A, B, d = [a0.clone()], [b0], [db0]
-    for l in range(1, trained_layers):
-        A.append(torch.eye(weights[l].shape[1]))
-        B.append(ws[l] - weights[l])
-        d.append(bs[l] - biases[l])
-    return LoraState(tuple(range(trained_layers)), A, B, d, 1.0)
-
-
-@torch.no_grad()
-def _folded_logits(model: nn.Sequential, z: torch.Tensor, m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` on ``x_hat = z m + c`` with the decoder folded into its first layer."""
-    return fold_decoder(model, m, c)(z)
-
-
-def _mlp_weights(model: nn.Sequential) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Weights and biases of a Linear/ReLU Sequential (as :func:`common.learn.models.build_mlp` makes)."""
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    if not all(isinstance(m, (nn.Linear, nn.ReLU)) for m in model) or not linears:
-        raise TypeError("LoraAlignment adapts Linear/ReLU MLPs only (common.learn.models.build_mlp)")
-    return [m.weight.detach() for m in linears], [m.bias.detach() for m in linears]
-
-
-def _compatible(state: LoraState, weights: list[torch.Tensor], layers: tuple[int, ...]) -> bool:
-    return tuple(state.layers) == layers and all(
-        a.shape[1] == weights[l].shape[1] and b.shape[0] == weights[l].shape[0]
-        for l, a, b in zip(layers, state.A, state.B))
-
-
-def _split_holdout(n: int, cfg: AdaptConfig, seed_offset: int = 0, parts: int = 1
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (fit, hold-out) of ``n`` vectors, seeded by ``cfg.seed + seed_offset``; no hold-out below 50.
-
-    ``parts``: ``n`` is one of that many near-equal parts of a round, whose
-    hold-outs together are what the whole round's would be (the 50-vector
-    threshold and ``holdout_max`` apply to the round).
-    """
-    k = min(int(n * cfg.holdout), cfg.holdout_max // parts) if n * parts >= 50 else 0
-    if k == 0:
-        return torch.arange(n), torch.zeros(0, dtype=torch.long)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919 + 104729 * seed_offset))
-    return perm[k:].sort().values, perm[:k].sort().values
-
-
-def _train_reference(weights, biases, x, y, state: LoraState, steps: int, cfg: AdaptConfig,
-                     gen: torch.Generator) -> tuple[int, float]:
-    """Autograd version of :func:`common.learn.fastlora.train` on ``x_hat`` (same batches, schedule, Adam)."""
-    params = [p.requires_grad_(True) for p in (*state.A, *state.B, *(state.d or []))]
-    first = state.layers[0]
-
-    def loss_fn(xb, yb):
-        h = xb
-        for l in range(len(weights)):
-            p = h @ weights[l].t() + biases[l]
-            if l >= first:
-                i = l - first
-                p = p + state.scaling * ((h @ state.A[i].t()) @ state.B[i].t())
-                if state.d is not None:
-                    p = p + state.d[i]
-            h = p.clamp(min=0) if l < len(weights) - 1 else p
-        return nn.functional.cross_entropy(h, yb)
-
-    config = TrainConfig(epochs=0, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.schedule,
-                         drop_last=True)
-    report = fit(params, loss_fn, (x, y), config, generator=gen)
-    for p in params:
-        p.requires_grad_(False)
-    return report.steps, report.last_loss
-
-
-def _train_dense_reference(ws, bs, x, y, trained: int, steps: int, lr: float, cfg: AdaptConfig,
-                           gen: torch.Generator) -> tuple[int, float]:
-    """Autograd version of :func:`common.learn.fastlora.train_dense` (float32 throughout) through
-    :func:`common.learn.train.fit`: the first ``trained`` layers of ``ws``/``bs`` are trained in place."""
-    params = []
-    for l in range(trained):
-        ws[l] = ws[l].clone().requires_grad_(True)
-        bs[l] = bs[l].clone().requires_grad_(True)
-        params += [ws[l], bs[l]]
-
-    def loss_fn(xb, yb):
-        h = xb
-        for l in range(len(ws)):
-            h = torch.addmm(bs[l], h, ws[l].t())
-            if l < len(ws) - 1:
-                h = h.clamp(min=0)
-        return nn.functional.cross_entropy(h, yb)
-
-    config = TrainConfig(epochs=0, steps=steps, batch_size=cfg.batch_size, lr=lr, schedule=cfg.schedule,
-                         drop_last=True)
-    report = fit(params, loss_fn, (x, y), config, generator=gen)
-    for l in range(trained):
-        ws[l] = ws[l].detach()
-        bs[l] = bs[l].detach()
-    return report.steps, report.last_loss

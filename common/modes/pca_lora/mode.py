@@ -13,10 +13,11 @@ from pathlib import Path
 
 from common.modes.pca_lora.artifacts import default_artifacts, load_codec, load_model
 from common.data.datasets import load_dataset
-from common.learn import fastlora
+from common.learn import process_tuning
 from common.learn.lora import LoraConfig
 from common.modes.base import Mode, register_mode
-from common.modes.pca_lora.alignment import RECIPES, AdaptConfig, LoraAlignment
+from common.modes.pca_lora.adapt_config import RECIPES, AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.policy import AccuracyTable, get_policy
 from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS
@@ -115,7 +116,7 @@ class PcaLora(Mode):
     def build_tx(cls, opts: dict) -> PcaLoraTx:
         # a payload's PCA encode is a small product: one BLAS thread did it in 1.1 ms where OpenBLAS's
         # two took 8-12 ms on a loaded 2-core machine (500 x 784 -> 200; docs/benchmarks.md)
-        fastlora.match_blas_threads(1)
+        process_tuning.match_blas_threads(1)
         dataset = opts.get("dataset") or "mnist"
         artifacts = artifacts_dir(opts)
         codec, meta = load_codec(artifacts)

@@ -32,7 +32,7 @@ import numpy as np
 from torch import nn
 
 from common.codecs.base import Codec
-from common.learn import fastlora
+from common.learn import process_tuning
 from common.learn.models import accuracy, fold_decoder, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.pca_lora.alignment import AlignmentStrategy
@@ -111,7 +111,7 @@ class PcaLoraRx(RxHalf):
         threads spin after each multi-threaded product and slowed the training
         steps that followed a reconstruction by up to 2x on a 2-core machine.
         """
-        fastlora.match_blas_threads()
+        process_tuning.match_blas_threads()
         info = self.strategy.warm_up(self.model, self.codec)
         if info:
             log.info("adaptation: recipe %s, frozen layers in %s, %.2f ms/step at alpha %d, %.1f ms fixed",

@@ -11,7 +11,6 @@ are replaced atomically, ``meta.json`` last.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping

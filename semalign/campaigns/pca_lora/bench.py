@@ -37,8 +37,9 @@ import numpy as np
 import torch
 import zmq
 
-from common.learn import fastlora
-from common.modes.pca_lora.alignment import DEFAULT_RECIPE, RECIPES, AdaptConfig, LoraAlignment
+from common.learn import fastlora, process_tuning
+from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, RECIPES, AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, n_train_max
 from common.learn.models import mlp_shape, predict
 from common.wire.protocol import decode, encode
@@ -133,9 +134,9 @@ def recipe_step_flops(recipe: str, alpha: int, dims: list[int], rank: int, batch
 
 def step_times(model, codec, alpha: int, dims: list[int], flops_rate: float, repeats: int, k: int = 60) -> dict:
     """ms per training step of each recipe's trainer at ``alpha`` (256 vectors; min over ``repeats``)."""
-    from common.modes.pca_lora.alignment import _mlp_weights
+    from common.modes.pca_lora.folded_mlp import mlp_weights
 
-    weights, biases = _mlp_weights(model)
+    weights, biases = mlp_weights(model)
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(4096, alpha, generator=gen)
     y = torch.randint(0, dims[-1], (4096,), generator=gen)
@@ -327,7 +328,7 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
                            "airtime_ms_at_reference_rate": 8 * 2**20 / rate_bps * 1e3}
 
     # one training step of each recipe against its floor
-    fastlora.match_blas_threads()
+    process_tuning.match_blas_threads()
     res["step"] = step_times(model, codec, small_alpha, dims, flops, repeats)
 
     # adaptation vs n_train, each recipe with the RX's defaults (calibrated step counts)

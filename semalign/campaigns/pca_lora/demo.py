@@ -112,7 +112,7 @@ def check_demo(g: dict, config: Path | None) -> None:
     the trace, the dataset, --data-dir, the numbers the daemons' configs check, the --config tables."""
     from common.data.datasets import check_data_dir
     from common.link.channel import build_trace
-    from common.modes.pca_lora.alignment import AdaptConfig
+    from common.modes.pca_lora.adapt_config import AdaptConfig
     from common.modes.pca_lora.tx import PcaLoraTxConfig
     from semalign.cli_support import RX, TX
     from semalign.config import load_toml, merged_options

@@ -28,7 +28,7 @@ from common.learn.models import accuracy, predict
 from semalign.campaigns.machine import machine_info
 from semalign.campaigns.pca_lora.runner import build_round, campaign_inputs, quantized_test
 from common.modes.pca_lora.tx import PcaLoraTxConfig
-from common.learn import fastlora
+from common.learn import process_tuning
 from common.modes.pca_lora.policy import AccuracyTable, BudgetView, get_policy, lean_n_train
 
 
@@ -36,7 +36,7 @@ def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str
                threshold: float, n_test: int, deadline_s: float, seed: int, data_dir: str | None = None,
                value_dtype: str = "float16", fill_payload: bool = False) -> dict:
     inputs = campaign_inputs(artifacts, dataset, out, data_dir)
-    fastlora.match_blas_threads()
+    process_tuning.match_blas_threads()
     accuracy_table = AccuracyTable.load(table)
     codec, model, data = inputs.codec, inputs.model, inputs.data
     layout = PayloadLayout.for_dtype(value_dtype)

@@ -23,7 +23,7 @@ from common.modes.pca_lora.artifacts import (
 )
 from common.modes.pca_lora.codec import PcaCodec
 from common.data.datasets import Dataset, load_dataset
-from common.learn import fastlora
+from common.learn import process_tuning
 from common.link.channel.emulator import LinkParams, state_from_mcs
 from common.link.channel.nr import max_mcs
 from common.modes.pca_lora.budget import PayloadLayout, n_train_max
@@ -50,7 +50,7 @@ def campaign_inputs(artifacts: Path, dataset: str, out: Path, data_dir: str | No
     """Load artifacts and data, create ``out``, and set up this process like the RX daemon
     (1 torch thread, freed memory kept) so in-process timings match the daemon's."""
     torch.set_num_threads(1)
-    fastlora.keep_freed_memory()
+    process_tuning.keep_freed_memory()
     out.mkdir(parents=True, exist_ok=True)
     codec, meta = load_codec(artifacts)
     return CampaignInputs(codec, meta, load_model(artifacts, meta), load_dataset(dataset, data_dir))

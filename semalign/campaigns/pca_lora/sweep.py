@@ -53,8 +53,9 @@ from common.modes.pca_lora.adapter_bank import (
     BankedAlignment,
     model_digest,
 )
-from common.learn import fastlora
-from common.modes.pca_lora.alignment import DEFAULT_RECIPE, AdaptConfig, LoraAlignment
+from common.learn import process_tuning
+from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, AdaptConfig
+from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, budget_bytes
 from common.wire.values import value_format
 from semalign.campaigns.machine import machine_info
@@ -250,7 +251,7 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     dims = sorted({min(a, codec.d_max) for a in cfg.dims}, reverse=True)
     b_max = cfg.budget
     mode = "live" if cfg.live else "in-process"  # of the run; rows computed here are "in-process"
-    fastlora.match_blas_threads()  # as the RX daemon: numpy's BLAS threads must not take the trainer's core
+    process_tuning.match_blas_threads()  # as the RX daemon: numpy's BLAS threads must not take the trainer's core
     machine = machine_info()
     strategies = {m: LoraAlignment(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
     strategies["lora_nobudget"] = LoraAlignment(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,

@@ -28,7 +28,11 @@ from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
 from common.net.transport import ReplyDropped, RxSocket
+import msgpack
+
 from common.wire.protocol import (
+    MAX_SEQ,
+    MAX_SESSION_ID,
     Channel,
     DecodeLimits,
     Error,
@@ -175,7 +179,10 @@ class RxNode:
         try:
             msg = decode(frames[0], self.limits)
         except ProtocolError as e:
-            return [self._error(sid, -1, e.code, str(e))]
+            ids = self._readable_ids(frames[0])
+            if ids is None:  # not a request whose session and round can be read: seq -1, not round-final
+                return [self._error(sid, -1, e.code, str(e))]
+            return self._round_error(peer, owner, *ids, e.code, str(e))
         if isinstance(msg, Hello):
             return self._on_hello(peer, msg, received_ns, owner)
         session = self.sessions.get(getattr(msg, "session_id", None))
@@ -185,8 +192,11 @@ class RxNode:
         handler = accepted.get(msg.TYPE)
         if handler is None:
             where = f"mode {session.mode}" if session else "the RX"
-            return [self._error(msg.session_id if session else sid, -1, "unexpected",
-                                f"{where} does not accept {msg.TYPE} messages")]
+            text = f"{where} does not accept {msg.TYPE} messages"
+            seq = getattr(msg, "seq", -1)
+            if 0 <= seq <= MAX_SEQ:
+                return self._round_error(peer, owner, msg.session_id, seq, "unexpected", text)
+            return [self._error(sid, -1, "unexpected", text)]
         if session is None:
             whose = "this CURVE key" if owner is not None else "this connection"
             return [self._error(msg.session_id, msg.seq, "no_session",
@@ -200,6 +210,33 @@ class RxNode:
         replies = [reply]
         if final and self.sessions.get(session.session_id) is session:
             replies.append(self._channel(session, msg.seq + 1))
+        return replies
+
+    def _readable_ids(self, frame: bytes) -> tuple[int, int] | None:
+        """``(session_id, seq)`` of a refused request frame when they can be read: a msgpack map (within the
+        RX's limits) that is not a HELLO, with both ints in range. None otherwise."""
+        if len(frame) > self.limits.max_message_bytes:
+            return None  # not read at all
+        try:
+            body = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=self.limits.max_message_bytes,
+                                   max_str_len=self.limits.max_str_len, max_array_len=self.limits.max_container_len,
+                                   max_map_len=self.limits.max_container_len, max_ext_len=0)
+        except Exception:  # msgpack raises several classes for bad bytes
+            return None
+        if not isinstance(body, dict) or body.get("type") == Hello.TYPE:
+            return None
+        sid, seq = body.get("session_id"), body.get("seq")
+        if type(sid) is not int or type(seq) is not int or not 0 <= sid <= MAX_SESSION_ID or not 0 <= seq <= MAX_SEQ:
+            return None
+        return sid, seq
+
+    def _round_error(self, peer: bytes, owner: str | None, sid: int, seq: int, code: str, text: str) -> list[bytes]:
+        """ERROR for a readable request of round ``seq`` the RX refused before its mode saw it: it carries the
+        seq, and on a session the sender holds it is round-final (CHANNEL ``seq + 1`` follows)."""
+        replies = [self._error(sid, seq, code, text)]
+        session = self.sessions.get(sid)
+        if self._serves(session, peer, owner):
+            replies.append(self._channel(session, seq + 1))
         return replies
 
     def _note_peer(self, peer: bytes, sid: int) -> None:
@@ -281,7 +318,8 @@ class RxNode:
         Checks, first failing wins: ``bad_message`` (a credential of the wrong
         length), ``session_owner`` (the id is held by another key or
         credential), ``bad_message`` (role), ``mode``, ``fingerprint``,
-        ``params``, the mode's owner check (fed-lora: ``device_key``),
+        ``params`` (a key the mode does not take, then the mode's own check),
+        the mode's owner check (fed-lora: ``device_key``),
         ``too_many_sessions`` (a new session for an owner holding
         :attr:`max_sessions_per_owner`).
         """
@@ -308,7 +346,10 @@ class RxNode:
             problem = ("fingerprint", f"fingerprint {msg.fingerprint[:12]}... does not match the RX's "
                                       f"{half.fingerprint[:12]}...; {half.fingerprint_hint}")
         else:
-            reason = half.check_hello(msg.params)
+            known = half.hello_param_keys
+            unknown = sorted(set(msg.params) - set(known)) if known is not None else []
+            reason = (f"unknown params {unknown[:8]}; this mode takes {sorted(known)}" if unknown
+                      else half.check_hello(msg.params))
             if reason:
                 problem = ("params", f"mode {msg.mode}: {reason}")
             else:  # whether the sender's key may speak for what its params claim (e.g. a device id)

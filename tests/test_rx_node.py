@@ -35,9 +35,9 @@ def test_valid_round(node, digits):
 
 
 def nan_payload(node, digits):
-    p = payload(node.halves["pca-lora"].codec, digits, dtype="float32")
+    p = payload(node.halves["pca-lora"].codec, digits, dtype="float16")  # the session's value format
     values = bytearray(p.values)
-    values[0:4] = np.float32(np.nan).tobytes()
+    values[0:2] = np.float16(np.nan).tobytes()
     return encode(type(p)(**{**p.__dict__, "values": bytes(values)}))
 
 
@@ -57,6 +57,8 @@ BAD = {
     "oversize": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, n_train=1200, alpha=40)), "oversize"),
     "nan values": (nan_payload, "non_finite"),
     "no session": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, session_id=999)), "no_session"),
+    "value_dtype not the session's": (lambda n, d: encode(payload(n.halves["pca-lora"].codec, d, dtype="int8")),
+                                      "bad_message"),
 }
 
 

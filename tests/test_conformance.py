@@ -1,0 +1,293 @@
+"""Conformance: each row of docs/conformance/<mode>.toml sent over a real socket to a real RX serving loop.
+
+The RX is an :class:`~rx_node.daemon.RxNode` served by :func:`rx_node.daemon.serve` on a loopback
+TCP port (``tests.helpers.ServedRx``); the client is a raw ZeroMQ DEALER that speaks the wire protocol.
+Each row gets its own session and connection. After the row's message the client sends a probe (a
+message of an unknown type, always answered ERROR ``bad_message`` with seq -1 and never round-final):
+everything that arrives before the probe's answer is the reply to the row, so "no CHANNEL follows"
+is checked without any timing. The tables must name every ERROR code each mode can send.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from common.link.sidelink import PayloadLost, Sidelink, create_sidelink
+from common.wire.protocol import PROTOCOL_VERSION, Channel, DecodeLimits, Error, Hello, Result, decode, encode
+from rx_node.daemon import RxNode
+from tests.helpers import ServedRx, payload
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ROOT / "docs" / "conformance"
+PROBE = msgpack.packb({"v": PROTOCOL_VERSION, "type": "CONFORMANCE_PROBE"})
+CRED = b"k" * 16
+
+
+def table(mode: str) -> list[dict]:
+    rows = tomllib.loads((TABLES / f"{mode}.toml").read_text())["case"]
+    for row in rows:
+        assert set(row) == {"id", "message", "mutation", "code", "final", "seq"}, row
+        assert row["seq"] in ("request", "next", -1), row
+    assert len({r["id"] for r in rows}) == len(rows), f"{mode}.toml: duplicate ids"
+    return rows
+
+
+class FaultyLink(Sidelink):
+    """The loopback emulator, with faults a test switches on for the next use: ``lose`` (deliver raises
+    PayloadLost), ``crash`` (deliver raises a bug), ``no_state`` (channel_state raises)."""
+
+    name = "faulty"
+
+    def __init__(self):
+        self.inner = create_sidelink("loopback", trace="demo")
+        self.lose = self.crash = self.no_state = False
+
+    def channel_state(self, seq):
+        if self.no_state:
+            self.no_state = False
+            raise OSError("the radio does not answer")
+        return self.inner.channel_state(seq)
+
+    def deliver(self, nbytes, state, received_ns, wait=True):
+        if self.lose:
+            self.lose = False
+            raise PayloadLost("HARQ gave up after 4 transmissions")
+        if self.crash:
+            self.crash = False
+            raise ZeroDivisionError("a bug in the link")
+        return self.inner.deliver(nbytes, state, received_ns, wait)
+
+    def close(self):
+        self.inner.close()
+
+
+class Client:
+    """A raw DEALER: send frames, collect what comes back up to the probe's answer."""
+
+    def __init__(self, address: str):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+
+    def send(self, frame) -> None:
+        if isinstance(frame, list):
+            self.sock.send_multipart(frame)
+        else:
+            self.sock.send(frame)
+
+    def settle(self, timeout_s: float = 60.0) -> list:
+        """Send the probe; return every message received before its answer (decoded)."""
+        self.sock.send(PROBE)
+        got, end = [], time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.sock.poll(200):
+                m = decode(self.sock.recv())
+                if isinstance(m, Error) and m.seq == -1 and "CONFORMANCE_PROBE" in m.message:
+                    return got
+                got.append(m)
+        raise AssertionError(f"no answer to the probe within {timeout_s} s; got {got}")
+
+    def ask(self, frame, first: str | None = None, timeout_s: float = 60.0) -> list:
+        """Send ``frame``; what comes back up to the probe's answer. ``first``: wait for a reply of this type
+        before probing (a reply the RX holds for an emulated air time would arrive after the probe's)."""
+        self.send(frame)
+        got, end = [], time.monotonic() + timeout_s
+        while first and not any(m.TYPE == first for m in got):
+            assert time.monotonic() < end, f"no {first} within {timeout_s} s; got {got}"
+            if self.sock.poll(200):
+                got.append(decode(self.sock.recv()))
+        return got + self.settle()
+
+    def close(self):
+        self.sock.close()
+
+
+def check_row(row: dict, replies: list, seq: int) -> None:
+    errors = [m for m in replies if isinstance(m, Error)]
+    assert errors, f"{row['id']}: no ERROR, got {replies}"
+    err = errors[0]
+    assert err.code == row["code"], f"{row['id']}: {err}"
+    assert err.message, row["id"]
+    want_seq = {"request": seq, "next": seq + 1, -1: -1}[row["seq"]]
+    assert err.seq == want_seq, f"{row['id']}: ERROR seq {err.seq}, table says {row['seq']} ({want_seq}); {err}"
+    channels = [m.seq for m in replies if isinstance(m, Channel)]
+    assert (seq + 1 in channels) == row["final"], \
+        f"{row['id']}: CHANNELs {channels} after the ERROR; table says final={row['final']}"
+
+
+def covers_every_code(mode: str, codes: set[str]) -> None:
+    in_table = {r["code"] for r in table(mode)}
+    assert codes <= in_table, f"{mode}.toml lacks rows for {sorted(codes - in_table)}"
+
+
+COMMON_CODES = {"bad_message", "version", "oversize", "mode", "fingerprint", "params", "session_owner",
+                "too_many_sessions", "no_session", "unexpected", "lost", "link", "internal"}
+
+# ------------------------------------------------------------------ pca-lora
+
+PCA_CODES = COMMON_CODES | {"alpha", "non_finite", "bad_label", "over_budget", "too_much_work"}
+PCA_MAX_BYTES = 1 << 20
+PCA_MAX_TEST = 30
+
+
+@pytest.fixture(scope="module")
+def pca_rx(digits_artifacts, digits):
+    from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
+    from common.modes.pca_lora.artifacts import load_codec, load_model
+    from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    link = FaultyLink()
+    half = PcaLoraRx(codec, model, LoraAlignment(adapt=AdaptConfig(steps=5)), meta.n_classes,
+                     RxLimits(max_test_vectors=PCA_MAX_TEST))
+    node = RxNode({half.mode: half}, link, DecodeLimits(max_message_bytes=PCA_MAX_BYTES))
+    served = ServedRx(node, PCA_MAX_BYTES)
+    yield served, codec, link
+    served.stop()
+
+
+def pca_hello(codec, sid, credential=CRED, mode="pca-lora", fingerprint=None, **params) -> bytes:
+    p = {"codec": codec.name, "d_raw": codec.d_raw, "d_pre": codec.d_max, "value_dtype": "float16",
+         "deadline_s": 1.0, **params}
+    p = {k: v for k, v in p.items() if v is not None}
+    return encode(Hello("tx", sid, mode, fingerprint or codec.fingerprint, p, 0, 0, os.getpid(), time.time_ns(),
+                        credential=credential))
+
+
+def _repack(frame: bytes, **changes) -> bytes:
+    body = msgpack.unpackb(frame, raw=False)
+    body.update(changes)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _pca_case(case: str, served, codec, link, digits, sid: int, client: Client):
+    """Open what the case needs; return (frame(s) to send, the request's seq, a clean-up or None)."""
+    def opened(**params):
+        replies = client.ask(pca_hello(codec, sid, **params))
+        assert any(isinstance(m, Hello) for m in replies), replies
+
+    def p(**kw):
+        return payload(codec, digits, session_id=sid, **{"seq": 0, **kw})
+
+    hello_body = msgpack.unpackb(pca_hello(codec, sid), raw=False)
+    if case.startswith("hello_"):
+        frames = {
+            "hello_not_msgpack_map": lambda: msgpack.packb([1, 2, 3]),
+            "hello_missing_fingerprint": lambda: msgpack.packb({k: v for k, v in hello_body.items()
+                                                                if k != "fingerprint"}),
+            "hello_unknown_field": lambda: msgpack.packb({**hello_body, "color": "red"}),
+            "hello_role_rx": lambda: msgpack.packb({**hello_body, "role": "rx"}),
+            "hello_short_credential": lambda: pca_hello(codec, sid, credential=b"x" * 8),
+            "hello_version": lambda: msgpack.packb({**hello_body, "v": 2}),
+            "hello_mode": lambda: pca_hello(codec, sid, mode="slf"),
+            "hello_fingerprint": lambda: pca_hello(codec, sid, fingerprint="ab" * 32),
+            "hello_unknown_param": lambda: pca_hello(codec, sid, colour="red"),
+            "hello_other_d_pre": lambda: pca_hello(codec, sid, d_pre=codec.d_max - 1),
+            "hello_missing_deadline": lambda: pca_hello(codec, sid, deadline_s=None),
+            "hello_train_parts_17": lambda: pca_hello(codec, sid, train_parts=17),
+            "hello_value_dtype_float64": lambda: pca_hello(codec, sid, value_dtype="float64"),
+        }
+        if case == "hello_other_credential":
+            opened()
+            return pca_hello(codec, sid, credential=b"o" * 16), 0, None
+        if case == "hello_too_many_sessions":
+            cred = os.urandom(16)
+            served.node.max_sessions_per_owner = 1
+            assert any(isinstance(m, Hello) for m in client.ask(pca_hello(codec, sid, credential=cred)))
+            return pca_hello(codec, sid + 1, credential=cred), 0, \
+                lambda: setattr(served.node, "max_sessions_per_owner", 64)
+        return frames[case](), 0, None
+    if case == "payload_no_session":
+        return encode(p()), 0, None
+    if case == "payload_over_budget":
+        opened(deadline_s=1e-6)
+        return encode(p()), 0, None
+    opened()
+    seq = 3
+    good = encode(p(seq=seq))
+    if case == "raw_not_msgpack":
+        return b"\xc1", -1, None
+    if case == "two_frames":
+        return [good, good], seq, None
+    if case == "payload_truncated":
+        return good[:-7], seq, None
+    if case == "frame_over_limit":
+        rest = len(good) - len(msgpack.unpackb(good)["values"])
+        frame = _repack(good, values=bytes(PCA_MAX_BYTES + 100 - rest))
+        assert PCA_MAX_BYTES < len(frame) <= PCA_MAX_BYTES + 200
+        return frame, seq, None
+    if case == "payload_version":
+        return _repack(good, v=99), seq, None
+    if case == "payload_extra_field":
+        return _repack(good, colour="red"), seq, None
+    if case == "payload_values_short":
+        return _repack(good, values=msgpack.unpackb(good)["values"][:-1]), seq, None
+    if case == "payload_unknown_value_dtype":
+        return _repack(good, value_dtype=7), seq, None
+    if case == "payload_value_dtype_not_the_sessions":
+        return encode(p(seq=seq, dtype="int8")), seq, None
+    if case == "payload_no_test_vectors":
+        return _repack(good, n_test=0, n_train=70), seq, None
+    if case == "train_part_without_parts":
+        from common.modes.pca_lora.messages import TrainPart
+        return _repack(good, type=TrainPart.TYPE, n_test=0, n_train=70), seq, None
+    if case == "payload_alpha_zero":
+        return _repack(good, alpha=0, values=b""), seq, None
+    if case == "payload_alpha_above_d_pre":
+        return encode(p(seq=seq, alpha=codec.d_max + 1)), seq, None
+    if case == "payload_fingerprint":
+        return encode(p(seq=seq, fingerprint="00" * 32)), seq, None
+    if case == "payload_nan":
+        body = msgpack.unpackb(good)
+        values = bytearray(body["values"])
+        values[0:2] = np.float16(np.nan).tobytes()
+        return _repack(good, values=bytes(values)), seq, None
+    if case == "payload_bad_label":
+        body = msgpack.unpackb(good)
+        labels = bytearray(body["labels"])
+        labels[-1] = 10
+        return _repack(good, labels=bytes(labels)), seq, None
+    if case == "payload_too_much_work":
+        return encode(p(seq=seq, n_test=PCA_MAX_TEST + 1, n_train=0)), seq, None
+    if case == "result_to_the_rx":
+        return encode(Result(sid, seq, {}, b"", {}, 1, 0, 0, 0, 0)), seq, None
+    if case == "payload_lost":
+        link.lose = True
+        return good, seq, None
+    if case == "payload_internal":
+        link.crash = True
+        return good, seq, None
+    if case == "payload_link_state":  # round 0, whose state HELLO's CHANNEL announced: the link is asked
+        link.no_state = True  # only for the CHANNEL of round 1, after the RESULT
+        return encode(p(seq=0)), 0, None
+    raise KeyError(f"pca-lora.toml case {case!r} has no implementation in tests/test_conformance.py")
+
+
+def test_pca_lora_table_covers_every_code():
+    covers_every_code("pca-lora", PCA_CODES)
+
+
+@pytest.mark.parametrize("row", table("pca-lora"), ids=lambda r: r["id"])
+def test_pca_lora_conformance(row, pca_rx, digits):
+    served, codec, link = pca_rx
+    sid = 50_000 + table("pca-lora").index(row) * 2
+    client = Client(served.address)
+    cleanup = None
+    try:
+        frame, seq, cleanup = _pca_case(row["id"], served, codec, link, digits, sid, client)
+        replies = client.ask(frame, first="RESULT" if row["id"] == "payload_link_state" else None)
+        check_row(row, replies, seq)
+    finally:
+        if cleanup:
+            cleanup()
+        link.lose = link.crash = link.no_state = False
+        client.close()

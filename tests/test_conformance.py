@@ -291,3 +291,113 @@ def test_pca_lora_conformance(row, pca_rx, digits):
             cleanup()
         link.lose = link.crash = link.no_state = False
         client.close()
+
+
+# ------------------------------------------------------------------ slf
+
+SLF_CODES = {"fingerprint", "params", "dtype", "bad_message", "oversize", "no_download", "wrong_session", "n_frozen",
+             "bad_tensor", "unknown_layer", "duplicate", "shape", "size", "non_finite", "partial_layer",
+             "frozen_layer", "stale_alignment", "bad_label"}
+
+
+@pytest.fixture(scope="module")
+def slf_rx(tmp_path_factory, digits):
+    from common.modes.base import get_mode
+    from common.modes.slf.pretrain import pretrain_and_save
+    from tests.test_slf_mode import RX_CFG
+
+    root = tmp_path_factory.mktemp("slf-conf")
+    pretrain_and_save(RX_CFG, digits, root / "rx")
+    half = get_mode("slf").build_rx({"artifacts": root / "rx", "eps": 0.01})
+    served = ServedRx(RxNode({"slf": half}, FaultyLink()))
+    yield served, half
+    served.stop()
+
+
+def _slf_case(case: str, half, sid: int, client: Client):
+    from common.modes.slf.dmc import packed_size_bytes
+    from common.modes.slf.messages import DecoderRequest, Resume, Semantic, Upload, arch_params
+    from common.modes.slf.transceiver import DECODER_LAYERS
+
+    params = {**arch_params(half.shape), "n_frozen": 2, "trx": "tx"}
+
+    def hello(**over):
+        p = {**params, **over}
+        return encode(Hello("tx", sid, "slf", over.pop("_fp", half.fingerprint), p, 0, 0, os.getpid(),
+                            time.time_ns(), credential=CRED))
+
+    if case == "hello_fingerprint":
+        return encode(Hello("tx", sid, "slf", "ab" * 32, params, credential=CRED)), 0
+    if case == "hello_other_n_codewords":
+        return hello(n_codewords=half.shape.n_codewords * 2), 0
+    if case == "hello_unknown_param":
+        return hello(colour="red"), 0
+    assert any(isinstance(m, Hello) for m in client.ask(hello()))
+    seq = 2
+    s = half.shape
+    count = s.indices_per_image * 2
+    semantic = dict(session_id=sid, seq=seq, token=b"", n=2, indices=bytes(packed_size_bytes(count, s.n_codewords)),
+                    labels=bytes([1, 2]), pixels=b"")
+    if case == "semantic_no_images":
+        return encode(Semantic(**{**semantic, "n": 0})), seq
+    if case == "semantic_indices_short":
+        return encode(Semantic(**{**semantic, "indices": semantic["indices"][:-1]})), seq
+    if case == "semantic_no_labels_field":
+        body = msgpack.unpackb(encode(Semantic(**semantic)), raw=False)
+        del body["labels"]
+        return msgpack.packb(body, use_bin_type=True), seq
+    if case == "semantic_stale_token":
+        return encode(Semantic(**{**semantic, "token": b"t" * 16})), seq
+    if case == "semantic_bad_label":
+        return encode(Semantic(**{**semantic, "labels": bytes([1, s.n_classes])})), seq
+    if case == "resume_short_credential":
+        return encode(Resume(sid, seq, b"c" * 8)), seq
+    if case == "download_dtype":
+        return encode(DecoderRequest(sid, seq, "int8")), seq
+    if case == "download_unknown_field":
+        return _repack(encode(DecoderRequest(sid, seq)), colour="red"), seq
+    if case == "upload_no_download":
+        return encode(Upload(sid, seq, b"t" * 16, 0, [])), seq
+    got = client.ask(encode(DecoderRequest(sid, seq)), first="SLF_DECODER")
+    reply = next(m for m in got if m.TYPE == "SLF_DECODER")
+    token, wire = reply.token, [dict(t) for t in reply.tensors]
+    up = lambda tensors, n_frozen=0, tok=token: encode(Upload(sid, seq, tok, n_frozen, tensors))  # noqa: E731
+    if case == "upload_oversize":
+        return up([{"name": "x", "dtype": "float32", "shape": [1], "data": bytes(half.upload_limit)}]), seq
+    if case == "upload_wrong_token":
+        return up(wire, tok=b"w" * 16), seq
+    if case == "upload_n_frozen_5":
+        return up(wire, n_frozen=len(DECODER_LAYERS) + 1), seq
+    first = wire[0]
+    edits = {
+        "upload_bad_tensor": lambda: [{k: v for k, v in first.items() if k != "dtype"}, *wire[1:]],
+        "upload_unknown_layer": lambda: [{**first, "name": "decoder.9.weight"}, *wire[1:]],
+        "upload_duplicate_tensor": lambda: [first, first, *wire[1:]],
+        "upload_float64": lambda: [{**first, "dtype": "float64", "data": first["data"] * 2}, *wire[1:]],
+        "upload_shape": lambda: [{**first, "shape": [1, 2]}, *wire[1:]],
+        "upload_size": lambda: [{**first, "data": first["data"][:-4]}, *wire[1:]],
+        "upload_non_finite": lambda: [{**first, "data": np.full(len(first["data"]) // 4, np.inf, "<f4").tobytes()},
+                                      *wire[1:]],
+        "upload_partial_layer": lambda: [t for t in wire if t["name"] != "decoder.0.bias"],
+    }
+    if case in edits:
+        return up(edits[case]()), seq
+    if case == "upload_frozen_layer":
+        return up(wire, n_frozen=1), seq
+    raise KeyError(f"slf.toml case {case!r} has no implementation in tests/test_conformance.py")
+
+
+def test_slf_table_covers_every_code():
+    covers_every_code("slf", SLF_CODES)
+
+
+@pytest.mark.parametrize("row", table("slf"), ids=lambda r: r["id"])
+def test_slf_conformance(row, slf_rx):
+    served, half = slf_rx
+    sid = 60_000 + table("slf").index(row) * 2
+    client = Client(served.address)
+    try:
+        frame, seq = _slf_case(row["id"], half, sid, client)
+        check_row(row, client.ask(frame), seq)
+    finally:
+        client.close()

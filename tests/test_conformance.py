@@ -72,9 +72,13 @@ class FaultyLink(Sidelink):
 class Client:
     """A raw DEALER: send frames, collect what comes back up to the probe's answer."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, security=None):
+        from common.net.security import apply_client
+
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            apply_client(self.sock, security)
         self.sock.connect(address)
 
     def send(self, frame) -> None:
@@ -398,6 +402,158 @@ def test_slf_conformance(row, slf_rx):
     client = Client(served.address)
     try:
         frame, seq = _slf_case(row["id"], half, sid, client)
+        check_row(row, client.ask(frame), seq)
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------ fed-lora
+
+FED_CODES = {"params", "fingerprint", "device_key", "bad_message", "device", "round_closed", "wait", "round",
+             "not_planned", "late", "duplicate", "module", "n_samples", "bad_tensor", "unknown_layer", "dtype",
+             "shape", "size", "non_finite", "missing"}
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """A fresh base station of 2 devices (policy fixed) served over a real socket; ``start(curve=...)``."""
+    from common.modes.base import get_mode
+    from common.net.security import RxSecurity, TxSecurity, generate_keypair, load_public, load_secret
+
+    served = []
+
+    def start(curve: bool = False):
+        mode = get_mode("fed-lora")
+        sec, client_sec = None, None
+        if curve:
+            allow = tmp_path / "allow"
+            allow.mkdir()
+            generate_keypair(tmp_path, "rx")
+            generate_keypair(allow, "dev0")
+            pub, _ = generate_keypair(tmp_path, "other")
+            os.replace(pub, allow / pub.name)
+            sec = RxSecurity(load_secret(tmp_path / "rx.key_secret"), allow)
+            client_sec = TxSecurity(load_secret(tmp_path / "other.key_secret"), load_public(tmp_path / "rx.key"))
+        half = mode.build_rx({"fed_devices": 2, "fed_policy": "fixed", **({"curve_allow": str(tmp_path / "allow")}
+                                                                         if curve else {})})
+        if curve:
+            half.allow_dir = tmp_path / "allow"
+        kw = {"security": sec} if sec else {}
+        served.append(ServedRx(RxNode({"fed-lora": half}, FaultyLink()), 1 << 26, **kw))
+        devs = [mode.build_tx({"fed_devices": 2, "device_id": k}) for k in range(2)]
+        return served[-1], half, devs, client_sec
+
+    yield start
+    for s in served:
+        s.stop()
+
+
+def _fed_case(case: str, start, sid: int):
+    from common.modes.fed_lora.messages import FedUpdate, adapter_from_wire, adapter_to_wire, poll
+
+    served, half, devs, client_sec = start(curve=case == "hello_device_key")
+    client = Client(served.address, client_sec)
+
+    def hello(dev, s, **over):
+        params = {**dev.hello_params(), **over}
+        params = {k: v for k, v in params.items() if v is not None}
+        return encode(Hello("tx", s, "fed-lora", over.pop("_fp", None) or dev.fingerprint, params, 0, 0, 1, 0,
+                            credential=CRED))
+
+    d0, d1 = devs
+    if case == "hello_no_fed_version":
+        return client, hello(d0, sid, fed_version=None), 0
+    if case == "hello_unknown_param":
+        return client, hello(d0, sid, colour="red"), 0
+    if case == "hello_wrong_n_samples":
+        return client, hello(d0, sid, n_samples=len(d0.y) + 1), 0
+    if case == "hello_fingerprint":
+        return client, encode(Hello("tx", sid, "fed-lora", "ab" * 32, d0.hello_params(), credential=CRED)), 0
+    if case == "hello_device_key":
+        return client, hello(d0, sid), 0
+    assert any(isinstance(m, Hello) for m in client.ask(hello(d0, sid)))
+    if case not in ("poll_unknown_device", "plan_poll_wait"):
+        other = Client(served.address)
+        assert any(isinstance(m, Hello) for m in other.ask(hello(d1, sid + 1)))
+        other.close()
+    raw = lambda seq, attempt, want="plan", k=0: msgpack.packb(  # noqa: E731
+        {"v": PROTOCOL_VERSION, "type": "FED_POLL", "session_id": sid, "seq": seq, "device_id": k,
+         "attempt": attempt, "want": want, "waited_ms": 0})
+    if case == "poll_attempt_64":
+        return client, raw(0, 64), 0
+    if case == "poll_attempt_jump":
+        return client, raw(0, 5), 0
+    if case == "poll_want_other":
+        return client, raw(0, 0, "model"), 0
+    if case == "poll_unknown_device":
+        return client, raw(0, 0, k=1), 0
+    if case == "poll_other_device":
+        client.ask(raw(0, 0))
+        return client, raw(0, 1, k=1), 0
+    if case == "plan_poll_round_closed":
+        half.station.next_round = 5
+        return client, raw(2, 0), 2
+    if case == "plan_poll_wait":
+        for a in range(63):
+            got = client.ask(raw(0, a))
+            assert any(m.TYPE == "FED_WAIT" for m in got), got
+        return client, raw(0, 63), 0
+    if case == "result_poll_unknown_round":
+        return client, raw(3, 0, "result"), 3
+    arrays = d0.task.get_adapter("all-r8")
+
+    def update(seq, module="all-r8", tensors=None, n=None):
+        return encode(FedUpdate(sid, seq, 0, module, len(d0.y) if n is None else n, 1.0, 0.1,
+                                adapter_to_wire(arrays) if tensors is None else tensors))
+
+    if case == "update_ahead":
+        return client, update(1), 1
+    if case == "update_before_plan":
+        return client, update(0), 0
+    if case == "update_late":
+        half.station.next_round = 50
+        return client, update(3), 3
+    got = client.ask(raw(0, 0), first="FED_PLAN")
+    plan = next(m for m in got if m.TYPE == "FED_PLAN")
+    start_arrays = adapter_from_wire(plan.tensors, d0.shapes[plan.module])
+    wire = adapter_to_wire({k: (v + np.float32(0.01)).astype(np.float32) for k, v in start_arrays.items()})
+
+    def up(tensors=None, **kw):
+        return update(0, plan.module, wire if tensors is None else tensors, **kw)
+
+    first = wire[0]
+    if case == "update_duplicate":
+        got = client.ask(up(), first="FED_ACK")
+        assert any(m.TYPE == "FED_ACK" for m in got), got
+        return client, up(adapter_to_wire({k: (v + np.float32(0.02)).astype(np.float32)
+                                           for k, v in start_arrays.items()})), 0
+    other_module = next(m for m in d0.modules if m != plan.module)
+    edits = {
+        "update_module": lambda: update(0, other_module, wire),
+        "update_n_samples": lambda: up(n=len(d0.y) + 1),
+        "update_bad_tensor": lambda: up([{k: v for k, v in first.items() if k != "dtype"}, *wire[1:]]),
+        "update_unknown_layer": lambda: up([*wire, {**first, "name": "extra.lora_A"}]),
+        "update_float64": lambda: up([{**first, "dtype": "float64", "data": first["data"] * 2}, *wire[1:]]),
+        "update_shape": lambda: up([{**first, "shape": [1, 1]}, *wire[1:]]),
+        "update_size": lambda: up([{**first, "data": first["data"][:-4]}, *wire[1:]]),
+        "update_non_finite": lambda: up([{**first, "data": np.full(len(first["data"]) // 4, np.nan,
+                                                                   "<f4").tobytes()}, *wire[1:]]),
+        "update_missing": lambda: up(wire[:-1]),
+    }
+    if case in edits:
+        return client, edits[case](), 0
+    raise KeyError(f"fed-lora.toml case {case!r} has no implementation in tests/test_conformance.py")
+
+
+def test_fed_lora_table_covers_every_code():
+    covers_every_code("fed-lora", FED_CODES)
+
+
+@pytest.mark.parametrize("row", table("fed-lora"), ids=lambda r: r["id"])
+def test_fed_lora_conformance(row, federation):
+    sid = 70_000 + table("fed-lora").index(row) * 2
+    client, frame, seq = _fed_case(row["id"], federation, sid)
+    try:
         check_row(row, client.ask(frame), seq)
     finally:
         client.close()

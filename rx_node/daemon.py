@@ -12,6 +12,7 @@ feedback for the next round; the daemon keeps serving either way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import heapq
 import itertools
 import logging
@@ -19,6 +20,7 @@ import os
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from common.learn.process_tuning import release_freed_memory
@@ -26,7 +28,11 @@ from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
 from common.net.transport import ReplyDropped, RxSocket
+import msgpack
+
 from common.wire.protocol import (
+    MAX_SEQ,
+    MAX_SESSION_ID,
     Channel,
     DecodeLimits,
     Error,
@@ -43,14 +49,39 @@ PER_PEER = {"per_peer": True}  # log lines a peer can cause over and over: rate-
 rate_limit(log, select=lambda r: getattr(r, "per_peer", False))
 
 
+CREDENTIAL_BYTES = (16, 64)  # a HELLO's credential: empty, or this many bytes (lowest, highest)
+PEERS_PER_SESSION = 8  # connections remembered per session (a TX that reconnects often: the latest ones)
+
+
+def credential_owner(credential: bytes) -> str:
+    """The owner a plain-socket session is bound to: a digest of the TX's credential (never logged itself)."""
+    return "credential:" + hashlib.sha256(credential).hexdigest()[:32]
+
+
 @dataclass
 class _Session:
+    """One session, bound to its owner, not to a connection.
+
+    ``owner``: the CURVE key (z85) that opened it; on a plain socket
+    :func:`credential_owner` of the HELLO's credential, or None for a HELLO
+    without one (bound to nothing). ``peers``: the connections that said
+    HELLO for it, most recent last; on a plain socket the only ones whose
+    requests it takes.
+    """
+
     session_id: int
     mode: str
-    owner: str | None  # CURVE key (z85) that opened it; None on a plain socket (nothing authenticated)
+    owner: str | None
     rounds: int = 0
     announced: dict = field(default_factory=dict)  # seq -> ChannelState sent in CHANNEL
     store: dict = field(default_factory=dict)  # the mode's per-session state
+    peers: list = field(default_factory=list)
+
+    def attach(self, peer: bytes) -> None:
+        if peer in self.peers:
+            self.peers.remove(peer)
+        self.peers.append(peer)
+        del self.peers[:-PEERS_PER_SESSION]
 
 
 @dataclass
@@ -77,11 +108,13 @@ class RxNode:
         self.halves = halves
         self.link = link
         self.limits = limits
-        self.sessions: dict[bytes, _Session] = {}
+        self.sessions: OrderedDict[int, _Session] = OrderedDict()  # session id -> session, idlest first
         self.stats = RxStats()
         self.pid = os.getpid()
         self.replay = ReplayCache()
         self.max_sessions = 1024
+        self.max_sessions_per_owner = 64  # sessions one key (or credential) may hold at once
+        self._last_sid: OrderedDict[bytes, int] = OrderedDict()  # peer -> its last session (ERRORs of unreadable frames)
         self._handlers = {name: half.handlers() for name, half in halves.items()}
         self._any_handlers = {t: h for hs in self._handlers.values() for t, h in hs.items()}
 
@@ -120,40 +153,97 @@ class RxNode:
             return self._handle(peer, frames, received_ns, owner), self._hold_ns
         except Exception as e:  # a bug must not take the daemon down; the sender learns what happened
             log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
-            session = self.sessions.get(peer)
-            return [encode(Error(session.session_id if session else 0, -1, "internal",
-                                 f"{type(e).__name__}: {e}"))], 0
+            return [encode(Error(self._last_sid.get(peer, 0), -1, "internal", f"{type(e).__name__}: {e}"))], 0
+
+    def _serves(self, session: _Session | None, peer: bytes, owner: str | None) -> bool:
+        """Whether ``session`` takes requests from this sender: under CURVE from any connection of the key
+        that opened it; on a plain socket from a connection that said HELLO for it."""
+        if session is None:
+            return False
+        if owner is not None:
+            return session.owner == owner
+        return peer in session.peers
+
+    def drop_peer(self, peer: bytes) -> None:
+        """The connection ``peer`` is gone: detach it from its sessions (which stay, for the TX to continue)."""
+        for session in self.sessions.values():
+            if peer in session.peers:
+                session.peers.remove(peer)
+        self._last_sid.pop(peer, None)
 
     def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None, owner: str | None) -> list[bytes]:
         received_ns = received_ns or time.time_ns()
-        session = self.sessions.get(peer)
-        sid = session.session_id if session else 0
+        sid = self._last_sid.get(peer, 0)
         if len(frames) != 1:
             return [self._error(sid, -1, "bad_message", f"expected 1 frame, got {len(frames)}")]
         try:
             msg = decode(frames[0], self.limits)
         except ProtocolError as e:
-            return [self._error(sid, -1, e.code, str(e))]
+            ids = self._readable_ids(frames[0])
+            if ids is None:  # not a request whose session and round can be read: seq -1, not round-final
+                return [self._error(sid, -1, e.code, str(e))]
+            return self._round_error(peer, owner, *ids, e.code, str(e))
         if isinstance(msg, Hello):
             return self._on_hello(peer, msg, received_ns, owner)
+        session = self.sessions.get(getattr(msg, "session_id", None))
+        if not self._serves(session, peer, owner):
+            session = None
         accepted = self._handlers[session.mode] if session else self._any_handlers
         handler = accepted.get(msg.TYPE)
         if handler is None:
             where = f"mode {session.mode}" if session else "the RX"
-            return [self._error(sid, -1, "unexpected", f"{where} does not accept {msg.TYPE} messages")]
-        if session is None or msg.session_id != session.session_id or session.owner != owner:
-            replies = [self._error(msg.session_id, msg.seq, "no_session",
-                                   f"no open session {msg.session_id} for this peer; send HELLO first")]
-            if session is not None:
-                replies.append(self._channel(session, msg.seq + 1))
-            return replies
-        self.sessions[peer] = self.sessions.pop(peer)  # most recently active last: idle ones are evicted first
+            text = f"{where} does not accept {msg.TYPE} messages"
+            seq = getattr(msg, "seq", -1)
+            if 0 <= seq <= MAX_SEQ:
+                return self._round_error(peer, owner, msg.session_id, seq, "unexpected", text)
+            return [self._error(sid, -1, "unexpected", text)]
+        if session is None:
+            whose = "this CURVE key" if owner is not None else "this connection"
+            return [self._error(msg.session_id, msg.seq, "no_session",
+                                f"no open session {msg.session_id} for {whose}; send HELLO first")]
+        self.sessions.move_to_end(session.session_id)  # most recently active last: idle ones are evicted first
+        if peer not in session.peers:
+            session.attach(peer)  # under CURVE a new connection of the key continues the session
+        self._note_peer(peer, session.session_id)
         reply, final, hold_ns = self._answer(session, msg, handler, frames[0], received_ns)
         self._hold_ns = hold_ns
         replies = [reply]
-        if final and peer in self.sessions:
+        if final and self.sessions.get(session.session_id) is session:
             replies.append(self._channel(session, msg.seq + 1))
         return replies
+
+    def _readable_ids(self, frame: bytes) -> tuple[int, int] | None:
+        """``(session_id, seq)`` of a refused request frame when they can be read: a msgpack map (within the
+        RX's limits) that is not a HELLO, with both ints in range. None otherwise."""
+        if len(frame) > self.limits.max_message_bytes:
+            return None  # not read at all
+        try:
+            body = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=self.limits.max_message_bytes,
+                                   max_str_len=self.limits.max_str_len, max_array_len=self.limits.max_container_len,
+                                   max_map_len=self.limits.max_container_len, max_ext_len=0)
+        except Exception:  # msgpack raises several classes for bad bytes
+            return None
+        if not isinstance(body, dict) or body.get("type") == Hello.TYPE:
+            return None
+        sid, seq = body.get("session_id"), body.get("seq")
+        if type(sid) is not int or type(seq) is not int or not 0 <= sid <= MAX_SESSION_ID or not 0 <= seq <= MAX_SEQ:
+            return None
+        return sid, seq
+
+    def _round_error(self, peer: bytes, owner: str | None, sid: int, seq: int, code: str, text: str) -> list[bytes]:
+        """ERROR for a readable request of round ``seq`` the RX refused before its mode saw it: it carries the
+        seq, and on a session the sender holds it is round-final (CHANNEL ``seq + 1`` follows)."""
+        replies = [self._error(sid, seq, code, text)]
+        session = self.sessions.get(sid)
+        if self._serves(session, peer, owner):
+            replies.append(self._channel(session, seq + 1))
+        return replies
+
+    def _note_peer(self, peer: bytes, sid: int) -> None:
+        self._last_sid[peer] = sid
+        self._last_sid.move_to_end(peer)
+        while len(self._last_sid) > 4 * self.max_sessions:
+            self._last_sid.popitem(last=False)
 
     def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
         """A repeated request gets the recorded reply; a new one is handled and recorded.
@@ -223,12 +313,29 @@ class RxNode:
     # ------------------------------------------------------------ HELLO
 
     def _on_hello(self, peer: bytes, msg: Hello, received_ns: int, owner: str | None) -> list[bytes]:
+        """Open or continue session ``msg.session_id``, bound to the sender's key (or credential).
+
+        Checks, first failing wins: ``bad_message`` (a credential of the wrong
+        length), ``session_owner`` (the id is held by another key or
+        credential), ``bad_message`` (role), ``mode``, ``fingerprint``,
+        ``params`` (a key the mode does not take, then the mode's own check),
+        the mode's owner check (fed-lora: ``device_key``),
+        ``too_many_sessions`` (a new session for an owner holding
+        :attr:`max_sessions_per_owner`).
+        """
         half = self.halves.get(msg.mode)
+        cred = msg.credential
+        lo, hi = CREDENTIAL_BYTES
+        bound = owner if owner is not None else (credential_owner(cred) if cred else None)
+        existing = self.sessions.get(msg.session_id)
         problem = None
-        taken = [s for s in self.sessions.values() if s.session_id == msg.session_id and s.owner != owner]
-        if taken:
-            problem = ("session_owner", f"session {msg.session_id} was opened by another TX key; "
-                                        "a TX can only use sessions it opened (pick a new session id)")
+        if cred and not lo <= len(cred) <= hi:
+            problem = ("bad_message", f"HELLO credential of {len(cred)} bytes; it must be empty or {lo}..{hi} "
+                                      "bytes")
+        elif existing is not None and existing.owner is not None and existing.owner != bound:
+            who = "another TX key" if owner is not None else "another credential (or none)"
+            problem = ("session_owner", f"session {msg.session_id} was opened by {who}; a TX can only "
+                                        "continue sessions it opened (pick a new session id)")
         elif msg.role != "tx":
             problem = ("bad_message", f"HELLO role {msg.role!r}; the RX accepts role 'tx'")
         elif half is None:
@@ -239,25 +346,39 @@ class RxNode:
             problem = ("fingerprint", f"fingerprint {msg.fingerprint[:12]}... does not match the RX's "
                                       f"{half.fingerprint[:12]}...; {half.fingerprint_hint}")
         else:
-            reason = half.check_hello(msg.params)
+            known = half.hello_param_keys
+            unknown = sorted(set(msg.params) - set(known)) if known is not None else []
+            reason = (f"unknown params {unknown[:8]}; this mode takes {sorted(known)}" if unknown
+                      else half.check_hello(msg.params))
             if reason:
                 problem = ("params", f"mode {msg.mode}: {reason}")
             else:  # whether the sender's key may speak for what its params claim (e.g. a device id)
                 problem = half.check_hello_owner(msg.params, owner)
+        if not problem and existing is None and bound is not None:
+            held = sum(1 for s in self.sessions.values() if s.owner == bound)
+            if held >= self.max_sessions_per_owner:
+                problem = ("too_many_sessions", f"this {'CURVE key' if owner is not None else 'credential'} "
+                                                f"already holds {held} sessions, the most one may hold "
+                                                f"({self.max_sessions_per_owner}); end one or reuse its id")
         if problem:
             return [self._error(msg.session_id, -1, *problem)]
-        # one peer per session (a TX that rebuilt its socket comes back as a new peer), bounded count;
-        # a TX re-opening its own session keeps the mode's per-session state, as the replay record does
-        kept, same_peer, reopened = {}, False, False
-        for other in [k for k, s in self.sessions.items() if s.session_id == msg.session_id or k == peer]:
-            old = self.sessions.pop(other)
-            if old.session_id == msg.session_id and old.mode == msg.mode:
-                kept, reopened, same_peer = old.store, True, same_peer or other == peer
-        while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
-            gone = self.sessions.pop(next(iter(self.sessions)))
-            log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
-                     self.max_sessions, extra=PER_PEER)
-        session = self.sessions[peer] = _Session(msg.session_id, msg.mode, owner, store=kept)
+        # a TX continuing its own session (same key or credential, any connection) keeps the mode's
+        # per-session state, as the replay record does; the sender's other sessions are untouched
+        reopened = existing is not None
+        if reopened and existing.mode == msg.mode:
+            session = existing  # its owner is fixed when it opens
+            self.sessions.move_to_end(msg.session_id)
+        else:
+            if reopened:
+                del self.sessions[msg.session_id]
+            while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
+                _, gone = self.sessions.popitem(last=False)
+                log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
+                         self.max_sessions, extra=PER_PEER)
+            session = self.sessions[msg.session_id] = _Session(msg.session_id, msg.mode, bound)
+        same_peer = peer in session.peers
+        session.attach(peer)
+        self._note_peer(peer, msg.session_id)
         session.store["hello_params"] = dict(msg.params)
         if not reopened:  # one line per session: the TX's further HELLOs (clock samples) are not news
             log.info("session %d (%s) opened by TX pid %d (next seq %d)", msg.session_id, msg.mode, msg.pid,
@@ -313,6 +434,6 @@ def _send(node: RxNode, sock: RxSocket, peer: bytes, replies: list[bytes]) -> No
             sock.send(peer, reply)
         except ReplyDropped as e:  # the peer left or stopped reading: never block the others
             node.stats.replies_dropped[e.reason] = node.stats.replies_dropped.get(e.reason, 0) + 1
-            log.warning("%s; dropping its session", e, extra=PER_PEER)
-            node.sessions.pop(peer, None)
+            log.warning("%s; detaching the connection from its sessions", e, extra=PER_PEER)
+            node.drop_peer(peer)
             return

@@ -15,14 +15,24 @@ Pirate heartbeats:
   :class:`~rx_node.daemon.RxNode` (sessions, replay record, held replies) as
   the single-process RX does, connects a DEALER to the front end and
   announces ``READY`` once warmed up.
-- **Pinning**: a TX connection (its ZeroMQ peer identity) is pinned to one
-  worker on its first message, the worker with the fewest pinned connections
-  active in the last :data:`PIN_ACTIVE_S`;
-  every later frame of that connection goes to the same worker, so a session's
-  rounds, replay record and per-session state stay together. A mode whose RX
+- **Pinning**: sessions are bound to the TX's key, not to its connection
+  (``docs/protocol.md``, "Sessions"), so the front end pins what survives a
+  reconnect. Under CURVE it pins the **key** (the ZAP User-Id): the key's
+  first frame pins it to the worker with the fewest pins active in the last
+  :data:`PIN_ACTIVE_S`, and every frame of every connection of that key goes
+  there, so a TX whose network path changed (new connection, same key)
+  reaches the worker that holds its sessions. On a plain socket it pins the
+  connection, and the **session id** of every HELLO (read from small frames):
+  a HELLO for a session a worker holds re-pins its connection to that worker
+  (the worker then checks the credential). Under CURVE a HELLO for a session
+  id held on another worker than the key's goes to that worker (not
+  re-pinned), which refuses another key's HELLO (``session_owner``), as one
+  process does. A session's rounds, replay record
+  and per-session state thus stay together. A mode whose RX
   state spans sessions with one owner (``Mode.rx_one_owner``: fed-lora's base
   station, one federation) has all its sessions pinned to worker 0: the front
-  end reads the mode of HELLO frames (small msgpack maps) and re-pins. A
+  end reads the mode of HELLO frames (small msgpack maps) and re-pins (under
+  CURVE the key: a key's sessions live on one worker). A
   mode's options that name one-writer state on disk
   (``Mode.rx_one_writer_options``: pca-lora's ``adapter_bank``) are given to
   worker 0 only; the others keep that state in memory. State a mode shares
@@ -50,7 +60,7 @@ Frames between the front end and a worker (the ROUTER prepends/strips the
 worker's identity ``w<index>g<generation>``):
 
 - front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), *frames]``,
-  ``[b"G", peer]`` (the TX connection is gone: drop its session),
+  ``[b"G", peer]`` (the TX connection is gone: detach it from its sessions, which stay),
   ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
 - worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``,
   ``[b"R", reqid, peer, d_ok/d_failed (msgpack), *reply frames]`` (one per
@@ -90,7 +100,7 @@ LIVENESS = 3  # heartbeats a worker may miss before it counts as hung
 READY_TIMEOUT_S = 300.0  # a worker's start-up (imports, artifacts, warm-up) at most
 FRONTEND_SILENT_S = 10 * HEARTBEAT_S  # a worker that hears nothing from the front end this long exits
 BACKEND_HWM = 1000  # messages queued per worker (a hung worker's queue fills: further requests refused)
-MAX_PINS = 65536  # pinned TX connections remembered (least recently active forgotten first)
+MAX_PINS = 65536  # pinned TX keys / connections / session ids remembered (least recently active forgotten first)
 PIN_ACTIVE_S = 60.0  # a pinned connection counts towards its worker's load this long after its last frame
 HELLO_PEEK_BYTES = 8192  # frames up to this size are read for a HELLO's mode (one-owner modes only)
 RESTART_BACKOFF_MAX_S = 30.0
@@ -191,7 +201,9 @@ class FrontEnd:
         self.losses: list[tuple[int, str]] = []
         self._retired = RxStats()  # counters of workers lost or replaced
         self._reqids = itertools.count(1)
-        self._pins: OrderedDict[bytes, tuple[int, float]] = OrderedDict()  # TX peer -> (worker, last seen)
+        # route -> (worker, last seen): a CURVE key (str), or on a plain socket a TX connection (bytes)
+        self._pins: OrderedDict[str | bytes, tuple[int, float]] = OrderedDict()
+        self._session_at: OrderedDict[int, int] = OrderedDict()  # plain socket: HELLO's session id -> worker
         self._workers: list[_Worker | None] = [None] * workers
         self._failures = [0] * workers  # consecutive losses before READY (restart back-off)
         self._restart_at = [0.0] * workers
@@ -264,8 +276,10 @@ class FrontEnd:
             self._refuse(peer, frames, f"RX worker {w.index} {why} while serving this request; the session "
                                        "is gone: re-open it")
         w.inflight.clear()
-        for peer in [p for p, (i, _) in self._pins.items() if i == w.index]:
-            del self._pins[peer]
+        for route in [p for p, (i, _) in self._pins.items() if i == w.index]:
+            del self._pins[route]
+        for sid in [k for k, i in self._session_at.items() if i == w.index]:
+            del self._session_at[sid]
         self._retire(w)
         self._failures[w.index] = self._failures[w.index] + 1 if not w.ready else 0
         delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** self._failures[w.index]) if self._failures[w.index] else 0.0
@@ -324,30 +338,50 @@ class FrontEnd:
             counts[index] += 1
         return counts
 
-    def _pick(self, peer: bytes, frames: list) -> _Worker | None:
-        target = None
-        if self.one_owner and len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
+    def _pick(self, peer: bytes, frames: list, owner: str | None = None) -> _Worker | None:
+        """The worker for a TX's frame: under CURVE the one its key is pinned to, on a plain socket the one
+        its connection (or its HELLO's session id) is pinned to; a new route goes to the least loaded."""
+        target, sid = None, None
+        hello = None
+        if len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
             body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
-            if body and body.get("type") == "HELLO" and body.get("mode") in self.one_owner:
-                target = 0
-        pinned = self._pins.get(peer)
+            if body and body.get("type") == "HELLO":
+                hello = body
+        if hello is not None and hello.get("mode") in self.one_owner:
+            target = 0
+        elif hello is not None and isinstance(hello.get("session_id"), int):
+            sid = hello["session_id"]
+            held = self._session_at.get(sid)  # a worker holds this session id: it decides who may have it
+            if held is not None and not (self._workers[held] and self._workers[held].ready):
+                held = None
+            if owner is None:
+                target = held  # plain socket: the connection follows its session (the worker checks the credential)
+            elif held is not None and held != (self._pins.get(owner) or (None,))[0]:
+                return self._workers[held]  # another key's session id: that worker refuses it (session_owner)
+        route = owner if owner is not None else peer
+        pinned = self._pins.get(route)
         index = pinned[0] if target is None and pinned else target
         w = self._workers[index] if index is not None else None
         if w is None or not w.ready:
             ready = [x for x in self._workers if x.ready]
-            if target is not None or not ready:
+            if target is not None or not ready:  # a one-owner mode's worker 0 is not ready
                 return None
             active = self._active_pins()
             w = min(ready, key=lambda x: (active[x.index], x.index))
-        self._pins.pop(peer, None)
-        self._pins[peer] = (w.index, time.monotonic())  # most recently active last
+        self._pins.pop(route, None)
+        self._pins[route] = (w.index, time.monotonic())  # most recently active last
         while len(self._pins) > MAX_PINS:
             self._pins.popitem(last=False)
+        if sid is not None:
+            self._session_at.pop(sid, None)
+            self._session_at[sid] = w.index
+            while len(self._session_at) > MAX_PINS:
+                self._session_at.popitem(last=False)
         return w
 
     def _from_tx(self) -> None:
         peer, frames, owner = self.sock.recv_frames()
-        w = self._pick(peer, frames)
+        w = self._pick(peer, frames, owner)
         if w is None:
             self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
             return
@@ -376,10 +410,10 @@ class FrontEnd:
                 self.sock.send(peer, reply)
             except ReplyDropped as e:  # the peer left or stopped reading: never block the others
                 self.stats.replies_dropped[e.reason] = self.stats.replies_dropped.get(e.reason, 0) + 1
-                log.warning("%s; dropping its session", e)
-                pinned = self._pins.pop(peer, None)
-                if pinned is not None and self._workers[pinned[0]].ready:
-                    self._to_worker(self._workers[pinned[0]], [b"G", peer])
+                log.warning("%s; detaching the connection from its sessions", e)
+                self._pins.pop(peer, None)  # a plain connection's pin (a key's pin stays: its other connections)
+                if w is not None and w.ready:
+                    self._to_worker(w, [b"G", peer])
                 return
 
     # ------------------------------------------------------------ worker -> TX
@@ -551,7 +585,7 @@ def run_worker(spec_path: Path, generation: int = 0) -> int:
                     if sum(len(f) for f in data) > RELEASE_AFTER_BYTES:
                         release_freed_memory()
                 elif kind == b"G":
-                    node.sessions.pop(rest[0].bytes, None)
+                    node.drop_peer(rest[0].bytes)
                 elif kind == b"S":
                     stopping = True
             elif stopping and held:

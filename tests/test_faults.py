@@ -43,7 +43,7 @@ def test_repeated_payload_is_answered_from_the_record(digits_artifacts, digits):
     assert isinstance(decode(first[0]), Result) and again[0] == first[0]
     assert decode(again[1]).seq == 5  # the next round's CHANNEL follows as usual
     assert len(calls) == 1 and node.stats.ok == 1 and node.stats.replayed == 1
-    assert b"p1" not in node.sessions  # one peer per session
+    assert list(node.sessions) == [5] and node.sessions[5].peers == [b"p1", b"p2"]  # one session, both connections
 
 
 def test_replay_cache_is_bounded():

@@ -21,7 +21,7 @@ import zmq
 from common.link.sidelink import create_sidelink
 from common.modes.base import get_mode
 from common.modes.fed_lora.messages import FedAck, FedPlan, FedUpdate, FedWait, adapter_from_wire, adapter_to_wire, poll
-from common.wire.protocol import Channel, Error, Hello, Result, decode, encode
+from common.wire.protocol import PROTOCOL_VERSION, Channel, Error, Hello, Result, decode, encode
 from rx_node.daemon import RxNode
 from tests.helpers import ServedRx
 
@@ -142,7 +142,7 @@ def test_an_update_after_its_round_closed_is_late(federation):
 
 
 def raw_poll(sid, seq, k, attempt, want="plan"):
-    return msgpack.packb({"v": 2, "type": "FED_POLL", "session_id": sid, "seq": seq, "device_id": k,
+    return msgpack.packb({"v": PROTOCOL_VERSION, "type": "FED_POLL", "session_id": sid, "seq": seq, "device_id": k,
                           "attempt": attempt, "want": want, "waited_ms": 0})
 
 

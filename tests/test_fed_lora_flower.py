@@ -168,7 +168,7 @@ def _bad_updates():
 
     return [  # (arrays edit, content edit, outcome, recorded reason)
         (nan, None, "refused", "non_finite"),
-        (None, as_dtype(np.float64), "refused", "oversize"),  # more bytes than the module holds
+        (None, as_dtype(np.float64), "refused", "dtype"),  # one order of checks: dtype before any size
         (None, as_dtype(np.float16), "refused", "dtype"),
         (None, drop_update, "refused", "bad_message"),
         (None, wrong_shape, "refused", "shape"),

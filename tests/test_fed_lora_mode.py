@@ -197,7 +197,7 @@ def test_mismatched_federation_is_refused_at_hello(serve_rx, tmp_path):
 
 
 class Poisoned(FedLoraTx):
-    """A device that uploads a bad adapter in rounds 0, 1, 2 (NaN, oversize, unknown layer)."""
+    """A device that uploads a bad adapter in rounds 0, 1, 2 (NaN, an extra tensor, a renamed one)."""
 
     def update_arrays(self, seq, arrays):
         arrays = {k: v.copy() for k, v in arrays.items()}
@@ -218,7 +218,7 @@ def test_bad_updates_are_refused_with_a_code_and_the_next_round_works(serve_rx, 
     device = tx_half(0, cls=Poisoned, fed_devices=1)
     records = node_for(address, device).run(4, ResultsLog(tmp_path, {}))
     assert [r.status for r in records] == ["failed", "failed", "failed", "ok"], [r.error for r in records]
-    for r, code in zip(records, ("non_finite", "oversize", "unknown_layer")):
+    for r, code in zip(records, ("non_finite", "unknown_layer", "unknown_layer")):
         assert f"RX error {code}:" in r.error, r.error
     assert records[3].fields["outcome"] == "delivered"
     history = half.station.history
@@ -384,7 +384,8 @@ def test_base_station_restarts_from_its_saved_state(tmp_path):
     (lambda w: w.__setitem__(0, {**w[0], "data": w[0]["data"][:-4]}), "size"),
     (lambda w: w.__setitem__(0, {**w[0], "shape": [1, 1]}), "shape"),
     (lambda w: w.__setitem__(0, {**w[0], "dtype": "float64"}), "dtype"),
-    (lambda w: w.append(dict(w[0])), "oversize"),
+    (lambda w: w.append(dict(w[0])), "duplicate"),
+    (lambda w: w.append({**w[0], "name": "extra.lora_A"}), "unknown_layer"),
     (lambda w: w.pop(), "missing"),
     (lambda w: w.__setitem__(0, {**w[0], "name": "nope"}), "unknown_layer"),
     (lambda w: w.__setitem__(0, {"name": "x"}), "bad_tensor"),

@@ -250,7 +250,7 @@ def test_valid_round_after_fuzzing(node, digits):
 
 
 def test_int8_payload_with_infinite_scale_refused(node, digits):
-    node.handle(b"i8", [hello(node.halves["pca-lora"].codec, session_id=88)])
+    node.handle(b"i8", [hello(node.halves["pca-lora"].codec, session_id=88, value_dtype="int8")])
     p = payload(node.halves["pca-lora"].codec, digits, dtype="int8", session_id=88, alpha=6, n_test=5, n_train=8)
     scales = bytearray(p.scales)
     scales[0:4] = np.float32(np.inf).tobytes()

@@ -38,7 +38,35 @@ def previous_campaign(out: Path, mode: str, fingerprint: str) -> dict:
     return config
 
 
-RESULT_FILES = ("results.json", "results.jsonl", "results.jsonl.corrupt")
+RESULT_FILES = ("results.json", "results.jsonl", "results.jsonl.corrupt", "session.credential")
+CREDENTIAL_FILE = "session.credential"
+
+
+def session_credential(out: Path, resume: bool) -> bytes | None:
+    """The session credential of the campaign in ``out`` (``--resume``), else a fresh one kept there (0600).
+
+    On a plain socket the RX binds a session to the credential its HELLO
+    carried, so a resumed campaign (same session id) presents the same one.
+    None when ``out`` cannot hold it (the node then draws its own).
+    """
+    path = out / CREDENTIAL_FILE
+    if resume:
+        try:
+            got = path.read_bytes()
+            if 16 <= len(got) <= 64:
+                return got
+        except FileNotFoundError:
+            pass
+    cred = os.urandom(16)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(cred)
+    except OSError as e:
+        log.warning("cannot keep the session credential in %s (%s); a resumed campaign on a plain socket "
+                    "will need a new session", path, e)
+    return cred
 
 
 def set_aside(out: Path, names: tuple[str, ...] = RESULT_FILES) -> Path | None:
@@ -84,7 +112,8 @@ def run_tx(opts: dict, security: TxSecurity, stop: threading.Event, on_round=Non
             log.warning("--out %s holds an earlier campaign's results; moved them to %s (pass --resume to "
                         "continue a campaign instead, or choose another --out)", out, moved)
     sock = TxSocket(opts.get("connect") or DEFAULT_CONNECT, security=security)
-    node = TxNode(half, sock, config, stop, session_id=previous.get("session_id"))
+    node = TxNode(half, sock, config, stop, session_id=previous.get("session_id"),
+                  credential=session_credential(out, resume))
     record = {"mode": mode, "connect": sock.address, "session_id": node.session_id, "curve": security.curve,
               **half.config_record(), **{k: getattr(config, k) for k in TX_CONFIG_KEYS}}
     results = ResultsLog(out, record, resume=resume)

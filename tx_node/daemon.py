@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -64,12 +65,16 @@ class TxNode:
     """Runs one mode's rounds against one RX through ``sock``."""
 
     def __init__(self, half: TxHalf, sock: TxSocket, config: TxConfig = TxConfig(),
-                 stop: threading.Event | None = None, session_id: int | None = None):
+                 stop: threading.Event | None = None, session_id: int | None = None,
+                 credential: bytes | None = None):
         self.half = half
         self.sock = sock
         self.config = config
         self.stop = stop or threading.Event()
         self.session_id = session_id if session_id is not None else random.SystemRandom().getrandbits(63)
+        # sent in every HELLO: on a plain socket the RX binds the session to it, so that this TX (and only a
+        # holder of it) continues the session from a new connection; under CURVE the key binds it instead
+        self.credential = credential if credential is not None else secrets.token_bytes(16)
         self.clock_offset_ns = 0
         self.rx_pid: int | None = None
         self.rx_params: dict = {}
@@ -139,7 +144,8 @@ class TxNode:
                 raise HandshakeFailed("stopped")
             t0 = time.time_ns()
             self.sock.send(encode(Hello("tx", self.session_id, self.half.mode, self.half.fingerprint,
-                                        self.half.hello_params(), next_seq, 0, self.pid, t0)))
+                                        self.half.hello_params(), next_seq, 0, self.pid, t0,
+                                        credential=self.credential)))
             wait_s = max(0.05, min(cfg.hello_timeout_s, give_up_at - time.monotonic()))
             reply = self._recv_until(lambda m: isinstance(m, (Hello, Error)), wait_s)
             t3 = time.time_ns()

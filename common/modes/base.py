@@ -100,6 +100,10 @@ class RxHalf(ABC):
     # repeat consistently sets False, so an early or wrong request never poisons a later valid one.
     replay_errors: bool = True
 
+    # The HELLO params keys the mode takes from a TX (None: any). The daemon refuses a HELLO with any
+    # other key (ERROR ``params``, naming it) before :meth:`check_hello` sees it.
+    hello_param_keys: frozenset[str] | None = None
+
     @abstractmethod
     def check_hello(self, params: dict) -> str | None:
         """Why a TX's HELLO ``params`` cannot open a session (None: they can)."""

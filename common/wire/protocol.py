@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import msgpack
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: HELLO's credential; sessions bound to the key/credential, not the connection
 MAX_SEQ = 2**63 - 2  # sequence numbers (and seq + 1, the next round's) fit a signed 64-bit int
 MAX_SESSION_ID = 2**63 - 1
 CONTROL_MAX_BYTES = 1 << 20  # HELLO, CHANNEL, RESULT, ERROR: at most 1 MiB each
@@ -70,7 +70,10 @@ class Hello:
     per mode; the RX answers with its own). ``fingerprint``: hex digest of the
     artifacts both ends must share. Clock fields follow NTP: the TX sets
     ``t_origin_ns``; the RX echoes it and adds ``t_receive_ns``/``t_transmit_ns``
-    (its wall clock, ns since epoch).
+    (its wall clock, ns since epoch). ``credential``: TX -> RX, 16..64 random
+    bytes the TX keeps for the session's life; on a plain socket the session
+    is bound to it (whoever presents it may continue the session from any
+    connection; not authenticated: it travels in clear). Empty from the RX.
     """
 
     TYPE: ClassVar[str] = "HELLO"
@@ -86,6 +89,7 @@ class Hello:
     t_origin_ns: int = 0
     t_receive_ns: int = 0
     t_transmit_ns: int = 0
+    credential: bytes = b""
 
 
 @dataclass(frozen=True)

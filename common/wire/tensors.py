@@ -53,10 +53,10 @@ def arrays_from_wire(items, expected: Mapping[str, tuple[int, ...]], dtypes: tup
     ``dtypes``: the wire dtypes accepted. ``require_all``: every expected
     tensor must be present. Raises :class:`TensorError` with code
     ``bad_tensor`` (not a list of ``{name, dtype, shape, data}`` maps, or more
-    than ``max_tensors``), ``oversize`` (more raw bytes than the expected
-    tensors hold in float32), ``unknown_layer`` (a name outside ``expected``),
-    ``duplicate``, ``missing``, ``dtype``, ``shape``, ``size`` (``data``
-    length differs from the shape's) or ``non_finite`` (NaN/Inf).
+    than ``max_tensors``), then per tensor in list order ``unknown_layer`` (a
+    name outside ``expected``), ``duplicate``, ``dtype``, ``shape``, ``size``
+    (``data`` length differs from the shape's) or ``non_finite`` (NaN/Inf),
+    then ``missing``; the first failing check wins.
     """
     if not isinstance(items, list):
         raise TensorError("bad_tensor", f"tensors must be a list, got {type(items).__name__}")
@@ -72,10 +72,10 @@ def arrays_from_wire(items, expected: Mapping[str, tuple[int, ...]], dtypes: tup
                                                           and s >= 0 for s in shape):
             raise TensorError("bad_tensor", f"tensor {i}: name/dtype must be str, shape a list of ints >= 0, "
                                             "data bytes")
-    capacity = sum(4 * math.prod(s) for s in expected.values())
-    if wire_tensor_bytes(items) > capacity:
-        raise TensorError("oversize", f"{wire_tensor_bytes(items)} bytes of tensor data, the expected tensors "
-                                      f"hold {capacity}")
+    # one order for every mode (docs/protocol.md, "Order of checks"): each tensor's name, then uniqueness,
+    # dtype, shape, data size, finiteness; then what is missing. No total-bytes check: a known, unique
+    # tensor of the right dtype and size cannot make the list larger than the expected tensors (the
+    # frame itself was bounded before it was parsed)
     out: dict[str, np.ndarray] = {}
     for item in items:
         name, dtype, shape, data = (item[k] for k in TENSOR_KEYS)

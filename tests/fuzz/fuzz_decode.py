@@ -77,7 +77,7 @@ def test_one_input(data: bytes) -> None:
     except ProtocolError:
         pass
     peer = b"fuzz"
-    if peer not in NODE.sessions:  # keep a session open so PAYLOAD inputs reach the deep paths
+    if SESSION not in NODE.sessions:  # keep a session open so PAYLOAD inputs reach the deep paths
         NODE.handle(peer, [seeds()[0]])
     replies = NODE.handle(peer, [data])
     if not replies:

@@ -715,6 +715,12 @@ class FedLoraRx(RxHalf):
                 "aggregation": s.config.aggregation, "deadline_s": float(s.opt.deadline_s),
                 "max_polls": MAX_POLLS}
 
+    @property
+    def hello_param_keys(self) -> frozenset[str]:
+        """The federation's spec (compared) and the device's own parameters, all required."""
+        return frozenset(self.station.spec.params()) | {"fed_version", "device_id", "n_samples", "modules", "profile",
+                                                        "train_flops"}
+
     def check_hello(self, params: dict) -> str | None:
         return self.station.check_device(params, register=False)
 

@@ -83,10 +83,14 @@ class PcaLoraRx(RxHalf):
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max}
 
+    hello_param_keys = frozenset({"codec", "d_raw", "d_pre", "value_dtype", "deadline_s", "train_parts"})
+
     def check_hello(self, params: dict) -> str | None:
         if params.get("codec") != self.codec.name or params.get("d_raw") != self.codec.d_raw:
             return (f"codec {params.get('codec')}/d_raw={params.get('d_raw')} != RX "
                     f"{self.codec.name}/d_raw={self.codec.d_raw}")
+        if params.get("d_pre") != self.codec.d_max:
+            return f"d_pre={params.get('d_pre')!r} != the RX basis's d_pre={self.codec.d_max}"
         if params.get("value_dtype") not in VALUE_FORMATS:
             return f"value_dtype {params.get('value_dtype')!r} is not one of {sorted(VALUE_FORMATS)}"
         deadline = params.get("deadline_s")
@@ -129,6 +133,10 @@ class PcaLoraRx(RxHalf):
         (``earlier_bytes``: what the round's earlier part already took of it).
         Work: at most ``max_test_vectors`` test vectors (each is classified).
         """
+        declared = ctx.session.get("hello_params", {}).get("value_dtype")
+        if declared is not None and p.value_dtype != declared:
+            raise RoundError("bad_message", f"{p.TYPE} value_dtype {p.value_dtype} != {declared}, the session's "
+                                            "(HELLO params value_dtype)")
         deadline_s = ctx.session.get("hello_params", {}).get("deadline_s")
         if deadline_s is not None:
             budget = ctx.state.rate_bps * deadline_s / 8 * (1 + self.limits.budget_tolerance)

@@ -164,6 +164,11 @@ class SlfRx(RxHalf):
                 "decoder_fingerprint": self.decoder_fingerprint, "keeps_alignments": self.keep_alignments > 0,
                 "download_dtypes": list(DOWNLOAD_DTYPES)}
 
+    @property
+    def hello_param_keys(self) -> frozenset[str]:
+        """The architecture (compared) plus the TX's ``n_frozen`` and ``trx`` name (informational, optional)."""
+        return frozenset(arch_params(self.shape)) | {"n_frozen", "trx"}
+
     def check_hello(self, params: dict) -> str | None:
         return arch_mismatch(arch_params(self.shape), params, "RX")
 

@@ -449,7 +449,7 @@ def federation(tmp_path):
 
 
 def _fed_case(case: str, start, sid: int):
-    from common.modes.fed_lora.messages import FedUpdate, adapter_from_wire, adapter_to_wire, poll
+    from common.modes.fed_lora.messages import FedUpdate, adapter_from_wire, adapter_to_wire
 
     served, half, devs, client_sec = start(curve=case == "hello_device_key")
     client = Client(served.address, client_sec)

@@ -301,8 +301,9 @@ def test_float16_download_halves_the_bytes(rx_server, artifacts, tmp_path):
     node = RxNode({"slf": get_mode("slf").build_rx({"artifacts": artifacts / "rx"})},
                   create_sidelink("loopback", trace="demo"))
     rx = node.halves["slf"]
-    hello = Hello("tx", 77, "slf", rx.fingerprint, rx.hello_params())
-    node.handle(b"peer", [encode(hello)])
+    hello = Hello("tx", 77, "slf", rx.fingerprint, tx_half(artifacts).hello_params())
+    opened = decode(node.handle(b"peer", [encode(hello)])[0])
+    assert isinstance(opened, Hello), opened
     err = decode(node.handle(b"peer", [encode(DecoderRequest(77, 0, "int8"))])[0])
     assert isinstance(err, Error) and err.code == "dtype"
 

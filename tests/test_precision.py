@@ -93,3 +93,12 @@ def test_warm_up_leaves_the_adapter_bank_empty(tmp_path, served):
     half = PcaLoraRx(codec, model, BankedAlignment(LoraAlignment(adapt=AdaptConfig(steps=5)), bank), meta.n_classes)
     half.warm_up()
     assert bank.alphas() == [] and AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank").alphas() == []
+
+
+def test_cpu_flags_and_model_from_cpuinfo_text():
+    from common.cpu import cpu_flags, cpu_model
+
+    text = "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert cpu_model(text) == "Some CPU 9000"
+    assert cpu_flags(text) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags("processor : 0\n") is None

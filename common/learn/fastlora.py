@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from common.cpu import BF16_FLAGS, cpu_flags
 from common.learn.lora import LoraState
 from common.learn.train import lr_at
 
@@ -376,16 +377,10 @@ _BF16: dict[tuple, bool] = {}
 
 def native_bf16() -> bool | None:
     """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from
-    ``/proc/cpuinfo``; None where that cannot be read (then only a measurement can tell)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
+    ``/proc/cpuinfo`` (:func:`common.cpu.cpu_flags`); None where that cannot be read (then only a
+    measurement can tell)."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & set(BF16_FLAGS))
 
 
 def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> bool:

@@ -500,7 +500,7 @@ class LoraAlignment(AlignmentStrategy):
                     init: LoraState | None = None, init_alpha: int | None = None,
                     steps: int | None = None, _precision: str | None = None,
                     split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True,
-                    stretch: "_Stretch | None" = None
+                    stretch: "_Stretch | None" = None, plan_steps: list[int] | None = None
                     ) -> tuple[nn.Sequential | None, AdaptReport, LoraState | None]:
         """Like :meth:`adapt`, starting from ``init`` (a copy is trained) when given.
 
@@ -510,7 +510,9 @@ class LoraAlignment(AlignmentStrategy):
         report and the trained adapter; without ``finish`` (training goes on
         later) the model is None: no merge, no hold-out check. ``stretch``:
         run only steps ``[stretch.start, stretch.end)`` of ``stretch.plan``,
-        continuing its optimiser state (a round in parts).
+        continuing its optimiser state (a round in parts). ``plan_steps``: run exactly these steps
+        per stage (a report's ``stage_steps``: a recorded run repeated), neither recalibrated nor
+        capped by the epoch limit; with ``budget_ms`` None nothing can cut it.
         """
         clock = self.clock
         t0 = clock()
@@ -523,8 +525,11 @@ class LoraAlignment(AlignmentStrategy):
         budget_ms = cfg.deep_budget_ms if deep else cfg.budget_ms
         cap_s = None if budget_ms is None else budget_ms / 1e3
         weights, biases = _mlp_weights(model)
-        plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
-                               self._plan(alpha, codec, model, deep, budget_ms, steps))
+        if plan_steps is not None:
+            plan, steps_by, cal = [int(k) for k in plan_steps] or [0], "fixed", None
+        else:
+            plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
+                                   self._plan(alpha, codec, model, deep, budget_ms, steps))
         precision = _precision or (cal.precision if cal is not None else frozen_precision(cfg, weights))
         if recipe == "lora":
             precision = "fp32"
@@ -532,7 +537,7 @@ class LoraAlignment(AlignmentStrategy):
         fit_idx, hold = split if split is not None else _split_holdout(len(z), cfg)
         if not len(fit_idx):
             plan = [0]
-        elif cfg.max_epochs and stretch is None:
+        elif cfg.max_epochs and stretch is None and plan_steps is None:
             per_epoch = len(fit_idx) / (cfg.batch_size or len(fit_idx))
             plan = _cap_plan(plan, max(1, math.ceil(cfg.max_epochs * per_epoch)))
         zt = torch.as_tensor(z)

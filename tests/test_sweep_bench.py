@@ -115,6 +115,17 @@ def test_bench_small(tmp_path, digits_artifacts):
             assert x["steps"] == sum(x["stage_steps"]) and x["deterministic"]
             assert x["ms_per_step"] == pytest.approx(x["ms"] / max(x["steps"], 1))
     assert json.loads((tmp_path / "bench.json").read_text())["adapt"] == json.loads(json.dumps(res["adapt"]))
+    # each recipe's step against its floor in fp32, and bf16 (forced) where it has frozen layers
+    from common.learn import fastlora
+
+    steps = res["step"]
+    assert set(steps) == {"lora", "first-layer", "staged stage 2 (all layers)"}
+    dims = [64, 64, 32, 10]  # digits: d_raw 64, hidden (64, 32), 10 classes
+    assert steps["first-layer"]["flops"] == fastlora.dense_step_flops([p["alpha"], 64, 32, 10], 1, 256)
+    assert steps["lora"]["flops"] == fastlora.gemm_flops(fastlora.lora_step_gemms(p["alpha"], dims, 8, 256))
+    for label, x in steps.items():
+        assert x["fp32"]["floor_ms_per_step"] > 0 and x["bf16_native"] == fastlora.native_bf16()
+        assert (x["bf16"] is not None) == (label == "first-layer")
 
 
 @pytest.mark.slow

@@ -126,6 +126,11 @@ def test_bench_small(tmp_path, digits_artifacts):
     for label, x in steps.items():
         assert x["fp32"]["floor_ms_per_step"] > 0 and x["bf16_native"] == fastlora.native_bf16()
         assert (x["bf16"] is not None) == (label == "first-layer")
+    assert set(res["precision_choice"]) == {"first-layer", "staged"}
+    assert all(c["precision"] in ("fp32", "bf16") for c in res["precision_choice"].values())
+    for alpha, x in res["precision_accuracy"].items():  # digits' d_pre is 40: alphas 10, 20, 40
+        assert len(x["rows"]) == 3 and x["loss_pp"] == pytest.approx((x["fp32"] - x["bf16"]) * 100)
+        assert all(r["stage_steps"] and 0 < r["fp32"] <= 1 for r in x["rows"])
 
 
 @pytest.mark.slow

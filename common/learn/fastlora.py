@@ -251,8 +251,8 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     first one already folded into the codec (``ws[0] = W_0 M^T``, ``bs[0] = W_0 c
     + b_0``, so ``x`` is ``z``; or unfolded, ``x`` is ``x_hat``); ReLU between
     layers, logits out. The layers from ``trained`` on stay frozen and run in
-    ``frozen_dtype`` (forward and their input gradients; bfloat16 where the CPU
-    makes it faster, see :func:`bf16_faster`). ``trained = 1`` is the
+    ``frozen_dtype`` (forward and their input gradients; bfloat16 where the recipe's
+    step runs faster in it, see ``LoraAlignment.precision_choice``). ``trained = 1`` is the
     first-layer recipe, ``trained = len(ws)`` trains every layer.
 
     Batches as :func:`train` (``drop_last`` epochs, one gather per epoch);
@@ -421,51 +421,12 @@ def dense_step_flops(dims: list[int], trained: int, batch: int) -> float:
     return gemm_flops(dense_step_gemms(dims, trained, batch))
 
 
-_BF16: dict[tuple, bool] = {}
-
-
 def native_bf16() -> bool | None:
     """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from
     ``/proc/cpuinfo`` (:func:`common.cpu.cpu_flags`); None where that cannot be read (then only a
     measurement can tell)."""
     flags = cpu_flags()
     return None if flags is None else bool(flags & set(BF16_FLAGS))
-
-
-def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> bool:
-    """Whether bfloat16 products of ``batch`` rows through weights of ``shapes`` ((out, in) each)
-    beat float32 on this CPU (measured once per process and shapes; False where oneDNN has no bf16).
-
-    CPUs without native bf16 arithmetic (no AVX512_BF16 / AMX) emulate it and
-    run several times slower than float32 (5x for these products on an
-    AVX-512 EPYC without it): they are answered from ``/proc/cpuinfo`` without
-    a measurement, and the frozen layers stay float32.
-    """
-    key = (tuple(shapes), batch, torch.get_num_threads())
-    if key in _BF16:
-        return _BF16[key]
-    try:
-        supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        supported = False
-    supported = supported and native_bf16() is not False  # oneDNN also "supports" it by emulation
-    faster = False
-    if supported and shapes:
-        def best(dtype):
-            ws = [torch.randn(o, i).to(dtype) for o, i in shapes]
-            hs = [torch.randn(batch, i).to(dtype) for o, i in shapes]
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    for w, h in zip(ws, hs):
-                        h @ w.t()
-                ts.append(time.perf_counter() - t0)
-            return min(ts)
-        best(torch.float32), best(torch.bfloat16)  # warm both paths
-        faster = best(torch.bfloat16) < 0.9 * best(torch.float32)
-    _BF16[key] = faster
-    return faster
 
 
 def release_freed_memory() -> bool:

@@ -8,7 +8,8 @@ payload. :class:`LoraAlignment` runs one of three *recipes*
 - ``first-layer``: full training of the first layer folded into the codec
   (``W_0 M^T``, out0 x alpha, plus its bias), the later layers frozen (in
   bfloat16 where the CPU makes that faster): a full-rank adapter on that
-  layer, merged exactly into ``W_0`` (``Delta W_0 = D (M M^T)^-1 M``);
+  layer, merged exactly into ``W_0`` (``Delta W_0 = D (M M^T)^-1 M``); bf16 where the
+  recipe's own step, timed in both at start-up, is at least 15 % faster;
 - ``staged``: first-layer steps, then, when the budget leaves room for
   enough of them, steps on the full weights of every layer.
 
@@ -78,7 +79,8 @@ class AdaptConfig:
     all layers at ``stage2_lr`` when at least ``stage2_min_steps`` of them fit
     the budget (else it is the first-layer recipe). ``precision``: the frozen
     layers of the first-layer recipe (and stage 1) in "fp32", "bf16", or
-    "auto" (bf16 where a start-up measurement finds it faster).
+    "auto" (bf16 where the recipe's own step, timed at calibration in both, takes at
+    most 0.85 of fp32's time: :meth:`LoraAlignment.precision_choice`).
 
     ``holdout``: fraction of the received vectors (at most ``holdout_max``)
     kept aside; the adapted model is used only if its hold-out cross-entropy
@@ -155,8 +157,11 @@ class AdaptReport:
     the run before its steps (then ``complete`` is False and the result
     depends on the machine's load). ``stage_steps``: steps per stage (staged:
     first-layer, all layers). ``precision``: the frozen layers' arithmetic
-    ("fp32" or "bf16"). ``ms_per_step``: the calibrated cost the step count
-    came from (None when not calibrated).
+    ("fp32" or "bf16"); ``precision_by``: why (:meth:`LoraAlignment.precision_choice`:
+    "measured", "forced", "given", "fp32 only", "no bf16 arithmetic") and
+    ``precision_step_ms``: the recipe's step measured in each, ms (``{"fp32":
+    ms, "bf16": ms}``; None unless measured). ``ms_per_step``: the calibrated
+    cost the step count came from (None when not calibrated).
     ``warm_start``/``warm_from_alpha``: whether training started from a stored
     adapter (and which alpha it was fitted at); ``reused``: the bank's adapter
     for this alpha was used as it is, without training. ``kept``: "adapted",
@@ -185,6 +190,8 @@ class AdaptReport:
     precision: str = "fp32"
     ms_per_step: float | None = None
     reused: bool = False
+    precision_by: str | None = None
+    precision_step_ms: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -204,6 +211,7 @@ class Calibration:
     overhead_ms: float
     precision: str
     budgets: tuple  # (budget_ms, deep_budget_ms) it was made for
+    choice: dict = field(default_factory=dict)  # LoraAlignment.precision_choice: why this precision
 
     def ms_per_step(self, stage: int, alpha: int) -> float:
         a, b = self.per_step[stage]
@@ -261,16 +269,22 @@ def requested_precision(cfg: AdaptConfig) -> str:
     return forced
 
 
-def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str:
-    """"bf16" or "fp32" for the frozen later layers of the dense recipes (detected once per process)."""
+def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str | None:
+    """"bf16" or "fp32" for the frozen later layers of the dense recipes where no measurement is
+    needed (LoRA, fewer than two layers, a forced precision, "auto" on a CPU without bf16
+    arithmetic); None: "auto" where bf16 might pay, so the recipe's own step decides
+    (:meth:`LoraAlignment.precision_choice`)."""
     precision = requested_precision(cfg)
     if cfg.recipe == "lora" or precision == "fp32" or len(weights) < 2:
         return "fp32"
     if precision == "bf16":
         return "bf16"
-    batch = cfg.batch_size or 256
-    shapes = [tuple(w.shape) for w in weights[1:]]
-    return "bf16" if fastlora.bf16_faster(shapes, batch) else "fp32"
+    return "fp32" if fastlora.native_bf16() is False else None
+
+
+# bf16 is chosen only when the recipe's step runs at most this share of fp32's time
+BF16_STEP_RATIO = 0.85
+_PRECISION_CHOICES: dict[tuple, dict] = {}
 
 
 # ---------------------------------------------------------------- strategies
@@ -372,7 +386,8 @@ class LoraAlignment(AlignmentStrategy):
                      codec.d_max, cal.overhead_ms, cal.precision,
                      cal.plan(self.config, codec.d_max, self.config.budget_ms), codec.d_max, self.config.budget_ms)
         return {"recipe": cal.recipe, "per_step_ms": [list(ab) for ab in cal.per_step],
-                "overhead_ms": cal.overhead_ms, "precision": cal.precision}
+                "overhead_ms": cal.overhead_ms, "precision": cal.precision,
+                "precision_by": cal.choice.get("by"), "precision_step_ms": cal.choice.get("step_ms")}
 
     def warm_up(self, model: nn.Sequential, codec: Codec) -> dict:
         """:meth:`AlignmentStrategy.warm_up`: calibrate, then one whole adaptation (set-up, two steps of
@@ -395,7 +410,8 @@ class LoraAlignment(AlignmentStrategy):
     def _measure(self, model: nn.Sequential, codec: Codec, repeats: int) -> Calibration:
         cfg = self.config
         weights, biases = _mlp_weights(model)
-        precision = frozen_precision(cfg, weights)
+        choice = self.precision_choice(model, codec)
+        precision = choice["precision"]
         batch = cfg.batch_size or 256
         gen = torch.Generator().manual_seed(12345)
         alphas = sorted({max(1, min(16, codec.d_max)), codec.d_max})
@@ -426,7 +442,48 @@ class LoraAlignment(AlignmentStrategy):
                   for _ in range(repeats)) * 1e3
         a, b = per_step[0]
         overhead = max(one - (a + b * codec.d_max), 0.0)
-        return Calibration(cfg.recipe, tuple(per_step), overhead, precision, (cfg.budget_ms, cfg.deep_budget_ms))
+        return Calibration(cfg.recipe, tuple(per_step), overhead, precision, (cfg.budget_ms, cfg.deep_budget_ms),
+                           choice)
+
+    def precision_choice(self, model: nn.Sequential, codec: Codec, repeats: int = 3, k: int = 12) -> dict:
+        """The frozen layers' precision for this recipe and model, and why: ``{"precision": "fp32" |
+        "bf16", "by": ..., "step_ms": {"fp32": ms, "bf16": ms} | None}``.
+
+        Without a measurement where :func:`frozen_precision` decides ("by": "forced", "fp32 only" for
+        LoRA or a one-layer model, "no bf16 arithmetic" per ``/proc/cpuinfo``). Else ("measured") the
+        recipe's own first-layer step (its frozen layers in each precision, ``k`` steps on synthetic
+        folded inputs of ``batch_size`` vectors at alpha 16 and d_pre, CPU time of this thread, the
+        least of ``repeats``, mean of the two alphas) is timed in fp32 and bf16, and bf16 is chosen only
+        when it takes at most :data:`BF16_STEP_RATIO` of fp32's time. Measured once per process, recipe,
+        model shape, d_pre, batch and thread count.
+        """
+        cfg = self.config
+        weights, biases = _mlp_weights(model)
+        fixed = frozen_precision(cfg, weights)
+        if fixed is not None:
+            by = ("forced" if requested_precision(cfg) != "auto" else
+                  "fp32 only" if cfg.recipe == "lora" or len(weights) < 2 else "no bf16 arithmetic")
+            return {"precision": fixed, "by": by, "step_ms": None}
+        batch = cfg.batch_size or 256
+        key = (cfg.recipe, tuple(tuple(w.shape) for w in weights), codec.d_max, batch, torch.get_num_threads())
+        if key not in _PRECISION_CHOICES:
+            gen = torch.Generator().manual_seed(54321)
+            ms = {"fp32": 0.0, "bf16": 0.0}
+            alphas = sorted({max(1, min(16, codec.d_max)), codec.d_max})
+            for alpha in alphas:
+                z = torch.randn(4 * batch, alpha, generator=gen)
+                y = torch.randint(0, weights[-1].shape[0], (4 * batch,), generator=gen)
+                for precision in ms:
+                    def run():
+                        self._train_synthetic(weights, biases, z, y, codec, 0, k, precision)
+                    run()
+                    ms[precision] += min(_timed(run) for _ in range(repeats)) * 1e3 / k / len(alphas)
+            pick = "bf16" if ms["bf16"] <= BF16_STEP_RATIO * ms["fp32"] else "fp32"
+            _PRECISION_CHOICES[key] = {"precision": pick, "by": "measured",
+                                       "step_ms": {p: round(v, 4) for p, v in ms.items()}}
+            log.info("frozen layers in %s: %s step %.3f ms in fp32, %.3f ms in bf16", pick, cfg.recipe,
+                     ms["fp32"], ms["bf16"])
+        return dict(_PRECISION_CHOICES[key])
 
     def _train_synthetic(self, weights, biases, z, y, codec, stage: int, k: int, precision: str) -> None:
         """``k`` training steps of stage ``stage`` on synthetic folded inputs (for timing only)."""
@@ -530,9 +587,15 @@ class LoraAlignment(AlignmentStrategy):
         else:
             plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
                                    self._plan(alpha, codec, model, deep, budget_ms, steps))
-        precision = _precision or (cal.precision if cal is not None else frozen_precision(cfg, weights))
+        if _precision:
+            choice = {"precision": _precision, "by": "given", "step_ms": None}
+        elif cal is not None:
+            choice = cal.choice or {"precision": cal.precision, "by": "calibrated", "step_ms": None}
+        else:
+            choice = self.precision_choice(model, codec)
+        precision = choice["precision"]
         if recipe == "lora":
-            precision = "fp32"
+            precision, choice = "fp32", {"by": "fp32 only", "step_ms": None}
         gen = torch.Generator().manual_seed(cfg.seed)
         fit_idx, hold = split if split is not None else _split_holdout(len(z), cfg)
         if not len(fit_idx):
@@ -616,7 +679,8 @@ class LoraAlignment(AlignmentStrategy):
                              (clock() - t0) * 1e3, warm, init_alpha if warm else None, kept,
                              len(fit_idx), len(hold), acc_frozen, acc_adapted, steps_by,
                              total_done < requested and cap_s is not None, done,
-                             precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4))
+                             precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4),
+                             precision_by=choice["by"], precision_step_ms=choice["step_ms"])
         return merged, report, state
 
     def holdout_verdict(self, model: nn.Sequential, candidate: nn.Sequential, z: np.ndarray, y: np.ndarray,

@@ -14,6 +14,10 @@ Figures (medians of ``repeats`` runs, one torch thread):
   (shapes from the trainer's code) timed alone at those shapes and dtypes;
 - ``adapt``: adaptation time against n_train at alpha 20 for each recipe with the RX's
   default settings (step count calibrated to the budget); floor = FLOPs of the steps / GEMM rate;
+- ``precision_choice``: what ``precision auto`` picks for each dense recipe here (its own step
+  timed in fp32 and bf16, bf16 only at <= 0.85 of fp32's time) and both step times;
+- ``precision_accuracy``: the default recipe's accuracy with the frozen layers in fp32 and in bf16
+  on the same payloads (alpha 10, 20, 40, 3 seeds, reference budget) and the same step counts;
 - ``inference``: classification of t vectors; floor = FLOPs / GEMM rate;
 - ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 9-round loopback run
   of the demo trace; 7 of its rounds are at alpha = d_pre with nothing to align, so
@@ -196,6 +200,45 @@ def step_times(model, codec, alpha: int, dims: list[int], repeats: int, k: int =
     return out
 
 
+def precision_accuracy(codec, model, data, alphas: tuple[int, ...] = (10, 20, 40), seeds: int = 3,
+                       n_test: int = 500, recipe: str = DEFAULT_RECIPE) -> dict:
+    """Accuracy of ``recipe`` with its frozen layers in fp32 and in bf16 on the same payloads and step
+    counts: per alpha and seed the reference-budget payload (:func:`build_round`), the plan the fp32
+    calibration gives on this machine (recorded: ``stage_steps``), run uncapped in each precision;
+    accuracy on the whole (quantized) test set. ``loss_pp``: mean fp32 - bf16 accuracy, percentage points."""
+    from common.learn.models import accuracy
+    from common.modes.pca_lora.alignment import _CALIBRATIONS, _calibration_key
+    from semalign.campaigns.pca_lora.runner import build_round, quantized_test
+
+    layout = PayloadLayout.for_dtype("float16")
+    rate = reference_rate_bps()
+    b_max = int(rate * 0.05 / 8)
+    planner = LoraAlignment(adapt=AdaptConfig(recipe=recipe, precision="fp32"))
+    planner.calibrate(model, codec)
+    cal = _CALIBRATIONS[_calibration_key(planner.config, planner.lora, model, codec)]
+    runner = LoraAlignment(adapt=AdaptConfig(recipe=recipe, budget_ms=None, deep_budget_ms=None))
+    out = {}
+    for alpha in (a for a in alphas if a <= codec.d_max):
+        x_eval = quantized_test(codec, data, alpha, "float16")
+        rows = []
+        for seed in range(seeds):
+            rd = build_round(codec, data, alpha, seed, layout, n_test=n_test, b_max_bytes=b_max, rate_bps=rate)
+            deep = alpha < planner.config.deep_fraction * codec.d_max
+            plan = cal.plan(planner.config, alpha, planner.config.deep_budget_ms if deep else
+                            planner.config.budget_ms)
+            row = {"seed": seed, "n_train": rd.n_train}
+            for precision in ("fp32", "bf16"):
+                adapted, rep, _ = runner.adapt_state(model, rd.z_train, rd.y_train, codec, plan_steps=plan,
+                                                     _precision=precision)
+                row[precision] = accuracy(predict(adapted, x_eval), data.y_test)
+                row["stage_steps"], row["kept_" + precision] = list(rep.stage_steps), rep.kept
+            rows.append(row)
+        mean = {p: float(np.mean([r[p] for r in rows])) for p in ("fp32", "bf16")}
+        out[str(alpha)] = {"rows": rows, "fp32": mean["fp32"], "bf16": mean["bf16"],
+                           "loss_pp": (mean["fp32"] - mean["bf16"]) * 100}
+    return out
+
+
 class _PeakRss:
     """Polls ``VmHWM`` (the post-exec peak RSS) of a process in ``/proc`` until it exits.
 
@@ -368,6 +411,11 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
     # one training step of each recipe against its floor
     fastlora.match_blas_threads()
     res["step"] = step_times(model, codec, small_alpha, dims, repeats)
+    # what precision auto picks here for each dense recipe, from its own step timed in both
+    res["precision_choice"] = {r: LoraAlignment(adapt=AdaptConfig(recipe=r)).precision_choice(model, codec)
+                               for r in RECIPES if r != "lora"}
+    # bf16 vs fp32 accuracy on the same payloads and step counts
+    res["precision_accuracy"] = precision_accuracy(codec, model, data)
 
     # adaptation vs n_train, each recipe with the RX's defaults (calibrated step counts)
     adapt = []
@@ -454,6 +502,27 @@ def print_bench(res: dict) -> None:
                   "", "VmHWM of each process")
     Console(width=160).print(t)
     print_steps(res)
+    print_precision(res)
+
+
+def print_precision(res: dict) -> None:
+    """auto's precision choice per recipe, and bf16 vs fp32 accuracy at the same steps."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="frozen layers: bf16 vs fp32 (same payloads, same step counts; accuracy on the test set)",
+              header_style="bold")
+    for name in ("alpha", "steps per stage", "fp32", "bf16", "bf16 - fp32"):
+        t.add_column(name, justify="right")
+    for alpha, x in (res.get("precision_accuracy") or {}).items():
+        steps = sorted({"+".join(map(str, r["stage_steps"])) for r in x["rows"]})
+        t.add_row(alpha, ", ".join(steps), f"{x['fp32'] * 100:.2f} %", f"{x['bf16'] * 100:.2f} %",
+                  f"{-x['loss_pp']:+.3f} pp")
+    Console(width=160).print(t)
+    for recipe, c in (res.get("precision_choice") or {}).items():
+        ms = c.get("step_ms")
+        timing = f": step {ms['fp32']:.3f} ms fp32, {ms['bf16']:.3f} ms bf16" if ms else ""
+        print(f"precision auto, {recipe}: {c['precision']} ({c['by']}{timing})")
 
 
 def print_steps(res: dict) -> None:

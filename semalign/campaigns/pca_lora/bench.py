@@ -517,7 +517,7 @@ def print_precision(res: dict) -> None:
     for alpha, x in (res.get("precision_accuracy") or {}).items():
         steps = sorted({"+".join(map(str, r["stage_steps"])) for r in x["rows"]})
         t.add_row(alpha, ", ".join(steps), f"{x['fp32'] * 100:.2f} %", f"{x['bf16'] * 100:.2f} %",
-                  f"{-x['loss_pp']:+.3f} pp")
+                  f"{(x['bf16'] - x['fp32']) * 100 + 0.0:+.3f} pp")
     Console(width=160).print(t)
     for recipe, c in (res.get("precision_choice") or {}).items():
         ms = c.get("step_ms")

@@ -42,6 +42,10 @@ def sweep(
                                                         "[default: OUT/cache]."),
     live: bool = typer.Option(False, "--live", help="Run the pretrained/lora rows through real RX and TX "
                                                    "daemons on loopback (else in-process)."),
+    steps_from: Optional[Path] = typer.Option(None, help="A previous sweep.json: run each recipe, alpha and "
+                                                        "seed with exactly the step counts (and precision) it "
+                                                        "recorded, without the deadline calibration or the "
+                                                        "wall-clock cap, so the accuracies repeat on any CPU."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     log_level: str = LogOpt,
 ):
@@ -56,7 +60,9 @@ def sweep(
                           methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                           b_max_bytes=b_max_bytes, deadline_s=deadline_s, n_test=n_test, value_dtype=value_dtype,
                           e2e=E2EConfig(max_epochs=e2e_max_epochs, patience=e2e_patience, threads=e2e_threads),
-                          live=live)
+                          live=live, steps_from=str(steps_from) if steps_from else None)
+        if steps_from and live:
+            raise ValueError("--steps-from replays in-process rows; it does not combine with --live")
         path = ensure_artifacts(dataset, artifacts, data_dir, progress)
         runner = live_rounds(path, dataset, out, data_dir) if live else None
         result = run_sweep(path, dataset, cfg, out, cache_dir, data_dir, progress, runner)

@@ -13,6 +13,7 @@ from common.learn import fastlora
 from common.learn.models import accuracy, predict
 from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
 from common.modes.pca_lora.adapt_config import AdaptConfig, requested_precision
+from common.modes.pca_lora import alignment
 from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.calibration import frozen_precision
 from common.modes.pca_lora.folded_mlp import mlp_weights
@@ -43,9 +44,42 @@ def test_auto_picks_fp32_without_bf16_arithmetic(monkeypatch, served):
     _, model, _ = served
     monkeypatch.delenv("SEMALIGN_PRECISION", raising=False)
     monkeypatch.setattr(fastlora, "native_bf16", lambda: False)
-    monkeypatch.setattr(fastlora, "_BF16", {})
+    monkeypatch.setattr(alignment, "PRECISION_CHOICES", {})
     assert frozen_precision(AdaptConfig(recipe="staged"), _weights(model)) == "fp32"
-    assert fastlora._BF16 == {(((32, 64), (10, 32)), 256, 1): False}
+    choice = LoraAlignment(adapt=AdaptConfig(recipe="staged")).precision_choice(model, served[0])
+    assert choice == {"precision": "fp32", "by": "no bf16 arithmetic", "step_ms": None}
+    assert alignment.PRECISION_CHOICES == {}  # nothing was timed
+
+
+@pytest.mark.parametrize("fp32_ms, bf16_ms, pick", [(1.0, 0.84, "bf16"), (1.0, 0.86, "fp32"), (1.0, 1.5, "fp32")])
+def test_auto_picks_bf16_only_when_the_step_is_15_percent_faster(monkeypatch, digits, served, fp32_ms, bf16_ms,
+                                                                  pick):
+    """auto times the recipe's own step in each precision (a fake clock here) and picks bf16 only at
+    <= 0.85 of fp32's time; the choice and both times reach the calibration and every adapt report."""
+    codec, model, _ = served
+    monkeypatch.delenv("SEMALIGN_PRECISION", raising=False)
+    monkeypatch.setattr(fastlora, "native_bf16", lambda: True)
+    monkeypatch.setattr(alignment, "PRECISION_CHOICES", {})
+    monkeypatch.setattr(alignment, "CALIBRATIONS", {})
+    cost = {"fp32": fp32_ms, "bf16": bf16_ms}
+    timed = []
+    strategy = LoraAlignment(adapt=AdaptConfig(recipe="staged"))
+    original = strategy._train_synthetic
+
+    def fake_train(weights, biases, z, y, codec_, stage, k, precision):
+        original(weights, biases, z, y, codec_, stage, 1, precision)  # the real path, once, untimed
+        timed.append(cost[precision] * k / 1e3)
+
+    monkeypatch.setattr(strategy, "_train_synthetic", fake_train)
+    monkeypatch.setattr(alignment, "timed", lambda fn: (fn(), timed[-1])[1])
+    choice = strategy.precision_choice(model, codec)
+    assert choice == {"precision": pick, "by": "measured", "step_ms": {"fp32": fp32_ms, "bf16": bf16_ms}}
+    info = strategy.calibrate(model, codec)
+    assert info["precision"] == pick and info["precision_step_ms"] == choice["step_ms"]
+    rep = strategy.adapt(model, codec.encode(digits.x_train[:300], 4), digits.y_train[:300], codec)[1]
+    assert rep.precision == pick and rep.precision_by == "measured" and rep.precision_step_ms == choice["step_ms"]
+    monkeypatch.setenv("SEMALIGN_PRECISION", "fp32")  # forcing still wins, without a measurement
+    assert LoraAlignment(adapt=AdaptConfig(recipe="staged")).precision_choice(model, codec)["by"] == "forced"
 
 
 @pytest.mark.parametrize("recipe", ["first-layer", "staged"])
@@ -94,3 +128,12 @@ def test_warm_up_leaves_the_adapter_bank_empty(tmp_path, served):
     half = PcaLoraRx(codec, model, BankedAlignment(LoraAlignment(adapt=AdaptConfig(steps=5)), bank), meta.n_classes)
     half.warm_up()
     assert bank.alphas() == [] and AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank").alphas() == []
+
+
+def test_cpu_flags_and_model_from_cpuinfo_text():
+    from common.cpu import cpu_flags, cpu_model
+
+    text = "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert cpu_model(text) == "Some CPU 9000"
+    assert cpu_flags(text) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
+    assert cpu_flags("processor : 0\n") is None

@@ -110,9 +110,6 @@ def test_bf16_frozen_layers_track_fp32():
         out[dtype] = w[0]
     rel = (out[torch.bfloat16] - out[torch.float32]).norm() / (out[torch.float32] - ws[0]).norm()
     assert rel < 0.1, rel  # measured 0.058 (bf16 keeps 8 bits of mantissa)
-    assert fastlora.bf16_faster([(16, 32), (10, 16)], 128) in (True, False)
-    if fastlora.native_bf16() is False:  # emulated bf16 is slower: never chosen
-        assert not fastlora.bf16_faster([(16, 32), (10, 16)], 128)
 
 
 @pytest.mark.parametrize("trained", [1, 3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,6 +116,22 @@ def test_bench_small(tmp_path, digits_artifacts):
             assert x["steps"] == sum(x["stage_steps"]) and x["deterministic"]
             assert x["ms_per_step"] == pytest.approx(x["ms"] / max(x["steps"], 1))
     assert json.loads((tmp_path / "bench.json").read_text())["adapt"] == json.loads(json.dumps(res["adapt"]))
+    # each recipe's step against its floor in fp32, and bf16 (forced) where it has frozen layers
+    from common.learn import fastlora
+
+    steps = res["step"]
+    assert set(steps) == {"lora", "first-layer", "staged stage 2 (all layers)"}
+    dims = [64, 64, 32, 10]  # digits: d_raw 64, hidden (64, 32), 10 classes
+    assert steps["first-layer"]["flops"] == fastlora.dense_step_flops([p["alpha"], 64, 32, 10], 1, 256)
+    assert steps["lora"]["flops"] == fastlora.gemm_flops(fastlora.lora_step_gemms(p["alpha"], dims, 8, 256))
+    for label, x in steps.items():
+        assert x["fp32"]["floor_ms_per_step"] > 0 and x["bf16_native"] == fastlora.native_bf16()
+        assert (x["bf16"] is not None) == (label == "first-layer")
+    assert set(res["precision_choice"]) == {"first-layer", "staged"}
+    assert all(c["precision"] in ("fp32", "bf16") for c in res["precision_choice"].values())
+    for alpha, x in res["precision_accuracy"].items():  # digits' d_pre is 40: alphas 10, 20, 40
+        assert len(x["rows"]) == 3 and x["loss_pp"] == pytest.approx((x["fp32"] - x["bf16"]) * 100)
+        assert all(r["stage_steps"] and 0 < r["fp32"] <= 1 for r in x["rows"])
 
 
 @pytest.mark.slow
@@ -185,3 +202,61 @@ def test_bench_train_parts_live(tmp_path, digits_artifacts):
         assert x["to_classification_ms"] >= x["airtime_ms"]
     assert res["2"]["payload_bytes"] == res["0"]["payload_bytes"] + 2 * 209 - (
         res["0"]["n_train"] - res["2"]["n_train"]) * (5 + 2 * 20)  # two more headers, fewer vectors
+
+
+REPLAY_METHODS = ("pretrained", "lora", "first_layer", "staged", "lora_bank", "lora_nobudget")
+
+
+def test_sweep_steps_from_repeats_the_accuracies(tmp_path, digits_artifacts):
+    """A sweep rerun with --steps-from runs the recorded steps per stage, uncapped, and gives the same
+    accuracies to the last digit (whatever the first run's calibration planned on this CPU)."""
+    cfg = SweepConfig(dims=(8, 20), seeds=1, methods=REPLAY_METHODS, b_max_bytes=12_000, n_test=60)
+    first = run_sweep(digits_artifacts, "digits", cfg, tmp_path / "a", progress=False)
+    flags = first["machine"]["cpu_flags"]
+    assert flags is None or set(flags) == {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    assert first["step_counts"]["staged"]["20"]["0"] == next(
+        r["stage_steps"] for r in first["rows"] if r["method"] == "staged" and r["alpha"] == 20)
+    again = run_sweep(digits_artifacts, "digits", replace(cfg, steps_from=str(tmp_path / "a" / "sweep.json")),
+                      tmp_path / "b", progress=False)
+    key = lambda r: (r["method"], r["alpha"], r["seed"], r["n_train"])  # noqa: E731
+    before, after = {key(r): r for r in first["rows"]}, {key(r): r for r in again["rows"]}
+    assert before.keys() == after.keys() and len(before) > 10
+    for k, r in after.items():
+        assert r["accuracy"] == before[k]["accuracy"], k
+        if r["method"] != "pretrained":
+            assert r["stage_steps"] == before[k]["stage_steps"] and r["precision"] == before[k]["precision"]
+            assert r["steps_by"] in ("fixed", "none") and not r["cut_by_cap"], r
+    assert again["steps_from"].endswith("sweep.json") and again["recorded_machine"] == first["machine"]
+
+
+def test_sweep_steps_from_bad_file_is_one_line(tmp_path, digits_artifacts):
+    base = ["sweep", "--dataset", "digits", "--artifacts", str(digits_artifacts), "--dims", "8", "--seeds", "1",
+            "--out", str(tmp_path / "out"), "--b-max-bytes", "12000", "--n-test", "60", "--methods",
+            "pretrained,staged", "--no-progress", "--steps-from"]
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": [{"mode": "in-process", "method": "staged",
+                                                               "alpha": 8, "seed": 0, "n_train": 5,
+                                                               "stage_steps": [10]}], "dataset": "mnist"}))
+    for name, says in (("missing.json", "no such file"), ("garbage.json", "not JSON"),
+                       ("other.json", "recorded with dataset 'mnist'")):
+        path = tmp_path / name
+        result = CliRunner().invoke(app, base + [str(path)])
+        assert result.exit_code == 2, result.output
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: --steps-from {path}: {says}"), result.output
+        assert "Traceback" not in result.output
+
+
+def test_demo_records_machine_and_steps(tmp_path):
+    from semalign.campaigns.pca_lora.demo import record_reproduction
+
+    (tmp_path / "results.json").write_text(json.dumps({"config": {}, "rounds": [
+        {"round": 0, "alpha": 20, "n_train": 900, "adapt": {"steps": 300, "stage_steps": [150, 150],
+                                                           "steps_by": "calibrated", "precision": "fp32",
+                                                           "cut_by_cap": False}},
+        {"round": 1, "alpha": 200, "n_train": 0}]}))
+    res = record_reproduction(tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(res))
+    assert res["step_counts"][0] == {"round": 0, "alpha": 20, "n_train": 900, "steps": 300, "stage_steps": [150, 150],
+                                     "steps_by": "calibrated", "precision": "fp32", "cut_by_cap": False}
+    assert res["step_counts"][1]["steps"] is None and res["machine"]["cores"] >= 1

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from common.cpu import BF16_FLAGS, cpu_flags
 from common.learn.lora import LoraState
 from common.learn.train import lr_at
 
@@ -115,10 +116,11 @@ def train(weights: list[torch.Tensor], biases: list[torch.Tensor], z: torch.Tens
             xb, pb, yb = x_in, base0, onehot
         else:
             if cursor + b > n:
-                # one gather per epoch into contiguous buffers; batches are then views
+                # one gather per epoch into contiguous buffers; batches are then views (index_select:
+                # the same values as x[order], 4-7x faster on these shapes)
                 order = torch.randperm(n, generator=gen)
-                xs, ys = x_in[order], onehot[order]
-                ps = None if base0 is None else base0[order]
+                xs, ys = x_in.index_select(0, order), onehot.index_select(0, order)
+                ps = None if base0 is None else base0.index_select(0, order)
                 cursor = 0
             xb, yb = xs[cursor:cursor + b], ys[cursor:cursor + b]
             pb = None if ps is None else ps[cursor:cursor + b]
@@ -213,8 +215,8 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     first one already folded into the codec (``ws[0] = W_0 M^T``, ``bs[0] = W_0 c
     + b_0``, so ``x`` is ``z``; or unfolded, ``x`` is ``x_hat``); ReLU between
     layers, logits out. The layers from ``trained`` on stay frozen and run in
-    ``frozen_dtype`` (forward and their input gradients; bfloat16 where the CPU
-    makes it faster, see :func:`bf16_faster`). ``trained = 1`` is the
+    ``frozen_dtype`` (forward and their input gradients; bfloat16 where the recipe's
+    step runs faster in it, see ``LoraAlignment.precision_choice``). ``trained = 1`` is the
     first-layer recipe, ``trained = len(ws)`` trains every layer.
 
     Batches as :func:`train` (``drop_last`` epochs, one gather per epoch);
@@ -278,7 +280,7 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
         else:
             if cursor + b > n:
                 order = torch.randperm(n, generator=gen)
-                xs, ys = x[order], onehot_t[:, order]
+                xs, ys = x.index_select(0, order), onehot_t.index_select(1, order)
                 cursor = 0
             xb, yb = xs[cursor:cursor + b], ys[:, cursor:cursor + b]
             cursor += b
@@ -321,68 +323,72 @@ def train_dense(ws: list[torch.Tensor], bs: list[torch.Tensor], x: torch.Tensor,
     return done, loss_value, cut
 
 
-def dense_step_flops(dims: list[int], trained: int, batch: int) -> float:
-    """FLOPs of one :func:`train_dense` step on ``batch`` vectors of an MLP with layer sizes ``dims``
-    (``dims[0]`` = the trained input width, alpha when folded).
+# one product of a training step: (m, k, n, dtype name) = an (m x k) @ (k x n) GEMM, 2 m k n FLOPs
+Gemm = tuple[int, int, int, str]
 
-    Per vector and layer ``l`` (``in*out`` MACs): forward once; backward the
-    weight gradient (trained layers) and the input gradient (every layer but
-    the first). FLOPs = 2 x MACs x batch.
+
+def dense_step_gemms(dims: list[int], trained: int, batch: int, frozen: str = "fp32") -> list[Gemm]:
+    """The products of one :func:`train_dense` step on ``batch`` vectors of an MLP with layer sizes
+    ``dims`` (``dims[0]`` = the trained input width, alpha when folded), as the code runs them.
+
+    Per layer ``l`` (in, out): forward ``h @ W^T``; backward the weight gradient (trained layers,
+    float32) and the input gradient (every layer but the first). The frozen layers (``l >= trained``)
+    run in ``frozen`` ("fp32" or "bf16").
     """
-    macs = 0
+    out = []
     for l, (i, o) in enumerate(zip(dims[:-1], dims[1:])):
-        macs += i * o * (1 + (l < trained) + (l > 0))
-    return 2.0 * macs * batch
+        dt = "fp32" if l < trained else frozen
+        out.append((batch, i, o, dt))
+        if l < trained:
+            out.append((o, batch, i, "fp32"))
+        if l > 0:
+            out.append((batch, o, i, dt))
+    return out
 
 
-_BF16: dict[tuple, bool] = {}
+def lora_step_gemms(alpha: int, dims: list[int], rank: int, batch: int) -> list[Gemm]:
+    """The products of one folded :func:`train` step (every layer adapted, ``first = 0``) on ``batch``
+    vectors of an MLP with layer sizes ``dims`` (``dims[0]`` = d_raw), as the code runs them (float32).
+
+    Forward: the folded adapter ``A_0 M^T`` (r x d_raw x alpha) and ``A_0 c``, ``u = z (A_0 M^T)^T``, the
+    frozen first-layer product per batch when alpha <= 64 (else cached once), ``u B_0^T``; per later
+    layer ``h A^T``, ``h W^T``, ``v B^T``. Backward per layer: ``g^T v`` (B's gradient), ``g B``, then
+    A's gradient (first layer: ``gv^T z`` and its product with ``M``) and the input gradient
+    ``g W + gv A`` (not below the first layer).
+    """
+    d_raw, L = dims[0], len(dims) - 1
+    out0 = dims[1]
+    g: list[Gemm] = [(rank, d_raw, alpha, "fp32"), (rank, d_raw, 1, "fp32"), (batch, alpha, rank, "fp32")]
+    if alpha <= 64:
+        g.append((batch, alpha, out0, "fp32"))
+    g.append((batch, rank, out0, "fp32"))
+    for l in range(1, L):
+        i, o = dims[l], dims[l + 1]
+        g += [(batch, i, rank, "fp32"), (batch, i, o, "fp32"), (batch, rank, o, "fp32")]
+    for l in range(L - 1, -1, -1):
+        i, o = (alpha if l == 0 else dims[l]), dims[l + 1]
+        g += [(o, batch, rank, "fp32"), (batch, o, rank, "fp32")]
+        if l == 0:
+            g += [(rank, batch, alpha, "fp32"), (rank, alpha, d_raw, "fp32")]
+        else:
+            g += [(rank, batch, i, "fp32"), (batch, o, i, "fp32"), (batch, rank, i, "fp32")]
+    return g
+
+
+def gemm_flops(gemms: list[Gemm]) -> float:
+    """FLOPs of the products ``gemms`` (2 m k n each)."""
+    return float(sum(2 * m * k * n for m, k, n, _ in gemms))
+
+
+def dense_step_flops(dims: list[int], trained: int, batch: int) -> float:
+    """FLOPs of one :func:`train_dense` step (:func:`dense_step_gemms`)."""
+    return gemm_flops(dense_step_gemms(dims, trained, batch))
 
 
 def native_bf16() -> bool | None:
     """Whether the CPU has bfloat16 arithmetic (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from
-    ``/proc/cpuinfo``; None where that cannot be read (then only a measurement can tell)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
+    ``/proc/cpuinfo`` (:func:`common.cpu.cpu_flags`); None where that cannot be read (then only a
+    measurement can tell)."""
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & set(BF16_FLAGS))
 
-
-def bf16_faster(shapes: list[tuple[int, int]], batch: int, repeats: int = 5) -> bool:
-    """Whether bfloat16 products of ``batch`` rows through weights of ``shapes`` ((out, in) each)
-    beat float32 on this CPU (measured once per process and shapes; False where oneDNN has no bf16).
-
-    CPUs without native bf16 arithmetic (no AVX512_BF16 / AMX) emulate it and
-    run several times slower than float32 (5x for these products on an
-    AVX-512 EPYC without it): they are answered from ``/proc/cpuinfo`` without
-    a measurement, and the frozen layers stay float32.
-    """
-    key = (tuple(shapes), batch, torch.get_num_threads())
-    if key in _BF16:
-        return _BF16[key]
-    try:
-        supported = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        supported = False
-    supported = supported and native_bf16() is not False  # oneDNN also "supports" it by emulation
-    faster = False
-    if supported and shapes:
-        def best(dtype):
-            ws = [torch.randn(o, i).to(dtype) for o, i in shapes]
-            hs = [torch.randn(batch, i).to(dtype) for o, i in shapes]
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(5):
-                    for w, h in zip(ws, hs):
-                        h @ w.t()
-                ts.append(time.perf_counter() - t0)
-            return min(ts)
-        best(torch.float32), best(torch.bfloat16)  # warm both paths
-        faster = best(torch.bfloat16) < 0.9 * best(torch.float32)
-    _BF16[key] = faster
-    return faster

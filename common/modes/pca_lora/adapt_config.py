@@ -48,7 +48,8 @@ class AdaptConfig:
     all layers at ``stage2_lr`` when at least ``stage2_min_steps`` of them fit
     the budget (else it is the first-layer recipe). ``precision``: the frozen
     layers of the first-layer recipe (and stage 1) in "fp32", "bf16", or
-    "auto" (bf16 where a start-up measurement finds it faster).
+    "auto" (bf16 where the recipe's own step, timed at calibration in both, takes at
+    most 0.85 of fp32's time: :meth:`LoraAlignment.precision_choice`).
 
     ``holdout``: fraction of the received vectors (at most ``holdout_max``)
     kept aside; the adapted model is used only if its hold-out cross-entropy
@@ -125,8 +126,11 @@ class AdaptReport:
     the run before its steps (then ``complete`` is False and the result
     depends on the machine's load). ``stage_steps``: steps per stage (staged:
     first-layer, all layers). ``precision``: the frozen layers' arithmetic
-    ("fp32" or "bf16"). ``ms_per_step``: the calibrated cost the step count
-    came from (None when not calibrated).
+    ("fp32" or "bf16"); ``precision_by``: why (:meth:`LoraAlignment.precision_choice`:
+    "measured", "forced", "given", "fp32 only", "no bf16 arithmetic") and
+    ``precision_step_ms``: the recipe's step measured in each, ms (``{"fp32":
+    ms, "bf16": ms}``; None unless measured). ``ms_per_step``: the calibrated
+    cost the step count came from (None when not calibrated).
     ``warm_start``/``warm_from_alpha``: whether training started from a stored
     adapter (and which alpha it was fitted at); ``reused``: the bank's adapter
     for this alpha was used as it is, without training. ``kept``: "adapted",
@@ -155,6 +159,8 @@ class AdaptReport:
     precision: str = "fp32"
     ms_per_step: float | None = None
     reused: bool = False
+    precision_by: str | None = None
+    precision_step_ms: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

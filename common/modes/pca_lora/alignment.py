@@ -8,7 +8,8 @@ payload. :class:`LoraAlignment` runs one of three *recipes*
 - ``first-layer``: full training of the first layer folded into the codec
   (``W_0 M^T``, out0 x alpha, plus its bias), the later layers frozen (in
   bfloat16 where the CPU makes that faster): a full-rank adapter on that
-  layer, merged exactly into ``W_0`` (``Delta W_0 = D (M M^T)^-1 M``);
+  layer, merged exactly into ``W_0`` (``Delta W_0 = D (M M^T)^-1 M``); bf16 where the
+  recipe's own step, timed in both at start-up, is at least 15 % faster;
 - ``staged``: first-layer steps, then, when the budget leaves room for
   enough of them, steps on the full weights of every layer.
 
@@ -43,9 +44,9 @@ from common.codecs.base import Codec
 from common.learn import fastlora
 from common.learn.lora import LoraConfig, LoraState, init_adapters, merge_into
 from common.learn.reference import train_dense_reference, train_reference
-from common.modes.pca_lora.adapt_config import AdaptConfig, AdaptReport
-from common.modes.pca_lora.calibration import (CALIBRATIONS, Calibration, calibration_key, frozen_precision,
-                                               split_stages, timed)
+from common.modes.pca_lora.adapt_config import AdaptConfig, AdaptReport, requested_precision
+from common.modes.pca_lora.calibration import (BF16_STEP_RATIO, CALIBRATIONS, PRECISION_CHOICES, Calibration,
+                                               calibration_key, frozen_precision, split_stages, timed)
 from common.modes.pca_lora.folded_mlp import compatible, dense_start, dense_state, mlp_weights
 from common.modes.pca_lora.holdout import holdout_check, split_holdout
 from common.modes.pca_lora.parts_plan import Stretch, cap_plan, summed_report
@@ -151,7 +152,8 @@ class LoraAlignment(AlignmentStrategy):
                      codec.d_max, cal.overhead_ms, cal.precision,
                      cal.plan(self.config, codec.d_max, self.config.budget_ms), codec.d_max, self.config.budget_ms)
         return {"recipe": cal.recipe, "per_step_ms": [list(ab) for ab in cal.per_step],
-                "overhead_ms": cal.overhead_ms, "precision": cal.precision}
+                "overhead_ms": cal.overhead_ms, "precision": cal.precision,
+                "precision_by": cal.choice.get("by"), "precision_step_ms": cal.choice.get("step_ms")}
 
     def warm_up(self, model: nn.Sequential, codec: Codec) -> dict:
         """:meth:`AlignmentStrategy.warm_up`: calibrate, then one whole adaptation (set-up, two steps of
@@ -174,7 +176,8 @@ class LoraAlignment(AlignmentStrategy):
     def _measure(self, model: nn.Sequential, codec: Codec, repeats: int) -> Calibration:
         cfg = self.config
         weights, biases = mlp_weights(model)
-        precision = frozen_precision(cfg, weights)
+        choice = self.precision_choice(model, codec)
+        precision = choice["precision"]
         batch = cfg.batch_size or 256
         gen = torch.Generator().manual_seed(12345)
         alphas = sorted({max(1, min(16, codec.d_max)), codec.d_max})
@@ -205,7 +208,48 @@ class LoraAlignment(AlignmentStrategy):
                   for _ in range(repeats)) * 1e3
         a, b = per_step[0]
         overhead = max(one - (a + b * codec.d_max), 0.0)
-        return Calibration(cfg.recipe, tuple(per_step), overhead, precision, (cfg.budget_ms, cfg.deep_budget_ms))
+        return Calibration(cfg.recipe, tuple(per_step), overhead, precision, (cfg.budget_ms, cfg.deep_budget_ms),
+                           choice)
+
+    def precision_choice(self, model: nn.Sequential, codec: Codec, repeats: int = 3, k: int = 12) -> dict:
+        """The frozen layers' precision for this recipe and model, and why: ``{"precision": "fp32" |
+        "bf16", "by": ..., "step_ms": {"fp32": ms, "bf16": ms} | None}``.
+
+        Without a measurement where :func:`frozen_precision` decides ("by": "forced", "fp32 only" for
+        LoRA or a one-layer model, "no bf16 arithmetic" per ``/proc/cpuinfo``). Else ("measured") the
+        recipe's own first-layer step (its frozen layers in each precision, ``k`` steps on synthetic
+        folded inputs of ``batch_size`` vectors at alpha 16 and d_pre, CPU time of this thread, the
+        least of ``repeats``, mean of the two alphas) is timed in fp32 and bf16, and bf16 is chosen only
+        when it takes at most :data:`BF16_STEP_RATIO` of fp32's time. Measured once per process, recipe,
+        model shape, d_pre, batch and thread count.
+        """
+        cfg = self.config
+        weights, biases = mlp_weights(model)
+        fixed = frozen_precision(cfg, weights)
+        if fixed is not None:
+            by = ("forced" if requested_precision(cfg) != "auto" else
+                  "fp32 only" if cfg.recipe == "lora" or len(weights) < 2 else "no bf16 arithmetic")
+            return {"precision": fixed, "by": by, "step_ms": None}
+        batch = cfg.batch_size or 256
+        key = (cfg.recipe, tuple(tuple(w.shape) for w in weights), codec.d_max, batch, torch.get_num_threads())
+        if key not in PRECISION_CHOICES:
+            gen = torch.Generator().manual_seed(54321)
+            ms = {"fp32": 0.0, "bf16": 0.0}
+            alphas = sorted({max(1, min(16, codec.d_max)), codec.d_max})
+            for alpha in alphas:
+                z = torch.randn(4 * batch, alpha, generator=gen)
+                y = torch.randint(0, weights[-1].shape[0], (4 * batch,), generator=gen)
+                for precision in ms:
+                    def run():
+                        self._train_synthetic(weights, biases, z, y, codec, 0, k, precision)
+                    run()
+                    ms[precision] += min(timed(run) for _ in range(repeats)) * 1e3 / k / len(alphas)
+            pick = "bf16" if ms["bf16"] <= BF16_STEP_RATIO * ms["fp32"] else "fp32"
+            PRECISION_CHOICES[key] = {"precision": pick, "by": "measured",
+                                      "step_ms": {p: round(v, 4) for p, v in ms.items()}}
+            log.info("frozen layers in %s: %s step %.3f ms in fp32, %.3f ms in bf16", pick, cfg.recipe,
+                     ms["fp32"], ms["bf16"])
+        return dict(PRECISION_CHOICES[key])
 
     def _train_synthetic(self, weights, biases, z, y, codec, stage: int, k: int, precision: str) -> None:
         """``k`` training steps of stage ``stage`` on synthetic folded inputs (for timing only)."""
@@ -279,7 +323,7 @@ class LoraAlignment(AlignmentStrategy):
                     init: LoraState | None = None, init_alpha: int | None = None,
                     steps: int | None = None, _precision: str | None = None,
                     split: tuple[torch.Tensor, torch.Tensor] | None = None, finish: bool = True,
-                    stretch: "Stretch | None" = None
+                    stretch: "Stretch | None" = None, plan_steps: list[int] | None = None
                     ) -> tuple[nn.Sequential | None, AdaptReport, LoraState | None]:
         """Like :meth:`adapt`, starting from ``init`` (a copy is trained) when given.
 
@@ -289,7 +333,9 @@ class LoraAlignment(AlignmentStrategy):
         report and the trained adapter; without ``finish`` (training goes on
         later) the model is None: no merge, no hold-out check. ``stretch``:
         run only steps ``[stretch.start, stretch.end)`` of ``stretch.plan``,
-        continuing its optimiser state (a round in parts).
+        continuing its optimiser state (a round in parts). ``plan_steps``: run exactly these steps
+        per stage (a report's ``stage_steps``: a recorded run repeated), neither recalibrated nor
+        capped by the epoch limit; with ``budget_ms`` None nothing can cut it.
         """
         clock = self.clock
         t0 = clock()
@@ -302,16 +348,25 @@ class LoraAlignment(AlignmentStrategy):
         budget_ms = cfg.deep_budget_ms if deep else cfg.budget_ms
         cap_s = None if budget_ms is None else budget_ms / 1e3
         weights, biases = mlp_weights(model)
-        plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
-                               self._plan(alpha, codec, model, deep, budget_ms, steps))
-        precision = _precision or (cal.precision if cal is not None else frozen_precision(cfg, weights))
+        if plan_steps is not None:
+            plan, steps_by, cal = [int(k) for k in plan_steps] or [0], "fixed", None
+        else:
+            plan, steps_by, cal = ((stretch.plan, stretch.steps_by, stretch.cal) if stretch is not None else
+                                   self._plan(alpha, codec, model, deep, budget_ms, steps))
+        if _precision:
+            choice = {"precision": _precision, "by": "given", "step_ms": None}
+        elif cal is not None:
+            choice = cal.choice or {"precision": cal.precision, "by": "calibrated", "step_ms": None}
+        else:
+            choice = self.precision_choice(model, codec)
+        precision = choice["precision"]
         if recipe == "lora":
-            precision = "fp32"
+            precision, choice = "fp32", {"by": "fp32 only", "step_ms": None}
         gen = torch.Generator().manual_seed(cfg.seed)
         fit_idx, hold = split if split is not None else split_holdout(len(z), cfg)
         if not len(fit_idx):
             plan = [0]
-        elif cfg.max_epochs and stretch is None:
+        elif cfg.max_epochs and stretch is None and plan_steps is None:
             per_epoch = len(fit_idx) / (cfg.batch_size or len(fit_idx))
             plan = cap_plan(plan, max(1, math.ceil(cfg.max_epochs * per_epoch)))
         zt = torch.as_tensor(z)
@@ -391,7 +446,8 @@ class LoraAlignment(AlignmentStrategy):
                              (clock() - t0) * 1e3, warm, init_alpha if warm else None, kept,
                              len(fit_idx), len(hold), acc_frozen, acc_adapted, steps_by,
                              total_done < requested and cap_s is not None, done,
-                             precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4))
+                             precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4),
+                             precision_by=choice["by"], precision_step_ms=choice["step_ms"])
         return merged, report, state
 
     def holdout_verdict(self, model: nn.Sequential, candidate: nn.Sequential, z: np.ndarray, y: np.ndarray,

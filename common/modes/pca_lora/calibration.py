@@ -8,7 +8,7 @@ recipe and settings, cached per process), and the frozen layers' precision.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import time
 
 import torch
@@ -32,6 +32,7 @@ class Calibration:
     overhead_ms: float
     precision: str
     budgets: tuple  # (budget_ms, deep_budget_ms) it was made for
+    choice: dict = field(default_factory=dict)  # LoraAlignment.precision_choice: why this precision
 
     def ms_per_step(self, stage: int, alpha: int) -> float:
         a, b = self.per_step[stage]
@@ -74,16 +75,22 @@ def calibration_key(cfg: AdaptConfig, lora: LoraConfig, model: nn.Sequential, co
             cfg.deep_budget_ms)
 
 
-def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str:
-    """"bf16" or "fp32" for the frozen later layers of the dense recipes (detected once per process)."""
+def frozen_precision(cfg: AdaptConfig, weights: list[torch.Tensor]) -> str | None:
+    """"bf16" or "fp32" for the frozen later layers of the dense recipes where no measurement is
+    needed (LoRA, fewer than two layers, a forced precision, "auto" on a CPU without bf16
+    arithmetic); None: "auto" where bf16 might pay, so the recipe's own step decides
+    (:meth:`LoraAlignment.precision_choice`)."""
     precision = requested_precision(cfg)
     if cfg.recipe == "lora" or precision == "fp32" or len(weights) < 2:
         return "fp32"
     if precision == "bf16":
         return "bf16"
-    batch = cfg.batch_size or 256
-    shapes = [tuple(w.shape) for w in weights[1:]]
-    return "bf16" if fastlora.bf16_faster(shapes, batch) else "fp32"
+    return "fp32" if fastlora.native_bf16() is False else None
+
+
+# bf16 is chosen only when the recipe's step runs at most this share of fp32's time
+BF16_STEP_RATIO = 0.85
+PRECISION_CHOICES: dict[tuple, dict] = {}  # LoraAlignment.precision_choice's measurements, per process
 
 
 def timed(fn) -> float:

@@ -9,9 +9,15 @@ Figures (medians of ``repeats`` runs, one torch thread):
 - ``zmq_rtt``: one loopback ZeroMQ DEALER/ROUTER round trip of a 1 MB message; floors:
   two memcpys of it, and (for scale) its air time at the reference link rate;
 - ``step``: one training step of each adaptation recipe at alpha 20 (256 vectors, the
-  trainer alone, minimum over runs); floor = its FLOPs / GEMM rate;
+  trainer alone, least thread CPU time over runs) in fp32 and (first-layer: its frozen layers) bf16, forced
+  each (bf16 emulated where the CPU lacks it, and the output says so); floor = the step's GEMMs
+  (shapes from the trainer's code) timed alone at those shapes and dtypes;
 - ``adapt``: adaptation time against n_train at alpha 20 for each recipe with the RX's
   default settings (step count calibrated to the budget); floor = FLOPs of the steps / GEMM rate;
+- ``precision_choice``: what ``precision auto`` picks for each dense recipe here (its own step
+  timed in fp32 and bf16, bf16 only at <= 0.85 of fp32's time) and both step times;
+- ``precision_accuracy``: the default recipe's accuracy with the frozen layers in fp32 and in bf16
+  on the same payloads (alpha 10, 20, 40, 3 seeds, reference budget) and the same step counts;
 - ``inference``: classification of t vectors; floor = FLOPs / GEMM rate;
 - ``rss``: peak RSS (``VmHWM``) of an RX and a TX daemon process during a 9-round loopback run
   of the demo trace; 7 of its rounds are at alpha = d_pre with nothing to align, so
@@ -55,6 +61,17 @@ def _median_s(fn, repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
+
+
+def _best_cpu_s(fn, repeats: int) -> float:
+    """Least CPU time of this thread over ``repeats`` calls of ``fn`` (s): with one torch thread, time
+    other processes take on a shared machine is not counted (the calibration's clock)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best
 
 
 def gemm_rate(repeats: int) -> float:
@@ -111,50 +128,115 @@ def zmq_round_trip(nbytes: int, repeats: int) -> float:
         ctx.term()
 
 
-def lora_step_flops(alpha: int, dims: list[int], rank: int, batch: int) -> float:
-    """FLOPs of one folded LoRA training step on ``batch`` vectors.
-
-    The first layer's frozen part is cached, so per vector: frozen MACs
-    ``F = sum of in*out over the later layers`` once forward and once backward
-    (input gradients), low-rank MACs ``L`` (``in*r + r*out`` per layer, ``in =
-    alpha`` first) once forward and twice backward (A and B gradients, input
-    gradient). FLOPs = 2 (2F + 3L) batch.
-    """
-    frozen = sum(a * b for a, b in zip(dims[1:-1], dims[2:]))
-    low = alpha * rank + rank * dims[1] + sum(a * rank + rank * b for a, b in zip(dims[1:-1], dims[2:]))
-    return 2 * (2 * frozen + 3 * low) * batch
+def recipe_step_gemms(recipe: str, alpha: int, dims: list[int], rank: int, batch: int, stage: int = 0,
+                      precision: str = "fp32") -> list:
+    """The products of one training step of ``recipe`` (stage 1 = staged's all-layer steps), as its
+    trainer runs them (:func:`fastlora.lora_step_gemms`, :func:`fastlora.dense_step_gemms`; ``precision``:
+    the frozen layers' of the first-layer step)."""
+    if recipe == "lora":
+        return fastlora.lora_step_gemms(alpha, dims, rank, batch)
+    trained = 1 if stage == 0 else len(dims) - 1
+    return fastlora.dense_step_gemms([alpha, *dims[1:]], trained, batch, precision if trained < len(dims) - 1
+                                     else "fp32")
 
 
 def recipe_step_flops(recipe: str, alpha: int, dims: list[int], rank: int, batch: int, stage: int = 0) -> float:
-    """FLOPs of one training step of ``recipe`` (stage 1 = staged's all-layer steps)."""
-    if recipe == "lora":
-        return lora_step_flops(alpha, dims, rank, batch)
-    return fastlora.dense_step_flops([alpha, *dims[1:]], 1 if stage == 0 else len(dims) - 1, batch)
+    """FLOPs of one training step of ``recipe`` (:func:`recipe_step_gemms`)."""
+    return fastlora.gemm_flops(recipe_step_gemms(recipe, alpha, dims, rank, batch, stage))
 
 
-def step_times(model, codec, alpha: int, dims: list[int], flops_rate: float, repeats: int, k: int = 60) -> dict:
-    """ms per training step of each recipe's trainer at ``alpha`` (256 vectors; min over ``repeats``)."""
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def gemm_floor_ms(gemms: list, repeats: int, calls: int = 20) -> float:
+    """The step's FLOP floor at the GEMM rate measured at its own shapes: the sum over its products
+    of the time one product of that shape and dtype takes alone (ms; each the best over ``repeats``
+    runs of ``calls`` products in CPU time of this thread, operands hot in cache, one thread)."""
+    times: dict = {}
+    for m, k, n, dt in set(gemms):
+        a = torch.randn(m, k).to(_TORCH_DTYPES[dt])
+        b = torch.randn(k, n).to(_TORCH_DTYPES[dt])
+        a @ b
+        times[(m, k, n, dt)] = _best_cpu_s(lambda: [a @ b for _ in range(calls)], repeats) / calls
+    return sum(times[g] for g in gemms) * 1e3
+
+
+def step_times(model, codec, alpha: int, dims: list[int], repeats: int, k: int = 60, batch: int = 256) -> dict:
+    """ms per training step of each recipe's trainer at ``alpha`` (``batch`` vectors; least CPU time of
+    this thread over ``repeats`` runs of ``k`` steps) in fp32 and, where the recipe has frozen layers, bf16 (forced, emulated where
+    the CPU has no bf16 arithmetic), each against its FLOP floor (:func:`gemm_floor_ms`)."""
     from common.modes.pca_lora.folded_mlp import mlp_weights
 
     weights, biases = mlp_weights(model)
     gen = torch.Generator().manual_seed(0)
-    z = torch.randn(4096, alpha, generator=gen)
-    y = torch.randint(0, dims[-1], (4096,), generator=gen)
+    z = torch.randn(16 * batch, alpha, generator=gen)
+    y = torch.randint(0, dims[-1], (16 * batch,), generator=gen)
+    native = fastlora.native_bf16()
     out = {}
     for recipe in RECIPES:
-        strategy = LoraAlignment(adapt=AdaptConfig(recipe=recipe))
+        strategy = LoraAlignment(adapt=AdaptConfig(recipe=recipe, batch_size=batch))
         for stage in range(2 if recipe == "staged" else 1):
-            label = recipe if stage == 0 else "staged stage 2 (all layers)"
             if recipe == "staged" and stage == 0:
                 continue  # stage 1 of staged is the first-layer step
-            run = lambda: strategy._train_synthetic(weights, biases, z, y, codec, stage, k, "fp32")  # noqa: E731
-            run()
-            ms = min(_median_s(run, 1) for _ in range(repeats)) * 1e3 / k
-            floor = recipe_step_flops(recipe, alpha, dims, 8, 256, stage) / flops_rate * 1e3
+            label = recipe if stage == 0 else "staged stage 2 (all layers)"
+            frozen = recipe == "first-layer"  # the only step with frozen layers (lora: fp32 only)
             # the default recipe's step: its own, or (staged) the first-layer step its first stage runs
             default = recipe == DEFAULT_RECIPE or (recipe == "first-layer" and DEFAULT_RECIPE == "staged")
-            out[label] = {"alpha": alpha, "ms_per_step": ms, "floor_ms_per_step": floor, "ratio": ms / floor,
-                          "default": default}
+            row = {"alpha": alpha, "batch": batch, "default": default,
+                   "flops": recipe_step_flops(recipe, alpha, dims, 8, batch, stage)}
+            for precision in ("fp32", "bf16"):
+                if precision == "bf16" and not frozen:
+                    row[precision] = None
+                    continue
+                run = lambda: strategy._train_synthetic(weights, biases, z, y, codec, stage, k,  # noqa: E731
+                                                        precision)
+                run()
+                ms = _best_cpu_s(run, repeats) * 1e3 / k
+                gemms = recipe_step_gemms(recipe, alpha, dims, 8, batch, stage, precision)
+                floor = gemm_floor_ms(gemms, repeats)
+                row[precision] = {"ms_per_step": ms, "floor_ms_per_step": floor, "ratio": ms / floor,
+                                  "gemm_gflops_at_step_shapes": row["flops"] / floor / 1e6, "gemms": len(gemms)}
+            row["bf16_native"] = native
+            out[label] = row
+    return out
+
+
+def precision_accuracy(codec, model, data, alphas: tuple[int, ...] = (10, 20, 40), seeds: int = 3,
+                       n_test: int = 500, recipe: str = DEFAULT_RECIPE) -> dict:
+    """Accuracy of ``recipe`` with its frozen layers in fp32 and in bf16 on the same payloads and step
+    counts: per alpha and seed the reference-budget payload (:func:`build_round`), the plan the fp32
+    calibration gives on this machine (recorded: ``stage_steps``), run uncapped in each precision;
+    accuracy on the whole (quantized) test set. ``loss_pp``: mean fp32 - bf16 accuracy, percentage points."""
+    from common.learn.models import accuracy
+    from common.modes.pca_lora.calibration import CALIBRATIONS, calibration_key
+    from semalign.campaigns.pca_lora.runner import build_round, quantized_test
+
+    layout = PayloadLayout.for_dtype("float16")
+    rate = reference_rate_bps()
+    b_max = int(rate * 0.05 / 8)
+    planner = LoraAlignment(adapt=AdaptConfig(recipe=recipe, precision="fp32"))
+    planner.calibrate(model, codec)
+    cal = CALIBRATIONS[calibration_key(planner.config, planner.lora, model, codec)]
+    runner = LoraAlignment(adapt=AdaptConfig(recipe=recipe, budget_ms=None, deep_budget_ms=None))
+    out = {}
+    for alpha in (a for a in alphas if a <= codec.d_max):
+        x_eval = quantized_test(codec, data, alpha, "float16")
+        rows = []
+        for seed in range(seeds):
+            rd = build_round(codec, data, alpha, seed, layout, n_test=n_test, b_max_bytes=b_max, rate_bps=rate)
+            deep = alpha < planner.config.deep_fraction * codec.d_max
+            plan = cal.plan(planner.config, alpha, planner.config.deep_budget_ms if deep else
+                            planner.config.budget_ms)
+            row = {"seed": seed, "n_train": rd.n_train}
+            for precision in ("fp32", "bf16"):
+                adapted, rep, _ = runner.adapt_state(model, rd.z_train, rd.y_train, codec, plan_steps=plan,
+                                                     _precision=precision)
+                row[precision] = accuracy(predict(adapted, x_eval), data.y_test)
+                row["stage_steps"], row["kept_" + precision] = list(rep.stage_steps), rep.kept
+            rows.append(row)
+        mean = {p: float(np.mean([r[p] for r in rows])) for p in ("fp32", "bf16")}
+        out[str(alpha)] = {"rows": rows, "fp32": mean["fp32"], "bf16": mean["bf16"],
+                           "loss_pp": (mean["fp32"] - mean["bf16"]) * 100}
     return out
 
 
@@ -329,7 +411,12 @@ def run_bench(artifacts: Path, dataset: str, out: Path, data_dir: str | None = N
 
     # one training step of each recipe against its floor
     process_tuning.match_blas_threads()
-    res["step"] = step_times(model, codec, small_alpha, dims, flops, repeats)
+    res["step"] = step_times(model, codec, small_alpha, dims, repeats)
+    # what precision auto picks here for each dense recipe, from its own step timed in both
+    res["precision_choice"] = {r: LoraAlignment(adapt=AdaptConfig(recipe=r)).precision_choice(model, codec)
+                               for r in RECIPES if r != "lora"}
+    # bf16 vs fp32 accuracy on the same payloads and step counts
+    res["precision_accuracy"] = precision_accuracy(codec, model, data)
 
     # adaptation vs n_train, each recipe with the RX's defaults (calibrated step counts)
     adapt = []
@@ -393,9 +480,6 @@ def print_bench(res: dict) -> None:
     r = res["zmq_rtt_1mib"]
     t.add_row("ZeroMQ RTT 1 MiB", f"{r['ms']:.2f} ms", f"{r['floor_ms_two_memcpy']:.2f} ms",
               f"air time {r['airtime_ms_at_reference_rate']:.1f} ms")
-    for label, x in res.get("step", {}).items():
-        t.add_row(f"train step a={x['alpha']} {label}{' (default recipe)' if x['default'] else ''}",
-                  f"{x['ms_per_step']:.3f} ms", f"{x['floor_ms_per_step']:.3f} ms", f"{x['ratio']:.1f}x its floor")
     for a in res["adapt"]:
         for label in RECIPES:
             x = a[label]
@@ -417,4 +501,53 @@ def print_bench(res: dict) -> None:
     if res.get("rss"):
         t.add_row("peak RSS RX / TX", f"{res['rss']['rx_peak_rss_mib']:.0f} / {res['rss']['tx_peak_rss_mib']:.0f} MiB",
                   "", "VmHWM of each process")
+    Console(width=160).print(t)
+    print_steps(res)
+    print_precision(res)
+
+
+def print_precision(res: dict) -> None:
+    """auto's precision choice per recipe, and bf16 vs fp32 accuracy at the same steps."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="frozen layers: bf16 vs fp32 (same payloads, same step counts; accuracy on the test set)",
+              header_style="bold")
+    for name in ("alpha", "steps per stage", "fp32", "bf16", "bf16 - fp32"):
+        t.add_column(name, justify="right")
+    for alpha, x in (res.get("precision_accuracy") or {}).items():
+        steps = sorted({"+".join(map(str, r["stage_steps"])) for r in x["rows"]})
+        t.add_row(alpha, ", ".join(steps), f"{x['fp32'] * 100:.2f} %", f"{x['bf16'] * 100:.2f} %",
+                  f"{(x['bf16'] - x['fp32']) * 100 + 0.0:+.3f} pp")
+    Console(width=160).print(t)
+    for recipe, c in (res.get("precision_choice") or {}).items():
+        ms = c.get("step_ms")
+        timing = f": step {ms['fp32']:.3f} ms fp32, {ms['bf16']:.3f} ms bf16" if ms else ""
+        print(f"precision auto, {recipe}: {c['precision']} ({c['by']}{timing})")
+
+
+def print_steps(res: dict) -> None:
+    """The ``step`` section: each recipe's step against its FLOP floor at its own shapes, fp32 and bf16."""
+    from rich.console import Console
+    from rich.table import Table
+
+    steps = res.get("step") or {}
+    if not steps:
+        return
+    native = next(iter(steps.values())).get("bf16_native")
+    note = {True: "bf16 native (avx512_bf16/amx_bf16)", False: "bf16 EMULATED: this CPU has no bf16 arithmetic",
+            None: "bf16 support unknown (no /proc/cpuinfo)"}[native]
+    t = Table(title=f"train step vs FLOP floor at the step's GEMM shapes ({note})", header_style="bold")
+    for name in ("step", "MFLOP", "precision", "measured", "floor", "ratio", "GEMM rate at its shapes"):
+        t.add_column(name, justify="left" if name in ("step", "precision") else "right")
+    for label, x in steps.items():
+        for precision in ("fp32", "bf16"):
+            p = x.get(precision)
+            if p is None:
+                t.add_row("", "", precision, "n/a", "", "", "fp32 only (no frozen layers)")
+                continue
+            t.add_row(f"a={x['alpha']} b={x['batch']} {label}{' (default)' if x['default'] else ''}"
+                      if precision == "fp32" else "", f"{x['flops'] / 1e6:.1f}" if precision == "fp32" else "",
+                      precision, f"{p['ms_per_step']:.3f} ms", f"{p['floor_ms_per_step']:.3f} ms",
+                      f"{p['ratio']:.1f}x", f"{p['gemm_gflops_at_step_shapes']:.1f} GFLOP/s")
     Console(width=160).print(t)

@@ -15,7 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from common.files import atomic_write_json
 from common.results.log import load_results
+from semalign.campaigns.machine import machine_info
 from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
 from tx_node.app import RESULT_FILES, set_aside
@@ -104,7 +106,25 @@ def run_demo(rounds: int, out: Path, dataset: str, trace: str, artifacts: Path |
         if tx is not None and tx.poll() is None:
             stop_process(tx, timeout_s=10)
         stop_process(rx)
-    return load_results(out)
+    return record_reproduction(out)
+
+
+def record_reproduction(out: Path) -> dict:
+    """Add to ``out/results.json`` what a rerun needs to compare against: the machine both daemons ran
+    on (:func:`machine_info`) and each round's adaptation steps (``step_counts``: round, alpha, steps,
+    steps per stage, how they were chosen, precision, whether the wall-clock cap cut them). Returns
+    the updated results."""
+    results = load_results(out)
+    steps = []
+    for r in results.get("rounds", []):
+        a = r.get("adapt") or {}
+        steps.append({"round": r.get("round"), "alpha": r.get("alpha"), "n_train": r.get("n_train"),
+                      "steps": a.get("steps"), "stage_steps": a.get("stage_steps"), "steps_by": a.get("steps_by"),
+                      "precision": a.get("precision"), "cut_by_cap": a.get("cut_by_cap")})
+    results["machine"] = machine_info()
+    results["step_counts"] = steps
+    atomic_write_json(out / "results.json", results)
+    return results
 
 
 def check_demo(g: dict, config: Path | None) -> None:

@@ -9,8 +9,9 @@ set reconstructed from the quantized alpha-dim features:
 - ``pretrained``: the frozen RX model;
 - ``lora`` / ``first_layer`` / ``staged``: the RX's adaptation recipes
   (``--adapt-recipe``, a cold start each, deterministic step counts calibrated
-  to the RX's time budget on this machine); the RX default is marked in the
-  ``default`` column;
+  to the RX's time budget on this machine, or with ``--steps-from`` exactly
+  those a previous sweep recorded, uncapped: :mod:`.replay`); the RX default
+  is marked in the ``default`` column;
 - ``lora_nobudget``: the paper's LoRA without the time budget (150 steps,
   400 below alpha = d_pre/10, epoch cap only): what it reaches when time is no object;
 - ``lora_bank``: the RX's default recipe with an adapter bank that persists
@@ -59,6 +60,7 @@ from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import PayloadLayout, budget_bytes
 from common.wire.values import value_format
 from semalign.campaigns.machine import machine_info
+from semalign.campaigns.pca_lora.replay import Replay, StepsFrom, step_counts
 from semalign.campaigns.pca_lora.runner import (
     RoundData,
     build_round,
@@ -112,6 +114,7 @@ class SweepConfig:
     table_fractions: tuple[float, ...] = (0.05, 0.2, 0.5)
     e2e: E2EConfig = field(default_factory=E2EConfig)
     live: bool = False
+    steps_from: str | None = None  # a previous sweep.json: replay its step counts (replay.py)
 
     def __post_init__(self):
         if not self.dims or any(a < 1 for a in self.dims):
@@ -253,11 +256,19 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     mode = "live" if cfg.live else "in-process"  # of the run; rows computed here are "in-process"
     process_tuning.match_blas_threads()  # as the RX daemon: numpy's BLAS threads must not take the trainer's core
     machine = machine_info()
-    strategies = {m: LoraAlignment(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
-    strategies["lora_nobudget"] = LoraAlignment(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,
-                                                                  budget_ms=None, deep_budget_ms=None))
+    replay = None
+    if cfg.steps_from:
+        replay = StepsFrom(Path(cfg.steps_from), {"dataset": dataset, "fingerprint": codec.fingerprint,
+                                                  "b_max_bytes": b_max, "n_test": cfg.n_test,
+                                                  "value_dtype": cfg.value_dtype})
+        replay.check_covers([m for m in METHODS if m in cfg.methods], dims, cfg.seeds)
+    kind = Replay if replay else LoraAlignment
+    strategies = {m: kind(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
+    strategies["lora_nobudget"] = kind(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,
+                                                         budget_ms=None, deep_budget_ms=None))
     bank = AdapterBank(64, codec.fingerprint, model_digest(model))
-    strategies["lora_bank"] = BankedAlignment(LoraAlignment(), bank)
+    strategies["lora_bank"] = BankedAlignment(kind(), bank)
+    subset = kind()  # the default recipe on fractions of the payload
     # calibrated once, before any row is timed (as the RX daemon does at start-up)
     calibration = {m: strategies[m].calibrate(model, codec) for m in strategies if m in cfg.methods}
     x_train_cache: dict[int, np.ndarray] = {}
@@ -281,13 +292,17 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
                         row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=0.0,
                                    classify_ms=_classify_ms(model, rd.x_test_round))
                     elif method in strategies:
+                        if replay:
+                            target = strategies[method]
+                            getattr(target, "inner", target).set(replay.plan(method, alpha, seed, rd.n_train))
                         adapted, rep = strategies[method].adapt(model, rd.z_train, rd.y_train, codec)
                         acc = accuracy(predict(adapted, x_eval), data.y_test)
                         row = _row("in-process", method, rd, seed, acc, n_eval, b_max, adapt_ms=rep.duration_ms,
                                    classify_ms=_classify_ms(adapted, rd.x_test_round), **_report_fields(rep))
                         status = f"{rep.duration_ms:.0f} ms"
                         if method == DEFAULT_METHOD:
-                            rows.extend(_subset_rows("in-process", model, codec, rd, seed, cfg, x_eval, data, b_max))
+                            rows.extend(_subset_rows("in-process", model, codec, rd, seed, cfg, x_eval, data, b_max,
+                                                     subset, replay))
                     elif method in ("full_ft", "last_layer"):
                         net, ms, done = finetune(model, x_fit, rd.y_train, "full" if method == "full_ft" else "last",
                                                  cfg.ft_steps, seed)
@@ -317,7 +332,9 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
               "vector_header_bytes": layout.vector_header_bytes, "machine": machine,
               "loadavg_end": list(os.getloadavg()), "config": json_safe(asdict(cfg)),
               "adapt_defaults": json_safe(asdict(AdaptConfig())), "default_method": DEFAULT_METHOD,
-              "calibration": calibration, "rows": rows}
+              "calibration": calibration, "steps_from": cfg.steps_from,
+              "recorded_machine": replay.machine if replay else None, "rows": rows}
+    result["step_counts"] = step_counts(rows)  # what --steps-from replays
     result["summary"] = summarize(rows)
     write_outputs(out, result)
     return result
@@ -338,14 +355,18 @@ def _report_fields(rep) -> dict:
             "cut_by_cap": rep.cut_by_cap, "precision": rep.precision, "reused": rep.reused}
 
 
-def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig, x_eval, data, b_max) -> list[dict]:
-    """The default recipe on the first fractions of the received vectors: the n_train axis of the policy table."""
+def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig, x_eval, data, b_max,
+                 strategy: LoraAlignment, replay: StepsFrom | None = None) -> list[dict]:
+    """The default recipe (``strategy``) on the first fractions of the received vectors: the n_train axis
+    of the policy table; with ``replay`` each at its recorded step counts."""
     rows = []
     for f in cfg.table_fractions:
         n = max(1, int(round(rd.n_train * f)))
         if n >= rd.n_train:
             continue
-        adapted, rep = LoraAlignment().adapt(model, rd.z_train[:n], rd.y_train[:n], codec)
+        if replay:
+            strategy.set(replay.plan("default_subset", rd.alpha, seed, n))
+        adapted, rep = strategy.adapt(model, rd.z_train[:n], rd.y_train[:n], codec)
         acc = accuracy(predict(adapted, x_eval), data.y_test)
         row = _row("in-process", "default_subset", rd, seed, acc, len(x_eval), b_max, adapt_ms=rep.duration_ms,
                    **_report_fields(rep))

@@ -19,7 +19,7 @@ from common.modes.pca_lora.messages import Payload
 from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from common.net.transport import RxSocket
-from common.wire.protocol import DecodeLimits, Hello, encode
+from common.wire.protocol import DecodeLimits, Hello, decode, encode
 from rx_node.daemon import RxNode, serve
 from tx_node.daemon import TxConfig, TxNode
 from common.files import free_port  # noqa: F401  (tests import free_port from here)
@@ -56,6 +56,20 @@ class ServedRx:
         self._stop.set()
         self._thread.join()
         self.sock.close()
+
+
+def ask(sock, frame: bytes, want: tuple[str, ...], timeout_s: float = 10.0) -> tuple[bytes, object]:
+    """Send ``frame`` on a TX socket and return (raw reply, decoded) of the first reply whose TYPE is in
+    ``want`` (others, such as CHANNEL, skipped); AssertionError after ``timeout_s`` s without one."""
+    sock.send(frame)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = sock.recv(200)
+        if got is not None:
+            msg = decode(got)
+            if msg.TYPE in want:
+                return got, msg
+    raise AssertionError(f"no {want} within {timeout_s} s")
 
 
 def hello(codec, session_id=5, next_seq=0, fingerprint=None, mode="pca-lora", **params) -> bytes:

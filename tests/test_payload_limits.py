@@ -15,7 +15,7 @@ from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
 from common.net.transport import TxSocket
 from common.wire.protocol import Error, Result, decode, encode
 from rx_node.daemon import RxNode
-from tests.helpers import ServedRx, hello, payload
+from tests.helpers import ServedRx, ask, hello, payload
 
 DEEP_FADE_SEQ = 6  # the demo trace's QPSK MCS1 rounds (9.4 Mb/s) are 6 and 7
 
@@ -54,13 +54,7 @@ def test_more_test_vectors_than_the_rx_classifies_are_refused(digits_artifacts, 
 
 
 def _ask(sock: TxSocket, frame: bytes, want: str, timeout_s: float = 10.0):
-    sock.send(frame)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = sock.recv(20)
-        if got is not None and decode(got).TYPE == want:
-            return decode(got)
-    raise AssertionError(f"no {want} within {timeout_s} s")
+    return ask(sock, frame, (want,), timeout_s)[1]
 
 
 def test_one_peers_air_time_does_not_hold_another(digits_artifacts, digits):

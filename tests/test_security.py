@@ -19,7 +19,7 @@ from common.net.security import (
 from common.net.transport import TxSocket
 from semalign.cli import app
 from semalign.campaigns.processes import throwaway_keys
-from tests.helpers import start_rx, stop
+from tests.helpers import ask, start_rx, stop
 from tests.helpers import tx_node as make_tx
 from tx_node.daemon import HandshakeFailed
 
@@ -136,17 +136,7 @@ def _raw_tx(address, key_dir, name):
 
 
 def _ask(sock, frame, want, timeout_s=5.0):
-    from common.wire.protocol import decode
-
-    sock.send(frame)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = sock.recv(200)
-        if got is not None:
-            msg = decode(got)
-            if msg.TYPE in want:
-                return msg
-    raise AssertionError(f"no {want} within {timeout_s} s")
+    return ask(sock, frame, want, timeout_s)[1]
 
 
 def test_a_session_is_bound_to_the_key_that_opened_it(curve_rx, keys, digits_artifacts, digits):

@@ -20,9 +20,9 @@ from common.modes.pca_lora.artifacts import load_codec
 from common.net.security import TxSecurity, load_public, load_secret
 from common.net.transport import TxSocket
 from common.results.log import ResultsLog
-from common.wire.protocol import Hello, decode, encode
+from common.wire.protocol import Hello, encode
 from semalign.campaigns.processes import throwaway_keys
-from tests.helpers import payload, start_rx, stop, tx_node
+from tests.helpers import ask, payload, start_rx, stop, tx_node
 
 CONFIG = dict(n_test=20, n_min_train=40, max_train=60, deadline_s=0.002, hello_timeout_s=1.0, clock_samples=1,
               backoff_s=0.05, backoff_max_s=0.5, result_timeout_s=30.0, hello_attempts=120, round_attempts=4,
@@ -38,16 +38,7 @@ def _hello(codec, sid, credential=b"", next_seq=0) -> bytes:
 
 
 def _ask(sock: TxSocket, frame: bytes, want: tuple[str, ...], timeout_s: float = 120.0):
-    """Send ``frame``, return (raw reply, decoded) of the first reply of a type in ``want`` (CHANNELs skipped)."""
-    sock.send(frame)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = sock.recv(200)
-        if got is not None:
-            msg = decode(got)
-            if msg.TYPE in want:
-                return got, msg
-    raise AssertionError(f"no {want} within {timeout_s} s")
+    return ask(sock, frame, want, timeout_s)
 
 
 @pytest.fixture(scope="module")

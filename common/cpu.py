@@ -7,6 +7,7 @@ campaigns (:func:`semalign.campaigns.machine.machine_info`).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -15,6 +16,7 @@ SPEED_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512_BF16 / AMX-BF16, Arm's "bf16" feature
 
 
+@functools.lru_cache(maxsize=None)  # read once per process: the RX asks on every fixed-steps round
 def _cpuinfo(path: str = "/proc/cpuinfo") -> str | None:
     try:
         with open(path) as f:

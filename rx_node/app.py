@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import torch
-
 from common.learn.process_tuning import keep_freed_memory
 from common.link.sidelink import create_sidelink
 from common.modes.base import DEFAULT_MODE, get_mode
@@ -83,6 +81,8 @@ def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.E
         raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
     if workers > 1:
         return _run_front_end(opts, link_table, security, stop, workers, worker_argv)
+    import torch  # here, not at the top: `semalign rx --help` must not load it
+
     torch.set_num_threads(int(opts.get("threads") or 1))
     keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/process_tuning.py)
     node, sock = build_rx(opts, link_table, security)

@@ -82,18 +82,46 @@ TX_DAEMON = [
 
 
 def _with_modes(daemon: list[Option], side: str) -> list[Option]:
-    """Daemon options, then each mode's (prefixed with the mode's name in the help); names are unique."""
+    """Daemon options, then each mode's (its name before the help); names are unique.
+
+    A name two modes declare must mean the same in both (type, default and help), else ValueError at
+    start-up: a mode cannot quietly take over another's option. A mode option that repeats a daemon
+    option is a ValueError too.
+    """
     out = list(COMMON) + list(daemon)
-    seen = {o.name: "daemon" for o in out}
+    daemon_names = {o.name for o in out}
+    declared: dict[str, Option] = {}
     for name in mode_names():
         for o in getattr(get_mode(name), f"{side}_options"):
-            if o.name in seen:
-                if seen[o.name] != "daemon":
-                    continue  # shared by two modes (e.g. data_dir); declared once
+            if o.name in daemon_names:
                 raise ValueError(f"mode {name} redeclares the daemon option {o.name!r}")
-            seen[o.name] = name
-            out.append(Option(o.name, o.type, f"{name}: {o.help}", o.default))
+            first = declared.setdefault(o.name, o)
+            if first != o:
+                raise ValueError(f"mode {name} declares --{o.name.replace('_', '-')} unlike "
+                                 f"{', '.join(option_modes(side)[o.name])}: one name, one meaning")
+    for o in declared.values():
+        out.append(Option(o.name, o.type, f"{', '.join(option_modes(side)[o.name])}: {o.help}", o.default))
     return out
+
+
+def option_modes(side: str) -> dict[str, list[str]]:
+    """Mode option name -> the modes (sorted) whose ``side`` (``rx``/``tx``) half declares it."""
+    owners: dict[str, list[str]] = {}
+    for name in mode_names():
+        for o in getattr(get_mode(name), f"{side}_options"):
+            owners.setdefault(o.name, []).append(name)
+    return owners
+
+
+def check_modes(opts: dict, side: str) -> None:
+    """An option given for a mode this command does not run is a ValueError naming the option, its
+    modes and the modes run (``opts['mode']``: the RX's comma-separated list, the TX's one mode)."""
+    run = {m.strip() for m in str(opts.get("mode") or DEFAULT_MODE).split(",")}
+    for option, modes in option_modes(side).items():
+        if opts.get(option) is not None and not run.intersection(modes):
+            flag = f"--{option.replace('_', '-')}"
+            raise ValueError(f"{flag} is an option of mode {' and '.join(modes)}, and this {side.upper()} "
+                             f"runs --mode {','.join(sorted(run))}: drop {flag} or run its mode")
 
 
 def rx_options() -> list[Option]:

@@ -52,6 +52,11 @@ RX_DAEMON = [
     Option("curve_secret", Path, "CURVE: the RX's secret certificate NAME.key_secret (from `semalign keygen`)"),
     Option("curve_allow", Path, "CURVE: directory of the TX public certificates (*.key) admitted; "
            "others are refused and logged"),
+    Option("worker_bind", str, "ZeroMQ address where RX workers on other hosts join this RX's front end "
+           "(`semalign rx-worker --connect`), e.g. tcp://0.0.0.0:5556; CURVE with the RX's own key; runs the "
+           "front end even with --workers 1 (none by default)"),
+    Option("worker_allow", Path, "CURVE: directory of the public certificates (*.key) of the RX workers "
+           "allowed to join at --worker-bind (a list apart from the TXs')"),
     Option("max_vectors", int, "Hard limit: vectors per payload", DecodeLimits.max_vectors),
     Option("max_alpha", int, "Hard limit: alpha per payload", DecodeLimits.max_alpha),
     Option("max_str_len", int, "Hard limit: msgpack string length, bytes", DecodeLimits.max_str_len),

@@ -76,9 +76,10 @@ def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.E
            worker_argv: list[str] | None = None) -> RxStats:
     """Serve until ``stop``: in this process (``opts['workers']`` 1, the default), or with a front end
     and that many worker processes (:mod:`rx_node.workers`; ``worker_argv`` starts one)."""
-    workers = int(opts.get("workers") or DEFAULT_WORKERS)
-    if workers < 1:
-        raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
+    workers = int(DEFAULT_WORKERS if opts.get("workers") is None else opts["workers"])
+    if workers < (0 if opts.get("worker_bind") else 1):
+        raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with --worker-bind: "
+                         "a front end whose workers all run on other hosts)")
     if opts.get("worker_allow") and not opts.get("worker_bind"):
         raise ValueError("--worker-allow without --worker-bind: give the address workers on other hosts join")
     if workers > 1 or opts.get("worker_bind"):

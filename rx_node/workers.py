@@ -222,8 +222,9 @@ class FrontEnd:
                  worker_argv: list[str] | None = None, modes: list[str] | None = None,
                  one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset(),
                  remote_bind: str | None = None, remote_security: RxSecurity | None = None):
-        if workers < 1:
-            raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
+        if workers < (0 if remote_bind else 1):
+            raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with workers on "
+                             "other hosts, --worker-bind)")
         from rx_node.daemon import RxStats  # here: daemon imports torch-light modules only, but keep it lazy
         self.opts, self.link_table, self.sock = dict(opts), dict(link_table), sock
         self.n_workers = workers

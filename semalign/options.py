@@ -47,7 +47,8 @@ RX_DAEMON = [
     Option("threads", int, "CPU threads for training and inference; small MLPs run best on 1", 1),
     Option("max_rounds", int, "Exit after answering this many rounds (default: serve until SIGTERM)"),
     Option("workers", int, "Worker processes serving the sessions: 1 serves in this process; W > 1 runs a "
-           "front end (socket, CURVE, allow-list) and W workers, each TX connection pinned to one",
+           "front end (socket, CURVE, allow-list) and W workers, each TX key (plain TCP: connection) pinned to "
+           "one; with --worker-bind, W local workers plus those that join from other hosts (W = 0: only those)",
            DEFAULT_WORKERS),
     Option("curve_secret", Path, "CURVE: the RX's secret certificate NAME.key_secret (from `semalign keygen`)"),
     Option("curve_allow", Path, "CURVE: directory of the TX public certificates (*.key) admitted; "
@@ -204,7 +205,7 @@ def check_choices(opts: dict, side: str) -> None:
 
 # options whose range no configuration dataclass checks: name -> (lowest allowed, what it means)
 _LOWEST = {"rounds": (0, "rounds to run"), "max_rounds": (0, "rounds to answer before exiting"),
-           "threads": (1, "CPU threads"), "workers": (1, "RX worker processes"), "trace_rounds": (1, "rounds the trace spans")}
+           "threads": (1, "CPU threads"), "workers": (0, "RX worker processes (0: all on other hosts)"), "trace_rounds": (1, "rounds the trace spans")}
 
 
 def check_ranges(opts: dict) -> None:

@@ -127,22 +127,29 @@ def show(
 
 def load(
     workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated."),
-    txs: str = typer.Option("1,4,8", help="TX process counts N, comma-separated."),
-    rounds: int = typer.Option(30, help="Rounds each TX runs."),
+    txs: str = typer.Option("1,4,8", help="Session counts N, comma-separated (e.g. 1,2,4,8,16,32,64)."),
+    rounds: int = typer.Option(30, help="Rounds each session runs."),
+    generator: str = typer.Option("replay", help="Who sends: replay (N connections from this process "
+                                  "replaying PAYLOADs encoded before the run, so its CPU stays out of the "
+                                  "figures) or tx (N semalign tx processes, each encoding its rounds)."),
     out: Path = typer.Option(Path("runs/load"), help="Directory for load.json, load.csv and each pair's logs."),
     dataset: str = typer.Option("digits", help="Dataset: digits (fast) or mnist."),
     artifacts: Optional[Path] = ArtifactsOpt,
     trace: str = typer.Option("deep", help="Channel trace: deep (constant 64-QAM MCS 1, ~9.4 Mb/s) or a CSV path."),
     log_level: str = LogOpt,
 ):
-    """Load an RX: N TX processes against W workers in deep fade; rounds/s and p50/p90/p99 per (N, W)."""
+    """Load an RX: N sessions against W workers in deep fade; rounds/s, p50/p90/p99 latency, rounds lost and
+    the RX's RSS per (N, W), side by side in one run (load.json, load.csv, load.png)."""
     from semalign.campaigns.pca_lora.load import run_load, table
 
     setup_logging(log_level, "load")
     try:
         ws = [int(w) for w in workers.split(",") if w.strip()]
         ns = [int(n) for n in txs.split(",") if n.strip()]
-        s = run_load(out, ws, ns, rounds, dataset, artifacts, trace)
+        s = run_load(out, ws, ns, rounds, dataset, artifacts, trace, generator=generator,
+                     progress=lambda done, total, row: typer.echo(
+                         f"[{done}/{total}] N={row['n_tx']} W={row['workers']}: {row['rounds_ok']} ok, "
+                         f"{row['rounds_failed']} not ok", err=True))
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     typer.echo(table(s["rows"]))

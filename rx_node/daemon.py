@@ -188,13 +188,15 @@ class RxNode:
         session = self.sessions.get(getattr(msg, "session_id", None))
         if not self._serves(session, peer, owner):
             session = None
+        seq = getattr(msg, "seq", 0)
+        if not 0 <= seq <= MAX_SEQ:  # CHANNEL seq + 1 must fit: 2**63 - 1 decodes (replies carry it), never a request
+            return [self._error(msg.session_id, -1, "bad_message", f"seq {seq} outside [0, {MAX_SEQ}]")]
         accepted = self._handlers[session.mode] if session else self._any_handlers
         handler = accepted.get(msg.TYPE)
         if handler is None:
             where = f"mode {session.mode}" if session else "the RX"
             text = f"{where} does not accept {msg.TYPE} messages"
-            seq = getattr(msg, "seq", -1)
-            if 0 <= seq <= MAX_SEQ:
+            if hasattr(msg, "seq"):
                 return self._round_error(peer, owner, msg.session_id, seq, "unexpected", text)
             return [self._error(sid, -1, "unexpected", text)]
         if session is None:

@@ -197,6 +197,7 @@ def _pca_case(case: str, served, codec, link, digits, sid: int, client: Client):
             "hello_unknown_param": lambda: pca_hello(codec, sid, colour="red"),
             "hello_other_d_pre": lambda: pca_hello(codec, sid, d_pre=codec.d_max - 1),
             "hello_missing_deadline": lambda: pca_hello(codec, sid, deadline_s=None),
+            "hello_deadline_true": lambda: pca_hello(codec, sid, deadline_s=True),
             "hello_train_parts_17": lambda: pca_hello(codec, sid, train_parts=17),
             "hello_value_dtype_float64": lambda: pca_hello(codec, sid, value_dtype="float64"),
         }

@@ -153,6 +153,15 @@ def test_a_poll_attempt_outside_0_63_is_bad_message(federation, attempt):
     assert isinstance(err, Error) and err.code == "bad_message" and "attempt" in err.message, err
 
 
+def test_a_request_seq_past_the_last_round_is_bad_message(federation):
+    """seq 2**63 - 1 decodes (CHANNEL carries a round's seq + 1) but names no round: bad_message, seq -1, and
+    no CHANNEL 2**63 (which no int64 holds) follows."""
+    _, (d0, _) = federation(2)
+    err = d0.send(raw_poll(d0.sid, 2**63 - 1, 0, 0))
+    assert isinstance(err, Error) and (err.code, err.seq) == ("bad_message", -1) and "outside" in err.message, err
+    assert isinstance(d0.poll(0, "plan"), FedPlan)  # the session goes on
+
+
 def test_polls_count_0_1_2_within_a_round(federation):
     _, (d0, _) = federation(2)
     err = d0.send(raw_poll(d0.sid, 0, 0, 5))  # the first poll of a round is number 0

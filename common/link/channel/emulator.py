@@ -68,7 +68,8 @@ class LinkParams:
     round_interval_s: time between two rounds; fading is sampled once per round.
     gap_db: Shannon gap at 10 % BLER; bler_slope_db: logistic BLER slope
     (see ``common.link.channel.nr``). layers / scaling / overhead: TS 38.306 v, f, OH.
-    processing_delay_s: HARQ round trip added per retransmission.
+    processing_delay_s: HARQ round trip added per retransmission (inside the outcome's ``delay_s``);
+    the loopback sidelink adds it once more per delivered frame (the receiver's processing).
     """
 
     tx_power_dbm: float = 23.0

@@ -25,8 +25,9 @@ class UnsupportedOperation(RuntimeError):
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    """What the link did: air time of all attempts (s), attempts, the delay applied (s), and the
-    RX wall clock (ns) at which the message counts as delivered."""
+    """What the link did: air time of all attempts including the HARQ round trips between them (s),
+    attempts, the delay applied (s: on loopback the air time plus one processing delay per delivery),
+    and the RX wall clock (ns) at which the message counts as delivered."""
 
     airtime_s: float
     transmissions: int

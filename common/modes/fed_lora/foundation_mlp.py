@@ -86,7 +86,7 @@ class MlpTask(AdapterTask[np.ndarray]):
         return x
 
     def train_flops(self, module: str, inputs: np.ndarray, epochs: float) -> float:
-        """``epochs * n * (F + F_back + 2 F_lora + 2 F_head)`` (see :func:`_train_flops_per_sample`)."""
+        """``epochs * n * (F + F_back + 3 (F_lora + F_head))`` (see :func:`_train_flops_per_sample`)."""
         self._check(module)
         n = len(inputs)
         dense = [(int(k), 2.0 * m.in_features * m.out_features) for k, m in

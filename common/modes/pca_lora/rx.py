@@ -94,7 +94,8 @@ class PcaLoraRx(RxHalf):
         if params.get("value_dtype") not in VALUE_FORMATS:
             return f"value_dtype {params.get('value_dtype')!r} is not one of {sorted(VALUE_FORMATS)}"
         deadline = params.get("deadline_s")
-        if not isinstance(deadline, (int, float)) or not 0 < deadline <= self.limits.max_deadline_s:
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or \
+                not 0 < deadline <= self.limits.max_deadline_s:
             return (f"deadline_s={deadline!r}: this RX takes deadlines in (0, {self.limits.max_deadline_s}] s "
                     "(its payload budget is rate x deadline)")
         parts = params.get("train_parts", 0)

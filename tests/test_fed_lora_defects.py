@@ -53,10 +53,15 @@ class Device:
         params = self.half.hello_params() if params is None else params
         return self.send(Hello("tx", self.sid, "fed-lora", self.half.fingerprint, params, 0, 0, 1, 0))
 
-    def poll(self, seq: int, want: str):
-        a = self.attempt.get(seq, 0)
-        self.attempt[seq] = a + 1
-        return self.send(poll(a, self.sid, seq, self.k, want))
+    def poll(self, seq: int, want: str, through_forming: bool = True):
+        """One poll; with ``through_forming`` polled again (as a device does) while a round is being formed."""
+        while True:
+            a = self.attempt.get(seq, 0)
+            self.attempt[seq] = a + 1
+            reply = self.send(poll(a, self.sid, seq, self.k, want))
+            if not (through_forming and isinstance(reply, FedWait) and reply.reason == "forming"):
+                return reply
+            time.sleep(reply.retry_after_ms / 1e3)
 
     def update(self, seq: int, module: str, arrays: dict):
         return self.send(FedUpdate(self.sid, seq, self.k, module, len(self.half.y), 1.0, 0.1,
@@ -236,3 +241,34 @@ def test_train_flops_are_derived_at_the_base_station(federation):
     x, _ = station.data.shard(0)
     for m in station.modules:  # what is planned with: the base station's FLOPs x the claimed epochs (5)
         assert station.devices[0].train_flops[m] == pytest.approx(station.task.train_flops(m, x, 5.0))
+
+
+# ------------------------------------------------------------------ forming off the request path
+
+
+def test_a_poll_while_a_round_forms_gets_fed_wait_forming_and_the_last_update_is_not_held(federation):
+    """The update that completes a round is acknowledged while the aggregation still runs (held here on an
+    event, so nothing depends on the CPU's speed); a result poll meanwhile gets FED_WAIT forming; once the
+    round has formed the same session's next poll gets its RESULT."""
+    import threading
+
+    half, (d0, d1) = federation(2)
+    station, release, entered = half.station, threading.Event(), threading.Event()
+    evaluate = station.evaluate
+
+    def held_evaluate():
+        entered.set()
+        assert release.wait(60)
+        return evaluate()
+
+    station.evaluate = held_evaluate
+    p0, p1 = d0.poll(0, "plan"), d1.poll(0, "plan")
+    assert isinstance(d0.update(0, p0.module, trained(d0, p0, 0.01)), FedAck)
+    ack = d1.update(0, p1.module, trained(d1, p1, 0.01))  # completes the round
+    assert isinstance(ack, FedAck) and entered.wait(60) and station.forming  # acked while forming
+    wait = d0.poll(0, "result", through_forming=False)
+    assert isinstance(wait, FedWait) and wait.reason == "forming" and wait.retry_after_ms == 20, wait
+    release.set()
+    station.finish_forming()
+    assert not station.forming and isinstance(d0.poll(0, "result"), Result)
+

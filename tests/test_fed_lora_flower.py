@@ -103,6 +103,7 @@ def test_two_rounds_over_superlink_and_two_supernodes(tmp_path):
 
 def _station(policy="fixed"):
     rx = MODE.build_rx({"fed_devices": 2, "fed_policy": policy})
+    rx.station.background_forming = False  # as run_federation does: the ServerApp forms each round itself
     txs = [MODE.build_tx({"fed_devices": 2, "device_id": k}) for k in range(2)]
     for tx in txs:
         assert rx.station.check_device(tx.hello_params()) is None

@@ -165,7 +165,7 @@ def test_our_policy_plans_switches_and_stays_non_blocking(serve_rx, tmp_path):
     _, address = serve_rx(half)
     halves = [tx_half(k, fed_distance_m=d) for k, d in enumerate((150.0, 600.0, 1500.0))]
     records = run_devices(address, halves, 2, tmp_path)
-    assert all(r.status == "ok" for k in range(3) for r in records[k])
+    assert all(r.status == "ok" for k in range(3) for r in records[k]), [(r.status, r.error) for k in range(3) for r in records[k]]
     modules = {r.fields["module"] for k in range(3) for r in records[k]}
     assert modules <= {"top-r2", "all-r4", "all-r8", "skip"}
     assert max(r.fields["polls"] for k in range(3) for r in records[k]) >= 2  # somebody polled again
@@ -288,7 +288,10 @@ def test_the_round_deadline_forms_the_round_on_the_next_message_and_missing_devi
     assert isinstance(wait, FedWait) and wait.reason == "collecting" and wait.retry_after_ms >= 50
     assert not half.station.history  # no timer: nothing happens until a message arrives
     clock.ns += 6_000_000_000  # past the round's wall-clock deadline
-    result = handle(node, b"p0", poll(2, 10, 0, 0, "result", waited_ms=6000))[0]
+    forming = handle(node, b"p0", poll(2, 10, 0, 0, "result", waited_ms=6000))[0]  # closes it: forms off-path
+    assert isinstance(forming, FedWait) and forming.reason == "forming", forming
+    half.station.finish_forming()
+    result = handle(node, b"p0", poll(3, 10, 0, 0, "result", waited_ms=6000))[0]
     assert isinstance(result, Result) and result.fields["delivered"] and result.fields["closed_by"] == "deadline"
     rec = half.station.history[0]
     assert rec["delivered"] == [0] and rec["devices"][1]["outcome"] == "missing"
@@ -368,6 +371,7 @@ def test_base_station_restarts_from_its_saved_state(tmp_path):
     d0.task.train_adapter(plan.module, d0.x, d0.y, TrainConfig())
     upd = FedUpdate(3, 0, 0, plan.module, len(d0.y), 1.0, 0.1, adapter_to_wire(d0.task.get_adapter(plan.module)))
     assert handle(node, b"a", upd)[0].outcome == "delivered"
+    half.station.finish_forming()  # the round forms (and is saved) in the background
     saved = half.station.global_adapter.state()
     again = rx_half(fed_devices=1, fed_out=str(tmp_path), fed_resume=True)
     restored = again.station.global_adapter.state()

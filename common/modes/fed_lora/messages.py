@@ -101,8 +101,10 @@ class FedWait:
     """RX -> TX (not round-final): not yet; poll again after ``retry_after_ms``.
 
     ``reason``: ``joining`` (round 0 waits for the devices to say HELLO),
-    ``previous_round`` (round ``seq - 1`` is still collecting updates) or
-    ``collecting`` (round ``seq`` is). ``deadline_ns``: RX wall clock (ns since
+    ``previous_round`` (round ``seq - 1`` is still collecting updates),
+    ``collecting`` (round ``seq`` is) or ``forming`` (a round is being
+    aggregated, evaluated and saved, off the path that answers polls: try
+    again in ``retry_after_ms`` = 20). ``deadline_ns``: RX wall clock (ns since
     the epoch) at which what is awaited closes at the latest (0: unknown).
     """
 

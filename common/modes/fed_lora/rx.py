@@ -35,7 +35,11 @@ Round ``r`` (= ``seq`` of every device's session) goes through:
    until it polls again.
 
 Handlers never wait: a device that asks too early gets ``FED_WAIT`` with a
-retry hint. Per-round records go to ``out/base_station.jsonl`` and the global
+retry hint. In the daemon (:class:`FedLoraRx`) forming runs in a thread that
+holds the base station's lock, so the request that completed the round is
+answered at once and a poll that arrives while a round forms gets
+``FED_WAIT`` ``forming`` within the serving loop's own time (updates and
+joining HELLOs, which cannot be answered "wait", take the lock and wait). Per-round records go to ``out/base_station.jsonl`` and the global
 state to ``out/state.npz`` + ``out/state.json`` when ``out`` is set; with
 ``resume`` the base station starts from that saved state.
 """
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +90,7 @@ log = logging.getLogger("semalign.rx")
 
 POLICIES: tuple[str, ...] = ("ours", "fixed", "random")
 HISTORY_ROUNDS = 8  # formed rounds kept in memory (devices fetch their RESULT from them)
+FORMING_RETRY_MS = 20  # a poll while a round is being aggregated (FED_WAIT forming) tries again this soon
 PROFILE_KEYS = ("distance_m", "max_power_w", "flops_per_s", "flops_per_cycle", "kappa", "energy_budget_j")
 PROFILE_LIMITS = {"distance_m": (1.0, 1e6), "max_power_w": (1e-6, 10.0), "flops_per_s": (1e3, 1e18),
                   "flops_per_cycle": (0.01, 1e4), "kappa": (1e-40, 1e-20), "energy_budget_j": (1e-9, 1e6)}
@@ -189,6 +195,11 @@ class BaseStation:
         self.first_hello_ns: int | None = None
         self.saved_queues: dict[int, float] = {}
         self.history: list[dict] = []  # per formed round: the base station's record
+        # With background_forming (the daemon's FedLoraRx) a round forms in a thread that takes `lock`, which
+        # every handler holds too; polls that find it taken are answered FED_WAIT `forming` at once.
+        self.lock = threading.Lock()
+        self.background_forming = False
+        self._forming: threading.Thread | None = None
         idx = eval_subset(len(data.test_y), config.eval_size, spec.seed)
         self.eval_x, self.eval_y = take(data.test_x, idx), data.test_y[idx]
         self.out = Path(config.out) if config.out else None
@@ -330,7 +341,33 @@ class BaseStation:
         """Form the open round if its wall-clock deadline has passed (called on every message)."""
         for rnd in list(self.rounds.values()):
             if not rnd.formed and now_ns >= rnd.deadline_ns:
-                self.form(rnd, now_ns, "deadline")
+                self._close(rnd, now_ns, "deadline")
+
+    @property
+    def forming(self) -> bool:
+        """A round is being formed in the background (aggregation, evaluation, save)."""
+        return self._forming is not None and self._forming.is_alive()
+
+    def _close(self, rnd: FedRound, now_ns: int, closed_by: str) -> None:
+        """Form ``rnd`` now, or with :attr:`background_forming` in a thread that takes :attr:`lock` as soon as
+        the handler that closed the round returns, so no request waits for the aggregation."""
+        if self.forming:
+            return  # one at a time: this round is the one being formed
+        if not self.background_forming:
+            self.form(rnd, now_ns, closed_by)
+            return
+
+        def form_locked():
+            with self.lock:
+                self.form(rnd, now_ns, closed_by)
+
+        self._forming = threading.Thread(target=form_locked, name=f"fed-form-{rnd.index}", daemon=True)
+        self._forming.start()
+
+    def finish_forming(self, timeout_s: float = 60.0) -> None:
+        """Wait for a round being formed in the background (at shutdown)."""
+        if self._forming is not None:
+            self._forming.join(timeout_s)
 
     def _joined(self, now_ns: int) -> bool:
         if len(self.devices) >= self.spec.n_devices:
@@ -531,7 +568,7 @@ class BaseStation:
 
     def _maybe_form(self, rnd: FedRound, now_ns: int) -> None:
         if not rnd.formed and rnd.complete():
-            self.form(rnd, now_ns, "all_reported")
+            self._close(rnd, now_ns, "all_reported")
 
     def form(self, rnd: FedRound, now_ns: int, closed_by: str) -> None:
         """Aggregate the delivered updates, advance the queues, evaluate, record (see the module docstring)."""
@@ -705,6 +742,7 @@ class FedLoraRx(RxHalf):
 
     def __init__(self, station: BaseStation, fingerprint: str, allow_dir: str | Path | None = None):
         self.station = station
+        station.background_forming = True  # a served base station never holds a request for its aggregation
         self.fingerprint = fingerprint
         self.allow_dir = Path(allow_dir) if allow_dir else None
         log.info("fed-lora session fingerprint %s", fingerprint)
@@ -736,7 +774,8 @@ class FedLoraRx(RxHalf):
                        else f"{DEVICE_KEY_FILE.format(k)} holds another key")
                 log.warning("HELLO for device %d from CURVE key %s REFUSED: %s", k, owner, why)
                 return ("device_key", f"this CURVE key may not speak for device {k}: {why}")
-        self.station.register(params)
+        with self.station.lock:  # a joining device waits for a round being formed (rare; HELLO has no FED_WAIT)
+            self.station.register(params)
         return None
 
     def handlers(self) -> dict:
@@ -744,8 +783,26 @@ class FedLoraRx(RxHalf):
 
     def on_poll(self, msg: FedPoll, ctx: RoundContext) -> Reply:
         s = self.station
-        now = s.clock()
-        s.tick(now)
+        if not s.lock.acquire(blocking=False):  # a round is being formed: answered at once, never held
+            return self._forming_wait(msg, ctx)
+        try:
+            now = s.clock()
+            s.tick(now)
+            if s.forming:  # this poll closed a round at its deadline: the thread forms it once we return
+                return self._forming_wait(msg, ctx)
+            return self._on_poll(msg, ctx, now)
+        finally:
+            s.lock.release()
+
+    def _forming_wait(self, msg: FedPoll, ctx: RoundContext) -> Reply:
+        check_attempt(ctx.session, msg)
+        if msg.attempt >= MAX_POLLS - 1:
+            raise RoundError("wait", f"round {msg.seq}: still forming after {MAX_POLLS} polls; giving up on "
+                                     "this round")
+        return Reply(FedWait(msg.session_id, msg.seq, msg.device_id, "forming", FORMING_RETRY_MS, 0), final=False)
+
+    def _on_poll(self, msg: FedPoll, ctx: RoundContext, now: int) -> Reply:
+        s = self.station
         dev = s.bind(ctx, msg.device_id)
         check_attempt(ctx.session, msg)
         if msg.want == "plan":
@@ -760,7 +817,11 @@ class FedLoraRx(RxHalf):
 
     def on_update(self, msg: FedUpdate, ctx: RoundContext) -> Reply:
         s = self.station
-        now = s.clock()
-        s.tick(now)
-        dev = s.bind(ctx, msg.device_id)
-        return Reply(s.on_update(dev, msg, now), final=False)
+        with s.lock:  # an update waits for a round being formed (it comes before its own round can form)
+            now = s.clock()
+            s.tick(now)
+            dev = s.bind(ctx, msg.device_id)
+            return Reply(s.on_update(dev, msg, now), final=False)
+
+    def close(self) -> None:
+        self.station.finish_forming()

@@ -57,6 +57,7 @@ def run_federation(grid, run_config) -> dict:
     torch.set_num_threads(opts.get("threads", 1))
     rx = FedLora.build_rx(opts)
     station, rounds = rx.station, opts.get("rounds", 2)
+    station.background_forming = False  # the ServerApp forms each round itself, in order (no poll to answer)
     out = Path(station.config.out) if station.config.out else None
     initial_acc = station.accuracy
     nodes = wait_for_nodes(grid, station.spec.n_devices, station.config.join_timeout_s)

@@ -50,6 +50,7 @@ from common.learn.models import accuracy, build_mlp, predict
 from common.learn.train import TrainConfig, fit
 from common.link.channel.nr import max_mcs
 from common.modes.pca_lora.adapter_bank import (
+    SHARED,
     AdapterBank,
     BankedAlignment,
     model_digest,
@@ -266,7 +267,7 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     strategies = {m: kind(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
     strategies["lora_nobudget"] = kind(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,
                                                          budget_ms=None, deep_budget_ms=None))
-    bank = AdapterBank(64, codec.fingerprint, model_digest(model))
+    bank = AdapterBank(64, codec.fingerprint, model_digest(model)).owner(SHARED)  # one TX: one owner
     strategies["lora_bank"] = BankedAlignment(kind(), bank)
     subset = kind()  # the default recipe on fractions of the payload
     # calibrated once, before any row is timed (as the RX daemon does at start-up)

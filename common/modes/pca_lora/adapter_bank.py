@@ -62,6 +62,7 @@ from torch import nn
 
 from common.modes.pca_lora.adapt_config import AdaptReport
 from common.modes.pca_lora.alignment import AlignmentStrategy, LoraAlignment
+from common.artifacts import load_tensors
 from common.codecs.base import Codec
 from common.files import atomic_write_bytes
 from common.learn.lora import LoraState, merge_into
@@ -281,12 +282,9 @@ class AdapterBank:
                                         f"({digest[:12]}...); the file is corrupt or replaced")
                 continue
             try:
-                tensors = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-                if not isinstance(tensors, dict):
-                    raise AdapterBankError(f"{file}: expected a dict of tensors")
-                state = _state_from_tensors(tensors, str(file))
-            except Exception as e:  # torch raises several classes for a bad file
-                self._skip(alpha, file, f"{file}: cannot be read as plain tensors ({e})")
+                state = _state_from_tensors(load_tensors(file, AdapterBankError, data), str(file))
+            except AdapterBankError as e:
+                self._skip(alpha, file, str(e))
                 continue
             self._entries[(okey, alpha)] = state
             self._entries.move_to_end((okey, alpha))

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.artifacts import load_tensors
 from common.data.datasets import Dataset
 from common.files import atomic_write, json_safe
 from common.learn.models import accuracy, build_mlp, predict
@@ -222,7 +223,7 @@ def cached_end_to_end(cache_dir: Path, tag: str, x: np.ndarray, y: np.ndarray, n
             info = json.loads(meta.read_text())
             if info.get("sha256") == hashlib.sha256(pt.read_bytes()).hexdigest():
                 net = build_mlp(x.shape[1], hidden, n_classes)
-                net.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
+                net.load_state_dict(load_tensors(pt))  # ArtifactError (a RuntimeError) when damaged
                 return net.eval(), {**info, "cached": True}
             log.warning("E2E cache %s: checksum mismatch; retraining", pt)
         except (ValueError, RuntimeError, OSError) as e:

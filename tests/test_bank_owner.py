@@ -6,7 +6,8 @@ attacker sends a payload at the victim's alpha whose training labels are all
 1 (its hold-out agrees, so the RX keeps and banks the adapter); the victim's
 rounds at that alpha (and near it) are then checked through their RESULT:
 the ``adapt`` report's bank fields (``reused``, ``warm_start``,
-``warm_from_alpha``) and ``aligned_alphas``. Fixed step counts
+``warm_from_alpha``) and ``aligned_alphas``; the RX's start-up warm-up must
+have stored nothing (no adapter at d_pre or anywhere). Fixed step counts
 (``--adapt-steps 20``): nothing depends on CPU speed.
 
 Before the bank was keyed by owner, the victim's lean round at alpha 10
@@ -85,17 +86,21 @@ def test_an_attackers_adapter_never_reaches_the_victims_rounds(two_txs, digits_a
     codec, _ = load_codec(digits_artifacts)
     assert ask(attacker, _hello(codec, 801, a_cred), ("HELLO", "ERROR"), 120.0)[1].TYPE == "HELLO"
     assert ask(victim, _hello(codec, 802, v_cred), ("HELLO", "ERROR"), 120.0)[1].TYPE == "HELLO"
+    # the RX warmed up before it answered: its warm-up stored nothing, and a round at d_pre uses nothing stored
+    assert json.loads((bank_dir / "manifest.json").read_text())["lru"] == []
+    at_d_pre = _round(victim, _payload(codec, digits, 802, 0, codec.d_max, 0))
+    assert not at_d_pre["adapt"].get("reused") and at_d_pre["acc_adapted"] == at_d_pre["acc_pretrained"]
 
     poisoned = _round(attacker, _payload(codec, digits, 801, 0, ALPHA, 200, labels=1))
     assert poisoned["adapt"]["kept"] == "adapted" and poisoned["aligned_alphas"] == [ALPHA]  # banked, its own
     assert _round(attacker, _payload(codec, digits, 801, 1, ALPHA, 0))["adapt"]["reused"]  # it uses it itself
 
     # the victim: nothing announced, a lean round at ALPHA gets the frozen model, not the attacker's adapter
-    lean = _round(victim, _payload(codec, digits, 802, 0, ALPHA, 0))
+    lean = _round(victim, _payload(codec, digits, 802, 1, ALPHA, 0))
     assert lean["aligned_alphas"] == [] and not lean["adapt"].get("reused"), lean
     assert lean["acc_adapted"] == lean["acc_pretrained"]
     # ... and a round near it trains from scratch, not warm-started from the attacker's adapter
-    near = _round(victim, _payload(codec, digits, 802, 1, ALPHA + 2, 200))
+    near = _round(victim, _payload(codec, digits, 802, 2, ALPHA + 2, 200))
     assert not near["adapt"]["warm_start"] and near["adapt"]["warm_from_alpha"] is None, near["adapt"]
 
     # on disk, each adapter is its owner's (the manifest records the owner's digest)

@@ -7,7 +7,10 @@ together with it), so the loader itself must refuse it. Before
 traceback: ``semalign rx`` on a truncated ``model.pt`` (RuntimeError), a
 refused pickle (``_pickle.UnpicklingError``) or a truncated ``basis.npz``
 (``zipfile.BadZipFile``); slf's kept-alignment lookup let a refused pickle's
-``UnpicklingError`` escape instead of removing and skipping the entry.
+``UnpicklingError`` escape instead of removing and skipping the entry; a
+damaged dataset cache (or ``--data-dir``'s ``mnist.npz``) was a
+``zipfile.BadZipFile`` traceback instead of a new read of the source (or one
+``DatasetUnavailable`` line).
 """
 
 from __future__ import annotations
@@ -112,3 +115,27 @@ def test_fed_lora_damaged_saved_state_is_a_value_error(tmp_path):
     spec = SimpleNamespace(mismatch=lambda other: None)
     with pytest.raises(ValueError, match="state.npz: not the arrays"):
         load_state(tmp_path, spec, "fedavg")
+
+
+def test_a_damaged_dataset_npz_is_one_error_and_a_damaged_cache_is_read_again(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from common.data import datasets
+
+    arrays = dict(x_train=np.full((4, 784), 255, np.uint8), y_train=np.arange(4, dtype=np.uint8),
+                  x_test=np.zeros((2, 784), np.uint8), y_test=np.arange(2, dtype=np.uint8))
+    monkeypatch.setattr(datasets, "_read_mnist_source", lambda data_dir: (arrays, 1 / 255))  # the source
+    cache = tmp_path / "cache"
+    datasets.load_dataset("mnist", cache_dir=cache)
+    cached = cache / "mnist-v1.npz"
+    cached.write_bytes(cached.read_bytes()[:100])  # the cache is damaged: read again from the source
+    with caplog.at_level(logging.WARNING, logger="semalign.data"):
+        again = datasets.load_dataset("mnist", cache_dir=cache)
+    assert again.x_train.shape == (4, 784) and "cache unusable" in caplog.text
+    assert datasets.load_dataset("mnist", cache_dir=cache).y_test.tolist() == [0, 1]  # rewritten
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "mnist.npz").write_bytes(b"PK\x03\x04 truncated")  # a damaged file the user named
+    monkeypatch.undo()
+    with pytest.raises(datasets.DatasetUnavailable, match="mnist.npz: not the arrays"):
+        datasets.load_dataset("mnist", data_dir=src, cache_dir=cache)

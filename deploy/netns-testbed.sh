@@ -14,6 +14,13 @@
 # (netem is not in every kernel): only the rate is; the TX's budget follows the
 # rate reported by the ip backend, set to the tbf rate.
 #
+# --remote-worker adds a third namespace sa-wk-PID joined to the RX's by its own
+# veth pair (RX 10.77.1.1/30, worker 10.77.1.2/30): the RX runs as a front end
+# with no local worker (--workers 0 --worker-bind tcp://10.77.1.1:PORT+1), and
+# `semalign rx-worker --connect` runs in the worker namespace and serves every
+# round; everything is CURVE then (throwaway keys from `semalign keygen` in
+# OUT/keys).
+#
 # --measure replaces the two daemons by a TCP bulk transfer (python3 sockets)
 # and prints the measured goodput: a check that the tbf limit is in force.
 # Expect about 95 % of the tbf rate (Ethernet/IP/TCP headers count against it).
@@ -32,6 +39,7 @@ usage: netns-testbed.sh [options]
                     the options above win over it
   --port P          RX TCP port (default 5555)
   --timeout-s S     limit for each daemon, s (default 600)
+  --remote-worker   the RX as a front end, its one worker in a third namespace (CURVE throughout)
   --measure         only measure the link's TCP goodput (no semalign)
   --measure-s S     duration of that measurement, s (default 2)
   -h, --help        this text
@@ -51,6 +59,7 @@ PORT=5555
 TIMEOUT_S=600
 MEASURE=0
 MEASURE_S=2
+REMOTE_WORKER=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rate-mbit) RATE_MBIT=${2:?--rate-mbit needs a value}; shift 2 ;;
@@ -62,6 +71,7 @@ while [[ $# -gt 0 ]]; do
         --port) PORT=${2:?--port needs a value}; shift 2 ;;
         --timeout-s) TIMEOUT_S=${2:?--timeout-s needs a value}; shift 2 ;;
         --measure) MEASURE=1; shift ;;
+        --remote-worker) REMOTE_WORKER=1; shift ;;
         --measure-s) MEASURE_S=${2:?--measure-s needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
@@ -71,8 +81,8 @@ done
 positive_number() { [[ $1 =~ ^[0-9]+([.][0-9]+)?$ ]] && awk -v x="$1" 'BEGIN { exit !(x > 0) }'; }
 positive_number "$RATE_MBIT" || die "--rate-mbit must be a positive number, got '$RATE_MBIT'"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be an integer >= 1, got '$ROUNDS'"
-if ! { [[ $PORT =~ ^[1-9][0-9]*$ ]] && (( PORT <= 65535 )); }; then
-    die "--port must be in 1..65535, got '$PORT'"
+if ! { [[ $PORT =~ ^[1-9][0-9]*$ ]] && (( PORT < 65535 )); }; then
+    die "--port must be in 1..65534 (the remote worker uses PORT+1), got '$PORT'"
 fi
 [[ $TIMEOUT_S =~ ^[1-9][0-9]*$ ]] || die "--timeout-s must be an integer >= 1, got '$TIMEOUT_S'"
 positive_number "$MEASURE_S" || die "--measure-s must be a positive number, got '$MEASURE_S'"
@@ -98,8 +108,11 @@ OUT=$(cd "$OUT" && pwd)
 
 NS_RX=sa-rx-$$
 NS_TX=sa-tx-$$
+NS_WK=sa-wk-$$
 RX_ADDR=10.77.0.1
 TX_ADDR=10.77.0.2
+RX_WK_ADDR=10.77.1.1
+WK_ADDR=10.77.1.2
 BG_PIDS=()
 
 cleanup() {
@@ -110,6 +123,7 @@ cleanup() {
     done
     ip netns del "$NS_RX" 2>/dev/null || true
     ip netns del "$NS_TX" 2>/dev/null || true
+    ip netns del "$NS_WK" 2>/dev/null || true
     exit "$status"
 }
 trap cleanup EXIT
@@ -128,9 +142,19 @@ for pair in "$NS_RX veth-rx" "$NS_TX veth-tx"; do
     ip -n "$ns" link set "$dev" up
     tc -n "$ns" qdisc add dev "$dev" root tbf rate "${RATE_BPS}bit" burst "$BURST_B" latency 50ms
 done
+if (( REMOTE_WORKER )); then
+    ip netns add "$NS_WK"
+    ip -n "$NS_WK" link add veth-wk type veth peer name veth-rxw netns "$NS_RX"
+    ip -n "$NS_RX" addr add "$RX_WK_ADDR/30" dev veth-rxw
+    ip -n "$NS_WK" addr add "$WK_ADDR/30" dev veth-wk
+    ip -n "$NS_WK" link set lo up
+    ip -n "$NS_WK" link set veth-wk up
+    ip -n "$NS_RX" link set veth-rxw up
+fi
 {
     echo "rate_mbit=$RATE_MBIT rate_bps=$RATE_BPS burst_bytes=$BURST_B"
     echo "rx=$NS_RX $RX_ADDR:$PORT tx=$NS_TX $TX_ADDR rounds=$ROUNDS dataset=$DATASET"
+    if (( REMOTE_WORKER )); then echo "worker=$NS_WK $WK_ADDR front_end=$RX_WK_ADDR:$((PORT + 1))"; fi
 } > "$OUT/testbed.txt"
 
 # Children run in the background and are waited for, so that INT/TERM reach the
@@ -186,15 +210,43 @@ if [[ -z $ARTIFACTS ]]; then
 fi
 [[ -d $ARTIFACTS ]] || die "--artifacts '$ARTIFACTS' is not a directory"
 
-# Plain TCP inside the two private namespaces (explicit --insecure; docs/security.md for CURVE).
-start ip netns exec "$NS_RX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx --bind "tcp://$RX_ADDR:$PORT" --insecure \
+# Plain TCP inside the two private namespaces (explicit --insecure; docs/security.md for CURVE);
+# with --remote-worker, CURVE throughout, with throwaway keys.
+RX_SEC=(--insecure)
+TX_SEC=(--insecure)
+if (( REMOTE_WORKER )); then
+    KEYS=$OUT/keys
+    for name in rx tx-testbed worker-testbed; do
+        rm -f "$KEYS/$name.key" "$KEYS/$name.key_secret"
+    done
+    "${SEMALIGN_CMD[@]}" keygen --out "$KEYS" --name rx > /dev/null
+    "${SEMALIGN_CMD[@]}" keygen --out "$KEYS" --name tx-testbed --allow-dir "$KEYS/allow-tx" > /dev/null
+    "${SEMALIGN_CMD[@]}" keygen --out "$KEYS" --name worker-testbed --allow-dir "$KEYS/allow-workers" > /dev/null
+    RX_SEC=(--curve-secret "$KEYS/rx.key_secret" --curve-allow "$KEYS/allow-tx" --workers 0
+            --worker-bind "tcp://$RX_WK_ADDR:$((PORT + 1))" --worker-allow "$KEYS/allow-workers")
+    TX_SEC=(--curve-secret "$KEYS/tx-testbed.key_secret" --curve-server-public "$KEYS/rx.key")
+fi
+start ip netns exec "$NS_RX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx --bind "tcp://$RX_ADDR:$PORT" "${RX_SEC[@]}" \
     --artifacts "$ARTIFACTS" --link ip --link-rate-bps "$RATE_BPS" --max-rounds "$ROUNDS" "${CONFIG_ARGS[@]}" \
     > "$OUT/rx.log" 2>&1
-start ip netns exec "$NS_TX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" tx --connect "tcp://$RX_ADDR:$PORT" --insecure \
+TX_AT=1
+if (( REMOTE_WORKER )); then
+    start ip netns exec "$NS_WK" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" rx-worker \
+        --connect "tcp://$RX_WK_ADDR:$((PORT + 1))" --curve-secret "$KEYS/worker-testbed.key_secret" \
+        --curve-server-public "$KEYS/rx.key" > "$OUT/worker.log" 2>&1
+    TX_AT=2
+    # start the TX once the worker is ready (before, the front end would drop its HELLOs: it re-sends them)
+    for (( tick = 0; tick < 10 * TIMEOUT_S; tick++ )); do
+        grep -q "RX worker 0 ready" "$OUT/rx.log" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q "RX worker 0 ready" "$OUT/rx.log" || die "the remote worker did not join, see $OUT/worker.log"
+fi
+start ip netns exec "$NS_TX" timeout "$TIMEOUT_S" "${SEMALIGN_CMD[@]}" tx --connect "tcp://$RX_ADDR:$PORT" "${TX_SEC[@]}" \
     --artifacts "$ARTIFACTS" --dataset "$DATASET" --rounds "$ROUNDS" --out "$OUT" "${CONFIG_ARGS[@]}" \
     > "$OUT/tx.log" 2>&1
 tx_status=0
-wait "${BG_PIDS[1]}" || tx_status=$?
+wait "${BG_PIDS[$TX_AT]}" || tx_status=$?
 # The RX exits by itself once it has answered --max-rounds payloads. A TX that
 # failed leaves it waiting: stop it (SIGTERM) at once, else after 10 s.
 rx_pid=${BG_PIDS[0]}

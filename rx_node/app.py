@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import torch
-
 from common.learn.process_tuning import keep_freed_memory
 from common.link.sidelink import create_sidelink
 from common.modes.base import DEFAULT_MODE, get_mode
-from common.net.security import RxSecurity
+from common.net.security import RxSecurity, worker_security
 from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits
 from rx_node.daemon import RxNode, RxStats, serve
@@ -78,11 +76,16 @@ def run_rx(opts: dict, link_table: dict, security: RxSecurity, stop: threading.E
            worker_argv: list[str] | None = None) -> RxStats:
     """Serve until ``stop``: in this process (``opts['workers']`` 1, the default), or with a front end
     and that many worker processes (:mod:`rx_node.workers`; ``worker_argv`` starts one)."""
-    workers = int(opts.get("workers") or DEFAULT_WORKERS)
-    if workers < 1:
-        raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
-    if workers > 1:
+    workers = int(DEFAULT_WORKERS if opts.get("workers") is None else opts["workers"])
+    if workers < (0 if opts.get("worker_bind") else 1):
+        raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with --worker-bind: "
+                         "a front end whose workers all run on other hosts)")
+    if opts.get("worker_allow") and not opts.get("worker_bind"):
+        raise ValueError("--worker-allow without --worker-bind: give the address workers on other hosts join")
+    if workers > 1 or opts.get("worker_bind"):
         return _run_front_end(opts, link_table, security, stop, workers, worker_argv)
+    import torch  # here, not at the top: `semalign rx --help` must not load it
+
     torch.set_num_threads(int(opts.get("threads") or 1))
     keep_freed_memory()  # fewer page faults in the fine-tuning loop (common/learn/process_tuning.py)
     node, sock = build_rx(opts, link_table, security)
@@ -101,10 +104,12 @@ def _run_front_end(opts: dict, link_table: dict, security: RxSecurity, stop: thr
     classes = [get_mode(m) for m in modes]
     one_owner = {c.name for c in classes if c.rx_one_owner}
     one_writer = {o for c in classes for o in c.rx_one_writer_options}
+    remote = worker_security(security, opts.get("worker_allow")) if opts.get("worker_bind") else None
     sock = RxSocket(opts.get("bind") or DEFAULT_BIND, rx_limits(opts).max_message_bytes, security=security)
     front = None
     try:
-        front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer)
+        front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer,
+                         opts.get("worker_bind"), remote)
         front.start()
         return front.serve(stop, opts.get("max_rounds"))
     finally:

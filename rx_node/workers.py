@@ -56,13 +56,30 @@ Pirate heartbeats:
   request gets it refused at once with ``no_session``), and its sends to TXs
   are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies).
 
+- **Workers on other hosts** (``semalign rx --worker-bind tcp://0.0.0.0:PORT
+  --worker-allow DIR`` on the front end, ``semalign rx-worker --connect
+  tcp://FRONT:PORT --curve-secret W.key_secret --curve-server-public RX.key``
+  on each worker host): a third ROUTER, in its own ZeroMQ context with its
+  own ZAP handler, is a CURVE server with the RX's key that admits only the
+  worker keys in ``DIR`` (a TX key cannot join as a worker, a worker key
+  cannot speak as a TX). A remote worker sends ``JOIN`` until the front end
+  answers ``SPEC`` (the same options as a local worker other than worker 0:
+  the artifacts must be at the same paths on its host), then is a worker
+  like the others: pinned sessions, heartbeats, the same frames. The front
+  end cannot restart it: when it dies or hangs its slot is closed (its
+  requests answered ``no_session``, its pins dropped), and its host's
+  supervisor restarts it (``deploy/systemd``), when it joins again in a new
+  slot. State shared between workers through ``DIR/shared`` (slf's kept
+  alignments) stays per host.
+
 Frames between the front end and a worker (the ROUTER prepends/strips the
-worker's identity ``w<index>g<generation>``):
+worker's identity ``w<index>g<generation>``, a remote worker's ``r<12 hex>``):
 
 - front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), *frames]``,
   ``[b"G", peer]`` (the TX connection is gone: detach it from its sessions, which stay),
   ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
-- worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``,
+- remote worker -> front end, before its slot: ``[b"JOIN"]``; front end -> it: ``[b"SPEC", spec (JSON)]``;
+- worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``, ``[b"BYE", counters]`` (its last),
   ``[b"R", reqid, peer, d_ok/d_failed (msgpack), *reply frames]`` (one per
   request, when its replies are due).
 """
@@ -90,7 +107,8 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from common.net.transport import ReplyDropped, RxSocket
+from common.net.security import AllowListAuthenticator, RxSecurity, TxSecurity, apply_client, apply_server
+from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
 from common.wire.protocol import Error, encode
 
 log = logging.getLogger("semalign.rx")
@@ -160,19 +178,34 @@ def read_spec(path: Path) -> dict:
 
 @dataclass
 class _Worker:
+    """A worker slot: a local process (``proc``; None while it waits for its restart) or, with
+    ``remote_ident``, a worker on another host that joined over ``--worker-bind`` (no process here)."""
+
     index: int
     generation: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None
     started: float
+    sock: zmq.Socket
+    remote_ident: bytes | None = None
     ready: bool = False
     last_seen: float = 0.0
     inflight: dict = field(default_factory=dict)  # reqid -> (peer, [frames]) not yet answered
     beat_sent: float = 0.0
     counters: dict = field(default_factory=dict)  # its RxStats as last reported
+    pid: int | None = None  # as announced in READY (a remote worker's is on its own host)
 
     @property
     def ident(self) -> bytes:
-        return f"w{self.index}g{self.generation}".encode()
+        return self.remote_ident or f"w{self.index}g{self.generation}".encode()
+
+    @property
+    def live(self) -> bool:
+        """A process here, or a remote worker still counted."""
+        return self.proc is not None or self.remote_ident is not None
+
+    @property
+    def where(self) -> str:
+        return f"pid {self.pid or (self.proc.pid if self.proc else '?')}" + (" remote" if self.remote_ident else "")
 
 
 class FrontEnd:
@@ -187,9 +220,11 @@ class FrontEnd:
 
     def __init__(self, opts: dict, link_table: dict, sock: RxSocket, workers: int,
                  worker_argv: list[str] | None = None, modes: list[str] | None = None,
-                 one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset()):
-        if workers < 1:
-            raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
+                 one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset(),
+                 remote_bind: str | None = None, remote_security: RxSecurity | None = None):
+        if workers < (0 if remote_bind else 1):
+            raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with workers on "
+                             "other hosts, --worker-bind)")
         from rx_node.daemon import RxStats  # here: daemon imports torch-light modules only, but keep it lazy
         self.opts, self.link_table, self.sock = dict(opts), dict(link_table), sock
         self.n_workers = workers
@@ -219,27 +254,54 @@ class FrontEnd:
         self.backend.setsockopt(zmq.SNDTIMEO, 0)
         self.backend.setsockopt(zmq.LINGER, 0)
         self.backend.bind(self.endpoint)
+        self.remote, self.remote_address, self._remote_ctx, self._remote_auth = None, None, None, None
+        if remote_bind:
+            self._bind_remote(remote_bind, remote_security or RxSecurity())
+
+    def _bind_remote(self, address: str, security: RxSecurity) -> None:
+        """The ROUTER that workers on other hosts join (``semalign rx-worker --connect``): CURVE with the
+        RX's own key, its own ZAP handler admitting the keys in ``security.allow_dir`` (never the TXs')."""
+        self._remote_ctx = zmq.Context()
+        if security.curve:
+            self._remote_auth = AllowListAuthenticator(self._remote_ctx, security.allow_dir, role="RX worker")
+            self._remote_auth.start()
+        self.remote = self._remote_ctx.socket(zmq.ROUTER)
+        apply_server(self.remote, security)
+        self.remote.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.remote.setsockopt(zmq.SNDHWM, BACKEND_HWM)
+        self.remote.setsockopt(zmq.RCVHWM, BACKEND_HWM)
+        self.remote.setsockopt(zmq.SNDTIMEO, 0)
+        self.remote.setsockopt(zmq.LINGER, 0)
+        check_endpoint(address, "worker_bind")
+        try:
+            self.remote.bind(address)
+        except zmq.ZMQError as e:
+            raise endpoint_error(address, "worker_bind", e) from e
+        self.remote_address = self.remote.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("RX front end: workers on other hosts join at %s (%s)", self.remote_address,
+                 f"CURVE, keys admitted from {security.allow_dir}" if security.curve else "plain TCP, --insecure")
 
     # ------------------------------------------------------------ workers
 
-    def _spec(self, index: int) -> Path:
+    def _spec(self, index: int) -> dict:
+        """What worker ``index`` is built from: the RX's options (one-writer options for worker 0 only),
+        the link table, where to find the front end and the shared state."""
         opts = dict(self.opts)
         if index > 0:
             for name in self.one_writer_options:
                 opts.pop(name, None)
-        path = self.dir / f"worker-{index}.json"
-        write_spec(path, {"opts": opts, "link_table": self.link_table, "index": index,
-                          "frontend": self.endpoint, "shared_dir": str(self.dir / "shared"),
-                          "front_pid": os.getpid(), "log_level": logging.getLevelName(log.getEffectiveLevel())})
-        return path
+        return {"opts": opts, "link_table": self.link_table, "index": index, "frontend": self.endpoint,
+                "shared_dir": str(self.dir / "shared"), "front_pid": os.getpid(),
+                "log_level": logging.getLevelName(log.getEffectiveLevel())}
 
     def _start(self, index: int) -> _Worker:
         old = self._workers[index]
         generation = old.generation + 1 if old else 0
-        spec = self._spec(index)
+        spec = self.dir / f"worker-{index}.json"
+        write_spec(spec, self._spec(index))
         proc = subprocess.Popen([*self.worker_argv, "--spec", str(spec), "--generation", str(generation)],
                                 stdin=subprocess.DEVNULL)
-        w = _Worker(index, generation, proc, time.monotonic())
+        w = _Worker(index, generation, proc, time.monotonic(), self.backend)
         w.last_seen = w.started
         self._workers[index] = w
         log.info("RX worker %d started (pid %d, generation %d)", index, proc.pid, generation)
@@ -250,8 +312,8 @@ class FrontEnd:
         for i in range(self.n_workers):
             self._start(i)
         deadline = time.monotonic() + timeout_s
-        while not all(w.ready for w in self._workers):
-            for w in self._workers:
+        while not all(w.ready for w in self._workers[:self.n_workers]):
+            for w in self._workers[:self.n_workers]:
                 code = w.proc.poll()
                 if code is not None:
                     raise RuntimeError(f"RX worker {w.index} exited with status {code} while starting "
@@ -259,19 +321,24 @@ class FrontEnd:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"RX workers not ready within {timeout_s:.0f} s")
             if self.backend.poll(100, zmq.POLLIN):
-                self._from_worker()
+                self._from_worker(self.backend)
 
     def _lost(self, w: _Worker, why: str) -> None:
-        """Worker ``w`` is gone (``why``): answer what it held, drop its pins, restart it (with back-off)."""
-        log.error("RX worker %d (pid %d) %s; %d request%s it held answered no_session, restarting it",
-                  w.index, w.proc.pid, why, len(w.inflight), "" if len(w.inflight) == 1 else "s")
+        """Worker ``w`` is gone (``why``): answer what it held, drop its pins, restart it (with back-off);
+        a remote worker's slot is closed instead (its host restarts it, and it joins again)."""
+        log.error("RX worker %d (%s) %s; %d request%s it held answered no_session, %s", w.index, w.where, why,
+                  len(w.inflight), "" if len(w.inflight) == 1 else "s",
+                  "closing its slot" if w.remote_ident else "restarting it")
         self.losses.append((w.index, why))
-        if w.proc.poll() is None:
+        if w.remote_ident is not None:
+            self._to_worker(w, [b"S"])  # a hung remote worker that wakes up stops instead of serving stale sessions
+        elif w.proc.poll() is None:
             w.proc.kill()
-        try:
-            w.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            log.error("RX worker %d (pid %d) did not exit after SIGKILL", w.index, w.proc.pid)
+        if w.proc is not None:
+            try:
+                w.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                log.error("RX worker %d (pid %d) did not exit after SIGKILL", w.index, w.proc.pid)
         for peer, frames in w.inflight.values():
             self._refuse(peer, frames, f"RX worker {w.index} {why} while serving this request; the session "
                                        "is gone: re-open it")
@@ -281,6 +348,9 @@ class FrontEnd:
         for sid in [k for k, i in self._session_at.items() if i == w.index]:
             del self._session_at[sid]
         self._retire(w)
+        if w.remote_ident is not None:
+            w.ready, w.remote_ident = False, None  # the slot stays (its index is in the losses), never reused
+            return
         self._failures[w.index] = self._failures[w.index] + 1 if not w.ready else 0
         delay = min(RESTART_BACKOFF_MAX_S, 0.5 * 2 ** self._failures[w.index]) if self._failures[w.index] else 0.0
         self._restart_at[w.index] = time.monotonic() + delay
@@ -299,11 +369,11 @@ class FrontEnd:
     def _check_workers(self) -> None:
         now = time.monotonic()
         for i, w in enumerate(self._workers):
-            if w.proc is None:
-                if now >= self._restart_at[i]:
+            if not w.live:
+                if i < self.n_workers and now >= self._restart_at[i]:
                     self._start(i)
                 continue
-            code = w.proc.poll()
+            code = w.proc.poll() if w.proc is not None else None
             if code is not None:
                 self._lost(w, f"exited with status {code}" + (f" (signal {-code})" if code < 0 else ""))
             elif w.ready and now - w.last_seen > LIVENESS * HEARTBEAT_S:
@@ -316,7 +386,7 @@ class FrontEnd:
 
     def _to_worker(self, w: _Worker, parts: list) -> bool:
         try:
-            self.backend.send_multipart([w.ident, *parts], flags=zmq.NOBLOCK, copy=False)
+            w.sock.send_multipart([w.ident, *parts], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             return False
@@ -330,7 +400,7 @@ class FrontEnd:
     def _active_pins(self) -> list[int]:
         """Per worker, the pinned TX connections active within :data:`PIN_ACTIVE_S` (a connection a TX
         dropped stays pinned, idle, until forgotten: it must not count against its worker)."""
-        counts, cutoff = [0] * self.n_workers, time.monotonic() - PIN_ACTIVE_S
+        counts, cutoff = [0] * len(self._workers), time.monotonic() - PIN_ACTIVE_S
         for peer in reversed(self._pins):  # most recently active last
             index, seen = self._pins[peer]
             if seen < cutoff:
@@ -418,14 +488,29 @@ class FrontEnd:
 
     # ------------------------------------------------------------ worker -> TX
 
-    def _from_worker(self) -> None:
-        ident, kind, *rest = self.backend.recv_multipart(copy=False)
-        ident = ident.bytes
-        w = next((x for x in self._workers if x is not None and x.proc is not None and x.ident == ident), None)
+    def _join(self, ident: bytes) -> None:
+        """A worker on another host asks to join (``JOIN``): give it a slot and its spec (``SPEC``)."""
+        index = len(self._workers)
+        spec = self._spec(index)
+        spec.update(frontend=None, shared_dir=None, front_pid=None)  # its own host: its own shared state
+        w = _Worker(index, 0, None, time.monotonic(), self.remote, remote_ident=ident)
+        w.last_seen = w.started
+        if not self._to_worker(w, [b"SPEC", json.dumps(_to_json(spec)).encode()]):
+            log.warning("RX worker joining from %r: it takes no SPEC; ignored", ident)
+            return
+        self._workers.append(w)
+        log.info("RX worker %d joined from another host (identity %s)", index, ident.decode("ascii", "replace"))
+
+    def _from_worker(self, sock: zmq.Socket) -> None:
+        ident, kind, *rest = sock.recv_multipart(copy=False)
+        ident, kind = ident.bytes, kind.bytes
+        w = next((x for x in self._workers if x is not None and x.live and x.sock is sock and x.ident == ident),
+                 None)
         if w is None:
-            return  # a worker already replaced: what it held was answered
+            if kind == b"JOIN" and sock is self.remote:
+                self._join(ident)
+            return  # else a worker already replaced: what it held was answered
         w.last_seen = time.monotonic()
-        kind = kind.bytes
         if kind == b"R":
             reqid, peer, counts, *replies = rest
             if w.inflight.pop(reqid.bytes, None) is None:
@@ -434,12 +519,17 @@ class FrontEnd:
             self.stats.ok += ok
             self.stats.failed += failed
             self._send_tx(peer.bytes, replies, w)
-        elif kind == b"H":
+        elif kind in (b"H", b"BYE"):
             w.counters = msgpack.unpackb(rest[0].bytes, raw=False) if rest else {}
+            if kind == b"BYE" and w.remote_ident is not None:  # a remote worker that stopped
+                self._retire(w)
+                w.ready, w.remote_ident = False, None
         elif kind == b"READY":
             w.ready = True
-            self._failures[w.index] = 0
-            log.info("RX worker %d ready (pid %d)", w.index, w.proc.pid)
+            w.pid = int(rest[0].bytes) if rest else None
+            if w.index < self.n_workers:
+                self._failures[w.index] = 0
+            log.info("RX worker %d ready (%s)", w.index, w.where)
 
     # ------------------------------------------------------------ loop
 
@@ -459,15 +549,19 @@ class FrontEnd:
         poller = zmq.Poller()
         poller.register(self.sock.sock, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        backends = [self.backend] + ([self.remote] if self.remote is not None else [])
+        if self.remote is not None:
+            poller.register(self.remote, zmq.POLLIN)
         next_check = 0.0
         log.info("RX pid %d serving %s on %s with %d workers", os.getpid(), ", ".join(sorted(self.modes)),
                  self.sock.address, self.n_workers)
         while not stop.is_set() and (max_rounds is None or self.stats.rounds < max_rounds):
             events = dict(poller.poll(100))
-            for _ in range(256):  # replies first: they free the TXs
-                if not self.backend.poll(0, zmq.POLLIN):
-                    break
-                self._from_worker()
+            for backend in backends:
+                for _ in range(256):  # replies first: they free the TXs
+                    if not backend.poll(0, zmq.POLLIN):
+                        break
+                    self._from_worker(backend)
             if self.sock.sock in events:
                 for _ in range(256):
                     if not self.sock.sock.poll(0, zmq.POLLIN):
@@ -486,17 +580,26 @@ class FrontEnd:
         return out
 
     def stop_workers(self, timeout_s: float = 15.0) -> None:
-        """Ask every worker to stop (its held replies still go out), forward what they send, then close."""
+        """Ask every worker to stop (its held replies still go out), forward what they send, then close.
+        A remote worker counts as stopped when its ``BYE`` arrives (or at ``timeout_s``)."""
         live = [w for w in self._workers if w is not None and w.proc is not None]
-        for w in live:
-            if not self._to_worker(w, [b"S"]):
+        remote = [w for w in self._workers if w is not None and w.remote_ident is not None]
+        for w in live + remote:
+            if not self._to_worker(w, [b"S"]) and w.proc is not None:
                 w.proc.terminate()
+        backends = [self.backend] + ([self.remote] if self.remote is not None else [])
         deadline = time.monotonic() + timeout_s
-        while any(w.proc.poll() is None for w in live) and time.monotonic() < deadline:
-            if self.backend.poll(50, zmq.POLLIN):
-                self._from_worker()
-        while self.backend.poll(0, zmq.POLLIN):
-            self._from_worker()
+
+        def pending() -> bool:
+            return any(w.proc.poll() is None for w in live) or any(w.remote_ident for w in remote)
+
+        while pending() and time.monotonic() < deadline:
+            for backend in backends:
+                if backend.poll(25, zmq.POLLIN):
+                    self._from_worker(backend)
+        for backend in backends:
+            while backend.poll(0, zmq.POLLIN):
+                self._from_worker(backend)
         for w in live:
             if w.proc.poll() is None:
                 log.warning("RX worker %d (pid %d) did not stop within %.0f s; killing it", w.index, w.proc.pid,
@@ -505,7 +608,8 @@ class FrontEnd:
                 w.proc.wait()
 
     def worker_pids(self) -> list[int | None]:
-        return [w.proc.pid if w is not None and w.proc is not None else None for w in self._workers]
+        """The local workers' pids (None: waiting for a restart); remote workers' are on their hosts."""
+        return [w.proc.pid if w is not None and w.proc is not None else None for w in self._workers[:self.n_workers]]
 
     def close(self) -> None:
         for w in self._workers:
@@ -513,21 +617,80 @@ class FrontEnd:
                 w.proc.kill()
                 w.proc.wait()
         self.backend.close(linger=0)
+        if self.remote is not None:
+            self.remote.close(linger=0)
+            if self._remote_auth is not None:
+                self._remote_auth.stop()
+            self._remote_ctx.term()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- worker
 
 
+def _dealer(identity: bytes, security: TxSecurity | None = None) -> zmq.Socket:
+    """A worker's DEALER to its front end (a CURVE client of the front end's key with ``security``)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, BACKEND_HWM)
+    sock.setsockopt(zmq.RCVHWM, BACKEND_HWM)
+    if security is not None:
+        apply_client(sock, security)
+    return sock
+
+
 def run_worker(spec_path: Path, generation: int = 0) -> int:
-    """A worker's life: build the node from the spec, announce READY, serve what the front end forwards."""
+    """A local worker's life (started by the front end): build the node from the spec file, announce
+    READY, serve what the front end forwards."""
+    spec = read_spec(spec_path)
+    sock = _dealer(f"w{spec['index']}g{generation}".encode())
+    sock.connect(spec["frontend"])
+    return _serve(spec, sock)
+
+
+def run_remote_worker(connect: str, security: TxSecurity, join_timeout_s: float = READY_TIMEOUT_S) -> int:
+    """A worker on another host (``semalign rx-worker --connect``): join the front end at ``connect``,
+    build the node from the spec it sends (the same options as its local workers: the artifacts must be at
+    the same paths on this host), serve until the front end stops it or goes silent. Returns 1 when the
+    front end never answered (or the spec could not be used), else 0."""
+    check_endpoint(connect, "connect")
+    sock = _dealer(f"r{os.urandom(6).hex()}".encode(), security)
+    try:
+        sock.connect(connect)
+    except zmq.ZMQError as e:
+        sock.close(0)
+        raise endpoint_error(connect, "connect", e) from e
+    deadline = time.monotonic() + join_timeout_s
+    while time.monotonic() < deadline:  # JOIN until the front end answers (it may start after us)
+        if sock.poll(0, zmq.POLLOUT):
+            sock.send_multipart([b"JOIN"], flags=zmq.NOBLOCK)
+        if sock.poll(int(HEARTBEAT_S * 1000), zmq.POLLIN):
+            kind, *rest = sock.recv_multipart()
+            if kind == b"SPEC" and rest:
+                spec = _from_json(json.loads(rest[0]))
+                log.info("RX worker %d: joined the front end at %s", spec["index"], connect)
+                spec["shared_dir"] = tempfile.mkdtemp(prefix="semalign-rx-worker-")
+                try:
+                    return _serve(spec, sock)
+                finally:
+                    shutil.rmtree(spec["shared_dir"], ignore_errors=True)
+    log.error("RX worker: no answer from the front end at %s within %.0f s; check --connect, that the RX runs "
+              "with --worker-bind there, and that this worker's public key is in its --worker-allow directory",
+              connect, join_timeout_s)
+    sock.close(0)
+    return 1
+
+
+def _serve(spec: dict, sock: zmq.Socket) -> int:
+    """Build the node from ``spec``, announce READY on ``sock`` (connected to the front end), serve what
+    the front end forwards until it says stop (``S``) or goes silent; the last message is ``BYE``."""
     import torch
 
     from common.learn.process_tuning import keep_freed_memory, release_freed_memory
     from rx_node.app import build_node
     from rx_node.daemon import RELEASE_AFTER_BYTES
 
-    spec = read_spec(spec_path)
     index = spec["index"]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -536,14 +699,7 @@ def run_worker(spec_path: Path, generation: int = 0) -> int:
     torch.set_num_threads(int(opts.get("threads") or 1))
     keep_freed_memory()
     node = build_node(opts, spec["link_table"], shared_dir=Path(spec["shared_dir"]))
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, f"w{index}g{generation}".encode())
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, BACKEND_HWM)
-    sock.setsockopt(zmq.RCVHWM, BACKEND_HWM)
-    sock.connect(spec["frontend"])
-    front_pid = spec["front_pid"]
+    front_pid = spec["front_pid"]  # a local worker's parent; None for a remote one
 
     def send(parts: list) -> None:
         try:
@@ -597,11 +753,11 @@ def run_worker(spec_path: Path, generation: int = 0) -> int:
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
                 send([b"H", counters()])
-            if not stopping and (now - heard > FRONTEND_SILENT_S or os.getppid() != front_pid):
+            if not stopping and (now - heard > FRONTEND_SILENT_S or (front_pid and os.getppid() != front_pid)):
                 log.error("RX worker %d: the front end is gone (silent for %.0f s); exiting", index, now - heard)
                 held.clear()
                 break
-        send([b"H", counters()])
+        send([b"BYE", counters()])
     finally:
         sock.close(linger=200)
         node.close()

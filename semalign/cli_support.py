@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from semalign.config import load_toml, merged_options
-from semalign.options import by_name, check_choices, check_ranges, rx_options, tx_options
+from semalign.options import by_name, check_choices, check_modes, check_ranges, rx_options, tx_options
 
 TX, RX = by_name(tx_options()), by_name(rx_options())
 ConfigOpt = typer.Option(None, "--config", help="TOML file with options (command line wins).")
@@ -61,6 +61,7 @@ def options_from(config: Optional[Path], table: str, cli: dict,
         opts = merged_options(cfg, table, cli, set(cli), specs, config)
         if table in TABLE_OPTIONS:
             check_choices(opts, table)
+            check_modes(opts, table)
             check_ranges(opts)
         return opts, cfg
     except ValueError as e:

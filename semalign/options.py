@@ -47,11 +47,17 @@ RX_DAEMON = [
     Option("threads", int, "CPU threads for training and inference; small MLPs run best on 1", 1),
     Option("max_rounds", int, "Exit after answering this many rounds (default: serve until SIGTERM)"),
     Option("workers", int, "Worker processes serving the sessions: 1 serves in this process; W > 1 runs a "
-           "front end (socket, CURVE, allow-list) and W workers, each TX connection pinned to one",
+           "front end (socket, CURVE, allow-list) and W workers, each TX key (plain TCP: connection) pinned to "
+           "one; with --worker-bind, W local workers plus those that join from other hosts (W = 0: only those)",
            DEFAULT_WORKERS),
     Option("curve_secret", Path, "CURVE: the RX's secret certificate NAME.key_secret (from `semalign keygen`)"),
     Option("curve_allow", Path, "CURVE: directory of the TX public certificates (*.key) admitted; "
            "others are refused and logged"),
+    Option("worker_bind", str, "ZeroMQ address where RX workers on other hosts join this RX's front end "
+           "(`semalign rx-worker --connect`), e.g. tcp://0.0.0.0:5556; CURVE with the RX's own key; runs the "
+           "front end even with --workers 1 (none by default)"),
+    Option("worker_allow", Path, "CURVE: directory of the public certificates (*.key) of the RX workers "
+           "allowed to join at --worker-bind (a list apart from the TXs')"),
     Option("max_vectors", int, "Hard limit: vectors per payload", DecodeLimits.max_vectors),
     Option("max_alpha", int, "Hard limit: alpha per payload", DecodeLimits.max_alpha),
     Option("max_str_len", int, "Hard limit: msgpack string length, bytes", DecodeLimits.max_str_len),
@@ -82,18 +88,46 @@ TX_DAEMON = [
 
 
 def _with_modes(daemon: list[Option], side: str) -> list[Option]:
-    """Daemon options, then each mode's (prefixed with the mode's name in the help); names are unique."""
+    """Daemon options, then each mode's (its name before the help); names are unique.
+
+    A name two modes declare must mean the same in both (type, default and help), else ValueError at
+    start-up: a mode cannot quietly take over another's option. A mode option that repeats a daemon
+    option is a ValueError too.
+    """
     out = list(COMMON) + list(daemon)
-    seen = {o.name: "daemon" for o in out}
+    daemon_names = {o.name for o in out}
+    declared: dict[str, Option] = {}
     for name in mode_names():
         for o in getattr(get_mode(name), f"{side}_options"):
-            if o.name in seen:
-                if seen[o.name] != "daemon":
-                    continue  # shared by two modes (e.g. data_dir); declared once
+            if o.name in daemon_names:
                 raise ValueError(f"mode {name} redeclares the daemon option {o.name!r}")
-            seen[o.name] = name
-            out.append(Option(o.name, o.type, f"{name}: {o.help}", o.default))
+            first = declared.setdefault(o.name, o)
+            if first != o:
+                raise ValueError(f"mode {name} declares --{o.name.replace('_', '-')} unlike "
+                                 f"{', '.join(option_modes(side)[o.name])}: one name, one meaning")
+    for o in declared.values():
+        out.append(Option(o.name, o.type, f"{', '.join(option_modes(side)[o.name])}: {o.help}", o.default))
     return out
+
+
+def option_modes(side: str) -> dict[str, list[str]]:
+    """Mode option name -> the modes (sorted) whose ``side`` (``rx``/``tx``) half declares it."""
+    owners: dict[str, list[str]] = {}
+    for name in mode_names():
+        for o in getattr(get_mode(name), f"{side}_options"):
+            owners.setdefault(o.name, []).append(name)
+    return owners
+
+
+def check_modes(opts: dict, side: str) -> None:
+    """An option given for a mode this command does not run is a ValueError naming the option, its
+    modes and the modes run (``opts['mode']``: the RX's comma-separated list, the TX's one mode)."""
+    run = {m.strip() for m in str(opts.get("mode") or DEFAULT_MODE).split(",")}
+    for option, modes in option_modes(side).items():
+        if opts.get(option) is not None and not run.intersection(modes):
+            flag = f"--{option.replace('_', '-')}"
+            raise ValueError(f"{flag} is an option of mode {' and '.join(modes)}, and this {side.upper()} "
+                             f"runs --mode {','.join(sorted(run))}: drop {flag} or run its mode")
 
 
 def rx_options() -> list[Option]:
@@ -171,7 +205,7 @@ def check_choices(opts: dict, side: str) -> None:
 
 # options whose range no configuration dataclass checks: name -> (lowest allowed, what it means)
 _LOWEST = {"rounds": (0, "rounds to run"), "max_rounds": (0, "rounds to answer before exiting"),
-           "threads": (1, "CPU threads"), "workers": (1, "RX worker processes"), "trace_rounds": (1, "rounds the trace spans")}
+           "threads": (1, "CPU threads"), "workers": (0, "RX worker processes (0: all on other hosts)"), "trace_rounds": (1, "rounds the trace spans")}
 
 
 def check_ranges(opts: dict) -> None:

@@ -13,6 +13,7 @@ import zmq
 
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.link.sidelink import create_sidelink
+from common.modes.base import DEFAULT_MODE
 from common.modes.pca_lora.adapt_config import AdaptConfig
 from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.messages import Payload
@@ -103,7 +104,9 @@ def start_rx(artifacts, *extra: str, port: int | None = None, log_file=None) -> 
     address = f"tcp://127.0.0.1:{port or free_port()}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     curve = any(a.startswith("--curve") for a in extra)
-    argv = daemon_argv("rx", {"bind": address, "insecure": not curve, "artifacts": artifacts, "adapt_steps": 20})
+    modes = extra[extra.index("--mode") + 1].split(",") if "--mode" in extra else [DEFAULT_MODE]
+    fixed_steps = {"adapt_steps": 20} if "pca-lora" in modes else {}  # a pca-lora option: refused by other modes
+    argv = daemon_argv("rx", {"bind": address, "insecure": not curve, "artifacts": artifacts, **fixed_steps})
     proc = subprocess.Popen([*argv, *extra],
                             env=env, stdout=open(log_file, "a") if log_file else subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

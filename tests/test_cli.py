@@ -45,6 +45,64 @@ def test_daemon_help_defaults_are_the_code_defaults():
     assert f"[default: {AdaptConfig().steps}]" in " ".join(out.split())
 
 
+def test_fed_lora_help_defaults_are_its_dataclasses_defaults():
+    """fed-lora's option defaults are those of the dataclasses its halves are built from (one definition)."""
+    from common.modes.fed_lora.device_config import DeviceConfig
+    from common.modes.fed_lora.mode import FedLora, fed_spec
+    from common.modes.fed_lora.rx import BaseStationConfig
+    from common.modes.fed_lora.spec import FedSpec
+
+    rx, tx = ({o.name: o.default for o in opts} for opts in (FedLora.rx_options, FedLora.tx_options))
+    assert (rx["fed_devices"], rx["fed_beta"], rx["fed_task"]) == (FedSpec.n_devices, FedSpec.beta, FedSpec.task)
+    assert (rx["fed_clip_factor"], rx["fed_join_timeout_s"]) == (BaseStationConfig.clip_factor,
+                                                                 BaseStationConfig.join_timeout_s)
+    assert (tx["device_id"], tx["fed_distance_m"]) == (DeviceConfig.device_id, DeviceConfig.distance_m)
+    assert fed_spec({}) == FedSpec() and fed_spec({"fed_devices": 6}).n_devices == 6
+
+
+@pytest.mark.parametrize("argv, option, mode", [
+    (["rx", "--insecure", "--mode", "pca-lora", "--fed-v", "3"], "--fed-v", "fed-lora"),
+    (["rx", "--insecure", "--mode", "fed-lora", "--adapt-steps", "3"], "--adapt-steps", "pca-lora"),
+    (["tx", "--insecure", "--trx", "trx1"], "--trx", "slf"),
+])
+def test_option_of_a_mode_not_run_is_refused(argv, option, mode):
+    """An option of a mode the command does not run: one error line naming the option and its mode."""
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0] and mode in lines[0], lines
+
+
+def test_option_of_a_mode_not_run_is_refused_from_toml(tmp_path):
+    cfg = tmp_path / "rx.toml"
+    cfg.write_text('[rx]\nmode = "slf"\ninsecure = true\nadapter_bank = "bank"\n')
+    result = runner.invoke(app, ["rx", "--config", str(cfg)])
+    assert result.exit_code == 2 and "--adapter-bank is an option of mode pca-lora" in result.output, result.output
+
+
+def test_two_modes_cannot_give_one_option_two_meanings(monkeypatch):
+    """A mode declaring another mode's option name with another type or default fails at start-up."""
+    from common.modes.base import get_mode
+    from common.options import Option
+    from semalign.options import rx_options
+
+    slf = get_mode("slf")
+    monkeypatch.setattr(slf, "rx_options", [*slf.rx_options, Option("adapt_steps", int, "steps", 7)])
+    with pytest.raises(ValueError, match="slf declares --adapt-steps unlike pca-lora"):
+        rx_options()
+
+
+def test_cli_help_does_not_load_torch():
+    """Building every command (what --help does) imports no mode's heavy dependencies."""
+    import subprocess
+    import sys
+
+    code = ("import sys, typer.main, semalign.cli as c; typer.main.get_command(c.app); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn', 'flwr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_rounds_zero_runs_no_round(tmp_path, digits_artifacts):
     """--rounds 0 means zero rounds, not the default (no `or` fallback)."""
     result = runner.invoke(app, ["tx", "--rounds", "0", "--insecure", "--out", str(tmp_path / "r"),

@@ -35,8 +35,8 @@ def run_testbed(out: Path, *args: str, env: dict[str, str] | None = None) -> sub
     done = subprocess.run(["bash", str(SCRIPT), "--out", str(out), "--timeout-s", "30", *args],
                           capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
                           check=False)
-    namespaces = re.findall(r"sa-(?:rx|tx)-\d+", (out / "testbed.txt").read_text())
-    assert len(namespaces) == 2
+    namespaces = re.findall(r"sa-(?:rx|tx|wk)-\d+", (out / "testbed.txt").read_text())
+    assert len(namespaces) == (3 if "--remote-worker" in args else 2)
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not any(ns in left for ns in namespaces), f"not torn down: {left}"
     return done
@@ -85,7 +85,7 @@ def test_a_failing_daemon_fails_the_run_and_still_tears_down(tmp_path):
     (["--rate-mbit", "fast"], "--rate-mbit must be a positive number, got 'fast'"),
     (["--rounds", "0"], "--rounds must be an integer >= 1, got '0'"),
     (["--dataset", "cifar"], "--dataset must be mnist or digits, got 'cifar'"),
-    (["--port", "70000"], "--port must be in 1..65535, got '70000'"),
+    (["--port", "70000"], "--port must be in 1..65534 (the remote worker uses PORT+1), got '70000'"),
     (["--frobnicate"], "unknown option '--frobnicate'"),
 ])
 def test_bad_options_are_named(tmp_path, args, match):
@@ -109,3 +109,21 @@ def test_real_daemons_through_the_rate_limited_link(tmp_path, digits_artifacts):
     assert all(r["rate_bps"] == 40e6 and r["payload_bytes"] <= r["b_max_bytes"] for r in rounds)
     # the payload crossed a 40 Mbit/s link: transfer cannot beat its air time
     assert all(r["latency_ms"]["transfer"] >= 0.9 * 8 * r["payload_bytes"] / 40e6 * 1e3 for r in rounds)
+
+
+@needs_netns
+def test_front_end_and_its_worker_in_two_namespaces_over_curve(tmp_path, digits_artifacts):
+    """--remote-worker: the RX front end in one namespace, its only worker (`semalign rx-worker --connect`)
+    in another, CURVE throughout; every round is ok and served by that worker."""
+    out = tmp_path / "out"
+    cfg = tmp_path / "testbed.toml"
+    cfg.write_text("[tx]\nn_test = 100\nn_min_train = 200\n\n[rx]\nadapt_steps = 20\n")
+    env = {"SEMALIGN": f"{sys.executable} -m semalign", "PYTHONPATH": str(ROOT)}
+    done = run_testbed(out, "--rate-mbit", "40", "--rounds", "3", "--artifacts", str(digits_artifacts),
+                       "--config", str(cfg), "--remote-worker", env=env)
+    assert done.returncode == 0, done.stderr + done.stdout + (out / "rx.log").read_text()[-2000:]
+    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    assert [r["status"] for r in rounds] == ["ok"] * 3
+    worker_log, rx_log = (out / "worker.log").read_text(), (out / "rx.log").read_text()
+    assert "joined the front end at tcp://10.77.1.1:" in worker_log and "seq 2:" in worker_log, worker_log[-2000:]
+    assert "RX worker 10.77.1.2 admitted (CURVE key" in rx_log and "seq 0:" not in rx_log

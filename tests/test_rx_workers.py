@@ -271,7 +271,7 @@ def test_pinning_rule_sticky_least_pinned_and_one_owner_modes_on_worker_0(digits
     front = FrontEnd({}, {}, None, 2, modes=["pca-lora", "fed-lora"], one_owner={"fed-lora"})
     try:
         assert oct(front.dir.stat().st_mode & 0o777) == "0o700"
-        front._workers = [_Worker(i, 0, None, 0.0, ready=True) for i in range(2)]
+        front._workers = [_Worker(i, 0, None, 0.0, front.backend, ready=True) for i in range(2)]
         codec, _ = load_codec(digits_artifacts)
         data = [b"\x80"]  # any frame that is not a HELLO (an empty msgpack map)
         a = front._pick(b"peer-a", data)
@@ -288,3 +288,90 @@ def test_pinning_rule_sticky_least_pinned_and_one_owner_modes_on_worker_0(digits
     finally:
         front.close()
     assert not front.dir.exists()
+
+
+# ------------------------------------------------------------------ a worker on another host
+
+
+def _wait_for(path, needle: str, timeout_s: float = 180.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        if needle in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{needle!r} not in the log within {timeout_s:.0f} s:\n" + text[-3000:])
+
+
+def _remote_worker(address: str, key_dir, name: str, log, *extra: str):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    argv = [sys.executable, "-m", "semalign", "rx-worker", "--connect", address,
+            "--curve-secret", str(key_dir / f"{name}.key_secret"), "--curve-server-public", str(key_dir / "rx.key"),
+            *extra]
+    return subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def test_remote_worker_joins_over_curve_serves_sessions_and_its_loss_is_survived(digits_artifacts, digits,
+                                                                                 tmp_path):
+    """`semalign rx-worker --connect` (a worker on another host; here another process over loopback TCP)
+    joins a CURVE front end whose --worker-allow lists its key, serves the next TX key's sessions, and a
+    worker key not listed is refused. kill -9 of the remote worker: its slot is closed, the TX re-opens its
+    session on the local worker, and every round is recorded once, ok."""
+    from common.files import free_port
+    from common.net.security import TxSecurity, generate_keypair, load_public, load_secret
+    from semalign.campaigns.processes import throwaway_keys
+
+    keys = tmp_path / "keys"
+    rx_keys, tx_a = throwaway_keys(keys, "tx-a")
+    _, tx_b = throwaway_keys(keys, "tx-b")
+    (keys / "workers").mkdir()
+    public, _ = generate_keypair(keys, "worker-1")
+    os.replace(public, keys / "workers" / public.name)
+    generate_keypair(keys, "worker-stranger")
+    rx_args = [a for k, v in rx_keys.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    worker_address = f"tcp://127.0.0.1:{free_port()}"
+    log, wlog, slog = tmp_path / "rx.log", tmp_path / "worker.log", tmp_path / "stranger.log"
+    proc, address = start_rx(digits_artifacts, "--workers", "1", *rx_args, "--worker-bind", worker_address,
+                             "--worker-allow", str(keys / "workers"), "--trace", "demo", "--trace-rounds", "4",
+                             log_file=log)
+    remote = _remote_worker(worker_address, keys, "worker-1", wlog)
+    stranger = _remote_worker(worker_address, keys, "worker-stranger", slog, "--join-timeout-s", "4")
+    codec, _ = load_codec(digits_artifacts)
+
+    def campaign(tx, out, rounds, on_round=None):
+        sec = TxSecurity(load_secret(tx["curve_secret"]), load_public(tx["curve_server_public"]))
+        node = tx_node(codec, digits, TxSocket(address, security=sec), **CONFIG)
+        try:
+            node.run(rounds, ResultsLog(out, {}), on_round=on_round)
+        finally:
+            node.sock.close()
+        return read_jsonl(out / "results.jsonl")
+
+    try:
+        _wait_for(log, "RX worker 1 ready")
+        assert stranger.wait(60) == 1  # never admitted: it gives up after --join-timeout-s
+        first = campaign(tx_a, tmp_path / "a", 2)  # key a: pinned to the least loaded, local worker 0
+        killed = []
+
+        def kill_remote(rec):
+            if rec.round == 1 and not killed:
+                remote.kill()
+                killed.append(rec.round)
+
+        second = campaign(tx_b, tmp_path / "b", 5, kill_remote)  # key b: the remote worker, until killed
+    finally:
+        remote.kill()
+        out = stop(proc) or ""
+    text = log.read_text()
+    assert [r["status"] for r in first] == ["ok"] * 2 and [r["status"] for r in second] == ["ok"] * 5, \
+        ([r["error"] for r in first + second], text[-3000:])
+    assert [r["round"] for r in second] == list(range(5))  # every round recorded once
+    assert second[0]["rx_pid"] == remote.pid != first[0]["rx_pid"]  # the remote worker served key b
+    assert second[-1]["rx_pid"] == first[0]["rx_pid"]  # after its loss: the local worker
+    assert "RX worker 127.0.0.1 REFUSED" in text and "RX worker 1 (pid" in text and "closing its slot" in text, \
+        text[-3000:] + out

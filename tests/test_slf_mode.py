@@ -285,7 +285,7 @@ def test_a_reopened_session_realigns(rx_thread, artifacts, tmp_path):
 
 @pytest.mark.parametrize("first,every,aligned", [(1, 0, [1]), (0, 3, [0, 3, 6]), (2, 1, [2, 3, 4, 5, 6, 7])])
 def test_alignment_schedule(first, every, aligned):
-    from common.modes.slf.tx import SlfTxConfig
+    from common.modes.slf.tx_config import SlfTxConfig
 
     cfg = SlfTxConfig(align_first=first, align_every=every)
     assert [s for s in range(8) if cfg.is_alignment(s)] == aligned

@@ -179,6 +179,25 @@ def rx_security(curve_secret: str | Path | None = None, curve_allow: str | Path 
     return RxSecurity()
 
 
+def worker_security(rx: RxSecurity, worker_allow: str | Path | None) -> RxSecurity:
+    """The front end's socket for workers on other hosts: the RX's own CURVE key, admitting the worker
+    keys in ``worker_allow`` (never the TXs' list); plain when the RX runs ``--insecure``."""
+    if not rx.curve:
+        if worker_allow:
+            raise ValueError("--worker-allow needs CURVE: give the RX --curve-secret/--curve-allow, or drop "
+                             "--worker-allow to let workers join over plain TCP with --insecure")
+        log.warning("workers on other hosts join over plain TCP (--insecure): any host that reaches "
+                    "--worker-bind can serve this RX's sessions")
+        return RxSecurity()
+    if not worker_allow:
+        raise ValueError("--worker-bind with CURVE needs --worker-allow: the directory of the public .key "
+                         "files of the RX workers allowed to join (see docs/deploy.md)")
+    allow_dir = Path(worker_allow)
+    if not allow_dir.is_dir():
+        raise ValueError(f"--worker-allow {allow_dir}: not a directory")
+    return RxSecurity(rx.keys, allow_dir)
+
+
 def tx_security(curve_secret: str | Path | None = None, curve_server_public: str | Path | None = None,
                 insecure: bool = False) -> TxSecurity:
     """The TX's CURVE set-up: its secret certificate and the RX's public key, or ``insecure``."""
@@ -199,7 +218,7 @@ def tx_security(curve_secret: str | Path | None = None, curve_server_public: str
 
 
 class _AllowList:
-    """ZAP credentials provider: a TX key is allowed when a ``.key`` file in ``directory`` holds it."""
+    """ZAP credentials provider: a key is allowed when a ``.key`` file in ``directory`` holds it."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -208,7 +227,7 @@ class _AllowList:
         try:
             return set(zmq.auth.load_certificates(self.directory))
         except (OSError, ValueError) as e:
-            log.error("allow-list %s unreadable (%s): refusing every TX", self.directory, e,
+            log.error("allow-list %s unreadable (%s): refusing every key", self.directory, e,
                       extra=PER_CONNECTION)
             return set()
 
@@ -224,9 +243,10 @@ class AllowListAuthenticator(ThreadAuthenticator):
     :attr:`refused`.
     """
 
-    def __init__(self, context: zmq.Context, allow_dir: Path):
+    def __init__(self, context: zmq.Context, allow_dir: Path, role: str = "TX"):
         super().__init__(context, log=logging.getLogger("semalign.security.zap"))
         self.allow_dir = Path(allow_dir)
+        self.role = role  # who connects, for the log lines: "TX", or "RX worker" on a front end's worker socket
         self.refused = 0
         self._request: tuple[str, str] = ("?", "?")
 
@@ -248,11 +268,11 @@ class AllowListAuthenticator(ThreadAuthenticator):
     def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous"):
         address, key = self._request
         if status_code == b"200":
-            log.info("TX %s admitted (CURVE key %s)", address, key, extra=PER_CONNECTION)
+            log.info("%s %s admitted (CURVE key %s)", self.role, address, key, extra=PER_CONNECTION)
         else:
             self.refused += 1
-            log.warning("TX %s REFUSED (CURVE key %s): %s; add its public .key to %s to admit it",
-                        address, key, status_text.decode("utf-8", "replace"), self.allow_dir,
+            log.warning("%s %s REFUSED (CURVE key %s): %s; add its public .key to %s to admit it",
+                        self.role, address, key, status_text.decode("utf-8", "replace"), self.allow_dir,
                         extra=PER_CONNECTION)
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 

@@ -12,14 +12,19 @@ adapter. Files: ``spec.py`` (what a federation shares), ``messages.py``
 ``foundation.py``, ``aggregation.py``, ``wireless.py``, ``optimizer.py``,
 ``text_data.py``. Guide: ``docs/modes/fed_lora.md``.
 
-This module stays light: torch-free option specs; the halves, the data and
-(for the text tasks) transformers and peft load in ``build_rx``/``build_tx``.
+This module stays light: torch-free option specs, whose defaults are the
+configuration dataclasses' (``FedSpec``, ``BaseStationConfig``,
+``DeviceConfig``) or the task presets' (``spec.PRESETS``), each written once;
+the halves, the data and (for the text tasks) transformers and peft load in
+``build_rx``/``build_tx``.
 """
 
 from __future__ import annotations
 
 from common.modes.base import Mode, register_mode
-from common.modes.fed_lora.spec import PRESETS
+from common.modes.fed_lora.device_config import DeviceConfig
+from common.modes.fed_lora.rx import BaseStationConfig
+from common.modes.fed_lora.spec import PRESETS, FedSpec
 from common.options import Option
 
 _TASK_HELP = ("federated task: mlp (scikit-learn digits on a 64-64-32-10 MLP with frozen random hidden "
@@ -27,13 +32,13 @@ _TASK_HELP = ("federated task: mlp (scikit-learn digits on a 64-64-32-10 MLP wit
               "all-MiniLM-L6-v2, a stand-in for the paper's QNLI, which cannot be had here); text tasks "
               "read <data-dir>/<task>/*.tsv and need the text extra")
 _SHARED = [
-    Option("fed_task", str, _TASK_HELP, "mlp"),
+    Option("fed_task", str, _TASK_HELP, FedSpec.task),
     Option("fed_devices", int, "number of devices N in the federation; the Dirichlet split has N parts and "
-           "device k trains on part k (all devices and the base station must agree)", 4),
+           "device k trains on part k (all devices and the base station must agree)", FedSpec.n_devices),
     Option("fed_beta", float, "Dirichlet concentration of the label-skewed split (small: each class on few "
-           "devices); all ends must agree", 0.5),
+           "devices); all ends must agree", FedSpec.beta),
     Option("fed_pool_size", int, "training samples split among the devices, drawn with --seed; 0 = mlp: the "
-           "whole training set (1437 digits), text: 150 per device; all ends must agree", 0),
+           "whole training set (1437 digits), text: 150 per device; all ends must agree", FedSpec.pool_size),
 ]
 
 
@@ -59,10 +64,10 @@ class FedLora(Mode):
         Option("fed_policy", str, "base-station policy: ours (online drift-plus-penalty: module switching, "
                "power and bandwidth under long-term energy budgets), fixed (every device trains the largest "
                "module at full power on an equal bandwidth share: fixed-rank FedAvg) or random (a random "
-               "module per device, otherwise as fixed)", "ours"),
+               "module per device, otherwise as fixed)", BaseStationConfig.policy),
         Option("fed_aggregation", str, "aggregation of heterogeneous-rank updates: stack-svd (exact "
                "stacking + SVD redistribution), zero-pad (HetLoRA), fedavg (factor averaging), or the robust "
-               "coordinate-wise trimmed-mean / median of the updates' products", "stack-svd"),
+               "coordinate-wise trimmed-mean / median of the updates' products", BaseStationConfig.aggregation),
         Option("fed_fixed_module", str, "module of the fixed baseline [default: the largest: all-r8 for mlp, "
                "all-r16 for text]"),
         Option("fed_deadline_s", float, _preset_help("emulated latency budget of a round per device "
@@ -82,28 +87,30 @@ class FedLora(Mode):
                "round forms without the devices still missing, s (checked on every message)", "round_timeout_s")),
         Option("fed_silent_margin", float, "a round forms without a device that has not reported "
                "silent-slack + this x the plan's largest compute + upload time after planning (at the latest "
-               "--fed-round-timeout-s)", 3.0),
+               "--fed-round-timeout-s)", BaseStationConfig.silent_margin),
         Option("fed_silent_slack_s", float, _preset_help("wall-clock slack of that silent-device deadline (the "
                "devices' real training and transport), s", "silent_slack_s")),
         Option("fed_clip_factor", float, "clip every delivered update's norm (product space, from the global "
-               "start) to this x the median of the round's update norms; 0 = no clipping", 1.0),
+               "start) to this x the median of the round's update norms; 0 = no clipping", BaseStationConfig.clip_factor),
         Option("fed_join_timeout_s", float, "wall-clock time from the first HELLO after which round 0 is "
-               "planned with the devices known by then, s", 30.0),
+               "planned with the devices known by then, s", BaseStationConfig.join_timeout_s),
         Option("fed_eval_size", int, _preset_help("test samples the global model is evaluated on after "
                "each aggregation, a seeded subset; 0 = all (mlp: 360)", "eval_size")),
-        Option("fed_k_factor", float, "Rician K of each device's block fading (0: Rayleigh)", 1.0),
+        Option("fed_k_factor", float, "Rician K of each device's block fading (0: Rayleigh)", BaseStationConfig.k_factor),
         Option("fed_out", str, "directory for the base station's per-round log (base_station.jsonl) and "
                "its saved global state (state.npz, state.json); none by default"),
         Option("fed_resume", bool, "start the base station from the state saved in --fed-out"),
     ]
     tx_options = [
         *_SHARED,
-        Option("device_id", int, "this device's index k in 0..N-1 (its shard is part k of the split)", 0),
+        Option("device_id", int, "this device's index k in 0..N-1 (its shard is part k of the split)",
+               DeviceConfig.device_id),
         Option("fed_distance_m", float, "distance to the base station, m (path loss of the emulated "
-               "uplink)", 300.0),
+               "uplink)", DeviceConfig.distance_m),
         Option("fed_flops_per_s", float, "emulated compute speed, FLOP/s (compute time = training FLOPs / "
-               "this; CPU clock = this / 16 FLOP per cycle for the energy model)", 3.2e10),
-        Option("fed_max_power_w", float, "transmit power cap, W", 0.2),
+               f"this; CPU clock = this / {DeviceConfig.flops_per_cycle:g} FLOP per cycle for the energy model)",
+               DeviceConfig.flops_per_s),
+        Option("fed_max_power_w", float, "transmit power cap, W", DeviceConfig.max_power_w),
         Option("fed_energy_budget_j", float, _preset_help("long-term average energy budget per round, J",
                "energy_budget_j")),
         Option("fed_epochs", float, _preset_help("local training epochs per round", "epochs")),
@@ -114,7 +121,7 @@ class FedLora(Mode):
     @classmethod
     def build_rx(cls, opts: dict):
         from common.modes.fed_lora.optimizer import OptimizerConfig
-        from common.modes.fed_lora.rx import BaseStation, BaseStationConfig, FedLoraRx
+        from common.modes.fed_lora.rx import BaseStation, FedLoraRx
         from common.modes.fed_lora.wireless import CellConfig
 
         spec, p, data, task, fp = _federation(opts)
@@ -123,14 +130,12 @@ class FedLora(Mode):
                               sample_scale=_get(opts, "fed_sample_scale", p.sample_scale),
                               price_floor=_get(opts, "fed_price_floor", PRICE_FLOOR))
         config = BaseStationConfig(
-            policy=opts.get("fed_policy") or "ours", aggregation=opts.get("fed_aggregation") or "stack-svd",
-            fixed_module=opts.get("fed_fixed_module"),
+            **_given(opts, policy="fed_policy", aggregation="fed_aggregation", fixed_module="fed_fixed_module",
+                     silent_margin="fed_silent_margin", clip_factor="fed_clip_factor",
+                     join_timeout_s="fed_join_timeout_s", k_factor="fed_k_factor"),
             round_timeout_s=_get(opts, "fed_round_timeout_s", p.round_timeout_s),
-            silent_margin=_get(opts, "fed_silent_margin", 3.0),
             silent_slack_s=_get(opts, "fed_silent_slack_s", p.silent_slack_s),
-            clip_factor=_get(opts, "fed_clip_factor", 1.0),
-            join_timeout_s=_get(opts, "fed_join_timeout_s", 30.0), eval_size=_get(opts, "fed_eval_size", p.eval_size),
-            k_factor=_get(opts, "fed_k_factor", 1.0), seed=spec.seed,
+            eval_size=_get(opts, "fed_eval_size", p.eval_size), seed=spec.seed,
             out=str(opts["fed_out"]) if opts.get("fed_out") else None, resume=bool(opts.get("fed_resume")))
         station = BaseStation(spec, data, task, cell, opt, config,
                               capacity_exponent=_get(opts, "fed_capacity_exponent", p.capacity_exponent))
@@ -138,12 +143,12 @@ class FedLora(Mode):
 
     @classmethod
     def build_tx(cls, opts: dict):
-        from common.modes.fed_lora.tx import DeviceConfig, FedLoraTx
+        from common.modes.fed_lora.tx import FedLoraTx
 
         spec, p, data, task, fp = _federation(opts)
         config = DeviceConfig(
-            device_id=_get(opts, "device_id", 0), distance_m=_get(opts, "fed_distance_m", 300.0),
-            flops_per_s=_get(opts, "fed_flops_per_s", 3.2e10), max_power_w=_get(opts, "fed_max_power_w", 0.2),
+            **_given(opts, device_id="device_id", distance_m="fed_distance_m", flops_per_s="fed_flops_per_s",
+                     max_power_w="fed_max_power_w"),
             energy_budget_j=_get(opts, "fed_energy_budget_j", p.energy_budget_j),
             epochs=_get(opts, "fed_epochs", p.epochs), batch_size=_get(opts, "fed_batch", p.batch_size),
             lr=_get(opts, "fed_lr", p.lr))
@@ -165,16 +170,19 @@ def _federation(opts: dict):
     return spec, preset(spec.task), data, task, fingerprint(spec, task, data.n_classes)
 
 
-def _get(opts: dict, name: str, default):
+def _given(opts: dict, **fields: str) -> dict:
+    """``{field: opts[option]}`` for each ``field=option`` whose option was given (not None), so that the
+    configuration dataclass's own default applies to the rest."""
+    return {f: opts[o] for f, o in fields.items() if opts.get(o) is not None}
+
+
+def _get(opts: dict, name: str, preset_default):
+    """``opts[name]``, else ``preset_default`` (a task preset's value, ``spec.PRESETS``, or :data:`PRICE_FLOOR`)."""
     v = opts.get(name)
-    return default if v is None else v
+    return preset_default if v is None else v
 
 
-def fed_spec(opts: dict):
+def fed_spec(opts: dict) -> FedSpec:
     """The federation of ``fed_task, fed_devices, fed_beta, seed, fed_pool_size`` (None = default)."""
-    from common.modes.fed_lora.spec import FedSpec
-
-    return FedSpec(task=opts.get("fed_task") or "mlp", n_devices=_get(opts, "fed_devices", 4),
-                   beta=_get(opts, "fed_beta", 0.5), seed=_get(opts, "seed", 0),
-                   pool_size=_get(opts, "fed_pool_size", 0))
-
+    return FedSpec(**_given(opts, task="fed_task", n_devices="fed_devices", beta="fed_beta", seed="seed",
+                            pool_size="fed_pool_size"))

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.modes.pca_lora.artifacts import default_artifacts, load_codec, load_model
-from common.data.datasets import load_dataset
-from common.learn import process_tuning
-from common.learn.lora import LoraConfig
+from common.learn.lora_config import LoraConfig
 from common.modes.base import Mode, register_mode
 from common.modes.pca_lora.adapt_config import RECIPES, AdaptConfig
-from common.modes.pca_lora.alignment import LoraAlignment
-from common.modes.pca_lora.policy import AccuracyTable, get_policy
-from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS
-from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
+from common.modes.pca_lora.tx import PcaLoraTxConfig
 from common.options import Option
 
+# torch-free on import: the option specs build the CLI; the halves (torch, the artifacts) load in
+# build_rx/build_tx
 
-def lora_strategy(opts: dict) -> LoraAlignment:
-    """The RX's alignment from ``adapt_recipe, lora_rank, lora_alpha, adapt_steps, adapt_lr, adapt_batch,
-    adapt_budget_ms, adapt_precision, seed`` (None = the default)."""
+
+def lora_strategy(opts: dict):
+    """The RX's :class:`LoraAlignment` from ``adapt_recipe, lora_rank, lora_alpha, adapt_steps, adapt_lr,
+    adapt_batch, adapt_budget_ms, adapt_precision, seed`` (None = the default)."""
+    from common.modes.pca_lora.alignment import LoraAlignment
+
     lora = LoraConfig(**{k: opts[o] for k, o in (("rank", "lora_rank"), ("lora_alpha", "lora_alpha"))
                          if opts.get(o) is not None})
     adapt = AdaptConfig(**{k: opts[o] for k, o in (("recipe", "adapt_recipe"), ("steps", "adapt_steps"),
@@ -40,6 +39,8 @@ def lora_strategy(opts: dict) -> LoraAlignment:
 
 def artifacts_dir(opts: dict) -> Path:
     """``opts['artifacts']``, else ``artifacts/<dataset>-d<d_pre>``."""
+    from common.modes.pca_lora.artifacts import default_artifacts
+
     return Path(opts.get("artifacts") or default_artifacts(opts.get("dataset") or "mnist"))
 
 
@@ -101,7 +102,10 @@ class PcaLora(Mode):
     ]
 
     @classmethod
-    def build_rx(cls, opts: dict) -> PcaLoraRx:
+    def build_rx(cls, opts: dict):
+        from common.modes.pca_lora.artifacts import load_codec, load_model
+        from common.modes.pca_lora.rx import PcaLoraRx
+
         artifacts = artifacts_dir(opts)
         codec, meta = load_codec(artifacts)
         model = load_model(artifacts, meta)
@@ -115,7 +119,13 @@ class PcaLora(Mode):
                          bank_shared=bool(opts.get("bank_shared")))
 
     @classmethod
-    def build_tx(cls, opts: dict) -> PcaLoraTx:
+    def build_tx(cls, opts: dict):
+        from common.data.datasets import load_dataset
+        from common.learn import process_tuning
+        from common.modes.pca_lora.artifacts import load_codec
+        from common.modes.pca_lora.policy import AccuracyTable, get_policy
+        from common.modes.pca_lora.tx import PcaLoraTx
+
         # a payload's PCA encode is a small product: one BLAS thread did it in 1.1 ms where OpenBLAS's
         # two took 8-12 ms on a loaded 2-core machine (500 x 784 -> 200; docs/benchmarks.md)
         process_tuning.match_blas_threads(1)

@@ -16,12 +16,13 @@ defaults here are ours.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from common.data.datasets import DATASET_NAMES, Dataset
-from common.modes.slf.transceiver import TransceiverShape
+from common.modes.slf.shape import TransceiverShape
 
 SHARD_PERMUTATION_SEED = 2024  # one fixed shuffle of a dataset's training set, shared by all shards
 PAPER_TRAIN_FRACTION = 0.8  # the paper's 8:2 train/test split
@@ -110,6 +111,11 @@ TRX1 = TransceiverConfig("trx1", "mnist", eps=1e-5, seed=1, shard=0, n_shards=2)
 TRX2 = TransceiverConfig("trx2", "mnist", eps=1e-1, seed=2, shard=1, n_shards=2)
 TRX3 = TransceiverConfig("trx3", "fashion-mnist", eps=1e-5, seed=3)
 CONFIGS = {c.name: c for c in (TRX1, TRX2, TRX3)}
+
+
+def default_slf_artifacts(name: str) -> Path:
+    """``artifacts/slf-<name>`` under the working directory."""
+    return Path("artifacts") / f"slf-{name}"
 
 
 def get_config(name: str) -> TransceiverConfig:

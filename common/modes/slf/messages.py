@@ -26,12 +26,15 @@ from typing import ClassVar, Mapping
 import torch
 
 from common.modes.slf.dmc import bits_per_index, packed_size_bytes
-from common.modes.slf.transceiver import (
-    DECODER_LAYERS,
-    KERNEL_DOWN,
-    KERNEL_SAME,
-    TransceiverShape,
+from common.modes.slf.limits import (
+    MAX_CHANNELS,
+    MAX_CODE_DIM,
+    MAX_CODEWORDS,
+    MAX_IMAGE_SIZE,
+    MAX_SEMANTIC_IMAGES,
+    MAX_WIDTH,
 )
+from common.modes.slf.shape import DECODER_LAYERS, KERNEL_DOWN, KERNEL_SAME, TransceiverShape
 from common.wire.protocol import register_message
 from common.wire.tensors import arrays_from_wire, arrays_to_wire
 
@@ -39,16 +42,8 @@ ARCH_VERSION = "slf-vqvae-deepjscc-1"  # changes with any change of the layer la
 TOKEN_BYTES = 16  # the RX's random id of one decoder download
 CREDENTIAL_BYTES = 32  # the RX's random secret naming one kept alignment (SLF_RESUME)
 TENSOR_DTYPE = "float32"  # uploads, and downloads by default: IEEE 754 binary32, little-endian
-DOWNLOAD_DTYPES = ("float32", "float16")  # a TX may ask for the download in IEEE 754 binary16
 ENVELOPE_ALLOWANCE_BYTES = 4096  # msgpack keys, tensor names, shapes and ints around the raw bytes
 
-# Largest architecture the mode accepts (the RX and TX refuse bigger artifacts at start-up).
-MAX_CHANNELS = 3
-MAX_IMAGE_SIZE = 64
-MAX_WIDTH = 256
-MAX_CODE_DIM = 256
-MAX_CODEWORDS = 4096
-MAX_SEMANTIC_IMAGES = 2048  # images per SLF_SEMANTIC
 
 
 # ------------------------------------------------------------------ sizes

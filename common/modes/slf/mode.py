@@ -16,15 +16,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data.datasets import load_dataset
 from common.modes.base import Mode, register_mode
-from common.modes.slf.artifacts import load_transceiver
-from common.modes.slf.configs import CONFIGS
-from common.modes.slf.messages import MAX_SEMANTIC_IMAGES, shape_problem
-from common.modes.slf.pretrain import default_slf_artifacts
-from common.modes.slf.rx import KEEP_ALIGNMENTS, SlfRx
-from common.modes.slf.tx import SlfTx, SlfTxConfig
+from common.modes.slf.configs import CONFIGS, default_slf_artifacts
+from common.modes.slf.limits import KEEP_ALIGNMENTS, MAX_SEMANTIC_IMAGES
+from common.modes.slf.tx_config import SlfTxConfig
 from common.options import Option
+
+# torch-free on import: the option specs build the CLI; the halves (torch, the artifacts) load in
+# build_rx/build_tx
 
 RX_TRX, TX_TRX = "trx1", "trx2"  # the issue's demo pair: TRX2's TX talking to TRX1's RX
 
@@ -49,6 +48,10 @@ def slf_artifacts(opts: dict, default_trx: str) -> Path:
 
 
 def _load(path: Path):
+    """The transceiver, task head and config in ``path``; ValueError when its shape is not one the mode takes."""
+    from common.modes.slf.artifacts import load_transceiver
+    from common.modes.slf.messages import shape_problem
+
     trx, head, config, meta = load_transceiver(path)
     problem = shape_problem(trx.shape)
     if problem:
@@ -108,7 +111,9 @@ class Slf(Mode):
     ]
 
     @classmethod
-    def build_rx(cls, opts: dict) -> SlfRx:
+    def build_rx(cls, opts: dict):
+        from common.modes.slf.rx import SlfRx
+
         path = slf_artifacts(opts, RX_TRX)
         trx, head, config = _load(path)
         eps = None if opts.get("eps_from_bler") else (config.eps if opts.get("eps") is None else float(opts["eps"]))
@@ -116,7 +121,10 @@ class Slf(Mode):
         return SlfRx(trx, head, eps, int(opts.get("seed") or 0), config.name, keep)
 
     @classmethod
-    def build_tx(cls, opts: dict) -> SlfTx:
+    def build_tx(cls, opts: dict):
+        from common.data.datasets import load_dataset
+        from common.modes.slf.tx import SlfTx
+
         path = slf_artifacts(opts, TX_TRX)
         trx, _, config = _load(path)
         if opts.get("dataset") and opts["dataset"] != config.dataset:

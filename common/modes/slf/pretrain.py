@@ -30,11 +30,6 @@ EVAL_SEED = 7  # DMC draws of the held-out evaluation
 OVERRIDABLE = ("max_pool", "epochs", "head_epochs", "batch_size", "lr", "seed")
 
 
-def default_slf_artifacts(name: str) -> Path:
-    """``artifacts/slf-<name>`` under the working directory."""
-    return Path("artifacts") / f"slf-{name}"
-
-
 def with_overrides(config: TransceiverConfig, overrides: dict) -> TransceiverConfig:
     """``config`` with the given (not None) settings of :data:`OVERRIDABLE` replaced."""
     unknown = sorted(set(overrides) - set(OVERRIDABLE))

@@ -39,10 +39,9 @@ import torch
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.slf.artifacts import state_fingerprint
 from common.modes.slf.dmc import dmc_numpy, packed_size_bytes, unpack_indices
+from common.modes.slf.limits import DOWNLOAD_DTYPES, KEEP_ALIGNMENTS, MAX_SEMANTIC_IMAGES
 from common.modes.slf.messages import (
     CREDENTIAL_BYTES,
-    DOWNLOAD_DTYPES,
-    MAX_SEMANTIC_IMAGES,
     TOKEN_BYTES,
     DecoderReply,
     DecoderRequest,
@@ -74,7 +73,6 @@ PENDING = "slf_pending"  # {"token", "seq", "base"}: the last download served in
 DECODER = "slf_decoder"  # Transceiver whose decoder the session's aligned rounds use
 TOKEN = "slf_token"  # token of the installed alignment
 KEPT = "slf_kept"  # sha256 of the credential of the session's kept alignment (retired when it re-aligns)
-KEEP_ALIGNMENTS = 64  # kept alignments at most (least recently used first out)
 KEEP_BYTES = 256 * 2**20  # ... and at most this many bytes of decoder tensors
 
 

@@ -14,7 +14,8 @@ def pretrain_command(opts: dict, progress: bool) -> None:
     from common.data.datasets import load_dataset
     from common.modes.slf.configs import get_config
     from common.modes.slf.messages import arch_fingerprint
-    from common.modes.slf.pretrain import default_slf_artifacts, pretrain_and_save, progress_steps, with_overrides
+    from common.modes.slf.configs import default_slf_artifacts
+    from common.modes.slf.pretrain import pretrain_and_save, progress_steps, with_overrides
     from semalign.progress import progress_bar
 
     pca_only = sorted(k for k in ("dataset", "d_pre") if k in opts)

@@ -62,7 +62,7 @@ def ensure_transceiver(trx: str, data_dir: str | None, progress: bool = True) ->
             raise ValueError(f"{trx!r}: neither a transceiver config ({', '.join(sorted(CONFIGS))}) nor a "
                              f"directory of slf artifacts ({e})") from e
         return path
-    from common.modes.slf.pretrain import default_slf_artifacts
+    from common.modes.slf.configs import default_slf_artifacts
 
     path = default_slf_artifacts(trx)
     try:

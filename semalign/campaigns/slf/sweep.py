@@ -60,8 +60,8 @@ from common.files import atomic_write_json
 from common.modes.slf.artifacts import load_transceiver
 from common.modes.slf.configs import TransceiverConfig
 from common.modes.slf.dmc import dmc_numpy
+from common.modes.slf.limits import DOWNLOAD_DTYPES
 from common.modes.slf.messages import (
-    DOWNLOAD_DTYPES,
     DecoderReply,
     Upload,
     tensors_from_wire,

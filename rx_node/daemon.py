@@ -273,7 +273,8 @@ class RxNode:
         sid, seq = session.session_id, msg.seq
         try:
             state = session.announced.get(seq) or self.link.channel_state(seq)
-            ctx = RoundContext(sid, seq, state, self.link, len(frame), received_ns, self.pid, session.store)
+            ctx = RoundContext(sid, seq, state, self.link, len(frame), received_ns, self.pid, session.store,
+                               session.owner)
             reply = handler(msg, ctx)
         except PayloadLost as e:
             return (self._error(sid, seq, "lost", str(e)), True, 0), True

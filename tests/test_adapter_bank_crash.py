@@ -16,9 +16,16 @@ import pytest
 import torch
 
 from common.learn.lora import LoraConfig, init_adapters
-from common.modes.pca_lora.adapter_bank import MANIFEST, AdapterBank, AdapterBankError
+from common.modes.pca_lora.adapter_bank import MANIFEST, AdapterBank, AdapterBankError, owner_digest
 
 ROOT = Path(__file__).resolve().parents[1]
+TX = "tx-key"  # the one owner of the tests below
+OK = owner_digest(TX)
+
+
+def _open(*args):
+    """``TX``'s view of the bank ``AdapterBank(*args)`` (``.bank``: the bank)."""
+    return AdapterBank(*args).owner(TX)
 
 
 def _state(seed=0):
@@ -27,13 +34,14 @@ def _state(seed=0):
 
 
 # A zygote: imports torch once, then forks one writer per "go" line. Each writer opens the bank
-# (capacity 3) and puts adapters for 5 alphas in a loop, so writes, replacements and evictions
+# (capacity 3) and puts adapters for 2 owners x 5 alphas in a loop, so writes, replacements and evictions
 # interleave, until the test SIGKILLs it. The zygote reaps it and says "dead".
 _ZYGOTE = r"""
 import os, sys, random, torch
 from common.learn.lora import LoraConfig, init_adapters
 from common.modes.pca_lora.adapter_bank import AdapterBank
 bank_dir = sys.argv[1]
+OWNERS = ("a" * 32, "b" * 32)  # two owners' adapters interleave
 weights = [torch.zeros(64, 32), torch.zeros(10, 64)]
 zygote = os.getpid()
 for line in sys.stdin:
@@ -47,7 +55,7 @@ for line in sys.stdin:
             while os.getppid() == zygote:  # an orphan stops by itself
                 i += 1
                 state = init_adapters(weights, (0, 1), LoraConfig(4, 8.0), True, torch.Generator().manual_seed(i))
-                bank.put(rng.choice((8, 12, 16, 20, 24)), state)
+                bank.put(rng.choice(OWNERS), rng.choice((8, 12, 16, 20, 24)), state)
         except BaseException as e:
             os.write(1, ("error %s %s\n" % (type(e).__name__, e)).replace("\n", " ").encode() + b"\n")
         os._exit(3)
@@ -83,8 +91,9 @@ def test_bank_always_loads_after_kill_9_mid_write(tmp_path, caplog):
                 bank = AdapterBank(3, "fp", "model", bank_dir)  # must not raise
             assert not bank.skipped, f"kill {kill}: entries lost: {bank.skipped}"
             assert not caplog.records
-            for alpha in bank.alphas():
-                assert bank.get(alpha) is not None
+            for okey in ("a" * 32, "b" * 32):
+                for alpha in bank.alphas(okey):
+                    assert bank.get(okey, alpha) is not None
             seen_sizes.append(len(bank))
             leftovers = [p.name for p in bank_dir.iterdir() if p.name.endswith(".tmp")]
             assert not leftovers
@@ -100,7 +109,7 @@ def test_bank_always_loads_after_kill_9_mid_write(tmp_path, caplog):
 
 
 def _bank_with(tmp_path, *alphas):
-    bank = AdapterBank(4, "fp", "model", tmp_path)
+    bank = _open(4, "fp", "model", tmp_path)
     for a in alphas:
         bank.put(a, _state(a))
     return bank
@@ -113,16 +122,16 @@ def _bank_with(tmp_path, *alphas):
 ])
 def test_bad_entry_is_skipped_with_a_warning_not_fatal(tmp_path, caplog, damage, why):
     _bank_with(tmp_path, 10, 20)
-    damage(tmp_path / "alpha-0010.pt")
+    damage(tmp_path / f"{OK}-alpha-0010.pt")
     with caplog.at_level(logging.WARNING, logger="semalign.bank"):
-        bank = AdapterBank(4, "fp", "model", tmp_path)
+        bank = _open(4, "fp", "model", tmp_path)
     assert bank.alphas() == [20]
-    assert [s[0] for s in bank.skipped] == [10] and why in bank.skipped[0][2]
+    assert [s[0] for s in bank.bank.skipped] == [10] and why in bank.bank.skipped[0][2]
     assert "skipping alpha=10" in caplog.text and why in caplog.text
     # the manifest was rewritten: the next start is clean; a damaged file is kept aside as *.corrupt
-    assert AdapterBank(4, "fp", "model", tmp_path).skipped == []
+    assert _open(4, "fp", "model", tmp_path).bank.skipped == []
     if why == "sha256":
-        assert (tmp_path / "alpha-0010.pt.corrupt").exists()
+        assert (tmp_path / f"{OK}-alpha-0010.pt.corrupt").exists()
 
 
 def test_entry_that_is_not_tensors_is_skipped(tmp_path):
@@ -130,25 +139,25 @@ def test_entry_that_is_not_tensors_is_skipped(tmp_path):
 
     _bank_with(tmp_path, 10, 20)
     junk = b"not a torch file"
-    (tmp_path / "alpha-0020.pt").write_bytes(junk)
+    (tmp_path / f"{OK}-alpha-0020.pt").write_bytes(junk)
     m = json.loads((tmp_path / MANIFEST).read_text())
     for e in m["lru"]:
         if e["alpha"] == 20:
             e["sha256"] = hashlib.sha256(junk).hexdigest()  # a matching digest, but not a tensor file
     m["lru"].append({"alpha": "x"})                         # and a malformed entry
     (tmp_path / MANIFEST).write_text(json.dumps(m))
-    bank = AdapterBank(4, "fp", "model", tmp_path)
+    bank = _open(4, "fp", "model", tmp_path)
     assert bank.alphas() == [10]
-    assert len(bank.skipped) == 2
+    assert len(bank.bank.skipped) == 2
 
 
 def test_manifest_level_problems_stay_fatal(tmp_path):
     _bank_with(tmp_path, 10)
     with pytest.raises(AdapterBankError, match="other artifacts"):
-        AdapterBank(4, "other-fp", "model", tmp_path)
+        _open(4, "other-fp", "model", tmp_path)
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(AdapterBankError, match="unreadable.*new bank"):
-        AdapterBank(4, "fp", "model", tmp_path)
+        _open(4, "fp", "model", tmp_path)
 
 
 def test_replacing_an_alpha_never_overwrites_the_listed_file(tmp_path):
@@ -159,16 +168,16 @@ def test_replacing_an_alpha_never_overwrites_the_listed_file(tmp_path):
     assert first != second and not (tmp_path / first).exists()
     bank.put(10, _state(7))
     assert json.loads((tmp_path / MANIFEST).read_text())["lru"][0]["file"] == first
-    got = AdapterBank(4, "fp", "model", tmp_path).get(10)
+    got = _open(4, "fp", "model", tmp_path).get(10)
     torch.testing.assert_close(got.A[0], _state(7).A[0])
 
 
 def test_leftovers_of_an_interrupted_write_are_removed(tmp_path):
     _bank_with(tmp_path, 10)
-    (tmp_path / "alpha-0030.pt.tmp").write_bytes(b"half")
-    (tmp_path / "alpha-0040.pt").write_bytes(b"written, never listed")
+    (tmp_path / f"{OK}-alpha-0030.pt.tmp").write_bytes(b"half")
+    (tmp_path / f"{OK}-alpha-0040.pt").write_bytes(b"written, never listed")
     (tmp_path / "manifest.json.tmp").write_text("{")
     (tmp_path / "notes.txt").write_text("not ours")
-    bank = AdapterBank(4, "fp", "model", tmp_path)
-    assert bank.alphas() == [10] and not bank.skipped
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["alpha-0010.pt", "manifest.json", "notes.txt"]
+    bank = _open(4, "fp", "model", tmp_path)
+    assert bank.alphas() == [10] and not bank.bank.skipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{OK}-alpha-0010.pt", "manifest.json", "notes.txt"]

@@ -218,7 +218,7 @@ def test_a_silent_device_is_dropped_at_the_plans_deadline_not_the_timeout(federa
     assert half.station.history[0]["devices"][1]["outcome"] == "missing"
 
 
-def test_a_device_told_to_skip_polls_after_the_round_formed(federation):
+def test_a_device_told_to_skip_polls_after_the_round_formed(federation, tmp_path):
     half, (d0, d1) = federation(2)
     station = half.station
     original = station.plan
@@ -249,3 +249,7 @@ def test_a_device_told_to_skip_polls_after_the_round_formed(federation):
     assert isinstance(p1, FedPlan) and p1.module == "" and p1.reason == "policy", p1
     res = d1.poll(0, "result")
     assert isinstance(res, Result) and res.fields["outcome"] == "skipped", res
+    assert station.history[0]["devices"][1]["outcome"] == "skipped"  # the base station's record too
+    # the device's own TX (a restarted device 1, its first round 0 polled after the round formed) records it
+    [rec] = node_for(d1.address, d1.half).run(1, ResultsLog(tmp_path / "d1", {"mode": "fed-lora"}))
+    assert rec.status == "ok" and rec.fields["outcome"] == "skipped" and rec.fields["planned_module"] == "skip", rec

@@ -11,7 +11,7 @@ import pytest
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn import fastlora
 from common.learn.models import accuracy, predict
-from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.adapter_bank import AdapterBank, model_digest
 from common.modes.pca_lora.adapt_config import AdaptConfig, requested_precision
 from common.modes.pca_lora import alignment
 from common.modes.pca_lora.alignment import LoraAlignment
@@ -125,9 +125,10 @@ def test_first_round_after_warm_up_gets_its_planned_steps(monkeypatch, digits, s
 def test_warm_up_leaves_the_adapter_bank_empty(tmp_path, served):
     codec, model, meta = served
     bank = AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank")
-    half = PcaLoraRx(codec, model, BankedAlignment(LoraAlignment(adapt=AdaptConfig(steps=5)), bank), meta.n_classes)
+    half = PcaLoraRx(codec, model, LoraAlignment(adapt=AdaptConfig(steps=5)), meta.n_classes, bank=bank,
+                     bank_shared=True)  # even a bank every session shares
     half.warm_up()
-    assert bank.alphas() == [] and AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank").alphas() == []
+    assert len(bank) == 0 and len(AdapterBank(4, codec.fingerprint, model_digest(model), tmp_path / "bank")) == 0
 
 
 def test_cpu_flags_and_model_from_cpuinfo_text():

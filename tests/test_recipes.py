@@ -188,7 +188,8 @@ def test_staged_plan_moves_on_only_when_the_budget_allows():
 def test_bank_reuses_a_returning_alpha_without_training(setup, digits):
     codec, model = setup
     cfg = AdaptConfig(steps=60, budget_ms=None)
-    strategy = BankedAlignment(LoraAlignment(adapt=cfg), AdapterBank(4, codec.fingerprint, model_digest(model)))
+    bank = AdapterBank(4, codec.fingerprint, model_digest(model)).owner("tx-key")
+    strategy = BankedAlignment(LoraAlignment(adapt=cfg), bank)
     z, y = codec.encode(digits.x_train[:800], 10), digits.y_train[:800]
     first, rep = strategy.adapt(model, z, y, codec)
     assert rep.kept == "adapted" and strategy.aligned_alphas() == [10]
@@ -210,7 +211,7 @@ def test_lean_n_train_from_the_table():
 
 
 class _LocalIO(RoundIO):
-    """The TX's round I/O straight into an in-process RX half."""
+    """The TX's round I/O straight into an in-process RX half, as a session of ``owner``."""
 
     def __init__(self, rx: PcaLoraRx, state, link=None):
         self.rx, self.state, self.session_id, self.clock_offset_ns = rx, state, 1, 0
@@ -222,7 +223,8 @@ class _LocalIO(RoundIO):
         self.sent_ns = time.time_ns()
         handlers, replies = self.rx.handlers(), []
         for msg in msgs:
-            ctx = RoundContext(1, msg.seq, self.state, self.link, len(encode(msg)), self.sent_ns, 0, self.session)
+            ctx = RoundContext(1, msg.seq, self.state, self.link, len(encode(msg)), self.sent_ns, 0, self.session,
+                               owner="tx-key")
             replies.append(handlers[msg.TYPE](msg, ctx).message)
         self.replied_ns = time.time_ns()
         return replies

@@ -3,7 +3,9 @@
 Every dataset comes back as a :class:`Dataset` of float32 pixels in [0, 1]
 (shape ``(n, d_raw)``) and uint8 labels. MNIST and Fashion-MNIST are read once
 from their source and cached as a uint8 ``.npz`` so that later loads take
-milliseconds.
+milliseconds; a cache file that does not load (damaged) is read again from the
+source and rewritten, and a damaged ``mnist.npz`` in ``data_dir`` is
+:class:`DatasetUnavailable` naming it.
 
 MNIST sources, in order:
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import importlib.util
+import logging
 import os
 import pickle
 import struct
@@ -37,9 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.artifacts import load_arrays
 from common.files import atomic_write
 
+log = logging.getLogger("semalign.data")
 DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
+SPLITS = ("x_train", "y_train", "x_test", "y_test")  # the arrays of a dataset's npz (uint8)
 CACHE_FORMAT_VERSION = 1
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -89,7 +95,10 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache / f"{name}-v{CACHE_FORMAT_VERSION}.npz"
     if data_dir is None and cache_file.exists():
-        return _from_uint8_npz(cache_file, name)
+        try:
+            return _from_uint8_npz(cache_file, name)
+        except DatasetUnavailable as e:
+            log.warning("dataset cache unusable, reading the source again: %s", e)
     arrays, scale = readers[name](data_dir)
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write(cache_file, lambda f: np.savez(f, scale=np.float32(scale), **arrays), fsync=False)  # a cache
@@ -122,15 +131,10 @@ def _load_digits() -> Dataset:
 
 
 def _from_uint8_npz(path: Path, name: str) -> Dataset:
-    with np.load(path, allow_pickle=False) as z:
-        scale = float(z["scale"])
-        return Dataset(
-            name,
-            z["x_train"].astype(np.float32) * np.float32(scale),
-            z["y_train"].astype(np.uint8),
-            z["x_test"].astype(np.float32) * np.float32(scale),
-            z["y_test"].astype(np.uint8),
-        )
+    z = load_arrays(path, ("scale", *SPLITS), DatasetUnavailable)
+    scale = np.float32(z["scale"])
+    return Dataset(name, z["x_train"].astype(np.float32) * scale, z["y_train"].astype(np.uint8),
+                   z["x_test"].astype(np.float32) * scale, z["y_test"].astype(np.uint8))
 
 
 def _read_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, np.ndarray], float]:
@@ -186,8 +190,7 @@ def _read_fashion_mnist_source(data_dir: str | Path | None) -> tuple[dict[str, n
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], float]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: np.asarray(z[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+    arrays = load_arrays(path, SPLITS, DatasetUnavailable)
     for k in ("x_train", "x_test"):
         arrays[k] = arrays[k].reshape(len(arrays[k]), -1)
         if arrays[k].dtype != np.uint8:

@@ -55,7 +55,10 @@ class RoundContext:
     ``state``: the channel state announced in CHANNEL for this round.
     ``nbytes``: size of the message's frame. ``received_ns``: RX wall clock at
     receipt. ``session``: the mode's own per-session store (e.g. SLF's
-    installed decoder), kept while the session lives.
+    installed decoder), kept while the session lives. ``owner``: who the
+    session is bound to (its TX's CURVE key, z85; on a plain socket
+    ``credential:<digest>`` of its HELLO credential; None for a plain HELLO
+    without one): state a mode keeps across sessions is keyed by it.
     """
 
     session_id: int
@@ -66,6 +69,7 @@ class RoundContext:
     received_ns: int
     rx_pid: int
     session: dict = field(default_factory=dict)
+    owner: str | None = None
 
 
 @dataclass(frozen=True)

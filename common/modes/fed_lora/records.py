@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from common.artifacts import load_arrays
 from common.files import atomic_write, atomic_write_json, json_safe
 from common.modes.fed_lora.optimizer import DeviceDecision
 from common.modes.fed_lora.wireless import DeviceChannels, DeviceProfile
@@ -116,8 +117,7 @@ def load_state(out: Path, spec, aggregation: str) -> tuple[dict[str, np.ndarray]
         raise ValueError(f"resume: the state in {out} is of another federation: {problem}")
     if meta.get("aggregation") != aggregation:
         raise ValueError(f"resume: the state in {out} was aggregated with {meta.get('aggregation')}")
-    with np.load(state_path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = load_arrays(state_path, error=ValueError)
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise ValueError(f"resume: {state_path} holds non-finite values")
     return arrays, meta

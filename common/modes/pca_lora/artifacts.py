@@ -6,8 +6,9 @@ with the sha256 of every file and the fingerprint that guards every session.
 :func:`load_codec` dispatches on ``codec``. A pca-lora directory holds
 ``basis.npz`` (float32 ``mean`` (d_raw,), ``components`` (d_pre, d_raw); read
 with ``allow_pickle=False``) and ``model.pt`` (a plain tensor state dict,
-read with ``torch.load(weights_only=True)``). The checksum checks and the
-``meta.json`` reading every mode's artifacts share are :mod:`common.artifacts`.
+read with ``torch.load(weights_only=True)``). The checksum checks, the
+``meta.json`` reading and the file readers every mode's artifacts share are
+:mod:`common.artifacts`: a damaged file ends in one :class:`ArtifactError` line.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.artifacts import META_FILE, ArtifactError, checked_file, read_meta_json, sha256_file
+from common.artifacts import (
+    META_FILE,
+    ArtifactError,
+    checked_file,
+    load_arrays,
+    load_tensors,
+    read_meta_json,
+    sha256_file,
+)
 from common.codecs.base import Codec
 from common.files import atomic_write, atomic_write_json
 from common.learn.models import build_mlp
@@ -99,8 +108,11 @@ def load_codec(directory: str | Path) -> tuple[Codec, ArtifactMeta]:
 
 
 def _load_pca(d: Path, meta: ArtifactMeta) -> PcaCodec:
-    with np.load(_checked(d, "basis.npz", meta), allow_pickle=False) as z:
+    z = load_arrays(_checked(d, "basis.npz", meta), ("mean", "components"))
+    try:
         return PcaCodec(z["mean"], z["components"])
+    except ValueError as e:
+        raise ArtifactError(f"{d / 'basis.npz'}: not a PCA basis ({e})") from e
 
 
 _CODEC_LOADERS = {PcaCodec.name: _load_pca}
@@ -111,7 +123,7 @@ def load_model(directory: str | Path, meta: ArtifactMeta) -> nn.Sequential:
     d = Path(directory)
     if meta.model != "mlp":
         raise ArtifactError(f"{d}: model kind {meta.model!r}; this loader builds 'mlp' classifiers")
-    state = torch.load(_checked(d, "model.pt", meta), weights_only=True, map_location="cpu")
+    state = load_tensors(_checked(d, "model.pt", meta))
     model = build_mlp(meta.d_raw, tuple(meta.hidden), meta.n_classes)
     try:
         model.load_state_dict(state)

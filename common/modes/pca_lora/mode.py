@@ -69,11 +69,13 @@ class PcaLora(Mode):
         Option("adapt_precision", str, "frozen layers of the first-layer/staged recipes: auto (bfloat16 where "
                "the recipe's own training step, timed at start-up in both, is at least 15% faster; the environment variable SEMALIGN_PRECISION "
                "overrides auto), fp32 or bf16", AdaptConfig.precision),
-        Option("adapter_bank", Path, "directory of a persistent adapter bank (adapters by alpha: warm "
-               "starts, and returning alphas served without training); none by default"),
-        Option("bank_size", int, "adapters the bank keeps, least recently used evicted (16 when a bank "
-               "is used without a size); the RX announces their alphas in RESULT (aligned_alphas) so the "
-               "TX can send them without training vectors"),
+        Option("adapter_bank", Path, "directory of a persistent adapter bank (adapters by TX key and alpha: "
+               "warm starts, and returning alphas served without training); none by default"),
+        Option("bank_size", int, "adapters the bank keeps, of all TX keys together, least recently used "
+               "evicted (16 when a bank is used without a size); the RX announces a TX's own alphas in "
+               "RESULT (aligned_alphas) so it can send them without training vectors"),
+        Option("bank_shared", bool, "one adapter bank for every session: a key's payloads then change what "
+               "every other key's rounds use (only for TXs that trust each other; default: one per key)"),
     ]
     tx_options = [
         Option("n_test", int, "test vectors per payload (t in eq. 2); the whole test set if smaller",
@@ -107,14 +109,14 @@ class PcaLora(Mode):
         artifacts = artifacts_dir(opts)
         codec, meta = load_codec(artifacts)
         model = load_model(artifacts, meta)
-        strategy = lora_strategy(opts)
+        bank = None
         if opts.get("adapter_bank") or opts.get("bank_size"):
-            from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+            from common.modes.pca_lora.adapter_bank import AdapterBank, model_digest
 
             bank = AdapterBank(int(opts.get("bank_size") or 16), codec.fingerprint, model_digest(model),
                                opts.get("adapter_bank"))
-            strategy = BankedAlignment(strategy, bank)
-        return PcaLoraRx(codec, model, strategy, meta.n_classes)
+        return PcaLoraRx(codec, model, lora_strategy(opts), meta.n_classes, bank=bank,
+                         bank_shared=bool(opts.get("bank_shared")))
 
     @classmethod
     def build_tx(cls, opts: dict):

@@ -7,8 +7,14 @@ classified by the frozen model, or by the bank's adapter for its alpha), and
 the test vectors classified with both the frozen and the adapted model, the
 reconstruction ``x_hat = z P_alpha + mean`` folded into the first layer (test
 labels travel for evaluation only). RESULT also lists the alphas the RX can
-serve without training vectors (``aligned_alphas``: its adapter bank's), so
-the TX can leave them out.
+serve this TX without training vectors (``aligned_alphas``: its adapters in
+the bank), so the TX can leave them out.
+
+The adapter bank (optional, :mod:`~common.modes.pca_lora.adapter_bank`) is
+keyed by the round's session owner (``RoundContext.owner``): a round reads
+and stores only its owner's adapters (all sessions one owner with
+``bank_shared``); a session bound to nothing, and the start-up warm-up,
+neither read nor store any.
 
 A round in parts (``--train-parts K`` at the TX, announced in HELLO) sends the
 training vectors first, in K PAYLOAD_TRAIN frames, then the test vectors in
@@ -35,6 +41,7 @@ from common.codecs.base import Codec
 from common.learn import process_tuning
 from common.learn.models import accuracy, fold_decoder, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
+from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, BankedAlignment
 from common.modes.pca_lora.alignment import AlignmentStrategy
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, NO_LABEL, Payload, TrainAck, TrainPart
 from common.wire.protocol import Result
@@ -66,15 +73,18 @@ class RxLimits:
 
 
 class PcaLoraRx(RxHalf):
-    """Holds the codec, the frozen classifier and the alignment strategy."""
+    """Holds the codec, the frozen classifier, the alignment strategy and the adapter bank (optional;
+    ``bank_shared``: one owner for every session, see the module docstring)."""
 
     mode = "pca-lora"
 
     def __init__(self, codec: Codec, model: nn.Sequential, strategy: AlignmentStrategy, n_classes: int = 10,
-                 limits: "RxLimits | None" = None):
+                 limits: "RxLimits | None" = None, bank: AdapterBank | None = None, bank_shared: bool = False):
         self.codec = codec
         self.model = model
         self.strategy = strategy
+        self.bank = bank
+        self.bank_shared = bank_shared
         self.n_classes = n_classes
         self.limits = limits or RxLimits()
         self.fingerprint = codec.fingerprint
@@ -106,10 +116,20 @@ class PcaLoraRx(RxHalf):
     def handlers(self) -> dict:
         return {Payload.TYPE: self.on_payload, TrainPart.TYPE: self.on_train_part}
 
+    def strategy_for(self, owner: str | None) -> AlignmentStrategy:
+        """The alignment of a round of a session bound to ``owner`` (``RoundContext.owner``): with a bank,
+        through ``owner``'s adapters (:data:`SHARED`'s with ``bank_shared``); without one, or for a
+        session bound to nothing, the strategy alone."""
+        who = SHARED if self.bank_shared else owner
+        if self.bank is None or who is None:
+            return self.strategy
+        return BankedAlignment(self.strategy, self.bank.owner(who))
+
     def warm_up(self) -> None:
         """Calibrate the adaptation's step count to its budget on this machine (once per process),
         pay the adaptation's one-time costs (:meth:`AlignmentStrategy.warm_up`: every stage, in its
-        precision, at real round shapes; the adapter bank is left alone) and run inference, so the
+        precision, at real round shapes; the strategy alone, so the adapter bank is never read or
+        written) and run inference, so the
         first real round pays no start-up cost.
 
         numpy's BLAS is limited to torch's thread count first: its idle worker
@@ -179,7 +199,7 @@ class PcaLoraRx(RxHalf):
         r["y"].append(p.labels)
         r["sizes"].append(p.n_train)
         t0 = time.perf_counter()
-        r["adapted"], report, r["carry"] = self.strategy.adapt_part(
+        r["adapted"], report, r["carry"] = self.strategy_for(ctx.owner).adapt_part(
             self.model, np.concatenate(r["z"]), np.concatenate(r["y"]), self.codec, r["sizes"], parts, r["carry"])
         finetune_s = time.perf_counter() - t0
         r["adapted_ns"] = max(t_delivered, r["adapted_ns"]) + int(finetune_s * 1e9)
@@ -209,6 +229,7 @@ class PcaLoraRx(RxHalf):
                                                 f"vectors only at their alpha (got n_train={p.n_train}, "
                                                 f"alpha={p.alpha})")
         self.check(p, ctx, part["nbytes"] if part else 0)
+        strategy = self.strategy_for(ctx.owner)
         delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
         t_delivered = max(delivery.delivered_ns, time.time_ns())
         if part is not None:  # the link carried the training parts first
@@ -227,10 +248,10 @@ class PcaLoraRx(RxHalf):
             t_ready = max(t_decoded, part["adapted_ns"])  # classification waits for the adaptation
         else:
             if p.n_train:
-                adapted, report = self.strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
+                adapted, report = strategy.adapt(self.model, z[p.n_test:], p.labels[p.n_test:], self.codec)
                 adapt_info = report.to_dict()
             else:  # nothing to align (alpha = d_pre, or an adapter the bank holds): no training
-                adapted, adapt_info = self.strategy.without_training(self.model, p.alpha, self.codec)
+                adapted, adapt_info = strategy.without_training(self.model, p.alpha, self.codec)
             finetune_ms = (time.perf_counter() - t1) * 1e3
             t_ready = t_decoded + int(finetune_ms * 1e6)
         t2 = time.perf_counter()
@@ -253,7 +274,7 @@ class PcaLoraRx(RxHalf):
         adapt_info["transmissions"] = delivery.transmissions + (part["transmissions"] if part else 0)
         fields = {"alpha": p.alpha, "n_test": p.n_test, "n_train": n_train, "acc_pretrained": acc_pre,
                   "acc_adapted": acc_ada, "adapt": adapt_info, "parts": 1 + (len(part["sizes"]) if part else 0),
-                  "aligned_alphas": [int(a) for a in self.strategy.aligned_alphas()]}
+                  "aligned_alphas": [int(a) for a in strategy.aligned_alphas()]}
         t_transmit = t_ready + int((t3 - t2) * 1e9)
         return Reply(Result(p.session_id, p.seq, fields, pred.tobytes(), timings, ctx.rx_pid,
                             ctx.received_ns, t_delivered, t_decoded, t_transmit), not_before_ns=t_transmit)

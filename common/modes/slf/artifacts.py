@@ -17,7 +17,7 @@ from typing import Mapping
 
 import torch
 
-from common.artifacts import META_FILE, ArtifactError, checked_file, read_meta_json, sha256_file
+from common.artifacts import META_FILE, ArtifactError, checked_file, load_tensors, read_meta_json, sha256_file
 from common.files import atomic_write, atomic_write_json
 from common.modes.slf.configs import TransceiverConfig
 from common.modes.slf.transceiver import TaskHead, Transceiver
@@ -95,9 +95,9 @@ def load_transceiver(directory: str | Path) -> tuple[Transceiver, TaskHead, Tran
     path = checked_file(d, MODEL_FILE, meta.sha256, SlfArtifactError)
     try:
         config = TransceiverConfig.from_dict(meta.config)
-        state = torch.load(path, weights_only=True, map_location="cpu")
     except (ValueError, TypeError) as e:
-        raise SlfArtifactError(f"{d}: unreadable config or model ({e})") from e
+        raise SlfArtifactError(f"{d / META_FILE}: unreadable config ({e})") from e
+    state = load_tensors(path, SlfArtifactError)
     if state_fingerprint(state) != meta.fingerprint:
         raise SlfArtifactError(f"{path}: fingerprint does not match {META_FILE}")
     model, head = Transceiver(config.shape), TaskHead(config.shape)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from common.artifacts import load_tensors
 from common.files import atomic_write, atomic_write_bytes
 from common.modes.slf.artifacts import state_fingerprint
 from common.modes.slf.transceiver import DECODER_LAYERS, Transceiver
@@ -83,7 +84,9 @@ class AlignmentCache:
         """The kept alignment for ``key`` and ``n_frozen`` (None: any ``l``, the smallest first), or None.
 
         ``like``: a transceiver of the right shape to load into. An entry
-        that does not load or verify is removed (logged) and skipped.
+        that does not load or verify (a damaged or refused file, a record of
+        another format, weights that do not match it) is removed (logged) and
+        skipped, never raised.
         """
         ls = [n_frozen] if n_frozen is not None else range(len(DECODER_LAYERS) + 1)
         for l in ls:
@@ -92,7 +95,9 @@ class AlignmentCache:
                 continue
             try:
                 meta = json.loads(js.read_text())
-                state = torch.load(pt, weights_only=True, map_location="cpu")
+                state = load_tensors(pt)  # ArtifactError (a RuntimeError) for a damaged or refused file
+                if not isinstance(meta, dict):
+                    raise ValueError(f"{js} is not a JSON object")
                 if meta.get("format_version") != CACHE_FORMAT_VERSION or meta.get("n_frozen") != l:
                     raise ValueError("another format or l")
                 if state_fingerprint(state) != meta.get("fingerprint"):
@@ -100,7 +105,7 @@ class AlignmentCache:
                 credential = bytes.fromhex(meta["credential"])
                 model = Transceiver(like.shape)
                 model.load_state_dict(state)
-            except (OSError, ValueError, KeyError, RuntimeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
                 log.warning("kept alignment %s unusable (%s); removing it", pt, e)
                 self.remove(key, l)
                 continue

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, BankedAlignment, model_digest
 from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes
 from common.link.channel import build_trace
@@ -50,7 +50,8 @@ def run_fading(artifacts: Path, dataset: str, out: Path, table: Path, trace: str
         for use_bank in (False, True):
             strategy = LoraAlignment()
             if use_bank:
-                strategy = BankedAlignment(strategy, AdapterBank(16, codec.fingerprint, model_digest(model)))
+                bank = AdapterBank(16, codec.fingerprint, model_digest(model)).owner(SHARED)  # one TX: one owner
+                strategy = BankedAlignment(strategy, bank)
             records = []
             for k, state in enumerate(states):
                 b_max = budget_bytes(state.rate_bps, deadline_s)

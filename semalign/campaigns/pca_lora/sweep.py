@@ -44,12 +44,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.artifacts import load_tensors
 from common.data.datasets import Dataset
 from common.files import atomic_write, json_safe
 from common.learn.models import accuracy, build_mlp, predict
 from common.learn.train import TrainConfig, fit
 from common.link.channel.nr import max_mcs
 from common.modes.pca_lora.adapter_bank import (
+    SHARED,
     AdapterBank,
     BankedAlignment,
     model_digest,
@@ -221,7 +223,7 @@ def cached_end_to_end(cache_dir: Path, tag: str, x: np.ndarray, y: np.ndarray, n
             info = json.loads(meta.read_text())
             if info.get("sha256") == hashlib.sha256(pt.read_bytes()).hexdigest():
                 net = build_mlp(x.shape[1], hidden, n_classes)
-                net.load_state_dict(torch.load(pt, weights_only=True, map_location="cpu"))
+                net.load_state_dict(load_tensors(pt))  # ArtifactError (a RuntimeError) when damaged
                 return net.eval(), {**info, "cached": True}
             log.warning("E2E cache %s: checksum mismatch; retraining", pt)
         except (ValueError, RuntimeError, OSError) as e:
@@ -266,7 +268,7 @@ def run_sweep(artifacts: Path, dataset: str, cfg: SweepConfig, out: Path, cache_
     strategies = {m: kind(adapt=AdaptConfig(recipe=r)) for m, r in RECIPE_METHODS.items()}
     strategies["lora_nobudget"] = kind(adapt=AdaptConfig(recipe="lora", steps=150, deep_steps=400,
                                                          budget_ms=None, deep_budget_ms=None))
-    bank = AdapterBank(64, codec.fingerprint, model_digest(model))
+    bank = AdapterBank(64, codec.fingerprint, model_digest(model)).owner(SHARED)  # one TX: one owner
     strategies["lora_bank"] = BankedAlignment(kind(), bank)
     subset = kind()  # the default recipe on fractions of the payload
     # calibrated once, before any row is timed (as the RX daemon does at start-up)

@@ -28,8 +28,6 @@ from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
 from common.net.transport import ReplyDropped, RxSocket
-import msgpack
-
 from common.wire.protocol import (
     MAX_SEQ,
     MAX_SESSION_ID,
@@ -41,6 +39,7 @@ from common.wire.protocol import (
     decode,
     encode,
     request_digest,
+    unpack,
 )
 from rx_node.replay import ReplayCache
 
@@ -218,10 +217,8 @@ class RxNode:
         if len(frame) > self.limits.max_message_bytes:
             return None  # not read at all
         try:
-            body = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=self.limits.max_message_bytes,
-                                   max_str_len=self.limits.max_str_len, max_array_len=self.limits.max_container_len,
-                                   max_map_len=self.limits.max_container_len, max_ext_len=0)
-        except Exception:  # msgpack raises several classes for bad bytes
+            body = unpack(frame, self.limits, strict_map_key=False)
+        except ProtocolError:
             return None
         if not isinstance(body, dict) or body.get("type") == Hello.TYPE:
             return None

@@ -91,7 +91,7 @@ import msgpack
 import zmq
 
 from common.net.transport import ReplyDropped, RxSocket
-from common.wire.protocol import Error, encode
+from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, unpack
 
 log = logging.getLogger("semalign.rx")
 
@@ -112,11 +112,12 @@ def default_worker_argv() -> list[str]:
     return [sys.executable, "-m", "rx_node.worker"]
 
 
-def peek(frame) -> dict | None:
-    """The envelope of a request frame as a dict (``type``, ``session_id``, ``seq``...), or None."""
+def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
+    """The envelope of a request frame (bytes or a buffer) as a dict (``type``, ``session_id``, ``seq``...),
+    or None; decoded under ``limits`` as the workers decode it (:func:`~common.wire.protocol.unpack`)."""
     try:
-        body = msgpack.unpackb(bytes(frame), raw=False, max_ext_len=0)
-    except Exception:  # msgpack raises several classes for bad bytes
+        body = unpack(frame, limits, strict_map_key=False)
+    except ProtocolError:
         return None
     return body if isinstance(body, dict) else None
 
@@ -180,14 +181,16 @@ class FrontEnd:
 
     ``opts``/``link_table``: the RX's options, handed to every worker (less
     the one-writer options for workers 1..W-1). ``worker_argv``: the command
-    that starts a worker. :attr:`stats` sums the workers' counters
+    that starts a worker. ``limits``: the workers' decode limits (the front
+    end reads a HELLO's or a lost request's envelope under them). :attr:`stats` sums the workers' counters
     (:class:`~rx_node.daemon.RxStats`), the lost ones' included;
     :attr:`losses` lists ``(index, reason)`` of every worker lost.
     """
 
     def __init__(self, opts: dict, link_table: dict, sock: RxSocket, workers: int,
                  worker_argv: list[str] | None = None, modes: list[str] | None = None,
-                 one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset()):
+                 one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset(),
+                 limits: DecodeLimits = DecodeLimits()):
         if workers < 1:
             raise ValueError(f"--workers {workers}: an RX needs at least 1 worker")
         from rx_node.daemon import RxStats  # here: daemon imports torch-light modules only, but keep it lazy
@@ -197,6 +200,7 @@ class FrontEnd:
         self.modes = list(modes or [])
         self.one_owner = set(one_owner)
         self.one_writer_options = set(one_writer_options)
+        self.limits = limits
         self.stats = RxStats()
         self.losses: list[tuple[int, str]] = []
         self._retired = RxStats()  # counters of workers lost or replaced
@@ -344,7 +348,7 @@ class FrontEnd:
         target, sid = None, None
         hello = None
         if len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
-            body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
+            body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0], self.limits)
             if body and body.get("type") == "HELLO":
                 hello = body
         if hello is not None and hello.get("mode") in self.one_owner:
@@ -394,7 +398,8 @@ class FrontEnd:
 
     def _refuse(self, peer: bytes, frames: list, why: str) -> None:
         """ERROR ``no_session`` for a request no worker will answer (a HELLO is dropped: the TX re-sends it)."""
-        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]) if len(frames) == 1 else None
+        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0], self.limits) \
+            if len(frames) == 1 else None
         if not body or body.get("type") == "HELLO":
             return
         sid, seq = body.get("session_id", 0), body.get("seq", -1)

@@ -59,7 +59,8 @@ Pirate heartbeats:
 Frames between the front end and a worker (the ROUTER prepends/strips the
 worker's identity ``w<index>g<generation>``):
 
-- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), *frames]``,
+- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), n_frames(8), *frames]``
+  (``frames``: the TX's one frame, or none of a message of ``n_frames`` > 1, which the worker refuses),
   ``[b"G", peer]`` (the TX connection is gone: detach it from its sessions, which stay),
   ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
 - worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``,
@@ -384,13 +385,14 @@ class FrontEnd:
         return w
 
     def _from_tx(self) -> None:
-        peer, frames, owner = self.sock.recv_frames()
+        peer, frames, owner = self.sock.recv_frames()  # no frame of a message of several (they are refused)
         w = self._pick(peer, frames, owner)
         if w is None:
             self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
             return
         reqid = _U64.pack(next(self._reqids))
-        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()), *frames]
+        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()),
+                 _U64.pack(self.sock.last_frames), *frames]
         if self._to_worker(w, parts):
             w.inflight[reqid] = (peer, frames)
         else:
@@ -579,15 +581,16 @@ def run_worker(spec_path: Path, generation: int = 0) -> int:
                 heard = time.monotonic()
                 kind = kind.bytes
                 if kind == b"M":
-                    reqid, peer, owner, rx_ns, *frames = rest
-                    peer_b = peer.bytes
+                    reqid, peer, owner, rx_ns, n_frames, *frames = rest
                     before = (node.stats.ok, node.stats.failed)
-                    data = [f.bytes for f in frames]
-                    replies, hold_ns = node.handle_timed(peer_b, data, _U64.unpack(rx_ns.bytes)[0],
-                                                         owner.bytes.decode() or None)
+                    size = sum(len(f) for f in frames)
+                    replies, hold_ns = node.handle_timed(peer.bytes, [f.buffer for f in frames],
+                                                         _U64.unpack(rx_ns.bytes)[0], owner.bytes.decode() or None,
+                                                         _U64.unpack(n_frames.bytes)[0])
                     counts = msgpack.packb([node.stats.ok - before[0], node.stats.failed - before[1]])
                     heapq.heappush(held, (hold_ns, next(order), reqid, peer, counts, replies))
-                    if sum(len(f) for f in data) > RELEASE_AFTER_BYTES:
+                    rest = frames = None  # ZeroMQ's buffer of the frame is freed before the memory goes back
+                    if size > RELEASE_AFTER_BYTES:
                         release_freed_memory()
                 elif kind == b"G":
                     node.drop_peer(rest[0].bytes)

@@ -43,6 +43,9 @@ from common.net.security import (
 
 SEND_HWM = 64  # replies queued per TX before further replies to it are dropped (a TX has <= 2 in flight)
 RECV_HWM = 16  # messages buffered per TX while the serving loop is busy (then TCP pushes back)
+# libzmq decrypts (CURVE) and decodes a frame in one go on the connection's I/O thread; with one thread, another
+# TX's message waited behind a 50 MB frame's decryption (tens of ms). Connections are spread over the threads.
+RX_IO_THREADS = 2
 # libzmq compares MAXMSGSIZE with the frame on the wire: CURVE adds 33 bytes to each message, and a
 # little slack lets a frame just over the protocol limit reach decode(), which answers ERROR "oversize".
 MAXMSGSIZE_SLACK = 4096
@@ -118,7 +121,9 @@ class RxSocket:
 
     ``max_message_bytes``: the protocol's limit per message (``DecodeLimits``);
     ZeroMQ drops connections that announce more than :func:`max_wire_bytes`
-    of it. ``send_hwm`` / ``recv_hwm``: messages queued per peer outbound /
+    of it. ``context``: default the process's shared one, which gets
+    :data:`RX_IO_THREADS` I/O threads when this socket is its first user (as
+    in the RX daemons). ``send_hwm`` / ``recv_hwm``: messages queued per peer outbound /
     inbound. :attr:`dropped` counts dropped replies by reason.
     """
 
@@ -128,7 +133,7 @@ class RxSocket:
         if max_message_bytes <= 0 or send_hwm <= 0 or recv_hwm <= 0:
             raise ValueError(f"RxSocket needs positive limits, got max_message_bytes={max_message_bytes}, "
                              f"send_hwm={send_hwm}, recv_hwm={recv_hwm}")
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context or zmq.Context.instance(io_threads=RX_IO_THREADS)
         self.security = security or RxSecurity()
         self.max_message_bytes = int(max_message_bytes)
         self.maxmsgsize = max_wire_bytes(max_message_bytes)
@@ -169,7 +174,8 @@ class RxSocket:
     def recv(self, timeout_ms: int) -> tuple[bytes, list[memoryview]] | None:
         """``(peer identity, frames)`` of the next message, or None after ``timeout_ms``; see :meth:`recv_frames`.
 
-        The frame is a read-only buffer over ZeroMQ's own (not copied).
+        The frame is a read-only buffer over ZeroMQ's own (not copied);
+        :attr:`last_user_id` is then the sender's authenticated identity.
         """
         now = time.monotonic()
         if now >= self._next_log_flush:  # a refusal flood that stopped still gets its summary line

@@ -30,11 +30,13 @@ def link_options(opts: dict, link_table: dict) -> tuple[str, dict]:
 
 
 def rx_limits(opts: dict) -> DecodeLimits:
-    """Hard input limits from ``max_payload_bytes, max_vectors, max_alpha, max_str_len, max_container_len``."""
+    """Hard input limits from ``max_payload_bytes, max_vectors, max_alpha, max_str_len, max_container_len,
+    max_objects``."""
     given = {k: int(opts[o]) for k, o in (("max_message_bytes", "max_payload_bytes"),
                                           ("max_vectors", "max_vectors"), ("max_alpha", "max_alpha"),
                                           ("max_str_len", "max_str_len"),
-                                          ("max_container_len", "max_container_len"))
+                                          ("max_container_len", "max_container_len"),
+                                          ("max_objects", "max_objects"))
              if opts.get(o) is not None}
     return DecodeLimits(**given)
 
@@ -104,11 +106,12 @@ def _run_front_end(opts: dict, link_table: dict, security: RxSecurity, stop: thr
     classes = [get_mode(m) for m in modes]
     one_owner = {c.name for c in classes if c.rx_one_owner}
     one_writer = {o for c in classes for o in c.rx_one_writer_options}
+    limits = rx_limits(opts)
     remote = worker_security(security, opts.get("worker_allow")) if opts.get("worker_bind") else None
-    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, rx_limits(opts).max_message_bytes, security=security)
+    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, limits.max_message_bytes, security=security)
     front = None
     try:
-        front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer,
+        front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer, limits,
                          opts.get("worker_bind"), remote)
         front.start()
         return front.serve(stop, opts.get("max_rounds"))

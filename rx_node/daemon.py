@@ -28,8 +28,6 @@ from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
 from common.net.transport import ReplyDropped, RxSocket
-import msgpack
-
 from common.wire.protocol import (
     MAX_SEQ,
     MAX_SESSION_ID,
@@ -41,6 +39,7 @@ from common.wire.protocol import (
     decode,
     encode,
     request_digest,
+    unpack,
 )
 from rx_node.replay import ReplayCache
 
@@ -136,21 +135,24 @@ class RxNode:
     # ------------------------------------------------------------ dispatch
 
     def handle(self, peer: bytes, frames: list[bytes], received_ns: int | None = None,
-               owner: str | None = None) -> list[bytes]:
+               owner: str | None = None, n_frames: int | None = None) -> list[bytes]:
         """Reply frames for one incoming message from ``peer``; never raises (last resort: ERROR internal).
 
-        ``owner``: the sender's authenticated identity (its CURVE key), which a
-        session is bound to: another key cannot open, use or read a session it
-        did not open.
+        ``frames``: bytes or buffers. ``owner``: the sender's authenticated
+        identity (its CURVE key), which a session is bound to: another key
+        cannot open, use or read a session it did not open. ``n_frames``: the
+        frames the message had where the socket kept none of a message of
+        several (:meth:`~common.net.transport.RxSocket.recv_frames`); None:
+        ``len(frames)``.
         """
-        return self.handle_timed(peer, frames, received_ns, owner)[0]
+        return self.handle_timed(peer, frames, received_ns, owner, n_frames)[0]
 
     def handle_timed(self, peer: bytes, frames: list[bytes], received_ns: int | None = None,
-                     owner: str | None = None) -> tuple[list[bytes], int]:
+                     owner: str | None = None, n_frames: int | None = None) -> tuple[list[bytes], int]:
         """:meth:`handle`, plus the RX wall clock (ns) before which the replies must not leave (0: now)."""
         self._hold_ns = 0
         try:
-            return self._handle(peer, frames, received_ns, owner), self._hold_ns
+            return self._handle(peer, frames, received_ns, owner, n_frames), self._hold_ns
         except Exception as e:  # a bug must not take the daemon down; the sender learns what happened
             log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
             return [encode(Error(self._last_sid.get(peer, 0), -1, "internal", f"{type(e).__name__}: {e}"))], 0
@@ -171,11 +173,13 @@ class RxNode:
                 session.peers.remove(peer)
         self._last_sid.pop(peer, None)
 
-    def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None, owner: str | None) -> list[bytes]:
+    def _handle(self, peer: bytes, frames: list[bytes], received_ns: int | None, owner: str | None,
+                n_frames: int | None) -> list[bytes]:
         received_ns = received_ns or time.time_ns()
         sid = self._last_sid.get(peer, 0)
-        if len(frames) != 1:
-            return [self._error(sid, -1, "bad_message", f"expected 1 frame, got {len(frames)}")]
+        n_frames = len(frames) if n_frames is None else n_frames
+        if n_frames != 1:
+            return [self._error(sid, -1, "bad_message", f"expected 1 frame, got {n_frames}")]
         try:
             msg = decode(frames[0], self.limits)
         except ProtocolError as e:
@@ -220,10 +224,8 @@ class RxNode:
         if len(frame) > self.limits.max_message_bytes:
             return None  # not read at all
         try:
-            body = msgpack.unpackb(frame, raw=False, strict_map_key=False, max_bin_len=self.limits.max_message_bytes,
-                                   max_str_len=self.limits.max_str_len, max_array_len=self.limits.max_container_len,
-                                   max_map_len=self.limits.max_container_len, max_ext_len=0)
-        except Exception:  # msgpack raises several classes for bad bytes
+            body = unpack(frame, self.limits, strict_map_key=False)
+        except ProtocolError:
             return None
         if not isinstance(body, dict) or body.get("type") == Hello.TYPE:
             return None
@@ -401,7 +403,7 @@ def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int |
 
     Replies a mode holds back (an emulated air time, :attr:`Reply.not_before_ns`)
     wait in a queue while other peers are served; after a message larger than
-    :data:`RELEASE_AFTER_BYTES` the freed memory goes back to the system.
+    :data:`RELEASE_AFTER_BYTES` (all its frames) the freed memory goes back to the system.
     """
     node.warm_up()
     log.info("RX pid %d serving %s on %s", node.pid, ", ".join(sorted(node.halves)), sock.address)
@@ -412,9 +414,10 @@ def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int |
         got = sock.recv(wait_ms) if max_rounds is None or node.stats.rounds < max_rounds else None
         if got is not None:
             peer, frames = got
-            replies, hold_ns = node.handle_timed(peer, frames, time.time_ns(), sock.last_user_id)
+            replies, hold_ns = node.handle_timed(peer, frames, time.time_ns(), sock.last_user_id, sock.last_frames)
             heapq.heappush(held, (hold_ns, next(order), peer, replies))
-            if sum(len(f) for f in frames) > RELEASE_AFTER_BYTES:
+            got = frames = None  # ZeroMQ's buffer of the frame is freed before the memory goes back
+            if sock.last_bytes > RELEASE_AFTER_BYTES:
                 release_freed_memory()
         elif max_rounds is not None and node.stats.rounds >= max_rounds and held:
             time.sleep(max(0, held[0][0] - time.time_ns()) / 1e9)

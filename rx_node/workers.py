@@ -75,7 +75,8 @@ Pirate heartbeats:
 Frames between the front end and a worker (the ROUTER prepends/strips the
 worker's identity ``w<index>g<generation>``, a remote worker's ``r<12 hex>``):
 
-- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), *frames]``,
+- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), n_frames(8), *frames]``
+  (``frames``: the TX's one frame, or none of a message of ``n_frames`` > 1, which the worker refuses),
   ``[b"G", peer]`` (the TX connection is gone: detach it from its sessions, which stay),
   ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
 - remote worker -> front end, before its slot: ``[b"JOIN"]``; front end -> it: ``[b"SPEC", spec (JSON)]``;
@@ -109,7 +110,7 @@ import zmq
 
 from common.net.security import AllowListAuthenticator, RxSecurity, TxSecurity, apply_client, apply_server
 from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
-from common.wire.protocol import Error, encode
+from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, unpack
 
 log = logging.getLogger("semalign.rx")
 
@@ -130,11 +131,12 @@ def default_worker_argv() -> list[str]:
     return [sys.executable, "-m", "rx_node.worker"]
 
 
-def peek(frame) -> dict | None:
-    """The envelope of a request frame as a dict (``type``, ``session_id``, ``seq``...), or None."""
+def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
+    """The envelope of a request frame (bytes or a buffer) as a dict (``type``, ``session_id``, ``seq``...),
+    or None; decoded under ``limits`` as the workers decode it (:func:`~common.wire.protocol.unpack`)."""
     try:
-        body = msgpack.unpackb(bytes(frame), raw=False, max_ext_len=0)
-    except Exception:  # msgpack raises several classes for bad bytes
+        body = unpack(frame, limits, strict_map_key=False)
+    except ProtocolError:
         return None
     return body if isinstance(body, dict) else None
 
@@ -213,7 +215,8 @@ class FrontEnd:
 
     ``opts``/``link_table``: the RX's options, handed to every worker (less
     the one-writer options for workers 1..W-1). ``worker_argv``: the command
-    that starts a worker. :attr:`stats` sums the workers' counters
+    that starts a worker. ``limits``: the workers' decode limits (the front
+    end reads a HELLO's or a lost request's envelope under them). :attr:`stats` sums the workers' counters
     (:class:`~rx_node.daemon.RxStats`), the lost ones' included;
     :attr:`losses` lists ``(index, reason)`` of every worker lost.
     """
@@ -221,7 +224,8 @@ class FrontEnd:
     def __init__(self, opts: dict, link_table: dict, sock: RxSocket, workers: int,
                  worker_argv: list[str] | None = None, modes: list[str] | None = None,
                  one_owner: set[str] = frozenset(), one_writer_options: set[str] = frozenset(),
-                 remote_bind: str | None = None, remote_security: RxSecurity | None = None):
+                 limits: DecodeLimits = DecodeLimits(), remote_bind: str | None = None,
+                 remote_security: RxSecurity | None = None):
         if workers < (0 if remote_bind else 1):
             raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with workers on "
                              "other hosts, --worker-bind)")
@@ -232,6 +236,7 @@ class FrontEnd:
         self.modes = list(modes or [])
         self.one_owner = set(one_owner)
         self.one_writer_options = set(one_writer_options)
+        self.limits = limits
         self.stats = RxStats()
         self.losses: list[tuple[int, str]] = []
         self._retired = RxStats()  # counters of workers lost or replaced
@@ -414,7 +419,7 @@ class FrontEnd:
         target, sid = None, None
         hello = None
         if len(frames) == 1 and len(frames[0]) <= HELLO_PEEK_BYTES:
-            body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0])
+            body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0], self.limits)
             if body and body.get("type") == "HELLO":
                 hello = body
         if hello is not None and hello.get("mode") in self.one_owner:
@@ -450,13 +455,14 @@ class FrontEnd:
         return w
 
     def _from_tx(self) -> None:
-        peer, frames, owner = self.sock.recv_frames()
+        peer, frames, owner = self.sock.recv_frames()  # no frame of a message of several (they are refused)
         w = self._pick(peer, frames, owner)
         if w is None:
             self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
             return
         reqid = _U64.pack(next(self._reqids))
-        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()), *frames]
+        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()),
+                 _U64.pack(self.sock.last_frames), *frames]
         if self._to_worker(w, parts):
             w.inflight[reqid] = (peer, frames)
         else:
@@ -464,7 +470,8 @@ class FrontEnd:
 
     def _refuse(self, peer: bytes, frames: list, why: str) -> None:
         """ERROR ``no_session`` for a request no worker will answer (a HELLO is dropped: the TX re-sends it)."""
-        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]) if len(frames) == 1 else None
+        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0], self.limits) \
+            if len(frames) == 1 else None
         if not body or body.get("type") == "HELLO":
             return
         sid, seq = body.get("session_id", 0), body.get("seq", -1)
@@ -730,15 +737,16 @@ def _serve(spec: dict, sock: zmq.Socket) -> int:
                 heard = time.monotonic()
                 kind = kind.bytes
                 if kind == b"M":
-                    reqid, peer, owner, rx_ns, *frames = rest
-                    peer_b = peer.bytes
+                    reqid, peer, owner, rx_ns, n_frames, *frames = rest
                     before = (node.stats.ok, node.stats.failed)
-                    data = [f.bytes for f in frames]
-                    replies, hold_ns = node.handle_timed(peer_b, data, _U64.unpack(rx_ns.bytes)[0],
-                                                         owner.bytes.decode() or None)
+                    size = sum(len(f) for f in frames)
+                    replies, hold_ns = node.handle_timed(peer.bytes, [f.buffer for f in frames],
+                                                         _U64.unpack(rx_ns.bytes)[0], owner.bytes.decode() or None,
+                                                         _U64.unpack(n_frames.bytes)[0])
                     counts = msgpack.packb([node.stats.ok - before[0], node.stats.failed - before[1]])
                     heapq.heappush(held, (hold_ns, next(order), reqid, peer, counts, replies))
-                    if sum(len(f) for f in data) > RELEASE_AFTER_BYTES:
+                    rest = frames = None  # ZeroMQ's buffer of the frame is freed before the memory goes back
+                    if size > RELEASE_AFTER_BYTES:
                         release_freed_memory()
                 elif kind == b"G":
                     node.drop_peer(rest[0].bytes)

@@ -62,6 +62,8 @@ RX_DAEMON = [
     Option("max_alpha", int, "Hard limit: alpha per payload", DecodeLimits.max_alpha),
     Option("max_str_len", int, "Hard limit: msgpack string length, bytes", DecodeLimits.max_str_len),
     Option("max_container_len", int, "Hard limit: msgpack array/map length", DecodeLimits.max_container_len),
+    Option("max_objects", int, "Hard limit: msgpack objects in one message (values, keys, containers)",
+           DecodeLimits.max_objects),
 ]
 
 TX_DAEMON = [

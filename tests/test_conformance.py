@@ -23,6 +23,7 @@ import zmq
 from common.link.sidelink import PayloadLost, Sidelink, create_sidelink
 from common.wire.protocol import PROTOCOL_VERSION, Channel, DecodeLimits, Error, Hello, Result, decode, encode
 from rx_node.daemon import RxNode
+from semalign.campaigns.pca_lora.refusal_bench import object_bomb
 from tests.helpers import ServedRx, payload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +226,8 @@ def _pca_case(case: str, served, codec, link, digits, sid: int, client: Client):
         return [good, good], seq, None
     if case == "payload_truncated":
         return good[:-7], seq, None
+    if case == "object_bomb":
+        return object_bomb(64, session_id=sid, seq=seq), seq, None
     if case == "frame_over_limit":
         rest = len(good) - len(msgpack.unpackb(good)["values"])
         frame = _repack(good, values=bytes(PCA_MAX_BYTES + 100 - rest))

@@ -155,8 +155,8 @@ def test_lost_reply_is_re_sent_and_answered_from_the_record(inproc_rx, digits_ar
 
 def test_rx_that_never_answers_ends_in_failed_rounds_with_reasons(inproc_rx, digits_artifacts, digits, tmp_path):
     node, address = inproc_rx(DroppingSocket, drop_out=set())
-    node.handle_timed = lambda peer, frames, t=None, owner=None: ([], 0) if isinstance(decode(frames[0]), Payload) \
-        else type(node).handle_timed(node, peer, frames, t, owner)
+    node.handle_timed = lambda peer, frames, t=None, owner=None, n=None: \
+        ([], 0) if isinstance(decode(frames[0]), Payload) else type(node).handle_timed(node, peer, frames, t, owner, n)
     records = run_tx(digits_artifacts, digits, address, tmp_path, 2, result_timeout_s=0.2, round_attempts=2)
     assert [r.status for r in records] == ["failed", "failed"]
     assert "no RESULT for round 0 within 0.2 s" in records[0].error and records[0].attempts == 2

@@ -12,9 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.wire.protocol import MESSAGE_TYPES, PROTOCOL_VERSION, DecodeLimits, Error, Hello, ProtocolError, Result, decode, encode
+from common.wire.protocol import (MESSAGE_TYPES, PROTOCOL_VERSION, DecodeLimits, Error, Hello, ProtocolError, Result,
+                                  check_msgpack_cost, decode, encode)
 
 from common.modes.pca_lora.messages import Payload
+from semalign.campaigns.pca_lora.refusal_bench import object_bomb
 from tests.helpers import hello, payload, rx_node
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -180,6 +182,62 @@ def test_str_and_container_limits():
     with pytest.raises(ProtocolError):
         decode(lst, DecodeLimits(max_container_len=256))
 
+
+
+def _objects(value) -> int:
+    """msgpack objects in ``value`` as :func:`check_msgpack_cost` counts them: every value, key and container."""
+    if isinstance(value, dict):
+        return 1 + sum(_objects(k) + _objects(v) for k, v in value.items())
+    if isinstance(value, list):
+        return 1 + sum(_objects(v) for v in value)
+    return 1
+
+
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=40)
+                       | st.binary(max_size=300),
+                       lambda kids: st.lists(kids, max_size=20) | st.dictionaries(st.text(max_size=8), kids, max_size=8),
+                       max_leaves=200)
+
+
+@FUZZ
+@given(_VALUES)
+def test_the_object_count_is_exact(value):
+    """The header walk counts what unpackb builds: a budget of exactly that passes, one less is refused."""
+    frame, n = msgpack.packb(value, use_bin_type=True), _objects(value)
+    check_msgpack_cost(frame, DecodeLimits(max_objects=n))
+    if n > 1 and isinstance(value, (list, dict)):
+        with pytest.raises(ProtocolError, match="more than"):
+            check_msgpack_cost(frame, DecodeLimits(max_objects=n - 1))
+
+
+def _nested_bomb() -> bytes:  # 256 x 256 x 256 two-character strings (50.5 MB), no container over 256
+    return object_bomb(256)
+
+
+def _flat_bomb() -> bytes:  # a map of 255 keys, each an array of 255 floats: 65 536 objects
+    return msgpack.packb({"v": PROTOCOL_VERSION, "type": "HELLO", **{f"k{i}": [0.5] * 255 for i in range(254)}})
+
+
+def _wide_strings() -> bytes:  # 250 strings of 4 KB, each with one 4-byte character: 4x the frame as Python strs
+    return msgpack.packb({"v": PROTOCOL_VERSION, "type": "ERROR", "x": ["\U0001F600" + "a" * 4000] * 250})
+
+
+@pytest.mark.parametrize("build,needle", [(_nested_bomb, "announces more than 16384"),
+                                          (_flat_bomb, "announces more than 16384"),
+                                          (_wide_strings, "bytes of strings and bins")])
+def test_object_and_allocation_bombs_build_nothing(build, needle):
+    """Length limits let these through (no container over 256, no string over 4096 B); unpacked they took 26x
+    their size (the nested one: 1.25 GiB and 2.4 s at the RX). Refused from their headers, building nothing."""
+    frame = build()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match=needle) as e:
+            decode(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.value.code == "bad_message"
+    assert peak < 2**16, f"{peak} bytes allocated refusing a {len(frame)}-byte frame"
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_floats_refused(value):

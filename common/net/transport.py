@@ -1,6 +1,7 @@
 """ZeroMQ endpoints. The RX binds a ROUTER (many TX sessions); each TX connects a DEALER.
 
-One protocol message per ZeroMQ message (a single frame). The TX side never
+One protocol message per ZeroMQ message (a single frame); the RX reads a
+message frame by frame and keeps no frame of one that has several. The TX side never
 blocks without a timeout and rebuilds its socket after one (lazy pirate).
 
 The RX never blocks on a send. Its ROUTER has ``ROUTER_MANDATORY`` and a
@@ -42,6 +43,9 @@ from common.net.security import (
 
 SEND_HWM = 64  # replies queued per TX before further replies to it are dropped (a TX has <= 2 in flight)
 RECV_HWM = 16  # messages buffered per TX while the serving loop is busy (then TCP pushes back)
+# libzmq decrypts (CURVE) and decodes a frame in one go on the connection's I/O thread; with one thread, another
+# TX's message waited behind a 50 MB frame's decryption (tens of ms). Connections are spread over the threads.
+RX_IO_THREADS = 2
 # libzmq compares MAXMSGSIZE with the frame on the wire: CURVE adds 33 bytes to each message, and a
 # little slack lets a frame just over the protocol limit reach decode(), which answers ERROR "oversize".
 MAXMSGSIZE_SLACK = 4096
@@ -117,7 +121,9 @@ class RxSocket:
 
     ``max_message_bytes``: the protocol's limit per message (``DecodeLimits``);
     ZeroMQ drops connections that announce more than :func:`max_wire_bytes`
-    of it. ``send_hwm`` / ``recv_hwm``: messages queued per peer outbound /
+    of it. ``context``: default the process's shared one, which gets
+    :data:`RX_IO_THREADS` I/O threads when this socket is its first user (as
+    in the RX daemons). ``send_hwm`` / ``recv_hwm``: messages queued per peer outbound /
     inbound. :attr:`dropped` counts dropped replies by reason.
     """
 
@@ -127,7 +133,7 @@ class RxSocket:
         if max_message_bytes <= 0 or send_hwm <= 0 or recv_hwm <= 0:
             raise ValueError(f"RxSocket needs positive limits, got max_message_bytes={max_message_bytes}, "
                              f"send_hwm={send_hwm}, recv_hwm={recv_hwm}")
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context or zmq.Context.instance(io_threads=RX_IO_THREADS)
         self.security = security or RxSecurity()
         self.max_message_bytes = int(max_message_bytes)
         self.maxmsgsize = max_wire_bytes(max_message_bytes)
@@ -137,6 +143,7 @@ class RxSocket:
         self.monitor: ConnectionMonitor | None = None
         self._next_log_flush = 0.0
         self.last_user_id: str | None = None  # authenticated sender of the last message (see recv)
+        self.last_frames = self.last_bytes = 0  # frames and bytes of the last message (see recv_frames)
         if self.security.curve:
             self.auth = AllowListAuthenticator(self._ctx, self.security.allow_dir)
             self.auth.start()
@@ -164,12 +171,11 @@ class RxSocket:
         if self.address.startswith("tcp://"):
             self.monitor.port = int(self.address.rsplit(":", 1)[1])
 
-    def recv(self, timeout_ms: int) -> tuple[bytes, list[bytes]] | None:
-        """``(peer identity, frames)`` or None after ``timeout_ms``.
+    def recv(self, timeout_ms: int) -> tuple[bytes, list[memoryview]] | None:
+        """``(peer identity, frames)`` of the next message, or None after ``timeout_ms``; see :meth:`recv_frames`.
 
-        :attr:`last_user_id` is then the sender's authenticated identity: its
-        CURVE public key (z85) as the ZAP handler admitted it, or None on a
-        plain (``--insecure``) socket, where nothing is authenticated.
+        The frame is a read-only buffer over ZeroMQ's own (not copied);
+        :attr:`last_user_id` is then the sender's authenticated identity.
         """
         now = time.monotonic()
         if now >= self._next_log_flush:  # a refusal flood that stopped still gets its summary line
@@ -177,26 +183,37 @@ class RxSocket:
             flush_refusal_logs()
         if not self.sock.poll(timeout_ms, zmq.POLLIN):
             return None
-        peer, *parts = self.sock.recv_multipart(copy=False)
-        self.last_user_id = None
-        if self.auth is not None and parts:
-            try:
-                self.last_user_id = parts[-1].get("User-Id") or None
-            except zmq.ZMQError:  # no metadata on this message
-                self.last_user_id = None
-        return peer.bytes, [p.bytes for p in parts]
+        peer, frames, self.last_user_id = self.recv_frames()
+        return peer, [f.buffer for f in frames]
 
     def recv_frames(self) -> tuple[bytes, list[zmq.Frame], str | None]:
         """``(peer identity, frames, authenticated identity or None)`` of one waiting message, the frames
-        as ZeroMQ frames (not copied: a front end forwards them as they are). Call after a poll."""
-        peer, *parts = self.sock.recv_multipart(copy=False)
+        as ZeroMQ frames (not copied: a front end forwards them as they are). Call after a poll.
+
+        ``frames`` is the message's one frame, or ``[]`` for a message of
+        several: the protocol has none, and they are read and freed one at a
+        time, never held together. :attr:`last_frames` and :attr:`last_bytes`
+        are the frames and bytes the message had. (libzmq hands over a
+        message only once all its frames arrived; each frame is capped by
+        ``MAXMSGSIZE``, their number is not.) The identity is the sender's
+        CURVE public key (z85) as the ZAP handler admitted it, or None on a
+        plain (``--insecure``) socket, where nothing is authenticated.
+        """
+        peer = self.sock.recv(copy=False)
+        frame = part = self.sock.recv(copy=False)  # a ROUTER gives the identity, then at least one frame
+        self.last_frames, self.last_bytes = 1, len(frame)
+        while part.more:
+            frame = None
+            part = self.sock.recv(copy=False)
+            self.last_frames += 1
+            self.last_bytes += len(part)
         user_id = None
-        if self.auth is not None and parts:
+        if self.auth is not None:
             try:
-                user_id = parts[-1].get("User-Id") or None
+                user_id = part.get("User-Id") or None
             except zmq.ZMQError:  # no metadata on this message
                 user_id = None
-        return peer.bytes, parts, user_id
+        return peer.bytes, [frame] if frame is not None else [], user_id
 
     def flush_logs(self) -> None:
         """Once a second: the summary line of a refusal flood that stopped (:meth:`recv` does it itself)."""

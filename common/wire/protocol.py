@@ -44,7 +44,9 @@ class DecodeLimits:
     """Hard limits checked before and while decoding (no memory blow-up from a length field).
 
     ``max_message_bytes``: any frame; ``max_vectors``/``max_alpha``: pca-lora
-    payloads; ``max_str_len``/``max_container_len``: msgpack strings, arrays, maps.
+    payloads; ``max_str_len``/``max_container_len``: msgpack strings, arrays, maps;
+    ``max_objects``: msgpack objects in one frame (every value, key and container
+    counts one; see :func:`check_msgpack_cost`).
     """
 
     max_message_bytes: int = 64 * 2**20
@@ -52,6 +54,7 @@ class DecodeLimits:
     max_alpha: int = 4096
     max_str_len: int = 4096
     max_container_len: int = 256
+    max_objects: int = 16384
 
     def __post_init__(self):
         for f in fields(self):
@@ -192,18 +195,89 @@ def encode(msg) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()):
-    """Parse one frame; raises :class:`ProtocolError` naming what is wrong."""
-    if len(frame) > limits.max_message_bytes:
-        raise ProtocolError("oversize", f"message of {len(frame)} bytes exceeds the limit of "
-                                        f"{limits.max_message_bytes} bytes")
+DECODE_SLACK_BYTES = 1 << 20  # strings and bins may decode to 2 x the frame + this (small frames' non-ASCII text)
+# msgpack type bytes 0xc0..0xdf -> (kind, bytes of the length or value after the type byte)
+_SKIP, _BIN, _STR, _ARRAY, _MAP, _BAD = range(6)
+_HEADS = [(_SKIP, 0), (_BAD, 0), (_SKIP, 0), (_SKIP, 0),  # nil, never used, false, true
+          (_BIN, 1), (_BIN, 2), (_BIN, 4),  # bin 8/16/32
+          (_BAD, 0), (_BAD, 0), (_BAD, 0),  # ext 8/16/32: unpackb refuses every ext (max_ext_len 0)
+          (_SKIP, 4), (_SKIP, 8),  # float 32/64
+          (_SKIP, 1), (_SKIP, 2), (_SKIP, 4), (_SKIP, 8), (_SKIP, 1), (_SKIP, 2), (_SKIP, 4), (_SKIP, 8),  # u/int
+          (_BAD, 0), (_BAD, 0), (_BAD, 0), (_BAD, 0), (_BAD, 0),  # fixext 1/2/4/8/16: refused likewise
+          (_STR, 1), (_STR, 2), (_STR, 4), (_ARRAY, 2), (_ARRAY, 4), (_MAP, 2), (_MAP, 4)]
+
+
+def check_msgpack_cost(frame, limits: DecodeLimits) -> None:
+    """Refuse a frame whose msgpack decoding would build too much, reading its headers only.
+
+    ``bad_message`` when it announces more than ``limits.max_objects`` objects
+    (a container's entries count as soon as its header is read, so a nesting
+    of small arrays is refused before its contents are walked), or when its
+    strings and bins would take more than twice the frame plus
+    :data:`DECODE_SLACK_BYTES` (a non-ASCII string counts 4 bytes per byte:
+    its worst case as a Python str). Decoding what passes allocates at most
+    that plus ~100 B per object. Builds nothing; costs at most ``max_objects`` header reads.
+    Malformed input (truncated, byte 0xc1, an ext type, a length over the limits) stops the
+    walk and is left to ``msgpack.unpackb``, which refuses it where the walk
+    stopped, having built no more objects than were counted.
+    """
+    n, pos, pending, objects, data = len(frame), 0, 1, 0, 0
+    while pending and pos < n:
+        b = frame[pos]
+        pos += 1
+        pending -= 1
+        objects += 1
+        if b <= 0x7f or b >= 0xe0:  # fixint
+            continue
+        if b <= 0x9f:  # fixmap, fixarray
+            pending += (b & 0x0f) * (2 if b <= 0x8f else 1)
+            kind = _ARRAY
+        elif b <= 0xbf:  # fixstr
+            kind, size = _STR, b & 0x1f
+        else:
+            kind, width = _HEADS[b - 0xc0]
+            if kind == _SKIP:
+                pos += width
+                continue
+            if kind == _BAD:
+                return
+            size = int.from_bytes(frame[pos:pos + width], "big")
+            pos += width
+            if kind == _ARRAY or kind == _MAP:
+                pending += size * (2 if kind == _MAP else 1)
+        if kind == _ARRAY or kind == _MAP:
+            if objects + pending > limits.max_objects:
+                raise ProtocolError("bad_message", f"message of {n} bytes announces more than "
+                                                   f"{limits.max_objects} msgpack objects")
+            continue
+        if pos + size > n or (kind == _STR and size > limits.max_str_len):
+            return
+        data += size if kind == _BIN or bytes(frame[pos:pos + size]).isascii() else 4 * size
+        pos += size
+        if data > 2 * n + DECODE_SLACK_BYTES:
+            raise ProtocolError("bad_message", f"message of {n} bytes would decode to more than "
+                                               f"{2 * n + DECODE_SLACK_BYTES} bytes of strings and bins")
+
+
+def unpack(frame, limits: DecodeLimits = DecodeLimits(), strict_map_key: bool = True):
+    """``msgpack.unpackb`` of one frame (bytes or a buffer) under ``limits``, after
+    :func:`check_msgpack_cost`; any failure is ``ProtocolError("bad_message")``."""
+    check_msgpack_cost(frame, limits)
     try:
-        body = msgpack.unpackb(
-            frame, raw=False, strict_map_key=True, max_bin_len=limits.max_message_bytes,
+        return msgpack.unpackb(
+            frame, raw=False, strict_map_key=strict_map_key, max_bin_len=limits.max_message_bytes,
             max_str_len=limits.max_str_len, max_array_len=limits.max_container_len,
             max_map_len=limits.max_container_len, max_ext_len=0)
     except Exception as e:  # msgpack raises several unrelated classes for bad bytes
         raise ProtocolError("bad_message", f"not a msgpack message ({type(e).__name__}: {e})") from e
+
+
+def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()):
+    """Parse one frame (bytes or a buffer); raises :class:`ProtocolError` naming what is wrong."""
+    if len(frame) > limits.max_message_bytes:
+        raise ProtocolError("oversize", f"message of {len(frame)} bytes exceeds the limit of "
+                                        f"{limits.max_message_bytes} bytes")
+    body = unpack(frame, limits)
     if not isinstance(body, dict):
         raise ProtocolError("bad_message", f"message must be a msgpack map, got {type(body).__name__}")
     if not all(isinstance(k, str) for k in body):

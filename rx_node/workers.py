@@ -442,7 +442,8 @@ class FrontEnd:
             if target is not None or not ready:  # a one-owner mode's worker 0 is not ready
                 return None
             active = self._active_pins()
-            w = min(ready, key=lambda x: (active[x.index], x.index))
+            # fewest active pins; on a tie not worker 0 when it carries a one-owner mode (the federation)
+            w = min(ready, key=lambda x: (active[x.index], x.index == 0 and bool(self.one_owner), x.index))
         self._pins.pop(route, None)
         self._pins[route] = (w.index, time.monotonic())  # most recently active last
         while len(self._pins) > MAX_PINS:

@@ -375,3 +375,35 @@ def test_remote_worker_joins_over_curve_serves_sessions_and_its_loss_is_survived
     assert second[-1]["rx_pid"] == first[0]["rx_pid"]  # after its loss: the local worker
     assert "RX worker 127.0.0.1 REFUSED" in text and "RX worker 1 (pid" in text and "closing its slot" in text, \
         text[-3000:] + out
+
+
+# ------------------------------------------------------------------ several modes on one multi-process RX
+
+
+def test_mixed_modes_fed_lora_on_worker_0_pca_lora_beside_it(digits_artifacts, digits, tmp_path):
+    """One RX with 2 workers serving pca-lora and fed-lora at once: the federation's devices all land on
+    worker 0 (one base station), a pca-lora TX that arrives after them on worker 1; every round of both
+    modes ends ok."""
+    from tests.test_fed_lora_mode import run_devices, tx_half
+
+    log = tmp_path / "rx.log"
+    proc, address = start_rx(digits_artifacts, "--workers", "2", "--mode", "pca-lora,fed-lora", "--fed-devices", "2",
+                             "--fed-policy", "fixed", "--trace", "demo", "--trace-rounds", "4", log_file=log)
+    fed: dict = {}
+    devices = threading.Thread(target=lambda: fed.update(
+        run_devices(address, [tx_half(k, fed_devices=2) for k in range(2)], 2, tmp_path / "fed")))
+    try:
+        devices.start()
+        _wait_for(log, "device 1 joined")
+        pca = _campaigns(digits_artifacts, digits, address, tmp_path, 1, 4)[0]
+        devices.join(300)
+        assert not devices.is_alive(), "the fed-lora devices did not finish within 300 s"
+    finally:
+        out = stop(proc) or ""
+    text = log.read_text()
+    fed_rows = [r for k in sorted(fed) for r in fed[k]]
+    assert len(fed_rows) == 4 and all(r.status == "ok" for r in fed_rows), [(r.status, r.error) for r in fed_rows]
+    assert [r["status"] for r in pca] == ["ok"] * 4, [r["error"] for r in pca]
+    fed_pids = {r.rx_pid for r in fed_rows}
+    assert len(fed_pids) == 1 and pca[0]["rx_pid"] not in fed_pids | {proc.pid}, (fed_pids, pca[0]["rx_pid"])
+    assert "rx-w0 INFO round 1 formed" in text, text[-3000:] + out

@@ -1,4 +1,5 @@
-"""Per-round tables a person can read at a glance (rich, to stdout, as wide as the terminal).
+"""Tables a person can read at a glance: per-round tables (rich, to stdout, as wide as the terminal) and the
+Markdown tables the campaigns write into their reports (:func:`markdown_lines`, the one writer of them).
 
 :func:`print_results` prints any ``results.json``: with the table of the mode's
 campaigns package where it has one (``rounds_table``, e.g. pca-lora's as the
@@ -20,6 +21,11 @@ from common.results.log import RoundRecord
 from semalign.campaigns import campaigns_of
 
 COMMON_KEYS = {f.name for f in dataclass_fields(RoundRecord)} - {"fields"}
+
+
+def markdown_lines(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table as lines: ``| a | b |``, the ``|---|---|`` rule, then one line per row of cells."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def fmt(v, spec: str) -> str:

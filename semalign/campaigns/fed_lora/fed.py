@@ -53,6 +53,7 @@ from common.modes.fed_lora.aggregation import AGGREGATIONS
 from common.modes.fed_lora.spec import TASKS, preset
 from common.results.log import load_results
 from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
+from semalign.campaigns.tables import markdown_lines
 
 log = logging.getLogger("semalign.fed")
 POLICIES = ("ours", "fixed", "random")
@@ -457,7 +458,7 @@ def format_tables(result: dict) -> str:
     for policy, res in result["policies"].items():
         lines += [f"### policy {policy}", ""]
         head = ["round", "global acc"] + [f"dev{k} module / E mJ / Q mJ" for k in range(n)] + ["lost", "s"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        table = []
         by_round = {b["round"]: b for b in res["base_station"]}
         rounds = sorted({r["round"] for rs in res["devices"].values() for r in rs})
         for rnd in rounds:
@@ -473,12 +474,12 @@ def format_tables(result: dict) -> str:
                 cells.append(f"{r.get('module')}{mark} / {_fmt(1e3 * (r.get('energy_j') or 0), '.2f')} / "
                              f"{_fmt(1e3 * (r.get('queue_j') or 0), '.2f')}")
             cells += [str(lost), _fmt(by_round.get(rnd, {}).get("round_wall_s"), ".2f")]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            table.append(cells)
+        lines += markdown_lines(head, table) + [""]
     lines += ["### summary", ""]
     head = ["policy", "final acc", "best acc", "mean E/device mJ"] + \
         [f"dev{k} mean E / budget mJ" for k in range(n)] + ["budgets met", "lost", "failed", "s/round"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for policy, res in result["policies"].items():
         s = res["summary"]
         cells = [policy, _fmt(s["final_acc"], ".3f"), _fmt(s["best_acc"], ".3f"),
@@ -489,14 +490,15 @@ def format_tables(result: dict) -> str:
                          f" / {1e3 * v['budget_j']:.2f}")
         cells += ["yes" if s["budgets_met"] else "no", str(s["lost"]), str(s["failed"]),
                   _fmt(s["mean_round_wall_s"], ".2f")]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
     ref = result.get("reference")
     if ref:
         accs = ref["acc_by_round"]
-        cells = ["central (reference)", _fmt(accs[-1] if accs else None, ".3f"),
-                 _fmt(max(accs) if accs else None, ".3f"), "-"] + ["-"] * n + \
-            ["-", "-", "-", _fmt(ref["train_s"] / len(accs) if accs else None, ".2f")]
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(["central (reference)", _fmt(accs[-1] if accs else None, ".3f"),
+                      _fmt(max(accs) if accs else None, ".3f"), "-"] + ["-"] * n +
+                     ["-", "-", "-", _fmt(ref["train_s"] / len(accs) if accs else None, ".2f")])
+    lines += markdown_lines(head, table)
+    if ref:
         lines += ["", f"central reference: {ref['module']} on the union of the shards ({ref['n_train']} samples), "
                   f"{ref['epochs']:g} epochs per round, batch {ref['batch_size']}, lr {ref['lr']:g}, "
                   f"{ref['steps']} optimiser steps in all; accuracy {ref['acc_before']:.3f} before training; "

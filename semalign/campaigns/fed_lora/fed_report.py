@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from semalign.campaigns.tables import markdown_lines
+
 POLICY_COLOURS = {"ours": "tab:blue", "fixed": "tab:orange", "random": "tab:green", "central": "black"}
 POLICY_LABELS = {"ours": "ours (online drift-plus-penalty)", "fixed": "fixed-rank FedAvg",
                  "random": "random switching", "central": "centralised LoRA (reference)"}
@@ -270,7 +272,7 @@ def format_sweep(sweep: dict, at_rounds: tuple[int, ...] | None = None) -> str:
         lines += [f"### after {at} rounds (mean ± std over seeds {', '.join(map(str, sweep['seeds']))})", ""]
         head = ["policy", f"budget {unit}", "accuracy", f"mean E / device / round {unit}",
                 "worst device E / budget", "E / budget per device", "budgets met (seeds)", "s / round", "target"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        cells = []
         for r in rows:
             target = "-"
             if r["policy"] == "ours" and fixed is not None and fixed["acc"]["mean"] is not None:
@@ -281,13 +283,13 @@ def format_sweep(sweep: dict, at_rounds: tuple[int, ...] | None = None) -> str:
             budget = "-" if r["budget_j"] is None else f"{scale * r['budget_j']:.3g}"
             if r["policy"] in ("fixed", "random"):
                 budget = f"(ignores; vs {scale * sweep['budgets_j'][0]:.3g})"
-            lines.append("| " + " | ".join([
+            cells.append([
                 r["policy"], budget, _pm(r["acc"]), _pm(r["energy_j"], scale, ".2f"),
                 _pm(r["worst_e_over_budget"], 1.0, ".2f"),
                 ", ".join(f"{x:.2f}" for x in r["e_over_budget"]) or "-",
                 "-" if r["budgets_met"] is None else f"{r['budgets_met']}/{len(r['seeds'])}",
-                _pm(r["s_per_round"], 1.0, ".2f"), target]) + " |")
-        lines.append("")
+                _pm(r["s_per_round"], 1.0, ".2f"), target])
+        lines += markdown_lines(head, cells) + [""]
     return "\n".join(lines)
 
 

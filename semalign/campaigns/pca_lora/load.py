@@ -37,6 +37,7 @@ from common.files import read_jsonl
 from semalign.campaigns.processes import free_port, launch, stop_process
 from semalign.campaigns.pca_lora.replay_load import replay
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
+from semalign.campaigns.tables import markdown_lines
 
 log = logging.getLogger("semalign.load")
 
@@ -242,8 +243,8 @@ def table(rows: list[dict]) -> str:
     """The rows side by side: one line per N, a column group per W (rounds/s, p50/p90/p99, rounds lost,
     RX RSS: the front end's or the one process's, + the workers' summed)."""
     ws = sorted({r["workers"] for r in rows})
-    head = "| N | " + " | ".join(f"W={w} rounds/s | W={w} p50/p90/p99 ms | W={w} not ok | W={w} RSS MiB" for w in ws)
-    lines = [head + " | load 1 min |", "|" + "---|" * (2 + 4 * len(ws))]
+    head = ["N"] + [f"W={w} {c}" for w in ws for c in ("rounds/s", "p50/p90/p99 ms", "not ok", "RSS MiB")]
+    table = []
     f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     for n in sorted({r["n_tx"] for r in rows}):
         cells, loads = [], []
@@ -257,5 +258,5 @@ def table(rows: list[dict]) -> str:
                       f"{f(r['p50_ms'])} / {f(r['p90_ms'])} / {f(r['p99_ms'])}",
                       str(r["rounds_failed"]), rss]
             loads.append(f"{r['load1_after']:.1f}")
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {', '.join(loads)} |")
-    return "\n".join(lines)
+        table.append([str(n), *cells, ", ".join(loads)])
+    return "\n".join(markdown_lines(head + ["load 1 min"], table))

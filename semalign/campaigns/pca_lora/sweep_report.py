@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from semalign.campaigns.tables import markdown_lines
+
 ORDER = ("pretrained", "lora", "first_layer", "staged", "lora_bank", "lora_nobudget", "end_to_end", "full_ft",
          "last_layer")
 
@@ -55,7 +57,7 @@ def markdown_table(result: dict) -> str:
     default = _default(result)
     head = ["alpha", "N (train vectors)", "payload B"] + [
         f"{m}{' (default)' if m == default else ''} acc % / ms" for m in methods]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for a in alphas:
         lora = by.get((default, a)) or next(s for k, s in by.items() if k[1] == a)
         cells = [str(a), str(lora["n_train"]), str(lora["payload_bytes"])]
@@ -67,8 +69,8 @@ def markdown_table(result: dict) -> str:
             ms = s["train_ms_median"] if m == "end_to_end" else s["adapt_ms_median"]
             t = "-" if ms is None else (f"{ms / 1e3:.1f} s" if ms >= 1e4 else f"{ms:.0f} ms")
             cells.append(f"{100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f} / {t}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return "\n".join(markdown_lines(head, rows)) + "\n"
 
 
 def targets(result: dict, method: str | None = None) -> list[dict]:

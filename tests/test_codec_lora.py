@@ -160,6 +160,36 @@ def test_time_budget_stops_early(digits, recipe):
     assert 20 <= report.steps <= 45, report  # about one clock reading per step within 0.9 x 50 ms
 
 
+@pytest.mark.parametrize("recipe", ["lora", "first-layer", "staged"])
+def test_a_run_the_cap_cut_is_repeated_exactly_from_its_report(digits, digits_artifacts, recipe):
+    """A run the wall-clock cap cut (a fake clock: the same cut on any CPU) followed the schedule of its planned
+    steps; `--steps-from`'s Replay, given the report's stage_steps and stage_plan, repeats it to the last bit
+    with no cap at all, where the steps alone (a schedule of the run's length) give another model."""
+    from common.modes.pca_lora.artifacts import load_codec, load_model
+    from semalign.campaigns.pca_lora.replay import Replay
+
+    codec, meta = load_codec(digits_artifacts)
+    model = load_model(digits_artifacts, meta)
+    z = codec.encode(digits.x_train[:600], 10)
+    y = digits.y_train[:600]
+    config = AdaptConfig(recipe=recipe, steps=400, budget_ms=60, deep_budget_ms=60, max_epochs=0, holdout=0)
+    cut, report, _ = LoraAlignment(adapt=config, clock=StepClock(1e-3)).adapt_state(model, z, y, codec)
+    assert report.cut_by_cap and 0 < sum(report.stage_steps) < sum(report.stage_plan), report
+
+    def replayed(plan):
+        replay = Replay(config)
+        replay.set({"stage_steps": report.stage_steps, "stage_plan": plan, "cut_by_cap": True,
+                    "precision": report.precision})
+        return replay.adapt_state(model, z, y, codec)
+
+    again, rep, _ = replayed(report.stage_plan)
+    assert not rep.cut_by_cap and rep.steps == report.steps  # (a stage the cut never reached counts 0)
+    weights = lambda m: [p.detach() for p in m.parameters()]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(weights(cut), weights(again)))
+    shorter, _, _ = replayed(None)  # a file without stage_plan: the steps, on a schedule of their own length
+    assert not all(torch.equal(a, b) for a, b in zip(weights(cut), weights(shorter)))
+
+
 def test_folded_training_equals_unfolded(digits, digits_artifacts):
     """Training LoRA on z through the folded first layer gives the same W* as training on x_hat."""
     from common.modes.pca_lora.artifacts import load_codec, load_model

@@ -125,7 +125,9 @@ class AdaptReport:
     "none" (no training). ``cut_by_cap``: the wall-clock safety cap stopped
     the run before its steps (then ``complete`` is False and the result
     depends on the machine's load). ``stage_steps``: steps per stage (staged:
-    first-layer, all layers). ``precision``: the frozen layers' arithmetic
+    first-layer, all layers); ``stage_plan``: the steps planned per stage, whose
+    schedule (cosine) the run followed, so a cut run can be repeated exactly
+    (``semalign sweep --steps-from``: the plan's first ``sum(stage_steps)`` steps). ``precision``: the frozen layers' arithmetic
     ("fp32" or "bf16"); ``precision_by``: why (:meth:`LoraAlignment.precision_choice`:
     "measured", "forced", "given", "fp32 only", "no bf16 arithmetic") and
     ``precision_step_ms``: the recipe's step measured in each, ms (``{"fp32":
@@ -161,6 +163,7 @@ class AdaptReport:
     reused: bool = False
     precision_by: str | None = None
     precision_step_ms: dict | None = None
+    stage_plan: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -447,7 +447,8 @@ class LoraAlignment(AlignmentStrategy):
                              len(fit_idx), len(hold), acc_frozen, acc_adapted, steps_by,
                              total_done < requested and cap_s is not None, done,
                              precision, None if cal is None else round(cal.ms_per_step(0, alpha), 4),
-                             precision_by=choice["by"], precision_step_ms=choice["step_ms"])
+                             precision_by=choice["by"], precision_step_ms=choice["step_ms"],
+                             stage_plan=[int(k) for k in plan])
         return merged, report, state
 
     def holdout_verdict(self, model: nn.Sequential, candidate: nn.Sequential, z: np.ndarray, y: np.ndarray,

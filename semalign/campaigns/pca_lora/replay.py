@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment, requested_precision
+from common.modes.pca_lora.parts_plan import Stretch
 
 log = logging.getLogger("semalign.sweep")
 
@@ -25,14 +26,16 @@ PLANNED = ("lora", "first_layer", "staged", "lora_bank", "lora_nobudget", "defau
 
 
 def recorded_plans(rows: list[dict]) -> dict:
-    """``(method, alpha, seed, n_train) -> {"stage_steps": [...], "precision": str, "cut_by_cap": bool}``
-    for the adaptation rows of a sweep (``stage_steps``: steps per stage, ints)."""
+    """``(method, alpha, seed, n_train) -> {"stage_steps": [...], "stage_plan": [...] or None, "precision":
+    str, "cut_by_cap": bool}`` for the adaptation rows of a sweep (``stage_steps``: steps run per stage,
+    ``stage_plan``: steps planned per stage, ints; a sweep before ``stage_plan`` was recorded has None)."""
     out = {}
     for r in rows:
         if r.get("mode") == "in-process" and r.get("method") in PLANNED:
             out[(r["method"], int(r["alpha"]), int(r["seed"]), int(r["n_train"]))] = {
-                "stage_steps": [int(k) for k in r["stage_steps"]], "precision": r.get("precision") or "fp32",
-                "cut_by_cap": bool(r.get("cut_by_cap"))}
+                "stage_steps": [int(k) for k in r["stage_steps"]],
+                "stage_plan": [int(k) for k in r["stage_plan"]] if r.get("stage_plan") else None,
+                "precision": r.get("precision") or "fp32", "cut_by_cap": bool(r.get("cut_by_cap"))}
     return out
 
 
@@ -93,10 +96,10 @@ class StepsFrom:
         if p is None:
             raise ValueError(f"--steps-from {self.path}: no recorded steps for {method} at alpha {alpha}, "
                              f"seed {seed}, n_train {n_train}")
-        if p["cut_by_cap"]:
-            log.warning("%s: %s at alpha %d seed %d was cut by the wall-clock cap when recorded; its schedule "
-                        "was planned for more steps, so the replay is not the same run", self.path, method,
-                        alpha, seed)
+        if p["cut_by_cap"] and p["stage_plan"] is None:
+            log.warning("%s: %s at alpha %d seed %d was cut by the wall-clock cap when recorded, and the file "
+                        "does not say for how many steps its schedule was planned (recorded before "
+                        "stage_plan), so the replay is not the same run", self.path, method, alpha, seed)
         return p
 
 
@@ -108,12 +111,15 @@ class Replay(LoraAlignment):
     def __init__(self, adapt: AdaptConfig = AdaptConfig(), **kw):
         super().__init__(adapt=replace(adapt, budget_ms=None, deep_budget_ms=None), **kw)
         self.plan: list[int] | None = None
+        self.cut_from: list[int] | None = None
         self.precision: str | None = None
 
     def set(self, recorded: dict) -> None:
-        """Use a plan of :meth:`StepsFrom.plan` for the next adaptation(s)."""
+        """Use a plan of :meth:`StepsFrom.plan` for the next adaptation(s): the steps run per stage, and for
+        a run the cap cut, the plan it was cut from (its first ``sum(stage_steps)`` steps, as a stretch)."""
         forced = requested_precision(self.config)
         self.plan = recorded["stage_steps"]
+        self.cut_from = recorded["stage_plan"] if recorded["cut_by_cap"] else None
         self.precision = forced if forced != "auto" else recorded["precision"]
 
     def calibrate(self, model, codec) -> dict:
@@ -122,6 +128,9 @@ class Replay(LoraAlignment):
     def adapt_state(self, model, z, y, codec, **kw):
         if self.plan is None:
             raise RuntimeError("Replay.adapt_state before set(): no recorded plan")
-        kw.setdefault("plan_steps", self.plan)
+        if self.cut_from and "stretch" not in kw:  # the recorded run's schedule, stopped where the cap stopped it
+            kw["stretch"] = Stretch(self.cut_from, "fixed", None, 0, sum(self.plan))
+        else:
+            kw.setdefault("plan_steps", self.plan)
         kw.setdefault("_precision", self.precision)
         return super().adapt_state(model, z, y, codec, **kw)

@@ -83,7 +83,7 @@ CSV_FIELDS = ("mode", "method", "alpha", "seed", "n_train", "accuracy", "eval_n"
               "classify_ms", "communication_ms", "airtime_ms", "encode_ms", "pack_ms", "unpack_ms",
               "reconstruct_ms", "payload_bytes", "b_max_bytes", "steps", "complete", "kept",
               "warm_start", "warm_from_alpha", "epochs", "cached", "default", "steps_by", "stage_steps",
-              "cut_by_cap", "precision", "reused")
+              "stage_plan", "cut_by_cap", "precision", "reused")
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,7 @@ def _report_fields(rep) -> dict:
     """The adaptation report's fields a sweep row carries."""
     return {"steps": rep.steps, "complete": rep.complete, "kept": rep.kept, "warm_start": rep.warm_start,
             "warm_from_alpha": rep.warm_from_alpha, "steps_by": rep.steps_by, "stage_steps": list(rep.stage_steps),
-            "cut_by_cap": rep.cut_by_cap, "precision": rep.precision, "reused": rep.reused}
+            "stage_plan": list(rep.stage_plan), "cut_by_cap": rep.cut_by_cap, "precision": rep.precision, "reused": rep.reused}
 
 
 def _subset_rows(mode, model, codec, rd: RoundData, seed: int, cfg: SweepConfig, x_eval, data, b_max,

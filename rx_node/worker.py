@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rx_node.workers import read_spec, run_worker
+from rx_node.worker_process import run_worker
+from rx_node.workers import read_spec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ Pirate heartbeats:
   runs mode code and never decodes a request, except to read a small HELLO's
   mode when a served mode keeps one owner (below) and, on a worker's loss, the
   ``session_id``/``seq`` of the requests that worker held (to answer them).
-- **Workers** (:func:`run_worker`, ``semalign rx-worker``) are processes the
+- **Workers** (:func:`rx_node.worker_process.run_worker`, ``semalign rx-worker``) are processes the
   front end starts; each builds the modes' RX halves, the link and an
   :class:`~rx_node.daemon.RxNode` (sessions, replay record, held replies) as
   the single-process RX does, connects a DEALER to the front end and
@@ -88,13 +88,11 @@ worker's identity ``w<index>g<generation>``, a remote worker's ``r<12 hex>``):
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import json
 import logging
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -108,7 +106,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from common.net.security import AllowListAuthenticator, RxSecurity, TxSecurity, apply_client, apply_server
+from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
 from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
 from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, unpack
 
@@ -123,7 +121,7 @@ MAX_PINS = 65536  # pinned TX keys / connections / session ids remembered (least
 PIN_ACTIVE_S = 60.0  # a pinned connection counts towards its worker's load this long after its last frame
 HELLO_PEEK_BYTES = 8192  # frames up to this size are read for a HELLO's mode (one-owner modes only)
 RESTART_BACKOFF_MAX_S = 30.0
-_U64 = struct.Struct("!Q")
+U64 = struct.Struct("!Q")
 
 
 def default_worker_argv() -> list[str]:
@@ -144,35 +142,35 @@ def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
 # ---------------------------------------------------------------- options to a worker's spec file
 
 
-def _to_json(value):
+def to_json(value):
     if isinstance(value, Path):
         return {"__path__": str(value)}
     if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
+        return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
+        return [to_json(v) for v in value]
     return value
 
 
-def _from_json(value):
+def from_json(value):
     if isinstance(value, dict):
         if set(value) == {"__path__"}:
             return Path(value["__path__"])
-        return {k: _from_json(v) for k, v in value.items()}
+        return {k: from_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [from_json(v) for v in value]
     return value
 
 
 def write_spec(path: Path, spec: dict) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(_to_json(spec), f)
+        json.dump(to_json(spec), f)
 
 
 def read_spec(path: Path) -> dict:
     with open(path) as f:
-        return _from_json(json.load(f))
+        return from_json(json.load(f))
 
 
 # ---------------------------------------------------------------- front end
@@ -461,9 +459,9 @@ class FrontEnd:
         if w is None:
             self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
             return
-        reqid = _U64.pack(next(self._reqids))
-        parts = [b"M", reqid, peer, (owner or "").encode(), _U64.pack(time.time_ns()),
-                 _U64.pack(self.sock.last_frames), *frames]
+        reqid = U64.pack(next(self._reqids))
+        parts = [b"M", reqid, peer, (owner or "").encode(), U64.pack(time.time_ns()),
+                 U64.pack(self.sock.last_frames), *frames]
         if self._to_worker(w, parts):
             w.inflight[reqid] = (peer, frames)
         else:
@@ -503,7 +501,7 @@ class FrontEnd:
         spec.update(frontend=None, shared_dir=None, front_pid=None)  # its own host: its own shared state
         w = _Worker(index, 0, None, time.monotonic(), self.remote, remote_ident=ident)
         w.last_seen = w.started
-        if not self._to_worker(w, [b"SPEC", json.dumps(_to_json(spec)).encode()]):
+        if not self._to_worker(w, [b"SPEC", json.dumps(to_json(spec)).encode()]):
             log.warning("RX worker joining from %r: it takes no SPEC; ignored", ident)
             return
         self._workers.append(w)
@@ -631,143 +629,3 @@ class FrontEnd:
                 self._remote_auth.stop()
             self._remote_ctx.term()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- worker
-
-
-def _dealer(identity: bytes, security: TxSecurity | None = None) -> zmq.Socket:
-    """A worker's DEALER to its front end (a CURVE client of the front end's key with ``security``)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, identity)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, BACKEND_HWM)
-    sock.setsockopt(zmq.RCVHWM, BACKEND_HWM)
-    if security is not None:
-        apply_client(sock, security)
-    return sock
-
-
-def run_worker(spec_path: Path, generation: int = 0) -> int:
-    """A local worker's life (started by the front end): build the node from the spec file, announce
-    READY, serve what the front end forwards."""
-    spec = read_spec(spec_path)
-    sock = _dealer(f"w{spec['index']}g{generation}".encode())
-    sock.connect(spec["frontend"])
-    return _serve(spec, sock)
-
-
-def run_remote_worker(connect: str, security: TxSecurity, join_timeout_s: float = READY_TIMEOUT_S) -> int:
-    """A worker on another host (``semalign rx-worker --connect``): join the front end at ``connect``,
-    build the node from the spec it sends (the same options as its local workers: the artifacts must be at
-    the same paths on this host), serve until the front end stops it or goes silent. Returns 1 when the
-    front end never answered (or the spec could not be used), else 0."""
-    check_endpoint(connect, "connect")
-    sock = _dealer(f"r{os.urandom(6).hex()}".encode(), security)
-    try:
-        sock.connect(connect)
-    except zmq.ZMQError as e:
-        sock.close(0)
-        raise endpoint_error(connect, "connect", e) from e
-    deadline = time.monotonic() + join_timeout_s
-    while time.monotonic() < deadline:  # JOIN until the front end answers (it may start after us)
-        if sock.poll(0, zmq.POLLOUT):
-            sock.send_multipart([b"JOIN"], flags=zmq.NOBLOCK)
-        if sock.poll(int(HEARTBEAT_S * 1000), zmq.POLLIN):
-            kind, *rest = sock.recv_multipart()
-            if kind == b"SPEC" and rest:
-                spec = _from_json(json.loads(rest[0]))
-                log.info("RX worker %d: joined the front end at %s", spec["index"], connect)
-                spec["shared_dir"] = tempfile.mkdtemp(prefix="semalign-rx-worker-")
-                try:
-                    return _serve(spec, sock)
-                finally:
-                    shutil.rmtree(spec["shared_dir"], ignore_errors=True)
-    log.error("RX worker: no answer from the front end at %s within %.0f s; check --connect, that the RX runs "
-              "with --worker-bind there, and that this worker's public key is in its --worker-allow directory",
-              connect, join_timeout_s)
-    sock.close(0)
-    return 1
-
-
-def _serve(spec: dict, sock: zmq.Socket) -> int:
-    """Build the node from ``spec``, announce READY on ``sock`` (connected to the front end), serve what
-    the front end forwards until it says stop (``S``) or goes silent; the last message is ``BYE``."""
-    import torch
-
-    from common.learn.process_tuning import keep_freed_memory, release_freed_memory
-    from rx_node.app import build_node
-    from rx_node.daemon import RELEASE_AFTER_BYTES
-
-    index = spec["index"]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C reaches the front end, which stops us
-    opts = spec["opts"]
-    torch.set_num_threads(int(opts.get("threads") or 1))
-    keep_freed_memory()
-    node = build_node(opts, spec["link_table"], shared_dir=Path(spec["shared_dir"]))
-    front_pid = spec["front_pid"]  # a local worker's parent; None for a remote one
-
-    def send(parts: list) -> None:
-        try:
-            sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            log.warning("RX worker %d: the front end takes nothing (queue full); a reply is dropped", index)
-
-    def counters() -> bytes:
-        s = node.stats
-        return msgpack.packb({"ok": s.ok, "failed": s.failed, "replayed": s.replayed,
-                              "errors_by_code": s.errors_by_code})
-
-    try:
-        node.warm_up()
-        send([b"READY", str(os.getpid()).encode()])
-        log.info("RX worker %d (pid %d) serving %s", index, os.getpid(), ", ".join(sorted(node.halves)))
-        held: list = []  # (due ns, order, reqid, peer, counts, replies), a heap
-        order = itertools.count()
-        heard = time.monotonic()
-        next_beat = 0.0
-        stopping = False
-        while not (stopping and not held):
-            if stop.is_set():
-                stopping = True
-            wait_ms = 100 if not held else max(0, min(100, (held[0][0] - time.time_ns()) // 1_000_000))
-            if not stopping and sock.poll(wait_ms, zmq.POLLIN):
-                kind, *rest = sock.recv_multipart(copy=False)
-                heard = time.monotonic()
-                kind = kind.bytes
-                if kind == b"M":
-                    reqid, peer, owner, rx_ns, n_frames, *frames = rest
-                    before = (node.stats.ok, node.stats.failed)
-                    size = sum(len(f) for f in frames)
-                    replies, hold_ns = node.handle_timed(peer.bytes, [f.buffer for f in frames],
-                                                         _U64.unpack(rx_ns.bytes)[0], owner.bytes.decode() or None,
-                                                         _U64.unpack(n_frames.bytes)[0])
-                    counts = msgpack.packb([node.stats.ok - before[0], node.stats.failed - before[1]])
-                    heapq.heappush(held, (hold_ns, next(order), reqid, peer, counts, replies))
-                    rest = frames = None  # ZeroMQ's buffer of the frame is freed before the memory goes back
-                    if size > RELEASE_AFTER_BYTES:
-                        release_freed_memory()
-                elif kind == b"G":
-                    node.drop_peer(rest[0].bytes)
-                elif kind == b"S":
-                    stopping = True
-            elif stopping and held:
-                time.sleep(max(0, held[0][0] - time.time_ns()) / 1e9)
-            while held and held[0][0] <= time.time_ns():
-                _, _, reqid, peer, counts, replies = heapq.heappop(held)
-                send([b"R", reqid, peer, counts, *replies])
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT_S
-                send([b"H", counters()])
-            if not stopping and (now - heard > FRONTEND_SILENT_S or (front_pid and os.getppid() != front_pid)):
-                log.error("RX worker %d: the front end is gone (silent for %.0f s); exiting", index, now - heard)
-                held.clear()
-                break
-        send([b"BYE", counters()])
-    finally:
-        sock.close(linger=200)
-        node.close()
-    return 0

@@ -138,7 +138,7 @@ COMMON_CODES = {"bad_message", "version", "oversize", "mode", "fingerprint", "pa
 
 # ------------------------------------------------------------------ pca-lora
 
-PCA_CODES = COMMON_CODES | {"alpha", "non_finite", "bad_label", "over_budget", "too_much_work"}
+PCA_CODES = COMMON_CODES | {"alpha", "non_finite", "bad_label", "over_budget", "too_much_work", "parts_held"}
 PCA_MAX_BYTES = 1 << 20
 PCA_MAX_TEST = 30
 
@@ -147,7 +147,8 @@ PCA_MAX_TEST = 30
 def pca_rx(digits_artifacts, digits):
     from common.modes.pca_lora.alignment import AdaptConfig, LoraAlignment
     from common.modes.pca_lora.artifacts import load_codec, load_model
-    from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
+    from common.modes.pca_lora.limits import RxLimits
+    from common.modes.pca_lora.rx import PcaLoraRx
 
     codec, meta = load_codec(digits_artifacts)
     model = load_model(digits_artifacts, meta)
@@ -217,6 +218,16 @@ def _pca_case(case: str, served, codec, link, digits, sid: int, client: Client):
     if case == "payload_over_budget":
         opened(deadline_s=1e-6)
         return encode(p()), 0, None
+    if case == "train_part_parts_held":
+        import dataclasses
+
+        from common.modes.pca_lora.messages import TrainPart
+        half = served.node.halves["pca-lora"]
+        limits, half.limits = half.limits, dataclasses.replace(half.limits, max_held_bytes_per_key=100)
+        opened(train_parts=1)
+        part = encode(TrainPart.build(sid, 3, codec.fingerprint, "float16", codec.encode(digits.x_train[:70], 10),
+                                      np.arange(70), digits.y_train[:70], 0))
+        return part, 3, lambda: setattr(half, "limits", limits)
     opened()
     seq = 3
     good = encode(p(seq=seq))

@@ -11,7 +11,8 @@ from common.link.sidelink import create_sidelink
 from common.modes.pca_lora.adapt_config import AdaptConfig
 from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.messages import Payload
-from common.modes.pca_lora.rx import PcaLoraRx, RxLimits
+from common.modes.pca_lora.limits import RxLimits
+from common.modes.pca_lora.rx import PcaLoraRx
 from common.net.transport import TxSocket
 from common.wire.protocol import Error, Result, decode, encode
 from rx_node.daemon import RxNode

@@ -14,6 +14,7 @@ from pathlib import Path
 from common.learn.lora_config import LoraConfig
 from common.modes.base import Mode, register_mode
 from common.modes.pca_lora.adapt_config import RECIPES, AdaptConfig
+from common.modes.pca_lora.limits import RxLimits
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS
 from common.modes.pca_lora.tx import PcaLoraTxConfig
 from common.options import Option
@@ -74,6 +75,9 @@ class PcaLora(Mode):
         Option("bank_size", int, "adapters the bank keeps, of all TX keys together, least recently used "
                "evicted (16 when a bank is used without a size); the RX announces a TX's own alphas in "
                "RESULT (aligned_alphas) so it can send them without training vectors"),
+        Option("max_held_bytes_per_key", int, "bytes of training parts (PAYLOAD_TRAIN, as received) the "
+               "unfinished rounds in parts of one CURVE key's (or credential's) sessions may hold at once; a part "
+               "beyond it is refused parts_held", RxLimits.max_held_bytes_per_key),
         Option("bank_shared", bool, "one adapter bank for every session: a key's payloads then change what "
                "every other key's rounds use (only for TXs that trust each other; default: one per key)"),
     ]
@@ -115,7 +119,9 @@ class PcaLora(Mode):
 
             bank = AdapterBank(int(opts.get("bank_size") or 16), codec.fingerprint, model_digest(model),
                                opts.get("adapter_bank"))
-        return PcaLoraRx(codec, model, lora_strategy(opts), meta.n_classes, bank=bank,
+        limits = RxLimits(**({"max_held_bytes_per_key": int(opts["max_held_bytes_per_key"])}
+                             if opts.get("max_held_bytes_per_key") is not None else {}))
+        return PcaLoraRx(codec, model, lora_strategy(opts), meta.n_classes, limits=limits, bank=bank,
                          bank_shared=bool(opts.get("bank_shared")))
 
     @classmethod

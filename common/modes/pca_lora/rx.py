@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+import weakref
 
 import numpy as np
 from torch import nn
@@ -43,6 +43,7 @@ from common.learn.models import accuracy, fold_decoder, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
 from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, BankedAlignment
 from common.modes.pca_lora.alignment import AlignmentStrategy
+from common.modes.pca_lora.limits import RxLimits
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, NO_LABEL, Payload, TrainAck, TrainPart
 from common.wire.protocol import Result
 from common.wire.values import VALUE_FORMATS
@@ -50,26 +51,14 @@ from common.wire.values import VALUE_FORMATS
 log = logging.getLogger("semalign.rx")
 
 
-@dataclass(frozen=True)
-class RxLimits:
-    """What one payload may cost the RX.
+class _Held:
+    """Bytes of training parts a session's unfinished round holds; kept in the session's store, counted
+    per owner through weak references (a session the daemon evicts stops counting with it)."""
 
-    ``max_deadline_s``: largest TX deadline (s) a session may declare; the
-    payload budget is ``rate x deadline``. ``budget_tolerance``: fraction a
-    payload may exceed that budget by (0.01: rounding between the two ends).
-    ``max_test_vectors``: test vectors per payload (each is classified twice,
-    frozen and adapted; with a non-linear codec each is first expanded to
-    ``d_raw`` float32 values: 20 000 x 784 x 4 B = 63 MB for MNIST).
-    """
+    __slots__ = ("nbytes", "__weakref__")
 
-    max_deadline_s: float = 1.0
-    budget_tolerance: float = 0.01
-    max_test_vectors: int = 20_000
-
-    def __post_init__(self):
-        if not self.max_deadline_s > 0 or self.budget_tolerance < 0 or self.max_test_vectors < 1:
-            raise ValueError(f"need max_deadline_s > 0, budget_tolerance >= 0 and max_test_vectors >= 1, "
-                             f"got {self.max_deadline_s}, {self.budget_tolerance}, {self.max_test_vectors}")
+    def __init__(self):
+        self.nbytes = 0
 
 
 class PcaLoraRx(RxHalf):
@@ -89,6 +78,7 @@ class PcaLoraRx(RxHalf):
         self.limits = limits or RxLimits()
         self.fingerprint = codec.fingerprint
         self._folded: dict[int, nn.Sequential] = {}  # the frozen model with the decoder folded in, by alpha
+        self._held: dict[str | None, weakref.WeakSet] = {}  # owner -> its sessions' _Held
 
     def hello_params(self) -> dict:
         return {"codec": self.codec.name, "d_raw": self.codec.d_raw, "d_pre": self.codec.d_max}
@@ -191,6 +181,13 @@ class PcaLoraRx(RxHalf):
             raise RoundError("bad_message", f"PAYLOAD_TRAIN {len(r['sizes']) + 1} at alpha={p.alpha} in round "
                                             f"{p.seq}: the session announced train_parts={parts} (alpha "
                                             f"{r['alpha']})")
+        held = self._holder(ctx)
+        held.nbytes = r["nbytes"]  # what this round holds (an unfinished earlier round was dropped above)
+        total = sum(h.nbytes for h in self._held[ctx.owner])
+        if total + ctx.nbytes > self.limits.max_held_bytes_per_key:
+            raise RoundError("parts_held", f"this key's unfinished rounds in parts hold {total} bytes; this "
+                                           f"{ctx.nbytes}-byte part would pass the {self.limits.max_held_bytes_per_key}"
+                                           "-byte limit per key (--max-held-bytes-per-key): finish or drop rounds")
         self.check(p, ctx, r["nbytes"])
         delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
         t_delivered = max(delivery.delivered_ns, time.time_ns(), r["link_free_ns"] + int(delivery.delay_s * 1e9))
@@ -205,12 +202,21 @@ class PcaLoraRx(RxHalf):
         r["adapted_ns"] = max(t_delivered, r["adapted_ns"]) + int(finetune_s * 1e9)
         r["adapt"] = report.to_dict()
         r["nbytes"] += ctx.nbytes
+        held.nbytes = r["nbytes"]
         r["link_free_ns"] = t_delivered
         r["finetune_s"] += finetune_s
         r["transmissions"] += delivery.transmissions
         r["airtime_s"] += delivery.airtime_s
         return Reply(TrainAck(p.session_id, p.seq, sum(r["sizes"]), finetune_s * 1e3), final=False,
                      not_before_ns=r["adapted_ns"])
+
+    def _holder(self, ctx: RoundContext) -> _Held:
+        """The session's :class:`_Held`, counted in its owner's set."""
+        held = ctx.session.get("held")
+        if held is None:
+            held = ctx.session["held"] = _Held()
+            self._held.setdefault(ctx.owner, weakref.WeakSet()).add(held)
+        return held
 
     def on_payload(self, p: Payload, ctx: RoundContext) -> Reply:
         """One round (or its second part). The link's air time is emulated without holding the RX: the
@@ -219,6 +225,8 @@ class PcaLoraRx(RxHalf):
         timeline, and the reply is held until ``t_transmit`` (``Reply.not_before_ns``) while other peers
         are served."""
         part = ctx.session.pop("train_part", None)
+        if "held" in ctx.session:
+            ctx.session["held"].nbytes = 0  # the round's parts are released with this PAYLOAD, whatever it is
         if part is not None and part["seq"] != p.seq:
             part = None  # parts of a round the TX gave up on
         if part is not None:

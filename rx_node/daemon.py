@@ -267,7 +267,10 @@ class RxNode:
             return cached[0], cached[1], 0
         answer, is_error = self._run(session, msg, handler, frame, received_ns)
         if not is_error or getattr(self.halves.get(session.mode), "replay_errors", True):  # a mode may keep its ERRORs out
-            self.replay.put((session.owner, session.session_id), key, answer)
+            self.replay.put((session.owner, session.session_id), key, answer, len(answer[0]))
+            if self.replay.evicted_bytes > RELEASE_AFTER_BYTES:  # large replies dropped: give the memory back
+                self.replay.evicted_bytes = 0
+                release_freed_memory()
         return answer
 
     def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[tuple[bytes, bool, int], bool]:

@@ -50,8 +50,28 @@ def test_replay_cache_is_bounded():
     cache = ReplayCache(per_session=3, max_sessions=2)
     for sid in range(4):
         for seq in range(10):
-            cache.put(sid, seq, b"x")
-    assert len(cache) == 6 and cache.get(0, 9) is None and cache.get(3, 9) == b"x" and cache.get(3, 6) is None
+            cache.put(("k", sid), seq, b"x", 1)
+    assert len(cache) == 6 and cache.get(("k", 0), 9) is None and cache.get(("k", 3), 9) == b"x"
+    assert cache.get(("k", 3), 6) is None and cache.nbytes == 6
+
+
+def test_replay_bytes_per_owner_one_keys_flood_evicts_only_its_own():
+    """One key's large replies (slf's decoder downloads) push out that key's oldest, never another key's;
+    the total budget bounds all; a reply over the owner's budget is not kept."""
+    cache = ReplayCache(per_session=64, max_sessions=256, max_bytes=1000, max_bytes_per_owner=300)
+    cache.put(("victim", 1), 0, b"v", 100)
+    for sid in range(10):  # the attacker: 10 sessions x 5 replies of 50 bytes = 2500 bytes offered
+        for seq in range(5):
+            cache.put(("attacker", sid), seq, b"a", 50)
+    assert cache.owner_bytes("attacker") == 300 and cache.get(("victim", 1), 0) == b"v"
+    assert cache.get(("attacker", 9), 4) == b"a" and cache.get(("attacker", 0), 0) is None  # its oldest went
+    cache.put(("big", 1), 0, b"b", 301)
+    assert cache.get(("big", 1), 0) is None and cache.owner_bytes("big") == 0
+    for k in range(5):  # four owners of 250 bytes: the total budget (1000) drops the oldest of anyone
+        for seq in range(5):
+            cache.put((f"o{k}", 1), seq, b"o", 50)
+    assert cache.nbytes <= 1000 and cache.get(("o4", 1), 4) == b"o"
+    assert cache.nbytes == sum(cache.owner_bytes(o) for o in ("victim", "attacker", "o0", "o1", "o2", "o3", "o4"))
 
 
 # ---------------------------------------------------------------- in-process RX with a faulty path

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 MAX_BYTES = 256 * 2**20
-MAX_BYTES_PER_OWNER = 32 * 2**20  # e.g. 190 of slf's 171 kB decoder downloads
+MAX_BYTES_PER_OWNER = 16 * 2**20  # e.g. 95 of slf's 171 kB decoder downloads
 
 
 class ReplayCache:

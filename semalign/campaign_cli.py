@@ -167,8 +167,9 @@ def fed(
                                                "then holds base_station.jsonl, summary.json, flower_logs/). "
                                                "Same settings, tables, files and figures."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain TCP instead of CURVE with throwaway keys "
-                                                            "(daemons). No meaning with --engine flower: "
-                                                            "its local run is always insecure on loopback."),
+                                                            "(daemons), or plain HTTP without SuperNode "
+                                                            "authentication instead of TLS with throwaway "
+                                                            "certificates and node keys (--engine flower)."),
     timeout_s: float = typer.Option(1800.0, help="Wall-clock cap per policy, s."),
     log_level: str = LogOpt,
 ):

@@ -1,7 +1,7 @@
 """fed-lora under Flower's deployment engine (flwr 1.41, the ``flower`` extra).
 
 The integration test starts a real ``flower-superlink`` and two real
-``flower-supernode`` processes on loopback (insecure, free ports, private
+``flower-supernode`` processes on loopback (TLS and SuperNode authentication with throwaway keys, free ports, private
 ``FLWR_HOME`` s under ``tmp_path``) and runs two rounds of the mlp task through
 ``flwr run deploy/flower`` (:func:`run_flower_local`). The other tests drive the
 ServerApp's pieces in-process against the real base station: a trained update,
@@ -12,6 +12,7 @@ the ArrayRecord conversion.
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -69,14 +70,22 @@ PROFILES = [  # two of semalign fed's device profiles (distance m, FLOP/s, budge
 # ------------------------------------------------------------------ real SuperLink + SuperNodes
 
 
-def test_two_rounds_over_superlink_and_two_supernodes(tmp_path):
+def test_two_rounds_over_superlink_and_two_supernodes_with_tls_and_node_auth(tmp_path):
+    """Secured as for many hosts: TLS on the SuperLink (throwaway CA), SuperNode authentication (each node's
+    P-384 key registered with `flwr supernode register` and signing in with it)."""
     t0 = time.monotonic()
     try:
         run = run_flower_local(tmp_path / "run", PROFILES, {"rounds": 2, "fed-join-timeout-s": 60.0},
-                               timeout_s=240.0)
+                               timeout_s=240.0, secure=True)
     except FlowerRunError as e:
         pytest.fail(f"the Flower run failed: {e}")
     logs = "".join(f"\n----- {name} -----\n{p.read_text(errors='replace')[-3000:]}" for name, p in run.logs.items())
+    text = {name: p.read_text(errors="replace") for name, p in run.logs.items()}
+    assert "Uvicorn running on https://" in text["superlink"], logs  # TLS
+    registered = set(re.findall(r"Created node_id=(\d+)", text["superlink"]))
+    joined = {re.search(r"SuperNode ID: (\d+)", text[f"supernode{k}"]).group(1) for k in range(2)}
+    assert len(registered) == 2 and joined == registered, logs  # each SuperNode is the key that was registered
+    assert not any("insecure" in text[f"supernode{k}"].lower() for k in range(2)), logs
     s = run.summary
     assert [rec["round"] for rec in run.records] == [0, 1], logs
     assert [n["joined"] for n in s["nodes"]] == [True, True], logs

@@ -11,7 +11,8 @@ federation on one of two engines (:data:`ENGINES`):
   ``results.json`` and the base station's ``base_station.jsonl``;
 - ``flower`` (:func:`run_policy_flower`): the same federation under Flower's
   deployment engine on loopback (a SuperLink, one SuperNode per device and
-  ``flwr run``, insecure, :func:`~common.modes.fed_lora.flower.local.run_flower_local`);
+  ``flwr run``, TLS with SuperNode authentication unless ``--insecure``,
+  :func:`~common.modes.fed_lora.flower.local.run_flower_local`);
   the device profiles become node configs and the federation's settings the
   run config (:func:`flower_configs`), and the per-device round rows are
   built from the base station's records (:func:`device_rows`).
@@ -77,7 +78,8 @@ class FedCampaign:
     ``rx_options``/``tx_options``: further daemon options (name -> value) for
     the base station / every device (under Flower: the run config, kebab-case, :func:`flower_configs`).
     ``engine``: ``daemons`` (our ZeroMQ daemons) or ``flower`` (Flower's deployment engine on loopback).
-    ``secure``: CURVE with throwaway keys (daemons only; Flower's local run is always insecure on loopback).
+    ``secure``: CURVE with throwaway keys (daemons), or TLS and SuperNode authentication with throwaway
+    certificates and node keys (Flower).
     ``timeout_s``: wall-clock cap per policy.
     ``reference``: also train the centralised-LoRA reference (:func:`run_central`).
     ``plots``: write the figures of :mod:`semalign.campaigns.fed_lora.fed_report`.
@@ -373,7 +375,7 @@ def run_policy_flower(c: FedCampaign, policy: str, profiles: list[dict], out: Pa
     nodes, run_config = flower_configs(c, policy, profiles)
     d = out / policy
     log.info("%s: Flower run of %d SuperNodes in %s", policy, len(nodes), d)
-    run = run_flower_local(d, nodes, run_config, timeout_s=c.timeout_s)
+    run = run_flower_local(d, nodes, run_config, timeout_s=c.timeout_s, secure=c.secure)
     devices = device_rows(run.records, c.devices)
     return {"engine": "flower", "pids": run.pids, "devices": devices, "base_station": run.records,
             "initial_acc": run.summary["initial_acc"], "nodes": run.summary["nodes"], "flower_wall_s": run.wall_s,
@@ -507,7 +509,8 @@ def format_tables(result: dict) -> str:
     if "flower" in engines:
         before = ", ".join(f"{p} {_fmt(res.get('initial_acc'), '.3f')}" for p, res in result["policies"].items())
         lines += ["", "engine: Flower's deployment engine on loopback (a SuperLink, one SuperNode per device, "
-                  f"`flwr run`; insecure); global accuracy before any round: {before}; s/round is the "
+                  f"`flwr run`; {'TLS + SuperNode authentication' if result.get('config', {}).get('secure', True) else 'insecure'}); "
+                  f"global accuracy before any round: {before}; s/round is the "
                   "ServerApp's, with a fresh ClientApp process per device and round"]
     la = result.get("loadavg") or {}
     if la:

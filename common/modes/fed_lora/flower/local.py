@@ -67,17 +67,77 @@ def flower_command(name: str) -> str:
     return str(path)
 
 
+def throwaway_pki(d: Path, n_nodes: int, host: str) -> dict[str, Path]:
+    """Throwaway TLS and SuperNode-authentication keys for a one-machine run, with ``cryptography``
+    (Flower's own dependency): a CA (``ca.crt``), the SuperLink's certificate for ``host`` signed by it
+    (``server.pem``, ``server.key``), and one NIST P-384 key pair per SuperNode (``node<k>``, OpenSSH
+    private key, and ``node<k>.pub``, what ``flwr supernode register`` takes). Valid for one day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def cert(subject, issuer, public_key, signer, ca: bool, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san is not None:
+            b = b.add_extension(san, critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "semalign throwaway CA")])
+    ca_cert = cert(ca_name, ca_name, ca_key.public_key(), ca_key, True)
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    try:
+        alt = [x509.IPAddress(ipaddress.ip_address(host))]
+    except ValueError:
+        alt = [x509.DNSName(host)]
+    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]), ca_name, server_key.public_key(),
+                  ca_key, False, x509.SubjectAlternativeName(alt + [x509.DNSName("localhost")]))
+    out = {"ca": write(d / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644),
+           "server_cert": write(d / "server.pem", server.public_bytes(serialization.Encoding.PEM), 0o644),
+           "server_key": write(d / "server.key", pem_key(server_key))}
+    for k in range(n_nodes):
+        key = ec.generate_private_key(ec.SECP384R1())
+        out[f"node{k}"] = write(d / f"node{k}", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        out[f"node{k}.pub"] = write(d / f"node{k}.pub", key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH), 0o644)
+    return out
+
+
 def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
                      run_config: Mapping[str, Any] | None = None, *, app_dir: str | Path = APP_DIR,
-                     timeout_s: float = 600.0, host: str = "127.0.0.1") -> FlowerRun:
+                     timeout_s: float = 600.0, host: str = "127.0.0.1", secure: bool = False) -> FlowerRun:
     """Run fed-lora under Flower's deployment engine on this machine and return its records.
 
     ``node_configs``: one node config per device (``device-id``, ``fed-distance-m`` m,
     ``fed-flops-per-s`` FLOP/s, ``fed-max-power-w`` W, ``fed-energy-budget-j`` J, ...);
     ``run_config``: run-config overrides (``rounds``, ``fed-policy``, ...); ``fed-devices``
     defaults to ``len(node_configs)`` and ``fed-out`` is ``out``. ``timeout_s``: for the
-    whole run. Raises :class:`FlowerRunError` (with the logs' tails) when the run does
-    not write its summary.
+    whole run. ``secure``: TLS on the SuperLink's API (a throwaway CA, :func:`throwaway_pki`,
+    every client verifies the SuperLink's certificate with it) and SuperNode authentication (the
+    SuperLink takes only the SuperNodes whose public keys ``flwr supernode register`` added, each
+    signing in with its private key), as a multi-host deployment should run; else ``--insecure``.
+    Raises :class:`FlowerRunError` (with the logs' tails) when the run does not write its summary.
     """
     if not node_configs:
         raise ValueError("node_configs must name at least one device")
@@ -94,9 +154,9 @@ def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
     seen: set[int] = set()
     t0 = time.monotonic()
 
-    def start(name: str, argv: list[str]) -> subprocess.Popen:
-        (home / name).mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, FLWR_HOME=str(home / name), OMP_NUM_THREADS="1",
+    def start(name: str, argv: list[str], home_name: str | None = None) -> subprocess.Popen:
+        (home / (home_name or name)).mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, FLWR_HOME=str(home / (home_name or name)), OMP_NUM_THREADS="1",
                    PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         logs[name] = logs_dir / f"{name}.log"
         with open(logs[name], "wb") as f:
@@ -104,17 +164,28 @@ def run_flower_local(out: str | Path, node_configs: Sequence[Mapping[str, Any]],
                                            start_new_session=True)
         return procs[name]
 
+    pki = throwaway_pki(out / "flower_keys", len(node_configs), host) if secure else None
+    link_tls = ["--ssl-ca-certfile", str(pki["ca"]), "--ssl-certfile", str(pki["server_cert"]), "--ssl-keyfile",
+                str(pki["server_key"]), "--enable-supernode-auth"] if secure else ["--insecure"]
+    connection = {"address": f"{host}:{link_port}",
+                  **({"root-certificates": str(pki["ca"])} if secure else {"insecure": True})}
     try:
-        start("superlink", [flower_command("flower-superlink"), "--insecure", "--host", host, "--port",
+        start("superlink", [flower_command("flower-superlink"), *link_tls, "--host", host, "--port",
                             str(link_port), "--disable-runtime-dependency-installation"])
         _wait_listening(host, link_port, procs["superlink"], deadline=t0 + min(timeout_s, 120.0))
+        (home / "flwr-run").mkdir(parents=True, exist_ok=True)
+        write_toml(home / "flwr-run" / "config.toml", {"superlink": {"default": CONNECTION, CONNECTION: connection}})
+        for k in range(len(node_configs) if secure else 0):  # the SuperLink takes only registered SuperNodes
+            reg = start(f"register{k}", [flower_command("flwr"), "supernode", "register", str(pki[f"node{k}.pub"]),
+                                         CONNECTION], home_name="flwr-run")
+            if reg.wait(timeout=max(1.0, timeout_s - (time.monotonic() - t0))) != 0:
+                raise FlowerRunError(f"flwr supernode register of node {k} failed ({reg.returncode}){_tails(logs)}")
         for k, node in enumerate(node_configs):
             cfg = " ".join(f"{key}={toml_value(run_config_value(v))}" for key, v in node.items())
-            start(f"supernode{k}", [flower_command("flower-supernode"), "--insecure", "--superlink",
+            node_tls = ["--root-certificates", str(pki["ca"]), "--auth-supernode-private-key",
+                        str(pki[f"node{k}"])] if secure else ["--insecure"]
+            start(f"supernode{k}", [flower_command("flower-supernode"), *node_tls, "--superlink",
                                     f"{host}:{link_port}", "--port", str(free_port(host)), "--node-config", cfg])
-        (home / "flwr-run").mkdir(parents=True, exist_ok=True)
-        write_toml(home / "flwr-run" / "config.toml",
-                   {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"{host}:{link_port}", "insecure": True}}})
         run = start("flwr-run", [flower_command("flwr"), "run", str(Path(app_dir).resolve()), CONNECTION,
                                  "--run-config", str(out / "run_config.toml"), "--stream"])
         try:

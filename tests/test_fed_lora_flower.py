@@ -70,6 +70,43 @@ PROFILES = [  # two of semalign fed's device profiles (distance m, FLOP/s, budge
 # ------------------------------------------------------------------ real SuperLink + SuperNodes
 
 
+def test_a_supernode_whose_key_is_not_registered_is_refused(tmp_path):
+    """TLS + SuperNode authentication: a SuperNode signing in with a key nobody registered is refused by the
+    SuperLink (412, "No SuperNode found with the given public key") and gives up (Flower's exit code 305)."""
+    import os
+    import subprocess
+    import sys
+
+    from common.files import free_port
+    from common.modes.fed_lora.flower.local import flower_command, stop_all, throwaway_pki
+
+    pki = throwaway_pki(tmp_path / "keys", 1, "127.0.0.1")
+    port = free_port("127.0.0.1")
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
+    procs = []
+
+    def start(name, argv):
+        env = dict(os.environ, FLWR_HOME=str(tmp_path / name), PATH=path)
+        procs.append(subprocess.Popen(argv, stdout=open(tmp_path / f"{name}.log", "w"), stderr=subprocess.STDOUT,
+                                      env=env, start_new_session=True))
+        return procs[-1]
+
+    try:
+        start("superlink", [flower_command("flower-superlink"), "--ssl-ca-certfile", str(pki["ca"]), "--ssl-certfile",
+                            str(pki["server_cert"]), "--ssl-keyfile", str(pki["server_key"]), "--enable-supernode-auth",
+                            "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"])
+        node = start("supernode", [flower_command("flower-supernode"), "--root-certificates", str(pki["ca"]),
+                                   "--auth-supernode-private-key", str(pki["node0"]), "--superlink",
+                                   f"127.0.0.1:{port}", "--port", str(free_port("127.0.0.1")), "--max-retries", "20",
+                                   "--max-wait-time", "60"])
+        code = node.wait(120)
+    finally:
+        stop_all(procs)
+    node_log = (tmp_path / "supernode.log").read_text()
+    assert code != 0 and "Exit Code: 305" in node_log, (code, node_log[-2000:])
+    assert "No SuperNode found with the given public key" in (tmp_path / "superlink.log").read_text()
+
+
 def test_two_rounds_over_superlink_and_two_supernodes_with_tls_and_node_auth(tmp_path):
     """Secured as for many hosts: TLS on the SuperLink (throwaway CA), SuperNode authentication (each node's
     P-384 key registered with `flwr supernode register` and signing in with it)."""

@@ -104,7 +104,7 @@ class FedWait:
     ``previous_round`` (round ``seq - 1`` is still collecting updates),
     ``collecting`` (round ``seq`` is) or ``forming`` (a round is being
     aggregated, evaluated and saved, off the path that answers polls: try
-    again in ``retry_after_ms`` = 20). ``deadline_ns``: RX wall clock (ns since
+    again in ``retry_after_ms`` = max(20, 0.3 x ``waited_ms``)). ``deadline_ns``: RX wall clock (ns since
     the epoch) at which what is awaited closes at the latest (0: unknown).
     """
 

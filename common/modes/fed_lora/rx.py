@@ -59,6 +59,7 @@ from common.modes.fed_lora.aggregation import AGGREGATIONS, GlobalAdapter, updat
 from common.modes.fed_lora.messages import (
     FED_VERSION,
     MAX_POLLS,
+    RETRY_GROWTH,
     RESULT_FIELDS,
     FedAck,
     FedPlan,
@@ -799,7 +800,10 @@ class FedLoraRx(RxHalf):
         if msg.attempt >= MAX_POLLS - 1:
             raise RoundError("wait", f"round {msg.seq}: still forming after {MAX_POLLS} polls; giving up on "
                                      "this round")
-        return Reply(FedWait(msg.session_id, msg.seq, msg.device_id, "forming", FORMING_RETRY_MS, 0), final=False)
+        # 20 ms, growing with the time the device has waited (a long aggregation, e.g. MiniLM's on a loaded
+        # machine, must not use up its MAX_POLLS)
+        hint = max(FORMING_RETRY_MS, math.ceil(RETRY_GROWTH * max(0, msg.waited_ms)))
+        return Reply(FedWait(msg.session_id, msg.seq, msg.device_id, "forming", hint, 0), final=False)
 
     def _on_poll(self, msg: FedPoll, ctx: RoundContext, now: int) -> Reply:
         s = self.station

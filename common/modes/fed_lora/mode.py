@@ -99,7 +99,8 @@ class FedLora(Mode):
         Option("fed_k_factor", float, "Rician K of each device's block fading (0: Rayleigh)", BaseStationConfig.k_factor),
         Option("fed_out", str, "directory for the base station's per-round log (base_station.jsonl) and "
                "its saved global state (state.npz, state.json); none by default"),
-        Option("fed_resume", bool, "start the base station from the state saved in --fed-out"),
+        Option("fed_resume", bool, "start the base station from the state saved in --fed-out (a round "
+               "that was open when it stopped is abandoned: its devices are told the next round)"),
     ]
     tx_options = [
         *_SHARED,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from common.artifacts import load_arrays
-from common.files import atomic_write, atomic_write_json, json_safe
+from common.files import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from common.modes.fed_lora.optimizer import DeviceDecision
 from common.modes.fed_lora.wireless import DeviceChannels, DeviceProfile
 
@@ -95,13 +96,19 @@ def db(x: float) -> float:
     return 10.0 * math.log10(x) if x > 0 else -300.0
 
 
-def save_state(out: Path, record: dict, state: dict[str, np.ndarray], meta: dict) -> None:
-    """Append ``record`` to ``out/base_station.jsonl``; write the global ``state`` (name -> float32 array)
-    to ``out/state.npz`` and ``meta`` to ``out/state.json``, each atomically and synced (a crash leaves
-    the old file or the new one)."""
-    with open(out / "base_station.jsonl", "a") as f:
-        f.write(json.dumps(json_safe(record)) + "\n")
-    atomic_write(out / "state.npz", lambda f: np.savez(f, **state))
+def save_state(out: Path, record: dict | None, state: dict[str, np.ndarray] | None, meta: dict) -> None:
+    """Append ``record`` (a formed round; None: none) to ``out/base_station.jsonl``, then write the global
+    ``state`` (name -> float32 array; None: unchanged) to ``out/state.npz`` and ``meta`` to
+    ``out/state.json``, each atomically and synced (a crash leaves the old file or the new one).
+    ``state.json`` is written last: the rounds it counts as formed (``meta["formed"]``) are the ones
+    :func:`load_state` keeps in the log."""
+    if record is not None:
+        with open(out / "base_station.jsonl", "a") as f:
+            f.write(json.dumps(json_safe(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    if state is not None:
+        atomic_write(out / "state.npz", lambda f: np.savez(f, **state))
     atomic_write_json(out / "state.json", meta)
 
 
@@ -121,3 +128,21 @@ def load_state(out: Path, spec, aggregation: str) -> tuple[dict[str, np.ndarray]
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise ValueError(f"resume: {state_path} holds non-finite values")
     return arrays, meta
+
+
+def formed_records(out: Path, formed: int) -> list[dict]:
+    """The records of rounds ``0..formed`` in ``out/base_station.jsonl``, each once; the log is rewritten
+    (atomically) without what a kill left behind: a torn last line, the row of a round whose state was
+    never saved (round > ``formed``)."""
+    path = out / "base_station.jsonl"
+    rows: dict[int, dict] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("round"), int) and row["round"] <= formed:
+            rows.setdefault(row["round"], row)
+    kept = [rows[r] for r in sorted(rows)]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+    return kept

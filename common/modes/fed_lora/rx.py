@@ -9,8 +9,8 @@ their block-fading channel and virtual energy queue) and the open round.
 Round ``r`` (= ``seq`` of every device's session) goes through:
 
 1. **Planning**, on the first ``FED_POLL (want plan)`` for ``r`` once round
-   ``r - 1`` has formed (round 0: once all ``n_devices`` have said HELLO or
-   ``join_timeout_s`` after the first HELLO). Every *active* known device gets
+   ``r - 1`` has formed (round 0, and the first round after a resume: once all
+   ``n_devices`` have said HELLO or ``join_timeout_s`` after the first HELLO). Every *active* known device gets
    a decision from the policy (``ours``: :func:`plan_round`, drift-plus-
    penalty with the Lyapunov queues; ``fixed``: :func:`fixed_plan`;
    ``random``: :func:`random_plan`), with this round's channel gain drawn
@@ -39,9 +39,20 @@ retry hint. In the daemon (:class:`FedLoraRx`) forming runs in a thread that
 holds the base station's lock, so the request that completed the round is
 answered at once and a poll that arrives while a round forms gets
 ``FED_WAIT`` ``forming`` within the serving loop's own time (updates and
-joining HELLOs, which cannot be answered "wait", take the lock and wait). Per-round records go to ``out/base_station.jsonl`` and the global
-state to ``out/state.npz`` + ``out/state.json`` when ``out`` is set; with
-``resume`` the base station starts from that saved state.
+joining HELLOs, which cannot be answered "wait", take the lock and wait).
+
+**Restart and resume** (``docs/modes/fed_lora.md``). With ``out`` set, per-round
+records go to ``out/base_station.jsonl`` and the state to ``out/state.npz`` +
+``out/state.json``, saved at the start, at every planning (``state.json`` only:
+``next_round`` moves past the planned round) and at every forming. With
+``resume`` the base station starts from that state: a round that was planned
+and not formed is *abandoned* (not re-opened: its plans and updates died with
+the process); whatever a device sends for it is answered ERROR ``late`` or
+``round_closed`` saying so and naming the next round, which the device then
+polls. The last :data:`HISTORY_ROUNDS` formed rounds' records are read back so
+their RESULTs are still answered; the first round after a resume is planned
+like round 0 (once the devices have said HELLO again); a session's first poll
+of a round up to that one may carry any attempt number (:func:`check_attempt`).
 """
 
 from __future__ import annotations
@@ -81,7 +92,16 @@ from common.modes.fed_lora.optimizer import (
     plan_round,
     random_plan,
 )
-from common.modes.fed_lora.records import Device, FedRound, Report, db, finite, load_state, save_state
+from common.modes.fed_lora.records import (
+    Device,
+    FedRound,
+    Report,
+    db,
+    finite,
+    formed_records,
+    load_state,
+    save_state,
+)
 from common.modes.fed_lora.spec import FedData, FedSpec, eval_subset, module_ranks, preset, take
 from common.modes.fed_lora.uplink import uplink_outcome
 from common.modes.fed_lora.wireless import CellConfig, DeviceChannels, DeviceProfile
@@ -193,6 +213,10 @@ class BaseStation:
         self.devices: dict[int, Device] = {}
         self.rounds: dict[int, FedRound] = {}
         self.next_round = 0  # the round to plan next
+        self.formed = -1  # the last round formed
+        self.first_round = 0  # planned like round 0, once the devices have (re)joined: 0, or the first after a resume
+        self.abandoned: int | None = None  # the round that was open when the base station stopped (resume)
+        self.kept: dict[int, dict] = {}  # resume: the last formed rounds' records (their RESULTs), by round
         self.first_hello_ns: int | None = None
         self.saved_queues: dict[int, float] = {}
         self.history: list[dict] = []  # per formed round: the base station's record
@@ -211,6 +235,8 @@ class BaseStation:
         elif self.out:  # a new federation: a new log
             (self.out / "base_station.jsonl").write_text("")
         self.accuracy = self.evaluate()
+        if self.out and not config.resume:  # a base station killed before round 0 formed resumes from here
+            self._save()
         log.info("fed-lora base station: task %s, %d devices expected, policy %s, aggregation %s, "
                  "global accuracy %.3f on %d test samples", spec.task, spec.n_devices, config.policy,
                  config.aggregation, self.accuracy, len(self.eval_y))
@@ -400,6 +426,8 @@ class BaseStation:
                        queues, risk, objective)
         self.rounds[r] = rnd
         self.next_round = r + 1
+        if self.out:  # a base station restarted from here abandons round r
+            self._save(state=False)
         log.info("round %d planned (%s): %s", r, self.config.policy,
                  ", ".join(f"dev{k} {d.module or 'skip'} {d.power_w:.3g} W {d.bandwidth_hz / 1e3:.3g} kHz"
                            for k, d in decisions.items()) or "no devices")
@@ -428,13 +456,12 @@ class BaseStation:
         rnd = self.rounds.get(r)
         if rnd is None:
             if r < self.next_round:
-                raise RoundError("round_closed", f"round {r} is over (the base station is at round "
-                                                 f"{self.next_round}); this device missed it")
+                raise RoundError("round_closed", self._over(r))
             previous = self.rounds.get(r - 1)
             if r > self.next_round or (previous is not None and not previous.formed):
                 until = previous.deadline_ns if previous is not None and not previous.formed else None
                 return self._wait(dev, msg, "previous_round", until, now_ns)
-            if r == 0 and not self._joined(now_ns):
+            if r == self.first_round and not self._joined(now_ns):
                 until = self.first_hello_ns + int(self.config.join_timeout_s * 1e9)
                 return self._wait(dev, msg, "joining", until, now_ns)
             rnd = self.plan(r, now_ns)
@@ -450,7 +477,9 @@ class BaseStation:
             return self._plan_msg(msg, rnd, dev, SKIP, "joined_late")
         if d.module is None:
             return self._plan_msg(msg, rnd, dev, d, "policy")
-        rnd.fetched.add(dev.device_id)
+        if dev.device_id not in rnd.fetched:
+            log.info("round %d: device %d fetched its plan (%s)", r, dev.device_id, d.module)
+            rnd.fetched.add(dev.device_id)
         return self._plan_msg(msg, rnd, dev, d, "")
 
     def _plan_msg(self, msg: FedPoll, rnd: FedRound, dev: Device, d: DeviceDecision, reason: str) -> FedPlan:
@@ -463,6 +492,18 @@ class BaseStation:
                        float(rnd.queues_before.get(dev.device_id, dev.queue_j)), rnd.deadline_ns,
                        self.config.policy, len(rnd.participants), tensors)
 
+    def continuing(self, r: int) -> bool:
+        """Round ``r`` may have begun at the devices before this base station was restarted (resume): the
+        rounds up to the first one it plans (:func:`check_attempt`)."""
+        return self.config.resume and r <= self.first_round
+
+    def _over(self, r: int) -> str:
+        """Why round ``r`` (< :attr:`next_round`, no longer kept) cannot be joined."""
+        if r == self.abandoned:
+            return (f"round {r} was abandoned: the base station restarted while it was open (its plans and "
+                    f"updates are lost); the next round is {self.next_round}")
+        return f"round {r} is over (the base station is at round {self.next_round}); this device missed it"
+
     def _wait(self, dev: Device, msg: FedPoll, reason: str, until_ns: int | None, now_ns: int) -> FedWait:
         if msg.attempt >= MAX_POLLS - 1:
             raise RoundError("wait", f"round {msg.seq}: still {reason} after {MAX_POLLS} polls; giving up on "
@@ -472,7 +513,14 @@ class BaseStation:
 
     def on_result_poll(self, dev: Device, r: int, msg: FedPoll, now_ns: int) -> Result | FedWait:
         rnd = self.rounds.get(r)
+        if rnd is None and r in self.kept:  # formed before the base station restarted
+            rec = self.kept[r]["devices"].get(str(dev.device_id))
+            if rec is None:
+                raise RoundError("round_closed", f"round {r} formed without device {dev.device_id}")
+            return rec
         if rnd is None:
+            if r < self.next_round:
+                raise RoundError("round_closed", self._over(r))
             raise RoundError("round", f"round {r} is not known to the base station (planned rounds: "
                                       f"{sorted(self.rounds)})")
         if not rnd.formed:
@@ -491,8 +539,9 @@ class BaseStation:
         rnd = self.rounds.get(r)
         if rnd is None:
             if r < self.next_round:
-                raise RoundError("late", f"round {r} closed before the update came (the base station is at "
-                                         f"round {self.next_round})")
+                raise RoundError("late", self._over(r) if r == self.abandoned else
+                                 f"round {r} closed before the update came (the base station is at round "
+                                 f"{self.next_round})")
             if r == self.next_round:
                 raise RoundError("not_planned", f"round {r} is not planned yet: poll for its plan first")
             raise RoundError("round", f"round {r} is not open at the base station (next round to plan: "
@@ -608,6 +657,7 @@ class BaseStation:
                 dev.active = False  # missing: left out of planning until it polls again
             dev.queue_j = max(dev.queue_j + energies[k] - dev.profile.energy_budget_j, 0.0)
         rnd.formed = True
+        self.formed = rnd.index
         devices = {k: self._device_record(rnd, k, energies.get(k, 0.0), closed_by, now_ns) for k in rnd.decisions}
         rnd.record = {"round": rnd.index, "closed_by": closed_by, "global_acc": self.accuracy,
                       "delivered": delivered, "policy": self.config.policy,
@@ -617,10 +667,10 @@ class BaseStation:
         self.history.append(rnd.record)
         for old in [i for i in self.rounds if i <= rnd.index - HISTORY_ROUNDS]:
             del self.rounds[old]
-        log.info("round %d formed (%s): %d/%d updates delivered, global accuracy %.4f", rnd.index, closed_by,
-                 len(delivered), len(rnd.participants), self.accuracy)
         if self.out:
             self._save(rnd.record)
+        log.info("round %d formed (%s): %d/%d updates delivered, global accuracy %.4f", rnd.index, closed_by,
+                 len(delivered), len(rnd.participants), self.accuracy)
 
     def clip_scales(self, rnd: FedRound, delivered: list[int]) -> list[float]:
         """Clipping factors ``c_k = min(1, clip_factor x median_j ||U_j - G|| / ||U_k - G||)`` of the
@@ -682,21 +732,32 @@ class BaseStation:
 
     # ------------------------------------------------------------ saved state (records.py)
 
-    def _save(self, record: dict) -> None:
-        meta = {"spec": self.spec.params(), "next_round": self.next_round, "accuracy": self.accuracy,
-                "aggregation": self.config.aggregation, "layers": sorted(self.global_adapter.layers),
-                "queues_j": {str(k): d.queue_j for k, d in self.devices.items()},
+    def _save(self, record: dict | None = None, state: bool = True) -> None:
+        """Save the base station (records.save_state): ``record`` of the round just formed (appended to the
+        log), the global adapter unless ``state`` is False (a round was planned: only state.json changes)."""
+        queues = {**self.saved_queues, **{k: d.queue_j for k, d in self.devices.items()}}  # J, by device
+        meta = {"spec": self.spec.params(), "next_round": self.next_round, "formed": self.formed,
+                "accuracy": self.accuracy, "aggregation": self.config.aggregation,
+                "layers": sorted(self.global_adapter.layers), "queues_j": {str(k): q for k, q in queues.items()},
                 "config": {k: v for k, v in asdict(self.config).items()}}
-        save_state(self.out, record, self.global_adapter.state(), meta)
+        save_state(self.out, record, self.global_adapter.state() if state else None, meta)
 
     def _load(self) -> None:
+        """Start from the saved state (see "Restart and resume" in the module docstring)."""
         arrays, meta = load_state(self.out, self.spec, self.config.aggregation)
         self.global_adapter.head = {k: arrays[k].astype(np.float32) for k in ("head.weight", "head.bias")}
         self.global_adapter.layers = {layer: (arrays[f"{layer}.lora_B"], arrays[f"{layer}.lora_A"])
                                       for layer in meta["layers"]}
-        self.next_round = int(meta["next_round"])
+        self.next_round = self.first_round = int(meta["next_round"])
+        self.formed = int(meta.get("formed", self.next_round - 1))  # a state saved only at forming: none open
         self.saved_queues = {int(k): float(v) for k, v in meta.get("queues_j", {}).items()}
-        log.info("resumed from %s: next round %d", self.out, self.next_round)
+        self.kept = {row["round"]: row for row in formed_records(self.out, self.formed)[-HISTORY_ROUNDS:]}
+        if self.formed < self.next_round - 1:
+            self.abandoned = self.next_round - 1
+            log.warning("round %d was open when the base station stopped: abandoned (its plans and updates are "
+                        "lost); devices asking for it are told round %d is next", self.abandoned, self.next_round)
+        log.info("resumed from %s: next round %d (planned once the devices have said HELLO again)", self.out,
+                 self.next_round)
 
 
 DEVICE_KEY_FILE = "dev{}.key"  # in the allow-list directory: the one CURVE key that speaks for device N
@@ -714,12 +775,14 @@ def device_key(allow_dir: Path, k: int) -> str | None:
     return public.decode() if isinstance(public, bytes) else str(public)
 
 
-def check_attempt(store: dict, msg: FedPoll) -> None:
+def check_attempt(store: dict, msg: FedPoll, continuing: bool = False) -> None:
     """A session numbers its polls of a round 0, 1, 2, ... (plan and result polls together): ``attempt``
     must be the next number, or the last one again (a repeat the replay record no longer holds); anything
-    else is ``bad_message``. ``store``: the session's store (keeps the last attempt of its recent rounds)."""
+    else is ``bad_message``. ``continuing``: the round began before the base station restarted, so the
+    first poll of it the session shows may carry any number. ``store``: the session's store (keeps the
+    last attempt of its recent rounds)."""
     seen = store.setdefault("fed_attempts", {})
-    last = seen.get(msg.seq, -1)
+    last = seen.get(msg.seq, msg.attempt - 1 if continuing else -1)
     if msg.attempt not in (last, last + 1):
         raise RoundError("bad_message", f"round {msg.seq}: poll attempt {msg.attempt}, but this session's last "
                                         f"poll of the round was {last} (polls count 0, 1, 2, ...)")
@@ -796,7 +859,7 @@ class FedLoraRx(RxHalf):
             s.lock.release()
 
     def _forming_wait(self, msg: FedPoll, ctx: RoundContext) -> Reply:
-        check_attempt(ctx.session, msg)
+        check_attempt(ctx.session, msg, self.station.continuing(msg.seq))
         if msg.attempt >= MAX_POLLS - 1:
             raise RoundError("wait", f"round {msg.seq}: still forming after {MAX_POLLS} polls; giving up on "
                                      "this round")
@@ -808,7 +871,7 @@ class FedLoraRx(RxHalf):
     def _on_poll(self, msg: FedPoll, ctx: RoundContext, now: int) -> Reply:
         s = self.station
         dev = s.bind(ctx, msg.device_id)
-        check_attempt(ctx.session, msg)
+        check_attempt(ctx.session, msg, self.station.continuing(msg.seq))
         if msg.want == "plan":
             return Reply(s.on_plan_poll(dev, msg.seq, msg, now), final=False)
         if msg.want == "result":

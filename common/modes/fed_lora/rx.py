@@ -386,7 +386,11 @@ class BaseStation:
 
         def form_locked():
             with self.lock:
-                self.form(rnd, now_ns, closed_by)
+                try:
+                    self.form(rnd, now_ns, closed_by)
+                except Exception:  # as a handler's would be: logged; the next message's tick tries again
+                    log.exception("round %d: forming failed (%s); it is tried again on the next message",
+                                  rnd.index, closed_by)
 
         self._forming = threading.Thread(target=form_locked, name=f"fed-form-{rnd.index}", daemon=True)
         self._forming.start()

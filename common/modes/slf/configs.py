@@ -9,8 +9,12 @@
 
 TRX1 and TRX2 take disjoint halves of the MNIST training set, so they never
 see the same image. Within its pool each transceiver splits train:test 8:2
-with its own seed, as the paper does. Epochs are not given by the paper; the
-defaults here are ours.
+with its own seed, as the paper does. Epochs, schedule and what the head
+learns from are not given by the paper; the defaults here are ours, chosen by
+the ablation in docs/modes/slf.md ("Transceivers"): the whole shard, 10
+transceiver epochs and 10 head epochs at the paper's constant Adam 1e-3, the
+head trained on clean images (on the transceiver's own reconstructions it
+scored within noise of that, at twice the head's cost).
 """
 
 from __future__ import annotations

@@ -117,6 +117,19 @@ def test_pretraining_lowers_codebook_loss(images, digits):
     assert not any(p.requires_grad for p in head.parameters())
     metrics = evaluate_link(model, model, head, images, torch.from_numpy(digits.y_train[:256]), 0.0)
     assert metrics.n == 256 and 0 < metrics.mse < 0.25 and 0 <= metrics.accuracy <= 1
+    before = copy.deepcopy(model.state_dict())
+    on_recon, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG, transceiver=model)
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())  # the transceiver is left alone
+    assert not any(p.requires_grad for p in on_recon.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(head.parameters(), on_recon.parameters()))
+
+
+def test_config_schedule_and_head_input_are_checked():
+    with pytest.raises(ValueError, match="schedule"):
+        dataclasses.replace(DIGITS_CFG, schedule="linear")
+    with pytest.raises(ValueError, match="head_on"):
+        dataclasses.replace(DIGITS_CFG, head_on="noisy")
+    assert TransceiverConfig.from_dict(DIGITS_CFG.to_dict()) == DIGITS_CFG
 
 
 # ------------------------------------------------------------------ split learning with layer freezing

@@ -9,8 +9,12 @@
 
 TRX1 and TRX2 take disjoint halves of the MNIST training set, so they never
 see the same image. Within its pool each transceiver splits train:test 8:2
-with its own seed, as the paper does. Epochs are not given by the paper; the
-defaults here are ours.
+with its own seed, as the paper does. Epochs, schedule and what the head
+learns from are not given by the paper; the defaults here are ours, chosen by
+the ablation in docs/modes/slf.md ("Transceivers"): the whole shard, 10
+transceiver epochs and 10 head epochs at the paper's constant Adam 1e-3, the
+head trained on clean images (on the transceiver's own reconstructions it
+scored within noise of that, at twice the head's cost).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ SHARD_PERMUTATION_SEED = 2024  # one fixed shuffle of a dataset's training set, 
 PAPER_TRAIN_FRACTION = 0.8  # the paper's 8:2 train/test split
 PAPER_BATCH_SIZE = 128
 PAPER_PRETRAIN_LR = 1e-3
+SCHEDULES = ("constant", "cosine")  # learning-rate schedules of common.learn.train (cosine: annealed to 0)
+HEAD_INPUTS = ("reconstructions", "clean")
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,10 @@ class TransceiverConfig:
     : rest into train and test with ``seed``. ``eps``: crossover probability
     of the DMC it is trained over. ``seed`` also seeds the weights, batch
     order and channel draws. ``epochs`` / ``head_epochs``: passes over the
-    train split for the transceiver and for its task head.
+    train split for the transceiver and for its task head, both with Adam at
+    peak ``lr`` under ``schedule`` (:data:`SCHEDULES`). ``head_on``: what the
+    head learns from, ``"reconstructions"`` (the transceiver's own link: its
+    encoder, its DMC, its decoder) or ``"clean"`` images.
     """
 
     name: str
@@ -55,6 +64,8 @@ class TransceiverConfig:
     head_epochs: float = 10.0
     batch_size: int = PAPER_BATCH_SIZE
     lr: float = PAPER_PRETRAIN_LR
+    schedule: str = "constant"
+    head_on: str = "clean"
     shape: TransceiverShape = field(default_factory=TransceiverShape)
 
     def __post_init__(self):
@@ -70,6 +81,10 @@ class TransceiverConfig:
             raise ValueError(f"max_pool must be >= 2 or None, got {self.max_pool}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.head_on not in HEAD_INPUTS:
+            raise ValueError(f"head_on must be one of {HEAD_INPUTS}, got {self.head_on!r}")
         if not (self.epochs > 0 and self.head_epochs > 0 and self.batch_size > 0 and self.lr > 0):
             raise ValueError(f"epochs={self.epochs}, head_epochs={self.head_epochs}, "
                              f"batch_size={self.batch_size}, lr={self.lr} must be > 0")

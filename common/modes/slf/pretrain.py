@@ -2,7 +2,8 @@
 
 :func:`pretrain_config` trains one :class:`TransceiverConfig` on its own split
 of its dataset: the VQ-VAE transceiver over the DMC of the config's ``eps``,
-then the task head on clean images (frozen afterwards), and measures on the
+then the task head (on the transceiver's own reconstructions through its DMC, or on clean
+images: ``config.head_on``; frozen afterwards), and measures on the
 held-out split: the head's accuracy on clean images, and accuracy + MSE of
 the transceiver's own link (its encoder, its DMC, its decoder, its head).
 :func:`pretrain_and_save` writes the checksummed artifacts.
@@ -69,7 +70,8 @@ def pretrain_config(config: TransceiverConfig, data: Dataset,
     model, rep = pretrain_transceiver(x, config, lambda e, loss: epoch_done(f"transceiver loss {loss:.4f}"))
     advance(max(0, math.ceil(config.epochs) - done[0]), "")  # a last partial pass reports no epoch
     done[0] = 0
-    head, hrep = pretrain_head(x, y, config, lambda e, loss: epoch_done(f"head loss {loss:.4f}"))
+    head, hrep = pretrain_head(x, y, config, lambda e, loss: epoch_done(f"head loss {loss:.4f}"),
+                               model if config.head_on == "reconstructions" else None)
     advance(max(0, math.ceil(config.head_epochs) - done[0]), "")
     model.eval()
     with torch.no_grad():

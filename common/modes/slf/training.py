@@ -65,23 +65,41 @@ def pretrain_transceiver(x: torch.Tensor, config: TransceiverConfig,
                          on_epoch: Callable[[int, float], None] | None = None) -> tuple[Transceiver, FitReport]:
     """Train a fresh transceiver on images ``x`` (n, C*H*W) float32 in [0, 1] over the DMC of ``config.eps``.
 
-    ``on_epoch(epoch, mean_loss)``: called after each full pass (progress).
+    Adam at ``config.lr`` under ``config.schedule``; ``on_epoch(epoch, mean_loss)``: called after each
+    full pass (progress).
     """
     model = Transceiver(config.shape, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                        schedule=config.schedule)
     report = fit(list(model.parameters()), lambda xb: vq_loss(model, xb, config.eps, gen).total, [x], train,
                  on_epoch=on_epoch)
     return model, report
 
 
 def pretrain_head(x: torch.Tensor, y: torch.Tensor, config: TransceiverConfig,
-                  on_epoch: Callable[[int, float], None] | None = None) -> tuple[TaskHead, FitReport]:
-    """Train the task head on clean images ``x`` (n, C*H*W) float32 / labels ``y`` (n,) int64, then freeze it."""
+                  on_epoch: Callable[[int, float], None] | None = None,
+                  transceiver: Transceiver | None = None) -> tuple[TaskHead, FitReport]:
+    """Train the task head on images ``x`` (n, C*H*W) float32 in [0, 1] / labels ``y`` (n,) int64, then freeze it.
+
+    With ``transceiver`` (left unchanged) the head learns from what its RX will see: each batch is encoded,
+    sent over the DMC of ``config.eps`` (fresh draws every step) and decoded; without, from the clean
+    images. Adam at ``config.lr`` under ``config.schedule``.
+    """
     head = TaskHead(config.shape, seed=config.seed)
-    train = TrainConfig(epochs=config.head_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-    report = fit(list(head.parameters()), lambda xb, yb: F.cross_entropy(head(xb), yb), [x, y.long()], train,
-                 on_epoch=on_epoch)
+    train = TrainConfig(epochs=config.head_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                        schedule=config.schedule)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+
+    def inputs(xb: torch.Tensor) -> torch.Tensor:
+        if transceiver is None:
+            return xb
+        with torch.no_grad():
+            received = dmc_torch(transceiver.encode(xb), transceiver.shape.n_codewords, config.eps, gen)
+            return transceiver.decode(received)
+
+    report = fit(list(head.parameters()), lambda xb, yb: F.cross_entropy(head(inputs(xb)), yb), [x, y.long()],
+                 train, on_epoch=on_epoch)
     head.requires_grad_(False)
     return head.eval(), report
 

@@ -2,8 +2,8 @@
 
 1. Missing transceivers (a config name whose ``artifacts/slf-<name>`` holds
    none) are pre-trained first at :data:`DEMO_PRETRAIN`, the reduced size
-   measured in ``docs/modes/slf.md`` (about 45 s per transceiver on one core
-   here), with a progress bar.
+   measured in ``docs/modes/slf.md`` (a few minutes per transceiver on one
+   core here), with a progress bar.
 2. The RX (``semalign rx --mode slf --trx RX_TRX``) and the TX (``semalign tx
    --mode slf --trx TX_TRX``) start through :mod:`semalign.campaigns.processes`, over
    CURVE with throwaway keys in ``OUT/keys``, on the loopback emulator: round
@@ -41,7 +41,8 @@ from semalign.campaigns.processes import free_port, launch, stop_process, throwa
 log = logging.getLogger("semalign.demo")
 
 # pre-training of a missing transceiver: each pool cut to 12,500 images (10,000 train / 2,500 test), 10
-# transceiver + 10 head epochs, the paper's batch 128 and Adam 1e-3 (about 45 s per transceiver here)
+# transceiver + 10 head epochs, the paper's batch 128 and Adam 1e-3 (3-5 min per transceiver on one core at
+# load 2-6 here with the (32, 64) / 128 head; 45 s with the former (8, 16) / 64 head at load 1-2)
 DEMO_PRETRAIN = {"max_pool": 12500, "epochs": 10.0, "head_epochs": 10.0}
 DEMO_FINETUNE_EPOCHS = 2.0  # passes over the TX's 10,000 training images per alignment (about 10 s here)
 RETURNING_ROUNDS = 3  # the returning TX: semantic (original decoder), alignment (resumed), semantic
@@ -80,7 +81,7 @@ def ensure_transceiver(trx: str, data_dir: str | None, progress: bool = True) ->
     from semalign.progress import progress_bar
 
     config = with_overrides(get_config(trx), DEMO_PRETRAIN)
-    log.info("no artifacts in %s: pre-training %s first (%d images, %g + %g epochs; about 45 s here)", path, trx,
+    log.info("no artifacts in %s: pre-training %s first (%d images, %g + %g epochs; a few minutes)", path, trx,
              config.max_pool, config.epochs, config.head_epochs)
     data = load_dataset(config.dataset, data_dir)
     with progress_bar(f"pretrain slf {trx}", progress_steps(config), progress) as advance:

@@ -108,7 +108,7 @@ import zmq
 
 from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
 from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
-from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, unpack
+from common.wire.protocol import MAX_SEQ, MAX_SESSION_ID, DecodeLimits, Error, ProtocolError, encode, unpack
 
 log = logging.getLogger("semalign.rx")
 
@@ -127,6 +127,34 @@ U64 = struct.Struct("!Q")
 def default_worker_argv() -> list[str]:
     """The command that starts a worker (the front end appends ``--spec PATH``)."""
     return [sys.executable, "-m", "rx_node.worker"]
+
+
+IDS_PREFIX_BYTES = 4096  # a request's type, session_id and seq are read from this much of its frame
+
+
+def request_ids(frame) -> tuple[str, int, int] | None:
+    """``(type, session_id, seq)`` of a request frame (bytes or a buffer), read from the head of its msgpack
+    map (the first :data:`IDS_PREFIX_BYTES`; every message's envelope is written before its payload, whose
+    values are skipped, not built), or None when they are not all there as a str and two ints."""
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=IDS_PREFIX_BYTES)
+    u.feed(memoryview(frame)[:IDS_PREFIX_BYTES])
+    found: dict = {}
+    try:
+        for _ in range(u.read_map_header()):
+            key = u.unpack()
+            if key in ("type", "session_id", "seq") and key not in found:
+                found[key] = u.unpack()
+                if len(found) == 3:
+                    break
+            else:
+                u.skip()
+    except Exception:  # msgpack raises several classes for a cut or bad head
+        return None
+    kind, sid, seq = found.get("type"), found.get("session_id"), found.get("seq")
+    if isinstance(kind, str) and type(sid) is int and type(seq) is int and 0 <= sid <= MAX_SESSION_ID \
+            and 0 <= seq <= MAX_SEQ:
+        return kind, sid, seq
+    return None
 
 
 def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
@@ -189,7 +217,7 @@ class _Worker:
     remote_ident: bytes | None = None
     ready: bool = False
     last_seen: float = 0.0
-    inflight: dict = field(default_factory=dict)  # reqid -> (peer, [frames]) not yet answered
+    inflight: dict = field(default_factory=dict)  # reqid -> (peer, request_ids or None) not yet answered
     beat_sent: float = 0.0
     counters: dict = field(default_factory=dict)  # its RxStats as last reported
     pid: int | None = None  # as announced in READY (a remote worker's is on its own host)
@@ -342,8 +370,8 @@ class FrontEnd:
                 w.proc.wait(5)
             except subprocess.TimeoutExpired:
                 log.error("RX worker %d (pid %d) did not exit after SIGKILL", w.index, w.proc.pid)
-        for peer, frames in w.inflight.values():
-            self._refuse(peer, frames, f"RX worker {w.index} {why} while serving this request; the session "
+        for peer, ids in w.inflight.values():
+            self._refuse(peer, ids, f"RX worker {w.index} {why} while serving this request; the session "
                                        "is gone: re-open it")
         w.inflight.clear()
         for route in [p for p, (i, _) in self._pins.items() if i == w.index]:
@@ -456,26 +484,26 @@ class FrontEnd:
     def _from_tx(self) -> None:
         peer, frames, owner = self.sock.recv_frames()  # no frame of a message of several (they are refused)
         w = self._pick(peer, frames, owner)
+        # what a refusal needs, kept instead of the frames (a payload is not held here while a worker works)
+        ids = request_ids(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]) \
+            if len(frames) == 1 else None
         if w is None:
-            self._refuse(peer, frames, "no RX worker is ready to serve it (restarting)")
+            self._refuse(peer, ids, "no RX worker is ready to serve it (restarting)")
             return
         reqid = U64.pack(next(self._reqids))
         parts = [b"M", reqid, peer, (owner or "").encode(), U64.pack(time.time_ns()),
                  U64.pack(self.sock.last_frames), *frames]
         if self._to_worker(w, parts):
-            w.inflight[reqid] = (peer, frames)
+            w.inflight[reqid] = (peer, ids)
         else:
-            self._refuse(peer, frames, f"RX worker {w.index} is not taking requests (busy or hung)")
+            self._refuse(peer, ids, f"RX worker {w.index} is not taking requests (busy or hung)")
 
-    def _refuse(self, peer: bytes, frames: list, why: str) -> None:
-        """ERROR ``no_session`` for a request no worker will answer (a HELLO is dropped: the TX re-sends it)."""
-        body = peek(frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0], self.limits) \
-            if len(frames) == 1 else None
-        if not body or body.get("type") == "HELLO":
+    def _refuse(self, peer: bytes, ids: tuple[str, int, int] | None, why: str) -> None:
+        """ERROR ``no_session`` for a request no worker will answer (:func:`request_ids`: its type, session
+        and seq; a HELLO, or a request whose ids cannot be read, is dropped: the TX re-sends it)."""
+        if ids is None or ids[0] == "HELLO":
             return
-        sid, seq = body.get("session_id", 0), body.get("seq", -1)
-        if not isinstance(sid, int) or not isinstance(seq, int):
-            return
+        _, sid, seq = ids
         log.warning("ERROR no_session (session %d, seq %d): %s", sid, seq, why)
         self.stats.errors_by_code["no_session"] = self.stats.errors_by_code.get("no_session", 0) + 1
         self._send_tx(peer, [encode(Error(sid, seq, "no_session", why))])

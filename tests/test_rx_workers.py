@@ -407,3 +407,20 @@ def test_mixed_modes_fed_lora_on_worker_0_pca_lora_beside_it(digits_artifacts, d
     fed_pids = {r.rx_pid for r in fed_rows}
     assert len(fed_pids) == 1 and pca[0]["rx_pid"] not in fed_pids | {proc.pid}, (fed_pids, pca[0]["rx_pid"])
     assert "rx-w0 INFO round 1 formed" in text, text[-3000:] + out
+
+
+def test_request_ids_are_read_from_the_head_of_a_frame(digits_artifacts, digits):
+    """The front end keeps a request's (type, session, seq), read from the head of its frame, instead of the
+    frame itself; a frame whose head does not hold them (or is not msgpack) gives None."""
+    import msgpack
+
+    from rx_node.workers import IDS_PREFIX_BYTES, request_ids
+
+    codec, _ = load_codec(digits_artifacts)
+    frame = encode(payload(codec, digits, seq=7, session_id=42, n_train=3000))
+    assert len(frame) > 4 * IDS_PREFIX_BYTES and request_ids(frame) == ("PAYLOAD", 42, 7)
+    assert request_ids(hello(codec, session_id=9)) is None  # no seq: a refused HELLO is dropped, the TX re-sends it
+    late = msgpack.packb({"blob": b"x" * (2 * IDS_PREFIX_BYTES), "type": "PAYLOAD", "session_id": 1, "seq": 2})
+    assert request_ids(late) is None  # the ids come after the head
+    assert request_ids(b"\xc1\x00") is None and request_ids(msgpack.packb([1, 2])) is None
+    assert request_ids(msgpack.packb({"type": "X", "session_id": 1, "seq": 2**63})) is None

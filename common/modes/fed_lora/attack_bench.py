@@ -1,6 +1,6 @@
 """Poisoning measurement: global accuracy with 0, 1, 2 hostile devices out of 4, per aggregation rule.
 
-In-process (no sockets): the base station (:class:`~common.modes.fed_lora.rx.BaseStation`) and four
+In-process (no sockets): the base station (:class:`~common.modes.fed_lora.base_station.BaseStation`) and four
 devices (:class:`~common.modes.fed_lora.tx.FedLoraTx`) of the MLP task go through the same plan ->
 train -> update -> form steps as over the daemons, with policy ``fixed`` (every device trains
 ``all-r8`` at full power; devices at 150 / 300 / 450 / 600 m lose no upload) so that ``fedavg`` can

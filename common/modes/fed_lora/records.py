@@ -1,7 +1,7 @@
 """fed-lora's base-station records and saved state: what it knows of a device, a device's outcome in a
 round, a round, and the state on disk (``base_station.jsonl``, ``state.npz`` + ``state.json``).
 
-No round logic here (that is :mod:`~common.modes.fed_lora.rx`); :func:`save_state` / :func:`load_state`
+No round logic here (that is :mod:`~common.modes.fed_lora.base_station`); :func:`save_state` / :func:`load_state`
 are plain functions of the directory and what is saved.
 """
 

@@ -1,6 +1,6 @@
 """fed-lora under Flower's deployment engine (a SuperLink and SuperNodes), an optional extra.
 
-The same base station (:class:`~common.modes.fed_lora.rx.BaseStation`) and
+The same base station (:class:`~common.modes.fed_lora.base_station.BaseStation`) and
 device (:class:`~common.modes.fed_lora.tx.FedLoraTx`) as the ZeroMQ daemons,
 driven by Flower's Message API instead of our wire protocol:
 

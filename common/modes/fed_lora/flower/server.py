@@ -1,6 +1,6 @@
 """The ServerApp's loop: the daemons' base station driven over Flower's Grid.
 
-:func:`run_federation` builds the same :class:`~common.modes.fed_lora.rx.BaseStation`
+:func:`run_federation` builds the same :class:`~common.modes.fed_lora.base_station.BaseStation`
 as ``semalign rx --mode fed-lora`` (``FedLora.build_rx`` on the run config) and
 plays ``rounds`` rounds with the SuperNodes:
 

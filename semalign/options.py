@@ -98,6 +98,7 @@ def _with_modes(daemon: list[Option], side: str) -> list[Option]:
     """
     out = list(COMMON) + list(daemon)
     daemon_names = {o.name for o in out}
+    owners = option_modes(side)
     declared: dict[str, Option] = {}
     for name in mode_names():
         for o in getattr(get_mode(name), f"{side}_options"):
@@ -106,9 +107,9 @@ def _with_modes(daemon: list[Option], side: str) -> list[Option]:
             first = declared.setdefault(o.name, o)
             if first != o:
                 raise ValueError(f"mode {name} declares --{o.name.replace('_', '-')} unlike "
-                                 f"{', '.join(option_modes(side)[o.name])}: one name, one meaning")
+                                 f"{', '.join(owners[o.name])}: one name, one meaning")
     for o in declared.values():
-        out.append(Option(o.name, o.type, f"{', '.join(option_modes(side)[o.name])}: {o.help}", o.default))
+        out.append(Option(o.name, o.type, f"{', '.join(owners[o.name])}: {o.help}", o.default))
     return out
 
 

@@ -501,7 +501,7 @@ class FrontEnd:
     def _refuse(self, peer: bytes, ids: tuple[str, int, int] | None, why: str) -> None:
         """ERROR ``no_session`` for a request no worker will answer (:func:`request_ids`: its type, session
         and seq; a HELLO, or a request whose ids cannot be read, is dropped: the TX re-sends it)."""
-        if ids is None or ids[0] == "HELLO":
+        if ids is None:  # also every HELLO: it carries no seq
             return
         _, sid, seq = ids
         log.warning("ERROR no_session (session %d, seq %d): %s", sid, seq, why)

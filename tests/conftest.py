@@ -15,6 +15,8 @@ from common.modes.pca_lora.pretrain import PretrainConfig, pretrain
 
 torch.set_num_threads(1)
 
+pytest_plugins = ("tests.zmq_hygiene",)
+
 # CI runs the property tests with a fixed seed, so a landing never hangs on a lucky draw;
 # everywhere else each run explores new examples (and the atheris run explores far more).
 settings.register_profile("ci", derandomize=True, print_blob=True)

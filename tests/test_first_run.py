@@ -110,18 +110,20 @@ def test_two_terminal_launch_as_the_readme_says(digits_artifacts, tmp_path):
 
 
 def test_tx_at_the_wrong_port_gives_up_soon_and_says_what_to_check(digits_artifacts, tmp_path):
-    """Within ``--connect-timeout-s`` (not ``--hello-attempts`` x the hello timeout), saying what to check."""
-    t0 = time.monotonic()
+    """Within ``--connect-timeout-s`` (not ``--hello-attempts`` x the hello timeout), saying what to check.
+
+    The time is the TX's own (its message says how long it tried), so a slow or loaded machine's process
+    start-up does not count; the attempts allow 1000 x 0.5 s, so a TX that ignored the timeout would say
+    500 s, not 3."""
     got = semalign("tx", "--insecure", "--connect", f"tcp://127.0.0.1:{free_port()}", "--connect-timeout-s", 3,
-                   "--hello-timeout-s", 0.5, "--rounds", 1, "--out", tmp_path / "o", "--artifacts",
-                   digits_artifacts, "--dataset", "digits")
-    took = time.monotonic() - t0
+                   "--hello-timeout-s", 0.5, "--hello-attempts", 1000, "--rounds", 1, "--out", tmp_path / "o",
+                   "--artifacts", digits_artifacts, "--dataset", "digits")
     assert got.returncode == 2, got.stderr
     (err,) = error_lines(got.stderr)
     for words in ("no answer from the RX at tcp://127.0.0.1:", "check the address and port (--connect)",
                   "the RX is running", "--curve-server-public", "--connect-timeout-s"):
         assert words in err, err
-    assert took < 3 + 15  # the give-up time, plus the start-up of a Python process with torch
+    assert 3 <= int(re.search(r"attempts in (\d+) s", err).group(1)) < 3 + 10, err
     tries = [ln for ln in got.stderr.splitlines() if "no answer from the RX" in ln and "re-trying" in ln]
     attempts = int(re.search(r"after (\d+) attempts", err).group(1))
     assert 1 <= len(tries) < attempts, got.stderr  # one line per back-off level, not one per attempt
@@ -162,11 +164,10 @@ def test_demo_validates_before_starting_processes(tmp_path, digits_artifacts):
                          (["--data-dir", str(tmp_path / "nope")], "--data-dir"),
                          (["--n-test", "0"], "n_test")):
         out = tmp_path / f"out{len(words)}"
-        t0 = time.monotonic()
         result = runner.invoke(app, [*DEMO, "--artifacts", str(digits_artifacts), "--out", str(out), *extra])
         assert result.exit_code == 2, result.output
         (err,) = error_lines(result.output)
-        assert words in err and time.monotonic() - t0 < 10
+        assert words in err
         assert not (out / "rx.log").exists()  # no process was started
 
 

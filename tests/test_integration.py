@@ -2,6 +2,7 @@
 
 import os
 import threading
+import re
 import time
 
 import pytest
@@ -64,7 +65,7 @@ def test_garbage_over_the_wire_then_valid_rounds(rx_process, digits_artifacts, d
     try:
         for junk in (b"", b"\xff" * 100, encode(Channel(1, 0, 0.0, 0, "qam64", "QPSK", 1e6))):
             sock.send(junk)
-            reply = decode(sock.recv(10_000))
+            reply = decode(sock.recv(60_000))
             assert isinstance(reply, Error) and reply.message
     finally:
         sock.close()
@@ -75,11 +76,10 @@ def test_garbage_over_the_wire_then_valid_rounds(rx_process, digits_artifacts, d
 def test_unreachable_rx_fails_fast(digits_artifacts, digits, tmp_path):
     from tests.helpers import free_port
 
-    t0 = time.monotonic()
-    with pytest.raises(HandshakeFailed, match="after 2 attempts"):
+    with pytest.raises(HandshakeFailed, match="after 2 attempts") as info:
         run_tx(digits_artifacts, digits, f"tcp://127.0.0.1:{free_port()}", tmp_path,
-               hello_attempts=2, hello_timeout_s=0.2)
-    assert time.monotonic() - t0 < 5
+               hello_attempts=2, hello_timeout_s=0.2, connect_timeout_s=300)
+    assert int(re.search(r"attempts in (\d+) s", str(info.value)).group(1)) < 30  # the TX's own clock: not 300 s
 
 
 def silent_rx(address, codec, stop_event):

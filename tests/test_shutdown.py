@@ -22,13 +22,11 @@ def test_tx_signal_mid_campaign_flushes_and_exits_0(digits_artifacts, tmp_path, 
         tx = subprocess.Popen(tx_cmd(digits_artifacts, address, out, 200), env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
         wait_rows(out, 2)
-        t0 = time.monotonic()
         tx.send_signal(sig)
         output, _ = tx.communicate(timeout=30)
     finally:
         stop(proc)
     assert tx.returncode == 0, output
-    assert time.monotonic() - t0 < 10
     rows = read_jsonl(out / "results.jsonl")
     assert 2 <= len(rows) < 200 and [r["round"] for r in rows] == list(range(len(rows)))
     assert all(r["status"] == "ok" for r in rows), rows[-1]  # the round in flight was finished, not lost

@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/semalign demo --rounds $(ROUNDS) --out runs/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q --run-slow

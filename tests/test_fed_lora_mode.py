@@ -76,7 +76,9 @@ def serve_rx():
 
 
 def node_for(address, half, **cfg):
-    cfg = {"hello_timeout_s": 1.0, "hello_attempts": 20, "clock_samples": 1, "result_timeout_s": 20.0, **cfg}
+    # generous: a loaded machine starts the RX's workers slowly, and a wait ends at the first answer
+    cfg = {"hello_timeout_s": 1.0, "hello_attempts": 120, "connect_timeout_s": 120.0, "clock_samples": 1,
+           "result_timeout_s": 20.0, **cfg}
     return TxNode(half, TxSocket(address), TxConfig(**cfg))
 
 

@@ -259,7 +259,9 @@ def slf_sweep(
     demo's reduced size). Scale up with --table-epochs, --fig3-epochs, more --eps / --dissimilarity values,
     --finetune-images, --threads, or --device cuda where torch sees a GPU.
     """
-    from semalign.campaigns.slf.sweep import SlfSweepConfig, format_tables, run_slf_sweep
+    from semalign.campaigns.slf.sweep import run_slf_sweep
+    from semalign.campaigns.slf.sweep_config import SlfSweepConfig
+    from semalign.campaigns.slf.sweep_report import format_tables
 
     setup_logging(log_level, "slf-sweep")
     try:

@@ -51,7 +51,9 @@ def sweep(
 ):
     """Accuracy and latency vs alpha for Pre-Trained, LoRA, End-to-End, full and last-layer fine-tuning."""
     from semalign.campaigns.pca_lora.runner import ensure_artifacts
-    from semalign.campaigns.pca_lora.sweep import E2EConfig, SweepConfig, live_rounds, run_sweep
+    from semalign.campaigns.pca_lora.sweep import run_sweep
+    from semalign.campaigns.pca_lora.sweep_config import E2EConfig, SweepConfig
+    from semalign.campaigns.pca_lora.sweep_live import live_rounds
     from semalign.campaigns.pca_lora.sweep_report import print_summary, print_targets
 
     setup_logging(log_level, "sweep")

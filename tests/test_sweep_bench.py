@@ -16,7 +16,8 @@ from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
 from semalign.campaigns.pca_lora.runner import build_round, reference_rate_bps
-from semalign.campaigns.pca_lora.sweep import DEFAULT_METHOD, E2EConfig, SweepConfig, run_sweep
+from semalign.campaigns.pca_lora.sweep import run_sweep
+from semalign.campaigns.pca_lora.sweep_config import DEFAULT_METHOD, E2EConfig, SweepConfig
 
 
 def test_round_matches_eq2(digits, digits_artifacts):
@@ -136,7 +137,7 @@ def test_bench_small(tmp_path, digits_artifacts):
 
 @pytest.mark.slow
 def test_sweep_live_through_daemons(tmp_path, digits_artifacts):
-    from semalign.campaigns.pca_lora.sweep import live_rounds
+    from semalign.campaigns.pca_lora.sweep_live import live_rounds
 
     cfg = SweepConfig(dims=(10,), seeds=1, b_max_bytes=15_000, n_test=50, methods=("pretrained", DEFAULT_METHOD),
                       live=True)

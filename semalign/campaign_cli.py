@@ -86,7 +86,8 @@ def bench(
     log_level: str = LogOpt,
 ):
     """Micro-benchmarks next to their physical floors; writes OUT/bench.json and prints a table."""
-    from semalign.campaigns.pca_lora.bench import print_bench, run_bench
+    from semalign.campaigns.pca_lora.bench import run_bench
+    from semalign.campaigns.pca_lora.bench_report import print_bench
     from semalign.campaigns.pca_lora.runner import ensure_artifacts
 
     setup_logging(log_level, "bench")

@@ -179,7 +179,9 @@ def fed(
     """A fed-lora federation on loopback: a base station and N devices per policy, as our daemons or under
     Flower (--engine); per-round tables and figures. Several --seeds or --budget-j values make a sweep with a
     summary table per budget."""
-    from semalign.campaigns.fed_lora.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
+    from semalign.campaigns.fed_lora.fed import run_fed, run_fed_sweep
+    from semalign.campaigns.fed_lora.fed_config import FedCampaign
+    from semalign.campaigns.fed_lora.fed_output import format_tables
     from semalign.campaigns.fed_lora.fed_report import format_sweep
 
     setup_logging(log_level, "fed")

@@ -51,7 +51,9 @@ def sweep(
 ):
     """Accuracy and latency vs alpha for Pre-Trained, LoRA, End-to-End, full and last-layer fine-tuning."""
     from semalign.campaigns.pca_lora.runner import ensure_artifacts
-    from semalign.campaigns.pca_lora.sweep import E2EConfig, SweepConfig, live_rounds, run_sweep
+    from semalign.campaigns.pca_lora.sweep import run_sweep
+    from semalign.campaigns.pca_lora.sweep_config import E2EConfig, SweepConfig
+    from semalign.campaigns.pca_lora.sweep_live import live_rounds
     from semalign.campaigns.pca_lora.sweep_report import print_summary, print_targets
 
     setup_logging(log_level, "sweep")
@@ -84,7 +86,8 @@ def bench(
     log_level: str = LogOpt,
 ):
     """Micro-benchmarks next to their physical floors; writes OUT/bench.json and prints a table."""
-    from semalign.campaigns.pca_lora.bench import print_bench, run_bench
+    from semalign.campaigns.pca_lora.bench import run_bench
+    from semalign.campaigns.pca_lora.bench_report import print_bench
     from semalign.campaigns.pca_lora.runner import ensure_artifacts
 
     setup_logging(log_level, "bench")
@@ -176,7 +179,9 @@ def fed(
     """A fed-lora federation on loopback: a base station and N devices per policy, as our daemons or under
     Flower (--engine); per-round tables and figures. Several --seeds or --budget-j values make a sweep with a
     summary table per budget."""
-    from semalign.campaigns.fed_lora.fed import FedCampaign, format_tables, run_fed, run_fed_sweep
+    from semalign.campaigns.fed_lora.fed import run_fed, run_fed_sweep
+    from semalign.campaigns.fed_lora.fed_config import FedCampaign
+    from semalign.campaigns.fed_lora.fed_output import format_tables
     from semalign.campaigns.fed_lora.fed_report import format_sweep
 
     setup_logging(log_level, "fed")
@@ -259,7 +264,9 @@ def slf_sweep(
     demo's reduced size). Scale up with --table-epochs, --fig3-epochs, more --eps / --dissimilarity values,
     --finetune-images, --threads, or --device cuda where torch sees a GPU.
     """
-    from semalign.campaigns.slf.sweep import SlfSweepConfig, format_tables, run_slf_sweep
+    from semalign.campaigns.slf.sweep import run_slf_sweep
+    from semalign.campaigns.slf.sweep_config import SlfSweepConfig
+    from semalign.campaigns.slf.sweep_report import format_tables
 
     setup_logging(log_level, "slf-sweep")
     try:

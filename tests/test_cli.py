@@ -49,7 +49,7 @@ def test_fed_lora_help_defaults_are_its_dataclasses_defaults():
     """fed-lora's option defaults are those of the dataclasses its halves are built from (one definition)."""
     from common.modes.fed_lora.device_config import DeviceConfig
     from common.modes.fed_lora.mode import FedLora, fed_spec
-    from common.modes.fed_lora.base_station import BaseStationConfig
+    from common.modes.fed_lora.station_config import BaseStationConfig
     from common.modes.fed_lora.spec import FedSpec
 
     rx, tx = ({o.name: o.default for o in opts} for opts in (FedLora.rx_options, FedLora.tx_options))

@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from semalign.cli import app
-from semalign.campaigns.fed_lora.fed import FedCampaign, _write, format_tables, run_central
+from semalign.campaigns.fed_lora.fed_central import run_central
+from semalign.campaigns.fed_lora.fed_config import FedCampaign
+from semalign.campaigns.fed_lora.fed_output import format_tables, write_result
 from semalign.campaigns.fed_lora.fed_report import PLOT_FILES, format_sweep, plot_sweep, policy_series, sweep_rows, write_plots
 
 BUDGETS_J = (0.010, 0.005, 0.003)  # per device
@@ -86,7 +88,7 @@ def test_a_campaign_writes_four_figures_tables_and_a_csv_with_latency_and_upload
     assert "| central (reference) | 0.960 | 0.960 |" in table
     assert "| ours | 0.850 |" in table and "| fixed | 0.900 |" in table
     assert "900 optimiser steps" in table and "load average (1 min): 1.00 at the start, 1.50 at the end" in table
-    _write(result, tmp_path)
+    write_result(result, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "fed.csv")))
     assert {"upload_bits", "round_wall_s", "queue_j", "energy_j"} <= set(rows[0])
     assert len([r for r in rows if r["policy"] in ("ours", "fixed")]) == 2 * 3 * 4

@@ -17,16 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from semalign.cli import app
-from semalign.campaigns.fed_lora.fed import (
-    CSV_FIELDS,
-    FedCampaign,
-    _csv_rows,
-    device_profiles,
-    device_rows,
-    flower_configs,
-    format_tables,
-    summarise,
-)
+from semalign.campaigns.fed_lora.fed_config import FedCampaign, device_profiles, flower_configs
+from semalign.campaigns.fed_lora.fed_engines import device_rows, summarise
+from semalign.campaigns.fed_lora.fed_output import CSV_FIELDS, csv_rows, format_tables
 
 
 def _dev(k: int, outcome: str, energy_j: float, queue_j: float, reason: str = "") -> dict:
@@ -64,8 +57,8 @@ def test_base_station_records_become_the_devices_rows():
     table = format_tables(result)
     assert "| 1 | 0.900 | all-r8 / 12.00 / 2.00 | failed: node error 3: boom |" in table
     assert "Flower's deployment engine" in table and "ours 0.090" in table
-    csv_rows = _csv_rows(result)
-    assert len(csv_rows) == 5 and {r["device_id"] for r in csv_rows} == {0, 1}
+    fed_csv = csv_rows(result)
+    assert len(fed_csv) == 5 and {r["device_id"] for r in fed_csv} == {0, 1}
     assert set(CSV_FIELDS) >= {"round", "status", "error", "energy_j"}
 
 

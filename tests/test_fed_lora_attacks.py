@@ -221,7 +221,7 @@ def test_a_device_told_to_skip_polls_after_the_round_formed(federation, tmp_path
     original = station.plan
 
     def patched(r, now_ns):  # the policy tells device 1 to skip round 0
-        from common.modes.fed_lora import base_station as rxmod
+        from common.modes.fed_lora import station_rounds as rxmod
 
         real = rxmod.fixed_plan
 

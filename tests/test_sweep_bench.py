@@ -16,7 +16,8 @@ from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.cli import app
 from semalign.campaigns.pca_lora.runner import build_round, reference_rate_bps
-from semalign.campaigns.pca_lora.sweep import DEFAULT_METHOD, E2EConfig, SweepConfig, run_sweep
+from semalign.campaigns.pca_lora.sweep import run_sweep
+from semalign.campaigns.pca_lora.sweep_config import DEFAULT_METHOD, E2EConfig, SweepConfig
 
 
 def test_round_matches_eq2(digits, digits_artifacts):
@@ -96,7 +97,7 @@ def test_fading_compares_policies(tmp_path, digits_artifacts):
 def test_bench_small(tmp_path, digits_artifacts):
     from semalign.campaigns.pca_lora.bench import run_bench
 
-    from semalign.campaigns.pca_lora.bench import DEFAULT_RECIPE, RECIPES
+    from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, RECIPES
 
     res = run_bench(digits_artifacts, "digits", tmp_path, repeats=1, live=False)
     rate = res["reference_rate_bps"]
@@ -136,7 +137,7 @@ def test_bench_small(tmp_path, digits_artifacts):
 
 @pytest.mark.slow
 def test_sweep_live_through_daemons(tmp_path, digits_artifacts):
-    from semalign.campaigns.pca_lora.sweep import live_rounds
+    from semalign.campaigns.pca_lora.sweep_live import live_rounds
 
     cfg = SweepConfig(dims=(10,), seeds=1, b_max_bytes=15_000, n_test=50, methods=("pretrained", DEFAULT_METHOD),
                       live=True)
@@ -150,7 +151,7 @@ def test_sweep_live_through_daemons(tmp_path, digits_artifacts):
 
 @pytest.mark.slow
 def test_bench_daemon_rss(tmp_path, digits_artifacts):
-    from semalign.campaigns.pca_lora.bench import daemon_rss
+    from semalign.campaigns.pca_lora.bench_live import daemon_rss
 
     rss = daemon_rss(digits_artifacts, "digits", tmp_path, None)
     # measured on digits (3 rounds then, 9 now; torch 2.13 CPU): RX 261 MiB, TX 313 MiB, most of it torch itself.
@@ -190,7 +191,7 @@ def test_holdout_keeps_frozen_model_when_adaptation_hurts(digits, digits_artifac
 def test_bench_train_parts_live(tmp_path, digits_artifacts):
     """The bench's rounds-in-parts figure over real daemons: every K gives successful rounds at alpha 20
     with the same training vectors, and time to classification at least the longest stage."""
-    from semalign.campaigns.pca_lora.bench import train_parts_rounds
+    from semalign.campaigns.pca_lora.bench_live import train_parts_rounds
 
     res = train_parts_rounds(digits_artifacts, "digits", tmp_path, None, parts=(0, 2), rounds=3, passes=1)
     assert set(res) == {"0", "2"}

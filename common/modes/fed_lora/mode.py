@@ -8,7 +8,8 @@ transmit power, bandwidth) by our online drift-plus-penalty method under
 long-term energy budgets, receives the updates, drops those the emulated
 uplink loses, aggregates heterogeneous ranks and serves the new global
 adapter. Files: ``spec.py`` (what a federation shares), ``messages.py``
-(wire), ``base_station.py`` (the base station), ``rx.py`` (its RX half), ``tx.py`` (device); the ML and radio core:
+(wire), ``base_station.py`` + ``station_rounds.py`` (the base station; its settings ``station_config.py``),
+``rx.py`` (its RX half), ``tx.py`` (device); the ML and radio core:
 ``foundation.py``, ``aggregation.py``, ``wireless.py``, ``optimizer.py``,
 ``text_data.py``. Guide: ``docs/modes/fed_lora.md``.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from common.modes.base import Mode, register_mode
 from common.modes.fed_lora.device_config import DeviceConfig
-from common.modes.fed_lora.base_station import BaseStationConfig
+from common.modes.fed_lora.station_config import BaseStationConfig
 from common.modes.fed_lora.spec import PRESETS, FedSpec
 from common.options import Option
 

@@ -1,8 +1,8 @@
 """fed-lora's base-station records and saved state: what it knows of a device, a device's outcome in a
 round, a round, and the state on disk (``base_station.jsonl``, ``state.npz`` + ``state.json``).
 
-No round logic here (that is :mod:`~common.modes.fed_lora.base_station`); :func:`save_state` / :func:`load_state`
-are plain functions of the directory and what is saved.
+No round logic here (that is :mod:`~common.modes.fed_lora.station_rounds`); :func:`save_state` /
+:func:`load_state` are plain functions of the directory and what is saved.
 """
 
 from __future__ import annotations

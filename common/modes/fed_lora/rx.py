@@ -3,8 +3,9 @@
 It checks a device's HELLO (the federation's parameters; under CURVE the key bound to the device id,
 ``dev<N>.key`` in the allow-list), numbers each session's polls (:func:`check_attempt`), and hands
 FED_POLL / FED_UPDATE to the base station under its lock: a poll that finds a round being formed in the
-background is answered ``FED_WAIT forming`` at once. The base station itself (planning, the emulated
-uplink, forming, records, restart and resume): :mod:`.base_station`.
+background is answered ``FED_WAIT forming`` at once. The base station itself: :mod:`.base_station`
+(HELLO, polls, updates and their emulated uplink) and :mod:`.station_rounds` (planning, forming, records,
+restart and resume).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from common.modes.fed_lora.messages import (
     FedUpdate,
     FedWait,
 )
-from common.modes.fed_lora.base_station import FORMING_RETRY_MS, HISTORY_ROUNDS, BaseStation
+from common.modes.fed_lora.base_station import BaseStation
+from common.modes.fed_lora.station_rounds import FORMING_RETRY_MS, HISTORY_ROUNDS
 from common.wire.protocol import Result
 
 log = logging.getLogger("semalign.rx")

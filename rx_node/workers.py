@@ -108,7 +108,7 @@ import zmq
 
 from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
 from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
-from common.wire.protocol import MAX_SEQ, MAX_SESSION_ID, DecodeLimits, Error, ProtocolError, encode, unpack
+from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, request_ids, unpack
 
 log = logging.getLogger("semalign.rx")
 
@@ -127,34 +127,6 @@ U64 = struct.Struct("!Q")
 def default_worker_argv() -> list[str]:
     """The command that starts a worker (the front end appends ``--spec PATH``)."""
     return [sys.executable, "-m", "rx_node.worker"]
-
-
-IDS_PREFIX_BYTES = 4096  # a request's type, session_id and seq are read from this much of its frame
-
-
-def request_ids(frame) -> tuple[str, int, int] | None:
-    """``(type, session_id, seq)`` of a request frame (bytes or a buffer), read from the head of its msgpack
-    map (the first :data:`IDS_PREFIX_BYTES`; every message's envelope is written before its payload, whose
-    values are skipped, not built), or None when they are not all there as a str and two ints."""
-    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=IDS_PREFIX_BYTES)
-    u.feed(memoryview(frame)[:IDS_PREFIX_BYTES])
-    found: dict = {}
-    try:
-        for _ in range(u.read_map_header()):
-            key = u.unpack()
-            if key in ("type", "session_id", "seq") and key not in found:
-                found[key] = u.unpack()
-                if len(found) == 3:
-                    break
-            else:
-                u.skip()
-    except Exception:  # msgpack raises several classes for a cut or bad head
-        return None
-    kind, sid, seq = found.get("type"), found.get("session_id"), found.get("seq")
-    if isinstance(kind, str) and type(sid) is int and type(seq) is int and 0 <= sid <= MAX_SESSION_ID \
-            and 0 <= seq <= MAX_SEQ:
-        return kind, sid, seq
-    return None
 
 
 def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:

@@ -54,7 +54,8 @@ Pirate heartbeats:
 - The front end never blocks on a worker: its sends to workers are
   ``NOBLOCK`` with ``ROUTER_MANDATORY`` (a worker that does not take a
   request gets it refused at once with ``no_session``), and its sends to TXs
-  are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies).
+  are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies; large replies within the
+  TX key's byte budget, else ERROR ``replies_unread`` in their place: :func:`rx_node.daemon.send_replies`).
 
 - **Workers on other hosts** (``semalign rx --worker-bind tcp://0.0.0.0:PORT
   --worker-allow DIR`` on the front end, ``semalign rx-worker --connect

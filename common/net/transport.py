@@ -16,12 +16,12 @@ never stalls the others. ``SNDHWM`` counts messages, not bytes: a reply of
 sender's CURVE key; on a plain socket its connection) from the moment it is
 queued until libzmq has taken it off the queue (written it to the
 connection, or dropped it with the connection), through a ZeroMQ message
-tracker on a zero-copy frame; the next large reply of a key that holds
-``max_reply_bytes_per_key`` bytes so is refused (:class:`RepliesUnread`),
-and no other key's replies are touched. ``MAXMSGSIZE`` makes libzmq drop a connection whose
-next message announces more than the RX accepts, before buffering it, and a
-small receive high-water mark bounds what the RX buffers per peer while it is
-busy. ``LINGER`` is 0: :meth:`RxSocket.close` never waits for a peer.
+tracker on a zero-copy frame; a large reply that would take its key past
+``max_reply_bytes_per_key`` is refused (:class:`RepliesUnread`), and no
+other key's replies are touched. ``MAXMSGSIZE`` makes libzmq drop a
+connection whose next message announces more than the RX accepts, before
+buffering it, and a small receive high-water mark bounds what the RX buffers
+per peer while it is busy. ``LINGER`` is 0: :meth:`RxSocket.close` never waits for a peer.
 
 A :class:`~common.net.monitor.ConnectionMonitor` thread (its own module) reads the RX socket's monitor and logs,
 with the peer's address and rate-limited, every connection that ends without

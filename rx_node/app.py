@@ -8,7 +8,7 @@ from common.learn.process_tuning import keep_freed_memory
 from common.link.sidelink import create_sidelink
 from common.modes.base import DEFAULT_MODE, get_mode
 from common.net.security import RxSecurity, worker_security
-from common.net.transport import RxSocket
+from common.net.transport import MAX_REPLY_BYTES_PER_KEY, RxSocket
 from common.wire.protocol import DecodeLimits
 from rx_node.daemon import RxNode, RxStats, serve
 
@@ -64,11 +64,16 @@ def build_node(opts: dict, link_table: dict, shared_dir=None) -> RxNode:
     return RxNode(halves, link, limits)
 
 
+def rx_socket(opts: dict, limits: DecodeLimits, security: RxSecurity) -> RxSocket:
+    """The RX's public socket (W = 1: the daemon's; W > 1: the front end's) at ``opts['bind']``."""
+    per_key = opts.get("max_reply_bytes_per_key")
+    return RxSocket(opts.get("bind") or DEFAULT_BIND, limits.max_message_bytes, security=security,
+                    max_reply_bytes_per_key=MAX_REPLY_BYTES_PER_KEY if per_key is None else int(per_key))
+
+
 def build_rx(opts: dict, link_table: dict, security: RxSecurity) -> tuple[RxNode, RxSocket]:
     node = build_node(opts, link_table)
-    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, node.limits.max_message_bytes,
-                    security=security)
-    return node, sock
+    return node, rx_socket(opts, node.limits, security)
 
 
 DEFAULT_WORKERS = 1
@@ -108,7 +113,7 @@ def _run_front_end(opts: dict, link_table: dict, security: RxSecurity, stop: thr
     one_writer = {o for c in classes for o in c.rx_one_writer_options}
     limits = rx_limits(opts)
     remote = worker_security(security, opts.get("worker_allow")) if opts.get("worker_bind") else None
-    sock = RxSocket(opts.get("bind") or DEFAULT_BIND, limits.max_message_bytes, security=security)
+    sock = rx_socket(opts, limits, security)
     front = None
     try:
         front = FrontEnd(opts, link_table, sock, workers, worker_argv, modes, one_owner, one_writer, limits,

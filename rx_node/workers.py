@@ -54,7 +54,8 @@ Pirate heartbeats:
 - The front end never blocks on a worker: its sends to workers are
   ``NOBLOCK`` with ``ROUTER_MANDATORY`` (a worker that does not take a
   request gets it refused at once with ``no_session``), and its sends to TXs
-  are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies).
+  are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies; large replies within the
+  TX key's byte budget, else ERROR ``replies_unread`` in their place: :func:`rx_node.daemon.send_replies`).
 
 - **Workers on other hosts** (``semalign rx --worker-bind tcp://0.0.0.0:PORT
   --worker-allow DIR`` on the front end, ``semalign rx-worker --connect
@@ -107,8 +108,9 @@ import msgpack
 import zmq
 
 from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
-from common.net.transport import ReplyDropped, RxSocket, check_endpoint, endpoint_error
-from common.wire.protocol import MAX_SEQ, MAX_SESSION_ID, DecodeLimits, Error, ProtocolError, encode, unpack
+from common.net.transport import RxSocket, check_endpoint, endpoint_error
+from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, request_ids, unpack
+from rx_node.daemon import RxStats, release_sent_replies, send_replies
 
 log = logging.getLogger("semalign.rx")
 
@@ -127,34 +129,6 @@ U64 = struct.Struct("!Q")
 def default_worker_argv() -> list[str]:
     """The command that starts a worker (the front end appends ``--spec PATH``)."""
     return [sys.executable, "-m", "rx_node.worker"]
-
-
-IDS_PREFIX_BYTES = 4096  # a request's type, session_id and seq are read from this much of its frame
-
-
-def request_ids(frame) -> tuple[str, int, int] | None:
-    """``(type, session_id, seq)`` of a request frame (bytes or a buffer), read from the head of its msgpack
-    map (the first :data:`IDS_PREFIX_BYTES`; every message's envelope is written before its payload, whose
-    values are skipped, not built), or None when they are not all there as a str and two ints."""
-    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=IDS_PREFIX_BYTES)
-    u.feed(memoryview(frame)[:IDS_PREFIX_BYTES])
-    found: dict = {}
-    try:
-        for _ in range(u.read_map_header()):
-            key = u.unpack()
-            if key in ("type", "session_id", "seq") and key not in found:
-                found[key] = u.unpack()
-                if len(found) == 3:
-                    break
-            else:
-                u.skip()
-    except Exception:  # msgpack raises several classes for a cut or bad head
-        return None
-    kind, sid, seq = found.get("type"), found.get("session_id"), found.get("seq")
-    if isinstance(kind, str) and type(sid) is int and type(seq) is int and 0 <= sid <= MAX_SESSION_ID \
-            and 0 <= seq <= MAX_SEQ:
-        return kind, sid, seq
-    return None
 
 
 def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
@@ -217,7 +191,7 @@ class _Worker:
     remote_ident: bytes | None = None
     ready: bool = False
     last_seen: float = 0.0
-    inflight: dict = field(default_factory=dict)  # reqid -> (peer, request_ids or None) not yet answered
+    inflight: dict = field(default_factory=dict)  # reqid -> (peer, request_ids or None, key) not yet answered
     beat_sent: float = 0.0
     counters: dict = field(default_factory=dict)  # its RxStats as last reported
     pid: int | None = None  # as announced in READY (a remote worker's is on its own host)
@@ -255,7 +229,6 @@ class FrontEnd:
         if workers < (0 if remote_bind else 1):
             raise ValueError(f"--workers {workers}: an RX needs at least 1 worker (0 only with workers on "
                              "other hosts, --worker-bind)")
-        from rx_node.daemon import RxStats  # here: daemon imports torch-light modules only, but keep it lazy
         self.opts, self.link_table, self.sock = dict(opts), dict(link_table), sock
         self.n_workers = workers
         self.worker_argv = list(worker_argv or default_worker_argv())
@@ -370,7 +343,7 @@ class FrontEnd:
                 w.proc.wait(5)
             except subprocess.TimeoutExpired:
                 log.error("RX worker %d (pid %d) did not exit after SIGKILL", w.index, w.proc.pid)
-        for peer, ids in w.inflight.values():
+        for peer, ids, _ in w.inflight.values():
             self._refuse(peer, ids, f"RX worker {w.index} {why} while serving this request; the session "
                                        "is gone: re-open it")
         w.inflight.clear()
@@ -494,7 +467,7 @@ class FrontEnd:
         parts = [b"M", reqid, peer, (owner or "").encode(), U64.pack(time.time_ns()),
                  U64.pack(self.sock.last_frames), *frames]
         if self._to_worker(w, parts):
-            w.inflight[reqid] = (peer, ids)
+            w.inflight[reqid] = (peer, ids, owner)
         else:
             self._refuse(peer, ids, f"RX worker {w.index} is not taking requests (busy or hung)")
 
@@ -508,17 +481,15 @@ class FrontEnd:
         self.stats.errors_by_code["no_session"] = self.stats.errors_by_code.get("no_session", 0) + 1
         self._send_tx(peer, [encode(Error(sid, seq, "no_session", why))])
 
-    def _send_tx(self, peer: bytes, replies: list, w: _Worker | None = None) -> None:
-        for reply in replies:
-            try:
-                self.sock.send(peer, reply)
-            except ReplyDropped as e:  # the peer left or stopped reading: never block the others
-                self.stats.replies_dropped[e.reason] = self.stats.replies_dropped.get(e.reason, 0) + 1
-                log.warning("%s; detaching the connection from its sessions", e)
-                self._pins.pop(peer, None)  # a plain connection's pin (a key's pin stays: its other connections)
-                if w is not None and w.ready:
-                    self._to_worker(w, [b"G", peer])
-                return
+    def _send_tx(self, peer: bytes, replies: list, w: _Worker | None = None, key: str | None = None) -> None:
+        """Queue ``replies`` for ``peer`` (:func:`~rx_node.daemon.send_replies`: large ones within the
+        sender ``key``'s budget); a connection that left or stopped reading is unpinned, and its worker told."""
+        gone = send_replies(self.sock, peer, key, replies, self.stats.replies_dropped)
+        if gone is not None:  # the peer left or stopped reading: never block the others
+            log.warning("%s; detaching the connection from its sessions", gone)
+            self._pins.pop(peer, None)  # a plain connection's pin (a key's pin stays: its other connections)
+            if w is not None and w.ready:
+                self._to_worker(w, [b"G", peer])
 
     # ------------------------------------------------------------ worker -> TX
 
@@ -547,12 +518,13 @@ class FrontEnd:
         w.last_seen = time.monotonic()
         if kind == b"R":
             reqid, peer, counts, *replies = rest
-            if w.inflight.pop(reqid.bytes, None) is None:
+            request = w.inflight.pop(reqid.bytes, None)
+            if request is None:
                 return
             ok, failed = msgpack.unpackb(counts.bytes)
             self.stats.ok += ok
             self.stats.failed += failed
-            self._send_tx(peer.bytes, replies, w)
+            self._send_tx(peer.bytes, replies, w, request[2])
         elif kind in (b"H", b"BYE"):
             w.counters = msgpack.unpackb(rest[0].bytes, raw=False) if rest else {}
             if kind == b"BYE" and w.remote_ident is not None:  # a remote worker that stopped
@@ -605,6 +577,7 @@ class FrontEnd:
                 next_check = time.monotonic() + HEARTBEAT_S / 4
                 self.sock.flush_logs()
                 self._check_workers()
+            release_sent_replies(self.sock)
         self.stop_workers()
         return self.final_stats()
 

@@ -20,6 +20,7 @@ import typer
 from common.data.datasets import DATASET_NAMES
 from common.link.sidelink import SIDELINKS
 from common.modes.base import DEFAULT_MODE, get_mode, mode_names
+from common.net.transport import LARGE_REPLY_BYTES, MAX_REPLY_BYTES_PER_KEY
 from common.options import Option
 from common.wire.protocol import DecodeLimits
 from rx_node.app import DEFAULT_BIND, DEFAULT_WORKERS
@@ -64,6 +65,10 @@ RX_DAEMON = [
     Option("max_container_len", int, "Hard limit: msgpack array/map length", DecodeLimits.max_container_len),
     Option("max_objects", int, "Hard limit: msgpack objects in one message (values, keys, containers)",
            DecodeLimits.max_objects),
+    Option("max_reply_bytes_per_key", int, f"Hard limit: bytes of large replies (from {LARGE_REPLY_BYTES} B, e.g. "
+           "slf decoder downloads) queued for one TX key (plain TCP: connection) and not yet taken by its "
+           "connections; the next is answered ERROR replies_unread (one is always sent when none is queued)",
+           MAX_REPLY_BYTES_PER_KEY),
 ]
 
 TX_DAEMON = [
@@ -208,7 +213,8 @@ def check_choices(opts: dict, side: str) -> None:
 
 # options whose range no configuration dataclass checks: name -> (lowest allowed, what it means)
 _LOWEST = {"rounds": (0, "rounds to run"), "max_rounds": (0, "rounds to answer before exiting"),
-           "threads": (1, "CPU threads"), "workers": (0, "RX worker processes (0: all on other hosts)"), "trace_rounds": (1, "rounds the trace spans")}
+           "threads": (1, "CPU threads"), "workers": (0, "RX worker processes (0: all on other hosts)"), "trace_rounds": (1, "rounds the trace spans"),
+           "max_reply_bytes_per_key": (1, "bytes of large replies queued per key")}
 
 
 def check_ranges(opts: dict) -> None:

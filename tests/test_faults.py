@@ -112,12 +112,12 @@ class DroppingSocket(RxSocket):
                 return None
         return got
 
-    def send(self, peer, frame):
+    def send(self, peer, frame, key=None):
         msg = decode(frame)
         if isinstance(msg, Result) and msg.seq in self.drop_out:
             self.drop_out.discard(msg.seq)
             return
-        super().send(peer, frame)
+        super().send(peer, frame, key)
 
 
 @pytest.fixture

@@ -414,7 +414,7 @@ def test_request_ids_are_read_from_the_head_of_a_frame(digits_artifacts, digits)
     frame itself; a frame whose head does not hold them (or is not msgpack) gives None."""
     import msgpack
 
-    from rx_node.workers import IDS_PREFIX_BYTES, request_ids
+    from common.wire.protocol import IDS_PREFIX_BYTES, request_ids
 
     codec, _ = load_codec(digits_artifacts)
     frame = encode(payload(codec, digits, seq=7, session_id=42, n_train=3000))

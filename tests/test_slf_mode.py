@@ -36,9 +36,9 @@ from common.modes.slf.recovery import state_bytes
 from common.modes.slf.rx import DECODER, SlfRx
 from common.modes.slf.transceiver import DECODER_LAYERS, Transceiver, TransceiverShape, frozen_layers
 from common.modes.slf.tx import SlfTx
-from common.net.transport import TxSocket
+from common.net.transport import RepliesUnread, RxSocket, TxSocket
 from common.results.log import ResultsLog, load_results
-from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, decode, encode
+from common.wire.protocol import DecodeLimits, Error, Hello, ProtocolError, decode, encode, request_ids
 from rx_node.daemon import RxNode
 from tests.helpers import ServedRx, start_rx, stop
 from tx_node.daemon import HandshakeFailed, TxConfig, TxNode
@@ -125,6 +125,35 @@ def test_alignment_round_repairs_a_misaligned_pair(rx_thread, artifacts, tmp_pat
     assert not torch.equal(session.store[DECODER].decoder_state()["decoder.0.weight"],
                            node.halves["slf"].trx.decoder_state()["decoder.0.weight"])
     assert node.stats.ok == 4 and node.stats.failed == 0
+
+
+class RefusesTheFirstDownload(RxSocket):
+    """An RX socket with no room for the first decoder download, as when the key's earlier large replies
+    sit unread (``--max-reply-bytes-per-key``)."""
+
+    refused = 0
+
+    def send(self, peer, frame, key=None):
+        if not self.refused and (request_ids(frame) or ("",))[0] == DecoderReply.TYPE:
+            self.refused += 1
+            raise RepliesUnread(peer, "no room for it (test)", len(frame))
+        super().send(peer, frame, key)
+
+
+def test_a_download_answered_replies_unread_is_sent_again(artifacts, tmp_path):
+    """ERROR replies_unread takes the download's place; the TX counts the reply as lost, sends the request
+    again on a fresh connection and gets the reply from the RX's record: the round is not lost."""
+    served = ServedRx(RxNode({"slf": rx_half(artifacts)}, create_sidelink("loopback", trace="demo")),
+                      sock_cls=RefusesTheFirstDownload)
+    try:
+        records = run(served.address, tx_half(artifacts), 2, tmp_path, round_attempts=2, backoff_s=0.05)
+    finally:
+        served.stop()
+    assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
+    align = records[1]
+    assert align.fields["kind"] == "align" and "did not queue the reply" in align.error  # its download sent twice
+    assert served.sock.refused == 1 and served.node.stats.replies_dropped == {"replies_unread": 1}
+    assert served.node.stats.replayed == 1  # the download sent again: answered from the record
 
 
 class Tampering(SlfTx):

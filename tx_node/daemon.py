@@ -25,6 +25,9 @@ from common.results.log import ResultsLog, RoundRecord
 from common.wire.protocol import Channel, Error, Hello, ProtocolError, decode, encode, request_digest
 
 log = logging.getLogger("semalign.tx")
+# ERRORs that mean a reply was lost, not refused: the round is sent again on a fresh connection (code -> reason)
+LOST_REPLY_CODES = {"no_session": "the RX has no session (restarted?)",
+                    "replies_unread": "the RX did not queue the reply (this key's large replies were unread)"}
 
 
 class HandshakeFailed(RuntimeError):
@@ -277,8 +280,9 @@ class TxNode:
         Reply ``i`` is a message of one of ``reply_types[i]`` for ``seq`` whose
         ``request_digest`` (when it has one) is frame ``i``'s. A reply is lost
         when none comes within ``result_timeout_s``, when the connection drops
-        (the RX died), or when the RX answers ``no_session`` (it was
-        restarted). Then the socket is rebuilt, the session re-opened at
+        (the RX died), when the RX answers ``no_session`` (it was
+        restarted) or ``replies_unread`` (it did not queue the reply: this
+        key's large replies it had queued were not yet read). Then the socket is rebuilt, the session re-opened at
         ``seq`` after a back-off, and every frame sent again, identical, at
         most ``round_attempts`` times in all; an RX that still has the round
         answers what it already handled from its record. Returns (replies,
@@ -320,7 +324,7 @@ class TxNode:
                 if reply is None or isinstance(reply, Error):
                     break
                 replies[self._slot(reply, replies, reply_types, digests)] = reply
-            if isinstance(reply, Error) and reply.code != "no_session":
+            if isinstance(reply, Error) and reply.code not in LOST_REPLY_CODES:
                 raise RoundFailed(f"RX error {reply.code}: {reply.message}")
             if all(r is not None for r in replies):
                 return replies, first_sent_ns, time.time_ns()
@@ -331,7 +335,7 @@ class TxNode:
             earlier = f" (nor {len(missing) - 1} earlier repl{'ies' if len(missing) > 2 else 'y'})" \
                 if len(missing) > 1 else ""
             if isinstance(reply, Error):
-                reasons.append("the RX has no session (restarted?)")
+                reasons.append(LOST_REPLY_CODES[reply.code])
             elif self.sock.disconnects > drops:
                 reasons.append("connection to the RX dropped")
             else:

@@ -11,10 +11,17 @@ per-peer send high-water mark (``SNDHWM``), and every reply is sent with
 :class:`PeerGone` (the TX disconnected) or :class:`PeerNotReading` (the TX
 left ``send_hwm`` replies unread). One TX that stops reading therefore costs
 at most ``send_hwm`` queued replies (plus the kernel's socket buffer) and
-never stalls the others. ``MAXMSGSIZE`` makes libzmq drop a connection whose
-next message announces more than the RX accepts, before buffering it, and a
-small receive high-water mark bounds what the RX buffers per peer while it is
-busy. ``LINGER`` is 0: :meth:`RxSocket.close` never waits for a peer.
+never stalls the others. ``SNDHWM`` counts messages, not bytes: a reply of
+:data:`LARGE_REPLY_BYTES` or more is also counted in bytes per key (the
+sender's CURVE key; on a plain socket its connection) from the moment it is
+queued until libzmq has taken it off the queue (written it to the
+connection, or dropped it with the connection), through a ZeroMQ message
+tracker on a zero-copy frame; a large reply that would take its key past
+``max_reply_bytes_per_key`` is refused (:class:`RepliesUnread`), and no
+other key's replies are touched. ``MAXMSGSIZE`` makes libzmq drop a
+connection whose next message announces more than the RX accepts, before
+buffering it, and a small receive high-water mark bounds what the RX buffers
+per peer while it is busy. ``LINGER`` is 0: :meth:`RxSocket.close` never waits for a peer.
 
 A :class:`~common.net.monitor.ConnectionMonitor` thread (its own module) reads the RX socket's monitor and logs,
 with the peer's address and rate-limited, every connection that ends without
@@ -46,6 +53,12 @@ RECV_HWM = 16  # messages buffered per TX while the serving loop is busy (then T
 # libzmq decrypts (CURVE) and decodes a frame in one go on the connection's I/O thread; with one thread, another
 # TX's message waited behind a 50 MB frame's decryption (tens of ms). Connections are spread over the threads.
 RX_IO_THREADS = 2
+# replies from this size on are sent zero-copy and counted in bytes per key until libzmq takes them; smaller ones
+# are copied into libzmq (pyzmq's zmq.COPY_THRESHOLD) and bounded by SEND_HWM in number (64 x 64 KiB per connection)
+LARGE_REPLY_BYTES = 64 * 1024
+# large replies queued per key (CURVE key; plain socket: connection) and not yet taken by its connections: 190 of
+# slf's 171 kB decoder downloads, 3 fed-lora plans at their 8 MiB limit; a reply is always queued when none is
+MAX_REPLY_BYTES_PER_KEY = 32 * 2**20
 # libzmq compares MAXMSGSIZE with the frame on the wire: CURVE adds 33 bytes to each message, and a
 # little slack lets a frame just over the protocol limit reach decode(), which answers ERROR "oversize".
 MAXMSGSIZE_SLACK = 4096
@@ -116,6 +129,18 @@ class PeerNotReading(PeerGone):
     reason = "peer_not_reading"
 
 
+class RepliesUnread(ReplyDropped):
+    """The reply's key already has large replies queued that its connections have not taken, and this one
+    would pass ``max_reply_bytes_per_key``; the connection stays (it is reading, just not fast enough, or
+    not at all). :attr:`queued_bytes`: what the key has queued."""
+
+    reason = "replies_unread"
+
+    def __init__(self, peer: bytes, detail: str, queued_bytes: int):
+        super().__init__(peer, detail)
+        self.queued_bytes = queued_bytes
+
+
 class RxSocket:
     """ROUTER bound at ``address`` (e.g. ``tcp://0.0.0.0:5555``).
 
@@ -124,21 +149,30 @@ class RxSocket:
     of it. ``context``: default the process's shared one, which gets
     :data:`RX_IO_THREADS` I/O threads when this socket is its first user (as
     in the RX daemons). ``send_hwm`` / ``recv_hwm``: messages queued per peer outbound /
-    inbound. :attr:`dropped` counts dropped replies by reason.
+    inbound. ``max_reply_bytes_per_key``: bytes of large replies (:data:`LARGE_REPLY_BYTES` and up) one
+    key may have queued and not yet taken (:meth:`send`). :attr:`dropped` counts dropped replies by reason;
+    :attr:`freed_reply_bytes`: bytes of large replies libzmq let go of since the daemon last reset it (the
+    memory to give back).
     """
 
     def __init__(self, address: str, max_message_bytes: int, context: zmq.Context | None = None,
                  security: RxSecurity | None = None, *, send_hwm: int = SEND_HWM,
-                 recv_hwm: int = RECV_HWM):
-        if max_message_bytes <= 0 or send_hwm <= 0 or recv_hwm <= 0:
+                 recv_hwm: int = RECV_HWM, max_reply_bytes_per_key: int = MAX_REPLY_BYTES_PER_KEY):
+        if min(max_message_bytes, send_hwm, recv_hwm, max_reply_bytes_per_key) <= 0:
             raise ValueError(f"RxSocket needs positive limits, got max_message_bytes={max_message_bytes}, "
-                             f"send_hwm={send_hwm}, recv_hwm={recv_hwm}")
+                             f"send_hwm={send_hwm}, recv_hwm={recv_hwm}, "
+                             f"max_reply_bytes_per_key={max_reply_bytes_per_key}")
         self._ctx = context or zmq.Context.instance(io_threads=RX_IO_THREADS)
         self.security = security or RxSecurity()
         self.max_message_bytes = int(max_message_bytes)
         self.maxmsgsize = max_wire_bytes(max_message_bytes)
         self.send_hwm = send_hwm
+        self.max_reply_bytes_per_key = int(max_reply_bytes_per_key)
         self.dropped: Counter[str] = Counter()
+        self._queued: dict[str | bytes, list[tuple[zmq.MessageTracker, int]]] = {}  # key -> large replies queued
+        self._queued_bytes: dict[str | bytes, int] = {}
+        self.freed_reply_bytes = 0
+        self._next_reap = 0.0
         self.auth: AllowListAuthenticator | None = None
         self.monitor: ConnectionMonitor | None = None
         self._next_log_flush = 0.0
@@ -222,11 +256,35 @@ class RxSocket:
             self._next_log_flush = now + 1.0
             flush_refusal_logs()
 
-    def send(self, peer: bytes, frame) -> None:
+    def send(self, peer: bytes, frame, key: str | None = None) -> None:
         """Queue ``frame`` (bytes or a ZeroMQ frame) for ``peer`` without blocking, or raise
-        :class:`ReplyDropped` (nothing queued)."""
+        :class:`ReplyDropped` (nothing queued).
+
+        ``key``: whose reply it is, the sender's CURVE key (None: the connection ``peer``, as on a plain
+        socket). A frame of :data:`LARGE_REPLY_BYTES` or more is sent zero-copy and tracked until libzmq
+        takes it; it is refused with :class:`RepliesUnread` when ``key`` already has large replies queued
+        and this one would take them past ``max_reply_bytes_per_key`` (with none queued it always goes: a
+        key holds at most the cap, or one reply larger than it).
+        """
+        nbytes = len(frame)
+        if nbytes < LARGE_REPLY_BYTES:
+            self._send(peer, frame, copy=not isinstance(frame, zmq.Frame))
+            return
+        key = peer if key is None else key
+        queued = self.queued_reply_bytes(key)
+        if queued and queued + nbytes > self.max_reply_bytes_per_key:
+            self.dropped[RepliesUnread.reason] += 1
+            raise RepliesUnread(peer, f"its key has {queued} bytes of replies queued and not yet taken; this "
+                                      f"{nbytes}-byte reply would pass the {self.max_reply_bytes_per_key}-byte cap "
+                                      "(--max-reply-bytes-per-key)", queued)
+        tracked = zmq.Frame(frame.buffer if isinstance(frame, zmq.Frame) else frame, track=True, copy=False)
+        tracker = self._send(peer, tracked, copy=False, track=True)
+        self._queued.setdefault(key, []).append((tracker, nbytes))
+        self._queued_bytes[key] = queued + nbytes
+
+    def _send(self, peer: bytes, frame, **kw):
         try:
-            self.sock.send_multipart([peer, frame], flags=zmq.NOBLOCK, copy=not isinstance(frame, zmq.Frame))
+            return self.sock.send_multipart([peer, frame], flags=zmq.NOBLOCK, **kw)
         except zmq.Again as e:
             self.dropped[PeerNotReading.reason] += 1
             raise PeerNotReading(peer, f"{self.send_hwm} replies already queued and unread") from e
@@ -235,6 +293,29 @@ class RxSocket:
                 self.dropped[PeerGone.reason] += 1
                 raise PeerGone(peer, "disconnected") from e
             raise
+
+    def queued_reply_bytes(self, key: str | bytes | None = None) -> int:
+        """Bytes of large replies of ``key`` (None: of every key) queued and not yet taken by libzmq."""
+        keys = list(self._queued) if key is None else [key] if key in self._queued else []
+        for k in keys:
+            left = [(t, n) for t, n in self._queued[k] if not t.done]
+            freed = self._queued_bytes[k] - sum(n for _, n in left)
+            self.freed_reply_bytes += freed
+            if left:
+                self._queued[k] = left
+                self._queued_bytes[k] -= freed
+            else:
+                del self._queued[k], self._queued_bytes[k]
+        return sum(self._queued_bytes.values()) if key is None else self._queued_bytes.get(key, 0)
+
+    def reap_replies(self, interval_s: float = 0.1) -> int:
+        """At most every ``interval_s``: forget the large replies libzmq has taken (their keys' budgets
+        free up, :attr:`freed_reply_bytes` grows); returns the bytes still queued (all keys)."""
+        now = time.monotonic()
+        if now < self._next_reap or not self._queued:
+            return sum(self._queued_bytes.values())
+        self._next_reap = now + interval_s
+        return self.queued_reply_bytes()
 
     def close(self) -> None:
         """Close at once (LINGER 0: queued replies are discarded); safe to call twice."""

@@ -272,6 +272,35 @@ def unpack(frame, limits: DecodeLimits = DecodeLimits(), strict_map_key: bool = 
         raise ProtocolError("bad_message", f"not a msgpack message ({type(e).__name__}: {e})") from e
 
 
+IDS_PREFIX_BYTES = 4096  # a request's type, session_id and seq are read from this much of its frame
+
+
+def request_ids(frame) -> tuple[str, int, int] | None:
+    """``(type, session_id, seq)`` of a request or reply frame (bytes or a buffer), read from the head of its
+    msgpack map (the first :data:`IDS_PREFIX_BYTES`; every message's envelope is written before its payload,
+    whose values are skipped, not built), or None when they are not all there as a str and two ints in range.
+    What the RX's front end reads of a request, and of a reply it could not queue (no message is built)."""
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=IDS_PREFIX_BYTES)
+    u.feed(memoryview(frame)[:IDS_PREFIX_BYTES])
+    found: dict = {}
+    try:
+        for _ in range(u.read_map_header()):
+            key = u.unpack()
+            if key in ("type", "session_id", "seq") and key not in found:
+                found[key] = u.unpack()
+                if len(found) == 3:
+                    break
+            else:
+                u.skip()
+    except Exception:  # msgpack raises several classes for a cut or bad head
+        return None
+    kind, sid, seq = found.get("type"), found.get("session_id"), found.get("seq")
+    if isinstance(kind, str) and type(sid) is int and type(seq) is int and 0 <= sid <= MAX_SESSION_ID \
+            and 0 <= seq <= MAX_SEQ:
+        return kind, sid, seq
+    return None
+
+
 def decode(frame: bytes, limits: DecodeLimits = DecodeLimits()):
     """Parse one frame (bytes or a buffer); raises :class:`ProtocolError` naming what is wrong."""
     if len(frame) > limits.max_message_bytes:

@@ -2,7 +2,8 @@
 
 Shared here: :mod:`.processes` (the one daemon launcher), :mod:`.machine`
 (what a result records of the machine), :mod:`.tables` (the generic results
-table and the dispatch to a mode's own). A mode's campaigns package is found
+table and the dispatch to a mode's own), :mod:`.probes` (what benchmarks read
+of a running RX: its processes' memory, a CURVE TX socket). A mode's campaigns package is found
 by its name (``fed-lora`` -> ``semalign.campaigns.fed_lora``) and imported
 only when used; it may define, each optional (named apart from its submodules, which
 become attributes of the package once imported):

@@ -31,11 +31,11 @@ import zmq
 
 from common.data.datasets import load_dataset
 from common.modes.pca_lora.artifacts import load_codec
-from common.net.security import TxSecurity, load_public, load_secret
 from common.net.transport import TxSocket
 from common.modes.pca_lora.messages import Payload
-from common.wire.protocol import PROTOCOL_VERSION, Hello, decode, encode
+from common.wire.protocol import PROTOCOL_VERSION, Hello, encode
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
+from semalign.campaigns.probes import PeakRss, rx_pids, tx_socket, wait_for
 from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
 
 
@@ -54,67 +54,6 @@ def object_bomb(strings_per_level: int = 256, session_id: int = 1, seq: int = 0)
             + b"\xaasession_id" + b"\xcf" + session_id.to_bytes(8, "big")
             + b"\xa3seq" + b"\xcf" + seq.to_bytes(8, "big") + b"\xa1x")
     return head + array(n) + middle * n
-
-
-def rx_pids(pid: int) -> list[int]:
-    """The RX process and its children (the workers with ``--workers W``)."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return [pid, *map(int, children)]
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise ValueError(f"no {field} in /proc/{pid}/status")
-
-
-class PeakRss:
-    """Peak RSS increase of processes ``pids`` from now: ``VmHWM`` reset via ``clear_refs`` (Linux >= 4.0).
-
-    :meth:`increases`: bytes per process (their sum bounds the joint peak); :attr:`gone`: the processes
-    that exited meanwhile (a worker killed as hung), whose peak is lost.
-    """
-
-    def __init__(self, pids: list[int]):
-        self.pids = list(pids)
-        self.base = {}
-        self.gone: list[int] = []
-        for pid in self.pids:
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
-            self.base[pid] = _status_kib(pid, "VmRSS")
-
-    def increases(self) -> dict[int, int]:
-        out = {}
-        for pid in self.pids:
-            try:
-                out[pid] = 1024 * max(0, _status_kib(pid, "VmHWM") - self.base[pid])
-            except (OSError, ValueError):  # gone, or a zombie (no memory figures)
-                self.gone.append(pid)
-        return out
-
-
-def tx_socket(address: str, key_dir: Path, name: str, context: zmq.Context) -> TxSocket:
-    """A CURVE TX socket with its own key, admitted in ``key_dir/allow``. Give each TX its own ``context``
-    (I/O thread), so the honest TX's messages do not queue behind the attacker's encryption here."""
-    _, keys = throwaway_keys(key_dir, name)
-    return TxSocket(address, context, TxSecurity(load_secret(keys["curve_secret"]),
-                                                 load_public(keys["curve_server_public"])))
-
-
-def wait_for(sock: TxSocket, want: tuple[str, ...], timeout_s: float):
-    """The first reply of a type in ``want`` within ``timeout_s`` (others skipped), or None."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = sock.recv(50)
-        if got is not None:
-            msg = decode(got)
-            if msg.TYPE in want:
-                return msg
-    return None
 
 
 def hello_frame(codec, session_id: int) -> bytes:

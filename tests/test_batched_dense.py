@@ -1,5 +1,5 @@
 """The batched dense trainer: K sessions trained in one loop = K unbatched runs (steps, losses, weights,
-accuracy)."""
+accuracy); and a smoke run of its benchmark."""
 
 from __future__ import annotations
 
@@ -132,3 +132,34 @@ def test_bad_input_is_one_line_error(change, text):
                   [torch.Generator() for _ in range(2)])
     with pytest.raises(ValueError, match=text):
         train_dense_batched(*args, trained=1, steps=2, lr=1e-2, batch=64)
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def test_batch_bench_writes_its_figures(digits_artifacts, tmp_path, capsys, monkeypatch):
+    """The benchmark on digits (N = 2, one repeat, fp32): the single runs are the RX's own (bit-equal
+    loss), and the batched ones ran the same steps to the same weights and accuracy. No timing asserted."""
+    from semalign.campaigns.pca_lora import batch_bench
+
+    monkeypatch.setenv("SEMALIGN_PRECISION", "fp32")
+
+    result = batch_bench.main(["--artifacts", str(digits_artifacts), "--dataset", "digits", "--sessions", "2",
+                               "--n-train", "0", "--repeats", "1", "--out", str(tmp_path)])
+    row, = result["rows"]
+    assert row["n_sessions"] == 2 and len(row["sessions"]) == 2 and sum(row["plan"]) > 0
+    assert row["same_steps"] and row["rx_same_loss"] and row["precision"] == "fp32"
+    assert row["max_weight_diff"] <= 1e-4 and row["max_abs_acc_diff_pp"] <= 0.1
+    for s in row["sessions"]:
+        assert s["loss_batched"] == pytest.approx(s["loss_single"], rel=1e-4, abs=1e-5)
+    assert row["single_ms"] > 0 and row["batched_ms"] > 0 and row["loadavg_start"]
+    out = capsys.readouterr().out
+    assert (tmp_path / "batch_bench.json").exists() and "/proc/loadavg" in out and "| N |" in out
+
+
+def test_batch_bench_refuses_bad_counts_in_one_line(capsys):
+    from semalign.campaigns.pca_lora import batch_bench
+
+    with pytest.raises(SystemExit):
+        batch_bench.main(["--sessions", "two"])
+    assert "comma-separated ints" in capsys.readouterr().err

@@ -4,8 +4,9 @@ Every trainer in semalign goes through :func:`fit`: pre-training, the
 campaigns' baselines (End-to-End, full and last-layer fine-tuning), the
 autograd alignment path, the SLF transceivers and the federated devices. The
 one exception is the hand-written folded LoRA trainer
-(:mod:`common.learn.fastlora`), which computes its gradients without autograd
-for speed and shares only :func:`lr_at` (the schedule) with this loop.
+(:mod:`common.learn.fastlora`, and its dense trainer for several sessions at
+once, :mod:`common.learn.batched_dense`), which computes its gradients without
+autograd for speed and shares only :func:`lr_at` (the schedule) with this loop.
 """
 
 from __future__ import annotations

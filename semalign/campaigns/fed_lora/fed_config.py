@@ -10,8 +10,8 @@ from pathlib import Path
 
 from common.modes.fed_lora.aggregation import AGGREGATIONS
 from common.modes.fed_lora.spec import TASKS, preset
+from common.modes.fed_lora.station_config import POLICIES
 
-POLICIES = ("ours", "fixed", "random")
 ENGINES = ("daemons", "flower")  # run_policy, run_policy_flower
 FLOWER_JOIN_TIMEOUT_S = 120.0  # the ServerApp's wait for every SuperNode (returns as soon as all are there)
 # per device, cycled: distance (m), compute speed (FLOP/s: 2.5, 1.5, 1.0, 2.0 GHz x 16 FLOP/cycle, as in

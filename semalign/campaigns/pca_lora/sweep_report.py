@@ -5,10 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from semalign.campaigns.pca_lora.sweep_config import METHODS
 from semalign.campaigns.tables import markdown_lines
 
-ORDER = ("pretrained", "lora", "first_layer", "staged", "lora_bank", "lora_nobudget", "end_to_end", "full_ft",
-         "last_layer")
 
 
 def _default(result: dict) -> str:
@@ -19,7 +18,7 @@ def _default(result: dict) -> str:
 def summary_table(result: dict) -> Table:
     """Rows: alpha; columns: mean accuracy (%) and median time (ms) of each method."""
     by = {(s["method"], s["alpha"], s["mode"]): s for s in result["summary"]}
-    methods = [m for m in ORDER if any(k[0] == m for k in by)]
+    methods = [m for m in METHODS if any(k[0] == m for k in by)]
     alphas = sorted({k[1] for k in by})
     t = Table(title=f"semalign sweep: {result['dataset']}, B_max {result['b_max_bytes']} B, "
                     f"mode {result['mode']}", header_style="bold")
@@ -52,7 +51,7 @@ def print_summary(result: dict) -> None:
 def markdown_table(result: dict) -> str:
     """The side-by-side table as Markdown: accuracy mean ± std (%) and median time per method and alpha."""
     by = {(s["method"], s["alpha"]): s for s in result["summary"] if s["mode"] == "in-process"}
-    methods = [m for m in ORDER if any(k[0] == m for k in by)]
+    methods = [m for m in METHODS if any(k[0] == m for k in by)]
     alphas = sorted({k[1] for k in by})
     default = _default(result)
     head = ["alpha", "N (train vectors)", "payload B"] + [

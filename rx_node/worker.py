@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from rx_node.worker_process import run_worker
-from rx_node.workers import read_spec
+from rx_node.worker_wire import read_spec
 
 
 def main(argv: list[str] | None = None) -> int:

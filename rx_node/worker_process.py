@@ -26,7 +26,7 @@ import zmq
 
 from common.net.security import TxSecurity, apply_client
 from common.net.transport import check_endpoint, endpoint_error
-from rx_node.workers import (
+from rx_node.worker_wire import (
     BACKEND_HWM,
     FRONTEND_SILENT_S,
     HEARTBEAT_S,

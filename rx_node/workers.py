@@ -73,17 +73,8 @@ Pirate heartbeats:
   slot. State shared between workers through ``DIR/shared`` (slf's kept
   alignments) stays per host.
 
-Frames between the front end and a worker (the ROUTER prepends/strips the
-worker's identity ``w<index>g<generation>``, a remote worker's ``r<12 hex>``):
-
-- front end -> worker: ``[b"M", reqid(8), peer, owner, received_ns(8), n_frames(8), *frames]``
-  (``frames``: the TX's one frame, or none of a message of ``n_frames`` > 1, which the worker refuses),
-  ``[b"G", peer]`` (the TX connection is gone: detach it from its sessions, which stay),
-  ``[b"H"]`` (heartbeat), ``[b"S"]`` (stop: send the held replies, then exit);
-- remote worker -> front end, before its slot: ``[b"JOIN"]``; front end -> it: ``[b"SPEC", spec (JSON)]``;
-- worker -> front end: ``[b"READY", pid]``, ``[b"H", counters (msgpack)]``, ``[b"BYE", counters]`` (its last),
-  ``[b"R", reqid, peer, d_ok/d_failed (msgpack), *reply frames]`` (one per
-  request, when its replies are due).
+The frames between the front end and its workers, the heartbeat constants and a worker's spec file are
+in :mod:`rx_node.worker_wire`.
 """
 
 from __future__ import annotations
@@ -94,7 +85,6 @@ import json
 import logging
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -111,19 +101,14 @@ from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
 from common.net.transport import RxSocket, check_endpoint, endpoint_error
 from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, request_ids, unpack
 from rx_node.daemon import RxStats, release_sent_replies, send_replies
+from rx_node.worker_wire import BACKEND_HWM, HEARTBEAT_S, LIVENESS, READY_TIMEOUT_S, U64, to_json, write_spec
 
 log = logging.getLogger("semalign.rx")
 
-HEARTBEAT_S = 1.0  # Paranoid Pirate: heartbeat interval both ways
-LIVENESS = 3  # heartbeats a worker may miss before it counts as hung
-READY_TIMEOUT_S = 300.0  # a worker's start-up (imports, artifacts, warm-up) at most
-FRONTEND_SILENT_S = 10 * HEARTBEAT_S  # a worker that hears nothing from the front end this long exits
-BACKEND_HWM = 1000  # messages queued per worker (a hung worker's queue fills: further requests refused)
 MAX_PINS = 65536  # pinned TX keys / connections / session ids remembered (least recently active forgotten first)
 PIN_ACTIVE_S = 60.0  # a pinned connection counts towards its worker's load this long after its last frame
 HELLO_PEEK_BYTES = 8192  # frames up to this size are read for a HELLO's mode (one-owner modes only)
 RESTART_BACKOFF_MAX_S = 30.0
-U64 = struct.Struct("!Q")
 
 
 def default_worker_argv() -> list[str]:
@@ -139,40 +124,6 @@ def peek(frame, limits: DecodeLimits = DecodeLimits()) -> dict | None:
     except ProtocolError:
         return None
     return body if isinstance(body, dict) else None
-
-
-# ---------------------------------------------------------------- options to a worker's spec file
-
-
-def to_json(value):
-    if isinstance(value, Path):
-        return {"__path__": str(value)}
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    return value
-
-
-def from_json(value):
-    if isinstance(value, dict):
-        if set(value) == {"__path__"}:
-            return Path(value["__path__"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
-
-
-def write_spec(path: Path, spec: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(to_json(spec), f)
-
-
-def read_spec(path: Path) -> dict:
-    with open(path) as f:
-        return from_json(json.load(f))
 
 
 # ---------------------------------------------------------------- front end

@@ -49,7 +49,7 @@ def rx_worker(spec: Optional[Path] = typer.Option(None, help="The worker's spec 
     """One RX worker process: started by `semalign rx --workers W` itself (--spec), or by hand or systemd on
     another host to join an RX front end that runs --worker-bind (--connect; docs/deploy.md)."""
     from rx_node.worker_process import run_remote_worker, run_worker
-    from rx_node.workers import read_spec
+    from rx_node.worker_wire import read_spec
 
     if (spec is None) == (connect is None):
         fail("give exactly one of --spec (a worker the front end started) or --connect (a worker on another host)")

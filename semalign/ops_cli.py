@@ -126,9 +126,11 @@ def show(
 
 
 def load(
-    workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated."),
+    workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated (--mix: the largest "
+                                "is W; --interference: always 2)."),
     txs: str = typer.Option("1,4,8", help="Session counts N, comma-separated (e.g. 1,2,4,8,16,32,64)."),
-    rounds: int = typer.Option(30, help="Rounds each session runs."),
+    rounds: int = typer.Option(30, help="Rounds each session runs (--mix: each session of every mode; "
+                               "--interference: the pca-lora rounds of each condition, in 3 interleaved blocks)."),
     generator: str = typer.Option("replay", help="Who sends: replay (N connections from this process "
                                   "replaying PAYLOADs encoded before the run, so its CPU stays out of the "
                                   "figures) or tx (N semalign tx processes, each encoding its rounds)."),
@@ -174,8 +176,9 @@ def load(
 
         try:
             if interference:
-                s = mixed_load.run_interference(out, rounds, dataset, artifacts, slf_trx, fed_devices,
-                                                slf_finetune_images, slf_finetune_epochs)
+                s = mixed_load.run_interference(out, rounds, dataset=dataset, artifacts=artifacts, slf_dir=slf_trx,
+                                                fed_devices=fed_devices, slf_finetune_images=slf_finetune_images,
+                                                slf_finetune_epochs=slf_finetune_epochs)
                 typer.echo(mixed_load.interference_table(s["conditions"]))
                 typer.echo(f"workers: {s['workers']}")
             else:

@@ -37,3 +37,20 @@ def test_parse_mix_names_the_modes():
             assert "pca-lora, slf, fed-lora" in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_interference_measures_each_condition_on_the_other_worker(tmp_path, digits_artifacts):
+    """`semalign load --interference` at a tiny size: the probe's rounds run on worker 1, the slf and fed-lora
+    sessions on worker 0, every condition measured (no figure is asserted)."""
+    from semalign.campaigns.mixed_load import can_pin, interference_table, run_interference
+
+    slf = slf_artifacts(tmp_path / "slf", widths=(8, 16), epochs=1)
+    s = run_interference(tmp_path / "run", rounds=2, blocks=1, dataset="digits", artifacts=digits_artifacts,
+                         slf_dir=slf, fed_devices=2, slf_finetune_images=32, rx_extra={"adapt_steps": 5})
+    w = s["workers"]
+    assert w["slf served by"] == w["fed-lora served by"] == [w["other (worker 0)"]] != [w["probe (worker 1)"]]
+    names = [(c["condition"], c["pinned"]) for c in s["conditions"]]
+    pinned = (False, True) if can_pin() else (False,)
+    assert names == [(n, p) for n in ("idle", "slf", "fed-lora") for p in pinned]
+    assert all(c["rounds"] == 2 and c["rounds_not_ok"] == 0 and c["rtt_p50_ms"] > 0 for c in s["conditions"])
+    assert (tmp_path / "run" / "interference.csv").exists() and "| slf |" in interference_table(s["conditions"])

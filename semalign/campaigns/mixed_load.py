@@ -62,7 +62,8 @@ MIXED_CSV_FIELDS = ["mode", "sessions", "rounds_expected", "rounds_ok", "rounds_
                     "rounds_per_s", "p50_ms", "p90_ms", "p99_ms", "rss_rx_mib", "rss_workers_mib", "workers",
                     "load1_before", "load1_after"]
 INTERFERENCE_CSV_FIELDS = ["condition", "pinned", "rounds", "rtt_p50_ms", "rtt_p90_ms", "rtt_p50_diff_ms",
-                           "rtt_p90_diff_ms", "oncpu_p50_ms", "runqueue_p50_ms", "runqueue_p90_ms",
+                           "rtt_p90_diff_ms", "oncpu_p50_ms", "runqueue_p50_ms", "runqueue_p90_ms", "steps_p50",
+                           "finetune_p50_ms", "airtime_p50_ms",
                            "background_rounds", "worker0_cpu_share", "background_cpu_share", "loadavg_before",
                            "loadavg_after"]
 SLF_WIDTHS = (32, 64)  # the paper's decoder size (171 kB) on 8x8 digits
@@ -388,6 +389,9 @@ class _Probe:
                "rtt_ms": rtt, "oncpu_ms": (s1[0] - s0[0]) / 1e6, "runqueue_ms": (s1[1] - s0[1]) / 1e6}
         if isinstance(reply, Result):
             self.rx_pid = reply.rx_pid
+            adapt = reply.fields.get("adapt") or {}
+            row.update(steps=adapt.get("steps"), finetune_ms=reply.timings_ms.get("finetune"),
+                       airtime_ms=reply.timings_ms.get("airtime"))
         self.seq += 1
         self.next_channel = self.next_channel and isinstance(reply, Result)
         return row
@@ -449,12 +453,19 @@ def run_interference(out: Path, rounds: int = 30, blocks: int = 3, dataset: str 
 
         # the backgrounds start once, at once: one slf TX aligning every round (pinned to worker 0, as worker 1
         # holds the probe) and the federation's devices; each is paused (SIGSTOP) outside its own condition
+        # the slf TX first: it is pinned to the worker with the fewest sessions, worker 0, only before the
+        # federation's devices (all pinned to worker 0) arrive
         slf_tx = _slf_tx(out, address, 0, slf_dir, 100_000, slf_finetune_images, slf_finetune_epochs, slf_n_frozen)
-        devices = [_fed_device(out, address, k, fed_devices, 100_000) for k in range(fed_devices)]
-        background.extend([slf_tx, *devices])
+        background.append(slf_tx)
         slf_rows = lambda: len(_rows(out / "slf0" / "results.jsonl"))  # noqa: E731
-        fed_rows = lambda: sum(len(_rows(out / f"fed{k}" / "results.jsonl")) for k in range(fed_devices))  # noqa: E731
         _wait_rows(slf_rows, 1, timeout_s, slf_tx)
+        served = _rows(out / "slf0" / "results.jsonl")[0].get("rx_pid")
+        if served != w0:
+            raise RuntimeError(f"the slf session landed on worker pid {served}, not worker 0 ({w0}): the "
+                               f"measurement needs it beside the probe's worker ({w1}), not on it")
+        devices = [_fed_device(out, address, k, fed_devices, 100_000) for k in range(fed_devices)]
+        background.extend(devices)
+        fed_rows = lambda: sum(len(_rows(out / f"fed{k}" / "results.jsonl")) for k in range(fed_devices))  # noqa: E731
         _wait_rows(fed_rows, fed_devices, timeout_s, devices[0])
         groups = {"idle": ([], lambda: 0), "slf": ([slf_tx], slf_rows), "fed-lora": (devices, fed_rows)}
         groups_pids.update({k: [p.pid for p in v[0]] for k, v in groups.items()})
@@ -528,7 +539,15 @@ def _condition(name, pinned, rows, background_rounds, load0, load1) -> dict:
             "oncpu_p50_ms": statistics.median(r["oncpu_ms"] for r in ok) if ok else None,
             "runqueue_p50_ms": statistics.median(r["runqueue_ms"] for r in ok) if ok else None,
             "runqueue_p90_ms": _percentile([r["runqueue_ms"] for r in ok], 90),
+            "steps_p50": _median([r.get("steps") for r in ok]),
+            "finetune_p50_ms": _median([r.get("finetune_ms") for r in ok]),
+            "airtime_p50_ms": _median([r.get("airtime_ms") for r in ok]),
             "background_rounds": background_rounds, "loadavg_before": load0, "loadavg_after": load1}
+
+
+def _median(values):
+    values = [v for v in values if isinstance(v, (int, float))]
+    return statistics.median(values) if values else None
 
 
 def interference_table(conditions: list[dict]) -> str:

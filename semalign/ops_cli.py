@@ -126,9 +126,11 @@ def show(
 
 
 def load(
-    workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated."),
+    workers: str = typer.Option("1,2", help="RX worker counts W to compare, comma-separated (--mix: the largest "
+                                "is W; --interference: always 2)."),
     txs: str = typer.Option("1,4,8", help="Session counts N, comma-separated (e.g. 1,2,4,8,16,32,64)."),
-    rounds: int = typer.Option(30, help="Rounds each session runs."),
+    rounds: int = typer.Option(30, help="Rounds each session runs (--mix: each session of every mode; "
+                               "--interference: the pca-lora rounds of each condition, in 3 interleaved blocks)."),
     generator: str = typer.Option("replay", help="Who sends: replay (N connections from this process "
                                   "replaying PAYLOADs encoded before the run, so its CPU stays out of the "
                                   "figures) or tx (N semalign tx processes, each encoding its rounds)."),
@@ -136,13 +138,60 @@ def load(
     dataset: str = typer.Option("digits", help="Dataset: digits (fast) or mnist."),
     artifacts: Optional[Path] = ArtifactsOpt,
     trace: str = typer.Option("deep", help="Channel trace: deep (constant 64-QAM MCS 1, ~9.4 Mb/s) or a CSV path."),
+    mix: Optional[str] = typer.Option(None, help="Mixed modes on ONE RX (--mode of those modes, the largest of "
+                                      "--workers as W), e.g. pca-lora,slf,fed-lora: --pca-sessions replayed "
+                                      "pca-lora sessions, --slf-sessions slf TX processes aligning every round "
+                                      "and a federation of --fed-devices device processes, all at once; per mode "
+                                      "rounds/s, p50/p90/p99 round latency (ms), rounds lost, the RX's RSS (MiB) "
+                                      "in mixed.json, mixed.csv, mixed.png. --txs is not used."),
+    pca_sessions: int = typer.Option(4, help="With --mix: replayed pca-lora sessions (each --rounds rounds)."),
+    slf_sessions: int = typer.Option(1, help="With --mix: slf TX processes, each --rounds rounds, every one an "
+                                     "alignment (decoder download, fine-tuning at the TX, upload)."),
+    fed_devices: int = typer.Option(2, help="With --mix or --interference: fed-lora devices (processes) of the "
+                                    "federation on worker 0, each --rounds rounds (--interference: until stopped)."),
+    slf_finetune_images: int = typer.Option(256, help="With --mix/--interference: training images each slf "
+                                            "alignment fine-tunes on (images)."),
+    slf_finetune_epochs: float = typer.Option(1.0, help="With --mix/--interference: fine-tuning passes over "
+                                              "those images per alignment (passes)."),
+    slf_trx: Optional[Path] = typer.Option(None, help="slf artifacts directory both ends use [default: an 8x8 "
+                                           "digits transceiver with the paper's 171 kB decoder, pre-trained into "
+                                           "OUT/slf-artifacts once]."),
+    interference: bool = typer.Option(False, help="Instead: what an slf alignment or a fed-lora aggregation on "
+                                      "worker 0 adds to a pca-lora session's round on worker 1 (W = 2; --rounds "
+                                      "pca-lora rounds per condition: worker 0 idle, serving one slf TX's "
+                                      "alignments, aggregating a federation's rounds; again with worker 0 and "
+                                      "that work pinned to CPU 0 where possible); rtt and worker 1's CPU and "
+                                      "run-queue time per round, median/p90, ms, with /proc/loadavg, in "
+                                      "interference.json and interference.csv."),
     log_level: str = LogOpt,
 ):
     """Load an RX: N sessions against W workers in deep fade; rounds/s, p50/p90/p99 latency, rounds lost and
-    the RX's RSS per (N, W), side by side in one run (load.json, load.csv, load.png)."""
+    the RX's RSS per (N, W), side by side in one run (load.json, load.csv, load.png). --mix: several modes on
+    one RX at once; --interference: what another mode's work on worker 0 adds to a pca-lora round on worker 1."""
     from semalign.campaigns.pca_lora.load import run_load, table
 
     setup_logging(log_level, "load")
+    if mix or interference:
+        from semalign.campaigns import mixed_load
+
+        try:
+            if interference:
+                s = mixed_load.run_interference(out, rounds, dataset=dataset, artifacts=artifacts, slf_dir=slf_trx,
+                                                fed_devices=fed_devices, slf_finetune_images=slf_finetune_images,
+                                                slf_finetune_epochs=slf_finetune_epochs)
+                typer.echo(mixed_load.interference_table(s["conditions"]))
+                typer.echo(f"workers: {s['workers']}")
+            else:
+                ws = [int(w) for w in workers.split(",") if w.strip()]
+                s = mixed_load.run_mixed(out, mixed_load.parse_mix(mix), max(ws) if ws else 2, pca_sessions,
+                                         slf_sessions, fed_devices, rounds, dataset=dataset, artifacts=artifacts,
+                                         slf_dir=slf_trx, slf_finetune_images=slf_finetune_images,
+                                         slf_finetune_epochs=slf_finetune_epochs)
+                typer.echo(mixed_load.mixed_table(s["rows"]))
+        except (ValueError, RuntimeError) as e:
+            fail(str(e))
+        typer.echo(f"load average: {s['uptime']}; files in {out}")
+        return
     try:
         ws = [int(w) for w in workers.split(",") if w.strip()]
         ns = [int(n) for n in txs.split(",") if n.strip()]

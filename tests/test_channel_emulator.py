@@ -9,7 +9,6 @@ import pytest
 from common.link.channel import (
     ChannelEmulator,
     ChannelState,
-    Delivery,
     LinkParams,
     airtime_s,
     pathloss_db,
@@ -17,6 +16,7 @@ from common.link.channel import (
     state_from_mcs,
     state_from_sinr,
 )
+from common.link.model import Transmission
 
 
 def test_link_budget_3m_los():
@@ -71,7 +71,7 @@ def test_airtime_is_bits_over_rate(nbytes):
 def test_delivery_error_free():
     s = state_from_mcs(27, "qam256", LinkParams(), bler=0.0)
     d = ChannelEmulator().delivery(50_000, s)
-    assert d == Delivery(airtime_s(50_000, s), 1, False)
+    assert d == Transmission(airtime_s(50_000, s), 1)
 
 
 def test_delivery_always_failing_is_lost_after_max_retx():
@@ -79,7 +79,7 @@ def test_delivery_always_failing_is_lost_after_max_retx():
     s = state_from_mcs(5, "qam64", p, bler=1.0)
     d = ChannelEmulator(p).delivery(10_000, s, np.random.default_rng(0))
     assert d.lost and d.transmissions == 3
-    assert d.delay_s == pytest.approx(3 * airtime_s(10_000, s) + 2 * 2e-3)
+    assert d.airtime_s == pytest.approx(3 * airtime_s(10_000, s) + 2 * 2e-3)
 
 
 def test_delivery_statistics_follow_bler():
@@ -93,7 +93,7 @@ def test_delivery_statistics_follow_bler():
     assert np.mean([d.lost for d in out]) == pytest.approx(0.3**4, abs=0.003)
     t_air = airtime_s(2_000, s)
     for d in out[:50]:
-        assert d.delay_s == pytest.approx(d.transmissions * t_air + (d.transmissions - 1) * p.processing_delay_s)
+        assert d.airtime_s == pytest.approx(d.transmissions * t_air + (d.transmissions - 1) * p.processing_delay_s)
 
 
 def test_state_from_sinr_uses_link_params():

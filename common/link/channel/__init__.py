@@ -5,14 +5,13 @@ Typical use::
     from common.link.channel import ChannelEmulator, LinkParams, build_trace
     emu = ChannelEmulator(LinkParams(distance_m=150, speed_mps=14, fading="rician"), seed=1)
     state = emu.step()                   # ChannelState of the next round
-    outcome = emu.delivery(nbytes, state)  # HARQ delay / lost payload
+    outcome = emu.delivery(nbytes, state)  # a common.link.model.Transmission: HARQ air time, lost
     trace = build_trace("demo", rounds=9)
 """
 
 from common.link.channel.emulator import (
     FADING_MODELS,
     ChannelEmulator,
-    Delivery,
     LinkParams,
     airtime_s,
     state_from_mcs,
@@ -47,7 +46,7 @@ from common.link.channel.traces import TRACE_NAMES, build_trace
 
 __all__ = [
     "FADING_MODELS", "MCS_TABLES", "MODULATIONS", "PATHLOSS_MODELS", "TRACE_NAMES",
-    "ChannelEmulator", "ChannelState", "Delivery", "LinkParams", "McsEntry",
+    "ChannelEmulator", "ChannelState", "LinkParams", "McsEntry",
     "NoFading", "RayleighBlockFading", "RicianFading",
     "airtime_s", "bessel_j0", "bler_of", "build_trace", "doppler_hz", "jakes_rho",
     "k_factor_from_db", "max_mcs", "mcs_entry", "n_prb", "nr_rate_bps",

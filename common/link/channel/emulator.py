@@ -46,6 +46,7 @@ from common.link.channel.nr import (
 )
 from common.link.channel.pathloss import PATHLOSS_MODELS, pathloss_db, thermal_noise_dbm
 from common.link.channel.state import ChannelState
+from common.link.model import Transmission, check_size
 
 FADING_MODELS: tuple[str, ...] = ("rician", "rayleigh", "rayleigh_block", "none")
 
@@ -151,27 +152,9 @@ def state_from_sinr(sinr_db: float, params: LinkParams, mcs_table: str | None = 
     return state_from_mcs(mcs, table, params, sinr_db, bler)
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """Outcome of sending one payload: total delay (s), attempts (>= 1), lost flag."""
-
-    delay_s: float
-    transmissions: int
-    lost: bool
-
-    def __post_init__(self) -> None:
-        _finite("delay_s", self.delay_s, 0.0)
-        if isinstance(self.transmissions, bool) or not isinstance(self.transmissions, int) or self.transmissions < 1:
-            raise ValueError(f"transmissions must be an int >= 1, got {self.transmissions!r}")
-        if not isinstance(self.lost, bool):
-            raise ValueError(f"lost must be a bool, got {self.lost!r}")
-
-
 def airtime_s(nbytes: int, state: ChannelState) -> float:
     """Air time of one attempt of ``nbytes`` bytes at ``state.rate_bps``: ``8 nbytes / rate``, s."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
-        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
-    return 8.0 * int(nbytes) / state.rate_bps
+    return 8.0 * check_size(nbytes, "nbytes") / state.rate_bps
 
 
 class ChannelEmulator:
@@ -213,8 +196,11 @@ class ChannelEmulator:
         """See :func:`airtime_s`."""
         return airtime_s(nbytes, state)
 
-    def delivery(self, nbytes: int, state: ChannelState, rng: np.random.Generator | None = None) -> Delivery:
-        """Send ``nbytes`` over ``state`` with HARQ (module docstring); ``rng`` defaults to the emulator's."""
+    def delivery(self, nbytes: int, state: ChannelState, rng: np.random.Generator | None = None) -> Transmission:
+        """Send ``nbytes`` over ``state`` with HARQ (module docstring); ``rng`` defaults to the emulator's.
+
+        The transmission's ``airtime_s`` is the whole delay: every attempt's air time and the HARQ
+        round trips between them."""
         gen = self.rng if rng is None else rng
         t_air = airtime_s(nbytes, state)
         max_tx = 1 + self.params.max_harq_retx
@@ -222,7 +208,8 @@ class ChannelEmulator:
         for attempt in range(1, max_tx + 1):
             delay += t_air
             if gen.random() >= state.bler:
-                return Delivery(delay, attempt, False)
+                return Transmission(delay, attempt)
             if attempt < max_tx:
                 delay += self.params.processing_delay_s
-        return Delivery(delay, max_tx, True)
+        return Transmission(delay, max_tx, lost=True, reason=f"lost after {max_tx} HARQ transmissions at "
+                                                             f"MCS {state.mcs} (BLER {state.bler:.3f})")

@@ -15,6 +15,7 @@ from common.link.sidelink.base import (
     DeliveryReport,
     PayloadLost,
     Sidelink,
+    SidelinkChannel,
     UnsupportedOperation,
     create_sidelink,
     register_sidelink,
@@ -34,5 +35,5 @@ from common.link.sidelink.sirius import SiriusLink
 
 __all__ = ["RADIO_CONTROLS", "READING_FIELDS", "SIDELINKS", "CommandRadioControl", "DeliveryReport",
            "HttpRadioControl", "IpLink", "LoopbackLink", "PayloadLost", "RadioControl", "RadioError",
-           "Sidelink", "SiriusLink", "UnsupportedOperation", "create_radio_control", "create_sidelink",
+           "Sidelink", "SidelinkChannel", "SiriusLink", "UnsupportedOperation", "create_radio_control", "create_sidelink",
            "register_sidelink"]

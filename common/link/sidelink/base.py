@@ -13,10 +13,18 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 from common.link.channel import ChannelState
+from common.link.model import Transmission
 
 
 class PayloadLost(RuntimeError):
-    """The link lost the payload (e.g. HARQ gave up); the round fails with this reason."""
+    """The link lost the payload (e.g. HARQ gave up); the round fails with this reason.
+
+    ``report``: the lost transmission's :class:`DeliveryReport` (``lost`` True), where the backend has one.
+    """
+
+    def __init__(self, message: str, report: DeliveryReport | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 class UnsupportedOperation(RuntimeError):
@@ -24,13 +32,12 @@ class UnsupportedOperation(RuntimeError):
 
 
 @dataclass(frozen=True)
-class DeliveryReport:
-    """What the link did: air time of all attempts including the HARQ round trips between them (s),
-    attempts, the delay applied (s: on loopback the air time plus one processing delay per delivery),
-    and the RX wall clock (ns) at which the message counts as delivered."""
+class DeliveryReport(Transmission):
+    """What the link did: a :class:`~common.link.model.Transmission` (``airtime_s``: all attempts including
+    the HARQ round trips between them, s; ``transmissions``: attempts; ``lost``, ``reason``), the delay
+    applied (``delay_s``, s: on loopback the air time plus one processing delay per delivery), and the RX
+    wall clock (``delivered_ns``, ns) at which the message counts as delivered."""
 
-    airtime_s: float
-    transmissions: int
     delay_s: float
     delivered_ns: int
 
@@ -59,6 +66,30 @@ class Sidelink(ABC):
 
     def close(self) -> None:
         """Release whatever the backend holds."""
+
+
+@dataclass(frozen=True)
+class SidelinkChannel:
+    """A sidelink as a :class:`~common.link.model.Channel` (``unit`` "byte"): one frame of round state
+    ``state`` received at ``received_ns`` (RX wall clock, ns).
+
+    :meth:`transmit` is the link's :meth:`Sidelink.deliver` without waiting; a lost frame is reported
+    (the :class:`PayloadLost`'s report), not raised. A ``PayloadLost`` without a report (a backend that
+    cannot say what the lost frame cost) is raised as it is.
+    """
+
+    link: Sidelink
+    state: ChannelState
+    received_ns: int
+    unit: ClassVar[str] = "byte"
+
+    def transmit(self, size: int) -> DeliveryReport:
+        try:
+            return self.link.deliver(size, self.state, self.received_ns, wait=False)
+        except PayloadLost as e:
+            if e.report is None:
+                raise
+            return e.report
 
 
 SIDELINKS: dict[str, Callable[..., Sidelink]] = {}

@@ -42,12 +42,14 @@ class LoopbackLink(Sidelink):
 
     def deliver(self, nbytes: int, state: ChannelState, received_ns: int, wait: bool = True) -> DeliveryReport:
         outcome = self.emulator.delivery(nbytes, state)
-        delay_s = outcome.delay_s + self.emulator.params.processing_delay_s
+        delay_s = outcome.airtime_s + self.emulator.params.processing_delay_s
         delivered_ns = received_ns + int(delay_s * 1e9)
         remaining = delivered_ns / 1e9 - time.time()
         if wait and remaining > 0:
             self._sleep(remaining)
-        if outcome.lost:
-            raise PayloadLost(f"payload of {nbytes} B lost after {outcome.transmissions} HARQ "
-                              f"transmissions at MCS {state.mcs} (BLER {state.bler:.3f})")
-        return DeliveryReport(outcome.delay_s, outcome.transmissions, delay_s, delivered_ns)
+        reason = f"payload of {nbytes} B {outcome.reason}" if outcome.lost else ""
+        report = DeliveryReport(outcome.airtime_s, outcome.transmissions, delay_s, delivered_ns,
+                                lost=outcome.lost, reason=reason)
+        if report.lost:
+            raise PayloadLost(report.reason, report)
+        return report

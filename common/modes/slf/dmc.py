@@ -1,18 +1,23 @@
 """K-ary symmetric discrete memoryless channel (eq. (2)) and bit-packing of codeword indices.
 
 Each index survives with probability ``1 - eps``; otherwise it becomes one of
-the other ``K - 1`` symbols, uniformly. :func:`dmc_numpy` (a seeded numpy
-``Generator``) is for the link; :func:`dmc_torch` is the same channel inside
-training. Indices travel as ``ceil(log2 K)`` bits each, most significant bit
+the other ``K - 1`` symbols, uniformly. :class:`KaryChannel` (a seeded numpy
+``Generator``) is the link, a :class:`~common.link.model.Channel` of symbols whose
+draws (:class:`KaryErrors`) :func:`dmc_numpy` applies to the sent indices;
+:func:`dmc_torch` is the same channel inside training. Indices travel as ``ceil(log2 K)`` bits each, most significant bit
 first, packed into bytes (the last byte zero-padded).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
+
+from common.link.model import Transmission, check_size
 
 
 def _check(n_symbols: int, eps: float) -> None:
@@ -22,13 +27,55 @@ def _check(n_symbols: int, eps: float) -> None:
         raise ValueError(f"eps must be a probability in [0, 1], got {eps}")
 
 
+@dataclass(frozen=True, eq=False)
+class KaryErrors(Transmission):
+    """One use of the K-ary channel for ``flip.size`` symbols: never lost, no air time of its own (a
+    symbol channel has no rate: the frame carrying the packed symbols has it), one attempt.
+
+    ``flip``: bool (size,), the symbols substituted; ``offset``: int64 (size,) in [1, K), what a
+    substituted symbol is shifted by modulo ``n_symbols`` (drawn for every symbol, used where ``flip``).
+    """
+
+    flip: np.ndarray
+    offset: np.ndarray
+    n_symbols: int
+
+    def apply(self, indices: np.ndarray) -> np.ndarray:
+        """``indices`` (``flip.size`` integers in [0, K), any shape, C order) as they arrive; same shape and dtype."""
+        indices = np.asarray(indices)
+        if indices.size != self.flip.size:
+            raise ValueError(f"{self.flip.size} symbols were transmitted, got {indices.size} to apply them to")
+        flip, offset = self.flip.reshape(indices.shape), self.offset.reshape(indices.shape)
+        return np.where(flip, (indices + offset) % self.n_symbols, indices).astype(indices.dtype)
+
+
+@dataclass(frozen=True)
+class KaryChannel:
+    """The K-ary symmetric channel as a :class:`~common.link.model.Channel` (``unit`` "symbol").
+
+    ``n_symbols``: K >= 2; ``eps``: substitution probability in [0, 1]; ``rng``: the draws (numpy
+    ``Generator``; each :meth:`transmit` consumes ``2 size`` of them: uniforms, then offsets).
+    """
+
+    n_symbols: int
+    eps: float
+    rng: np.random.Generator
+    unit: ClassVar[str] = "symbol"
+
+    def __post_init__(self) -> None:
+        _check(self.n_symbols, self.eps)
+
+    def transmit(self, size: int) -> KaryErrors:
+        n = check_size(size)
+        flip = self.rng.random(n) < self.eps
+        offset = self.rng.integers(1, self.n_symbols, size=n)
+        return KaryErrors(0.0, 1, flip=flip, offset=offset, n_symbols=self.n_symbols)
+
+
 def dmc_numpy(indices: np.ndarray, n_symbols: int, eps: float, rng: np.random.Generator) -> np.ndarray:
     """Send ``indices`` (any shape, integers in [0, K)) through the channel; same shape and dtype."""
-    _check(n_symbols, eps)
     indices = np.asarray(indices)
-    flip = rng.random(indices.shape) < eps
-    offset = rng.integers(1, n_symbols, size=indices.shape)
-    return np.where(flip, (indices + offset) % n_symbols, indices).astype(indices.dtype)
+    return KaryChannel(n_symbols, eps, rng).transmit(indices.size).apply(indices)
 
 
 def dmc_torch(indices: torch.Tensor, n_symbols: int, eps: float,

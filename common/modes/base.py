@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable
 
 from common.link.channel.state import ChannelState
+from common.link.sidelink.base import DeliveryReport, PayloadLost, SidelinkChannel
 from common.results.log import RoundRecord
 
 # mode name -> module that registers it when imported: the one registry line of a mode (its campaigns, if
@@ -70,6 +71,16 @@ class RoundContext:
     rx_pid: int
     session: dict = field(default_factory=dict)
     owner: str | None = None
+
+    def deliver(self, nbytes: int) -> DeliveryReport:
+        """The round's link applied to ``nbytes`` of this message: one use of the sidelink as a
+        :class:`~common.link.model.Channel` (:class:`~common.link.sidelink.SidelinkChannel`), which
+        never waits (the handler holds its reply until the report's ``delivered_ns``); raises
+        :class:`~common.link.sidelink.PayloadLost` (the daemon answers ERROR ``lost``) when the link lost it."""
+        sent = SidelinkChannel(self.link, self.state, self.received_ns).transmit(nbytes)
+        if sent.lost:
+            raise PayloadLost(sent.reason, sent)
+        return sent
 
 
 @dataclass(frozen=True)

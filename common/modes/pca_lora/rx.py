@@ -189,7 +189,7 @@ class PcaLoraRx(RxHalf):
                                            f"{ctx.nbytes}-byte part would pass the {self.limits.max_held_bytes_per_key}"
                                            "-byte limit per key (--max-held-bytes-per-key): finish or drop rounds")
         self.check(p, ctx, r["nbytes"])
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        delivery = ctx.deliver(ctx.nbytes)
         t_delivered = max(delivery.delivered_ns, time.time_ns(), r["link_free_ns"] + int(delivery.delay_s * 1e9))
         z = self._features(p)
         r["z"].append(z)
@@ -238,7 +238,7 @@ class PcaLoraRx(RxHalf):
                                                 f"alpha={p.alpha})")
         self.check(p, ctx, part["nbytes"] if part else 0)
         strategy = self.strategy_for(ctx.owner)
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        delivery = ctx.deliver(ctx.nbytes)
         t_delivered = max(delivery.delivered_ns, time.time_ns())
         if part is not None:  # the link carried the training parts first
             t_delivered = max(t_delivered, part["link_free_ns"] + int(delivery.delay_s * 1e9))

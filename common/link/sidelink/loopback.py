@@ -22,12 +22,14 @@ class LoopbackLink(Sidelink):
     round ``seq`` sees ``states[seq % rounds]``. Delivery waits for the HARQ
     air time (``8 * nbytes / rate_bps`` per attempt) plus ``processing_delay_s``.
     ``params``: LinkParams, or a dict of its fields (a ``[link.params]`` TOML table).
+    ``sleep`` (seconds) and ``clock`` (Unix time in seconds) are the wait's, injectable for tests.
     """
 
     name = "loopback"
 
     def __init__(self, trace: str = "demo", rounds: int = 9, seed: int = 0,
-                 params: LinkParams | dict | None = None, sleep: Callable[[float], None] = time.sleep):
+                 params: LinkParams | dict | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time):
         if isinstance(params, dict):
             try:
                 params = LinkParams(**params)
@@ -36,6 +38,7 @@ class LoopbackLink(Sidelink):
         self.states = build_trace(trace, rounds, seed, params)
         self.emulator = ChannelEmulator(params or LinkParams(), seed)
         self._sleep = sleep
+        self._clock = clock
 
     def channel_state(self, seq: int) -> ChannelState:
         return self.states[seq % len(self.states)]
@@ -44,7 +47,7 @@ class LoopbackLink(Sidelink):
         outcome = self.emulator.delivery(nbytes, state)
         delay_s = outcome.airtime_s + self.emulator.params.processing_delay_s
         delivered_ns = received_ns + int(delay_s * 1e9)
-        remaining = delivered_ns / 1e9 - time.time()
+        remaining = delivered_ns / 1e9 - self._clock()
         if wait and remaining > 0:
             self._sleep(remaining)
         reason = f"payload of {nbytes} B {outcome.reason}" if outcome.lost else ""

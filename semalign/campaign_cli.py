@@ -174,6 +174,10 @@ def fed(
                                                             "authentication instead of TLS with throwaway "
                                                             "certificates and node keys (--engine flower)."),
     timeout_s: float = typer.Option(1800.0, help="Wall-clock cap per policy, s."),
+    silent_slack_s: Optional[float] = typer.Option(
+        None, help="Wall-clock slack of the base station's silent-device deadline (the devices' real training "
+                   "and transport on this machine, on top of the plan's emulated times), s [default: the task "
+                   "preset's; raise it on a slow or loaded machine, where a device's real training can miss it]."),
     log_level: str = LogOpt,
 ):
     """A fed-lora federation on loopback: a base station and N devices per policy, as our daemons or under
@@ -197,7 +201,8 @@ def fed(
             policies=tuple(p.strip() for p in policy.split(",") if p.strip()), data_dir=data_dir, seed=seeds[0],
             beta=beta, pool_size=pool_size, aggregation=aggregation, budget_j=budgets[0] if budgets else None,
             secure=not insecure, timeout_s=timeout_s, engine=engine,
-            rx_options={"fed_eval_size": eval_size} if eval_size is not None else {},
+            rx_options={k: v for k, v in (("fed_eval_size", eval_size), ("fed_silent_slack_s", silent_slack_s))
+                        if v is not None},
             tx_options={"fed_epochs": epochs} if epochs is not None else {}, reference=reference == "central")
         if len(seeds) > 1 or len(budgets) > 1:
             from common.modes.fed_lora.spec import preset

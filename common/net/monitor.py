@@ -5,7 +5,8 @@ reads a socket's monitor in a thread and logs, with the peer's address and
 rate-limited, every connection that ends without a handshake -- in
 particular an unauthenticated (plain / NULL mechanism) client of a CURVE
 RX, which libzmq refuses before the allow-list is asked.
-:func:`monitor_address` names fresh inproc endpoints for socket monitors.
+:func:`monitor_address` names fresh inproc endpoints for socket monitors, and :func:`open_monitor`
+opens one that can never block libzmq's I/O thread.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ def monitor_address() -> str:
     ("Address already in use" on a TX socket opened right after another one was dropped)."""
     return f"inproc://semalign-monitor-{os.getpid()}-{next(_MONITORS)}"
 
+
+
+def open_monitor(sock: zmq.Socket, events: int) -> zmq.Socket:
+    """Start ``sock``'s monitor for ``events`` and return the PAIR socket that reads it, with no queue limit.
+
+    libzmq writes each event to the monitor with a blocking send, from the thread that caused it (for a
+    connection's events: the context's I/O thread). With pyzmq's ``get_monitor_socket`` the queue holds
+    1000 messages, so a monitor nobody reads for a while (a TX socket left idle while its connection keeps
+    failing its handshake: a few events a second) blocks that I/O thread for good, and with it every socket
+    of the context: none connects, none is reaped, and at 1023 sockets ``zmq_socket`` fails with EMFILE
+    ("Too many open files"). ``RCVHWM`` 0, set before the PAIR connects, makes the queue unbounded; an
+    event is a few dozen bytes, and the readers drain them."""
+    address = monitor_address()
+    sock.monitor(address, events)
+    mon = sock.context.socket(zmq.PAIR)
+    mon.setsockopt(zmq.RCVHWM, 0)
+    mon.setsockopt(zmq.LINGER, 0)
+    mon.connect(address)
+    return mon
 
 
 def _peer_of(fd: int) -> str | None:
@@ -133,7 +153,7 @@ class ConnectionMonitor(threading.Thread):
     def __init__(self, sock: zmq.Socket, curve: bool, allow_dir=None):
         super().__init__(name="rx-connection-monitor", daemon=True)
         self._sock = sock
-        self._mon = sock.get_monitor_socket(self.EVENTS, monitor_address())  # made here; read in run()
+        self._mon = open_monitor(sock, self.EVENTS)  # made here; read in run()
         self.curve = curve
         self.allow_dir = allow_dir
         self.unauthenticated = 0

@@ -38,7 +38,7 @@ from collections import Counter
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.net.monitor import ConnectionMonitor, monitor_address
+from common.net.monitor import ConnectionMonitor, open_monitor
 from common.net.security import (
     AllowListAuthenticator,
     RxSecurity,
@@ -354,7 +354,7 @@ class TxSocket:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         apply_client(sock, self.security)
-        monitor = sock.get_monitor_socket(self._EVENTS, monitor_address())
+        monitor = open_monitor(sock, self._EVENTS)
         try:
             check_endpoint(self.address, "connect")
             sock.connect(self.address)

@@ -133,8 +133,10 @@ def test_one_keys_unread_downloads_are_capped_and_another_key_is_served(rx):
         assert refused, "no reply refused: the RX queued every decoder the flood did not read"
         assert f"{CAP}-byte cap" in refused[0].message and "read your replies" in refused[0].message
         # what the RX held: the replay record's share of one key (the replies it queued are the same bytes),
-        # at most the cap of replies beyond it, and a few replies being encoded or forwarded
-        bound = MAX_BYTES_PER_OWNER + 2 * CAP + (8 << 20)
+        # at most the cap of replies beyond it, and a few replies being encoded or forwarded; with workers the
+        # worker and the front end each hold theirs (the worker's queue to the front end is not counted per
+        # key: measured +19 to +37 MiB here, against +84 MiB before the cap)
+        bound = (MAX_BYTES_PER_OWNER + 2 * CAP + (8 << 20)) * (1 if len(pids) == 1 else 2)
         assert grown < bound, f"peak RSS +{grown >> 20} MiB during the flood (bound {bound >> 20} MiB)"
         assert not peak.gone and rx_pids(proc.pid) == pids
 

@@ -51,7 +51,7 @@ from common.wire.protocol import Channel, Error, Hello, Result, decode, encode
 from semalign.campaigns.pca_lora.load import DEEP_FADE_CSV, _children, _percentile, rx_memory
 from semalign.campaigns.pca_lora.replay_load import HELLO_RESEND_S, replay, round_frames
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
-from semalign.campaigns.processes import free_port, launch, stop_process
+from semalign.campaigns.processes import free_port, launch, stop_process, wait_all
 from semalign.campaigns.tables import markdown_lines
 
 log = logging.getLogger("semalign.load")
@@ -219,13 +219,7 @@ def run_mixed(out: Path, modes: list[str], workers: int = 2, pca_sessions: int =
         if "pca-lora" in modes:
             half = _pca_half(artifacts, dataset)
             per_mode["pca-lora"] = replay(address, half, pca_sessions, rounds, timeout_s)
-        deadline = time.monotonic() + timeout_s
-        for p in procs:
-            try:
-                p.wait(max(1.0, deadline - time.monotonic()))
-            except Exception:
-                p.kill()
-                p.wait()
+        wait_all(procs, timeout_s)
         memory = rx_memory(rx.pid)
     finally:
         for p in procs:

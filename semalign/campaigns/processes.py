@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common.files import free_port  # noqa: F401  (re-exported: the launcher's callers pick ports with it)
@@ -48,6 +49,17 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def wait_all(procs: list[subprocess.Popen], timeout_s: float) -> None:
+    """Wait for every process to exit within ``timeout_s`` s together (at least 1 s each); kill the late."""
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def throwaway_keys(key_dir: str | Path, tx_name: str = "tx") -> tuple[dict, dict]:

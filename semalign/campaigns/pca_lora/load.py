@@ -28,13 +28,12 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from common.files import read_jsonl
-from semalign.campaigns.processes import free_port, launch, stop_process
+from semalign.campaigns.processes import free_port, launch, stop_process, wait_all
 from semalign.campaigns.pca_lora.replay_load import replay
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
 from semalign.campaigns.tables import markdown_lines
@@ -122,13 +121,7 @@ def run_pair(out: Path, n_tx: int, workers: int, artifacts: Path, dataset: str, 
                                      "rounds": rounds, "out": out / f"tx{i}", "insecure": True, "seed": i,
                                      "connect_timeout_s": 300, "hello_attempts": 600},
                               out / f"tx{i}.log", env=env))
-        deadline = time.monotonic() + timeout_s
-        for tx in txs:
-            try:
-                tx.wait(max(1.0, deadline - time.monotonic()))
-            except Exception:
-                tx.kill()
-                tx.wait()
+        wait_all(txs, timeout_s)
         memory = rx_memory(rx.pid)
     finally:
         for tx in txs:

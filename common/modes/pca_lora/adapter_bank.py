@@ -61,7 +61,8 @@ import torch
 from torch import nn
 
 from common.modes.pca_lora.adapt_config import AdaptReport
-from common.modes.pca_lora.alignment import AlignmentStrategy, LoraAlignment
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.strategy import AlignmentStrategy
 from common.artifacts import load_tensors
 from common.codecs.base import Codec
 from common.files import atomic_write_bytes

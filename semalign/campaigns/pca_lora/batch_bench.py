@@ -41,7 +41,8 @@ from common.learn import fastlora
 from common.learn.batched_dense import train_dense_batched
 from common.link.channel.emulator import LinkParams, state_from_mcs
 from common.modes.base import get_mode
-from common.modes.pca_lora.alignment import DTYPES, LoraAlignment
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.recipes import DTYPES
 from common.modes.pca_lora.folded_mlp import dense_start, mlp_weights
 from common.modes.pca_lora.holdout import split_holdout
 from common.modes.pca_lora.messages import Payload

@@ -55,7 +55,7 @@ Pirate heartbeats:
   ``NOBLOCK`` with ``ROUTER_MANDATORY`` (a worker that does not take a
   request gets it refused at once with ``no_session``), and its sends to TXs
   are the RxSocket's (``NOBLOCK``; a TX that stops reading loses its replies; large replies within the
-  TX key's byte budget, else ERROR ``replies_unread`` in their place: :func:`rx_node.daemon.send_replies`).
+  TX key's byte budget, else ERROR ``replies_unread`` in their place: :func:`rx_node.serving.send_replies`).
 
 - **Workers on other hosts** (``semalign rx --worker-bind tcp://0.0.0.0:PORT
   --worker-allow DIR`` on the front end, ``semalign rx-worker --connect
@@ -100,7 +100,8 @@ import zmq
 from common.net.security import AllowListAuthenticator, RxSecurity, apply_server
 from common.net.transport import RxSocket, check_endpoint, endpoint_error
 from common.wire.protocol import DecodeLimits, Error, ProtocolError, encode, request_ids, unpack
-from rx_node.daemon import RxStats, release_sent_replies, send_replies
+from rx_node.serving import release_sent_replies, send_replies
+from rx_node.sessions import RxStats
 from rx_node.worker_wire import BACKEND_HWM, HEARTBEAT_S, LIVENESS, READY_TIMEOUT_S, U64, to_json, write_spec
 
 log = logging.getLogger("semalign.rx")
@@ -168,7 +169,7 @@ class FrontEnd:
     the one-writer options for workers 1..W-1). ``worker_argv``: the command
     that starts a worker. ``limits``: the workers' decode limits (the front
     end reads a HELLO's or a lost request's envelope under them). :attr:`stats` sums the workers' counters
-    (:class:`~rx_node.daemon.RxStats`), the lost ones' included;
+    (:class:`~rx_node.sessions.RxStats`), the lost ones' included;
     :attr:`losses` lists ``(index, reason)`` of every worker lost.
     """
 
@@ -433,7 +434,7 @@ class FrontEnd:
         self._send_tx(peer, [encode(Error(sid, seq, "no_session", why))])
 
     def _send_tx(self, peer: bytes, replies: list, w: _Worker | None = None, key: str | None = None) -> None:
-        """Queue ``replies`` for ``peer`` (:func:`~rx_node.daemon.send_replies`: large ones within the
+        """Queue ``replies`` for ``peer`` (:func:`~rx_node.serving.send_replies`: large ones within the
         sender ``key``'s budget); a connection that left or stopped reading is unpinned, and its worker told."""
         gone = send_replies(self.sock, peer, key, replies, self.stats.replies_dropped)
         if gone is not None:  # the peer left or stopped reading: never block the others

@@ -16,7 +16,7 @@ payload. :class:`LoraAlignment` runs one of three *recipes*
 Deterministic by default: work is bounded by a step count calibrated to the
 time budget once per process (:meth:`LoraAlignment.calibrate`, run by the RX's warm-up),
 not by the clock; the budget stays as a wall-clock safety cap, and the report
-says when it cut a run. :class:`~common.modes.pca_lora.adapter_bank.BankedAlignment`
+says when it cut a run. :class:`~common.modes.pca_lora.banked_alignment.BankedAlignment`
 adds an adapter bank (warm starts, and returning alphas that need no training).
 (The other modes align differently and bring their own halves; see
 :mod:`common.modes.base`.)

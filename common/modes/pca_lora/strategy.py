@@ -2,7 +2,7 @@
 classifier to one payload's labelled vectors, whole or in parts, calibrate and warm up before serving.
 
 The strategies: :class:`~common.modes.pca_lora.alignment.LoraAlignment` (the recipes) and
-:class:`~common.modes.pca_lora.adapter_bank.BankedAlignment` (an adapter bank around it).
+:class:`~common.modes.pca_lora.banked_alignment.BankedAlignment` (an adapter bank around it).
 Shapes: received features ``z`` float32 (n, alpha), labels ``y`` uint8 (n,).
 """
 

@@ -34,7 +34,7 @@ from semalign.campaigns.mixed_rx import (MODES, fed_device, pca_half, result_row
 from semalign.campaigns.pca_lora.load import _children, _percentile
 from semalign.campaigns.pca_lora.replay_load import HELLO_RESEND_S, round_frames
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
-from semalign.campaigns.processes import stop_process
+from semalign.campaigns.processes import kill_all, stop_process
 from semalign.campaigns.tables import fmt, markdown_lines, write_csv
 
 log = logging.getLogger("semalign.load")
@@ -222,10 +222,7 @@ def run_interference(out: Path, rounds: int = 30, blocks: int = 3, dataset: str 
         fed_pids = {r.get("rx_pid") for k in range(fed_devices)
                     for r in result_rows(out / f"fed{k}" / "results.jsonl") if r.get("rx_pid")}
     finally:
-        for p in background:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(background)
         probe.close()
         stop_process(rx)
     for name in ("idle", "slf", "fed-lora"):

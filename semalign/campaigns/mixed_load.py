@@ -38,7 +38,7 @@ from semalign.campaigns.mixed_rx import (MODES, fed_device, pca_half, result_row
 from semalign.campaigns.pca_lora.load import _percentile, rx_memory
 from semalign.campaigns.pca_lora.replay_load import replay
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
-from semalign.campaigns.processes import stop_process, wait_all
+from semalign.campaigns.processes import kill_all, stop_process, wait_all
 from semalign.campaigns.tables import fmt, markdown_lines, write_csv
 
 log = logging.getLogger("semalign.load")
@@ -131,10 +131,7 @@ def run_mixed(out: Path, modes: list[str], workers: int = 2, pca_sessions: int =
         wait_all(procs, timeout_s)
         memory = rx_memory(rx.pid)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         stop_process(rx)
     if "slf" in modes:
         per_mode["slf"] = [result_rows(out / f"slf{i}" / "results.jsonl") for i in range(slf_sessions)]

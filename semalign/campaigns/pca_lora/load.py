@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from common.files import read_jsonl
-from semalign.campaigns.processes import free_port, launch, stop_process, wait_all
+from semalign.campaigns.processes import free_port, kill_all, launch, stop_process, wait_all
 from semalign.campaigns.pca_lora.replay_load import replay
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
 from semalign.campaigns.machine import loadavg_line
@@ -124,9 +124,7 @@ def run_pair(out: Path, n_tx: int, workers: int, artifacts: Path, dataset: str, 
         wait_all(txs, timeout_s)
         memory = rx_memory(rx.pid)
     finally:
-        for tx in txs:
-            if tx.poll() is None:
-                tx.kill()
+        kill_all(txs)
         stop_process(rx)
     per_tx = []
     for i in range(n_tx):

@@ -10,7 +10,9 @@ from common.modes.base import DEFAULT_MODE, get_mode
 from common.net.security import RxSecurity, worker_security
 from common.net.transport import MAX_REPLY_BYTES_PER_KEY, RxSocket
 from common.wire.protocol import DecodeLimits
-from rx_node.daemon import RxNode, RxStats, serve
+from rx_node.daemon import RxNode
+from rx_node.serving import serve
+from rx_node.sessions import RxStats
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 

@@ -1,7 +1,8 @@
 """The RX daemon: sessions, mode dispatch, channel feedback, replies.
 
 :meth:`RxNode.handle` turns one incoming frame into reply frames without
-touching a socket (tests drive it directly); :func:`serve` is the socket loop.
+touching a socket (tests drive it directly); :func:`rx_node.serving.serve` is the socket loop,
+:mod:`rx_node.sessions` what is kept per session.
 The daemon is mode-agnostic: a HELLO names the session's mode, and every
 later request goes to the handler that mode's :class:`~common.modes.base.RxHalf`
 registered for its message type. Every request ends in the mode's reply or an
@@ -12,22 +13,16 @@ feedback for the next round; the daemon keeps serving either way.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import heapq
-import itertools
 import logging
 import os
-import threading
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass, field
 
 from common.learn.process_tuning import release_freed_memory
 from common.link.sidelink import PayloadLost, Sidelink
 from common.modes.base import RoundContext, RoundError, RxHalf
 from common.net.ratelimit import rate_limit
-from common.net.transport import RepliesUnread, ReplyDropped, RxSocket
 from common.wire.protocol import (
     MAX_SEQ,
     MAX_SESSION_ID,
@@ -39,64 +34,15 @@ from common.wire.protocol import (
     decode,
     encode,
     request_digest,
-    request_ids,
     unpack,
 )
 from rx_node.replay import ReplayCache
+from rx_node.sessions import CREDENTIAL_BYTES, RxStats, Session, credential_owner
 
 log = logging.getLogger("semalign.rx")
 PER_PEER = {"per_peer": True}  # log lines a peer can cause over and over: rate-limited
 rate_limit(log, select=lambda r: getattr(r, "per_peer", False))
-
-
-CREDENTIAL_BYTES = (16, 64)  # a HELLO's credential: empty, or this many bytes (lowest, highest)
-PEERS_PER_SESSION = 8  # connections remembered per session (a TX that reconnects often: the latest ones)
-
-
-def credential_owner(credential: bytes) -> str:
-    """The owner a plain-socket session is bound to: a digest of the TX's credential (never logged itself)."""
-    return "credential:" + hashlib.sha256(credential).hexdigest()[:32]
-
-
-@dataclass
-class _Session:
-    """One session, bound to its owner, not to a connection.
-
-    ``owner``: the CURVE key (z85) that opened it; on a plain socket
-    :func:`credential_owner` of the HELLO's credential, or None for a HELLO
-    without one (bound to nothing). ``peers``: the connections that said
-    HELLO for it, most recent last; on a plain socket the only ones whose
-    requests it takes.
-    """
-
-    session_id: int
-    mode: str
-    owner: str | None
-    rounds: int = 0
-    announced: dict = field(default_factory=dict)  # seq -> ChannelState sent in CHANNEL
-    store: dict = field(default_factory=dict)  # the mode's per-session state
-    peers: list = field(default_factory=list)
-
-    def attach(self, peer: bytes) -> None:
-        if peer in self.peers:
-            self.peers.remove(peer)
-        self.peers.append(peer)
-        del self.peers[:-PEERS_PER_SESSION]
-
-
-@dataclass
-class RxStats:
-    """Counters since start: rounds answered with the mode's reply / with ERROR."""
-
-    ok: int = 0
-    failed: int = 0
-    errors_by_code: dict = field(default_factory=dict)
-    replayed: int = 0  # repeated requests answered from the record (not counted in rounds)
-    replies_dropped: dict = field(default_factory=dict)  # reason -> replies a peer could not take
-
-    @property
-    def rounds(self) -> int:
-        return self.ok + self.failed
+RELEASE_AFTER_BYTES = 8 * 2**20  # freed memory goes back to the system after this much (a message, replies)
 
 
 class RxNode:
@@ -108,7 +54,7 @@ class RxNode:
         self.halves = halves
         self.link = link
         self.limits = limits
-        self.sessions: OrderedDict[int, _Session] = OrderedDict()  # session id -> session, idlest first
+        self.sessions: OrderedDict[int, Session] = OrderedDict()  # session id -> session, idlest first
         self.stats = RxStats()
         self.pid = os.getpid()
         self.replay = ReplayCache()
@@ -158,7 +104,7 @@ class RxNode:
             log.error("unhandled error on a message from %s:\n%s", peer.hex(), traceback.format_exc())
             return [encode(Error(self._last_sid.get(peer, 0), -1, "internal", f"{type(e).__name__}: {e}"))], 0
 
-    def _serves(self, session: _Session | None, peer: bytes, owner: str | None) -> bool:
+    def _serves(self, session: Session | None, peer: bytes, owner: str | None) -> bool:
         """Whether ``session`` takes requests from this sender: under CURVE from any connection of the key
         that opened it; on a plain socket from a connection that said HELLO for it."""
         if session is None:
@@ -250,7 +196,7 @@ class RxNode:
         while len(self._last_sid) > 4 * self.max_sessions:
             self._last_sid.popitem(last=False)
 
-    def _answer(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
+    def _answer(self, session: Session, msg, handler, frame: bytes, received_ns: int) -> tuple[bytes, bool, int]:
         """A repeated request gets the recorded reply; a new one is handled and recorded.
 
         A request is ``(seq, type)`` plus the fields its class lists in
@@ -274,7 +220,7 @@ class RxNode:
                 release_freed_memory()
         return answer
 
-    def _run(self, session: _Session, msg, handler, frame: bytes, received_ns: int) -> tuple[tuple[bytes, bool, int], bool]:
+    def _run(self, session: Session, msg, handler, frame: bytes, received_ns: int) -> tuple[tuple[bytes, bool, int], bool]:
         """The mode's answer: ((reply frame, ends the round, not-before time in ns), it is an ERROR)."""
         sid, seq = session.session_id, msg.seq
         try:
@@ -304,7 +250,7 @@ class RxNode:
             self.stats.errors_by_code[code] = self.stats.errors_by_code.get(code, 0) + 1
         return encode(Error(sid, seq, code, message))
 
-    def _channel(self, session: _Session, seq: int) -> bytes:
+    def _channel(self, session: Session, seq: int) -> bytes:
         """CHANNEL feedback for round ``seq``; the state is kept so the round uses what was announced.
 
         A link that cannot tell its state (e.g. a radio that does not answer)
@@ -384,7 +330,7 @@ class RxNode:
                 _, gone = self.sessions.popitem(last=False)
                 log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
                          self.max_sessions, extra=PER_PEER)
-            session = self.sessions[msg.session_id] = _Session(msg.session_id, msg.mode, bound)
+            session = self.sessions[msg.session_id] = Session(msg.session_id, msg.mode, bound)
         same_peer = peer in session.peers
         session.attach(peer)
         self._note_peer(peer, msg.session_id)
@@ -399,92 +345,3 @@ class RxNode:
         reply = Hello("rx", msg.session_id, msg.mode, half.fingerprint, half.hello_params(), msg.next_seq,
                       self.limits.max_message_bytes, self.pid, msg.t_origin_ns, received_ns, time.time_ns())
         return [encode(reply), self._channel(session, msg.next_seq)]
-
-
-def serve(node: RxNode, sock: RxSocket, stop: threading.Event, max_rounds: int | None = None,
-          poll_ms: int = 100) -> RxStats:
-    """Answer messages until ``stop`` is set or ``max_rounds`` rounds were answered.
-
-    Replies a mode holds back (an emulated air time, :attr:`Reply.not_before_ns`)
-    wait in a queue while other peers are served; after a message larger than
-    :data:`RELEASE_AFTER_BYTES` (all its frames), and once large replies that
-    left total that much (or the last one left), the freed memory goes back to the system.
-    """
-    node.warm_up()
-    log.info("RX pid %d serving %s on %s", node.pid, ", ".join(sorted(node.halves)), sock.address)
-    held: list[tuple[int, int, bytes, str | None, list[bytes]]] = []  # (due ns, order, peer, key, frames), a heap
-    order = itertools.count()
-    while not stop.is_set() and (max_rounds is None or node.stats.rounds < max_rounds or held):
-        wait_ms = poll_ms if not held else max(0, min(poll_ms, (held[0][0] - time.time_ns()) // 1_000_000))
-        got = sock.recv(wait_ms) if max_rounds is None or node.stats.rounds < max_rounds else None
-        if got is not None:
-            peer, frames = got
-            key = sock.last_user_id
-            replies, hold_ns = node.handle_timed(peer, frames, time.time_ns(), key, sock.last_frames)
-            heapq.heappush(held, (hold_ns, next(order), peer, key, replies))
-            got = frames = None  # ZeroMQ's buffer of the frame is freed before the memory goes back
-            if sock.last_bytes > RELEASE_AFTER_BYTES:
-                release_freed_memory()
-        elif max_rounds is not None and node.stats.rounds >= max_rounds and held:
-            time.sleep(max(0, held[0][0] - time.time_ns()) / 1e9)
-        while held and held[0][0] <= time.time_ns():
-            _, _, peer, key, replies = heapq.heappop(held)
-            _send(node, sock, peer, key, replies)
-        release_sent_replies(sock)
-    while held:  # stopping: the rounds already answered still reach their TXs (held at most an air time)
-        due, _, peer, key, replies = heapq.heappop(held)
-        time.sleep(max(0, due - time.time_ns()) / 1e9)
-        _send(node, sock, peer, key, replies)
-    return node.stats
-
-
-RELEASE_AFTER_BYTES = 8 * 2**20
-
-
-def release_sent_replies(sock: RxSocket) -> None:
-    """Give the memory of the large replies libzmq has let go of back to the system, once they total
-    :data:`RELEASE_AFTER_BYTES` or none is left queued (a flood that was read, or whose connections went)."""
-    queued = sock.reap_replies()
-    if sock.freed_reply_bytes > RELEASE_AFTER_BYTES or (sock.freed_reply_bytes and not queued):
-        sock.freed_reply_bytes = 0
-        release_freed_memory()
-
-
-def send_replies(sock: RxSocket, peer: bytes, key: str | None, replies: list, dropped: dict) -> ReplyDropped | None:
-    """Queue one request's ``replies`` for ``peer`` (the sender's CURVE ``key``, None on a plain socket); never
-    blocks. Returns the drop that ends the connection's part in its sessions (:class:`PeerGone`,
-    :class:`PeerNotReading`: the caller detaches it), else None; ``dropped`` counts drops by reason.
-
-    A large reply the key has no room for (:class:`RepliesUnread`) is answered ERROR ``replies_unread`` in its
-    place (its session and seq; not round-final), and the request's later replies (the CHANNEL of a final
-    one) go with it: a re-sent request is answered from the replay record, all of it. The connection stays.
-    """
-    for reply in replies:
-        try:
-            sock.send(peer, reply, key)
-        except RepliesUnread as e:
-            dropped[e.reason] = dropped.get(e.reason, 0) + 1
-            log.warning("%s; answering ERROR replies_unread instead", e, extra=PER_PEER)
-            ids = request_ids(reply)
-            if ids is None:
-                return None
-            _, sid, seq = ids
-            refusal = encode(Error(sid, seq, "replies_unread", f"reply ({ids[0]}) not sent: {e}; read your "
-                                                                "replies, then send the request again"))
-            try:
-                sock.send(peer, refusal)
-            except ReplyDropped as gone:
-                dropped[gone.reason] = dropped.get(gone.reason, 0) + 1
-                return gone
-            return None
-        except ReplyDropped as e:  # the peer left or stopped reading: never block the others
-            dropped[e.reason] = dropped.get(e.reason, 0) + 1
-            return e
-    return None
-
-
-def _send(node: RxNode, sock: RxSocket, peer: bytes, key: str | None, replies: list[bytes]) -> None:
-    gone = send_replies(sock, peer, key, replies, node.stats.replies_dropped)
-    if gone is not None:
-        log.warning("%s; detaching the connection from its sessions", gone, extra=PER_PEER)
-        node.drop_peer(peer)

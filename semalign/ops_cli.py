@@ -172,18 +172,21 @@ def load(
 
     setup_logging(log_level, "load")
     if mix or interference:
-        from semalign.campaigns import mixed_load
-
         try:
             if interference:
-                s = mixed_load.run_interference(out, rounds, dataset=dataset, artifacts=artifacts, slf_dir=slf_trx,
-                                                fed_devices=fed_devices, slf_finetune_images=slf_finetune_images,
-                                                slf_finetune_epochs=slf_finetune_epochs)
-                typer.echo(mixed_load.interference_table(s["conditions"]))
+                from semalign.campaigns.interference import interference_table, run_interference
+
+                s = run_interference(out, rounds, dataset=dataset, artifacts=artifacts, slf_dir=slf_trx,
+                                     fed_devices=fed_devices, slf_finetune_images=slf_finetune_images,
+                                     slf_finetune_epochs=slf_finetune_epochs)
+                typer.echo(interference_table(s["conditions"]))
                 typer.echo(f"workers: {s['workers']}")
             else:
+                from semalign.campaigns import mixed_load
+                from semalign.campaigns.mixed_rx import parse_mix
+
                 ws = [int(w) for w in workers.split(",") if w.strip()]
-                s = mixed_load.run_mixed(out, mixed_load.parse_mix(mix), max(ws) if ws else 2, pca_sessions,
+                s = mixed_load.run_mixed(out, parse_mix(mix), max(ws) if ws else 2, pca_sessions,
                                          slf_sessions, fed_devices, rounds, dataset=dataset, artifacts=artifacts,
                                          slf_dir=slf_trx, slf_finetune_images=slf_finetune_images,
                                          slf_finetune_epochs=slf_finetune_epochs)

@@ -21,7 +21,8 @@ from common.modes.pca_lora.rx import PcaLoraRx
 from common.modes.pca_lora.tx import PcaLoraTx, PcaLoraTxConfig
 from common.net.transport import RxSocket
 from common.wire.protocol import DecodeLimits, Hello, decode, encode
-from rx_node.daemon import RxNode, serve
+from rx_node.daemon import RxNode
+from rx_node.serving import serve
 from tx_node.daemon import TxConfig, TxNode
 from common.files import free_port  # noqa: F401  (tests import free_port from here)
 from semalign.campaigns.processes import daemon_argv

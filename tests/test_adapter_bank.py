@@ -11,12 +11,12 @@ import torch
 from common.modes.pca_lora.adapter_bank import (
     AdapterBank,
     AdapterBankError,
-    BankedAlignment,
     model_digest,
     owner_digest,
 )
 from common.modes.pca_lora.adapt_config import AdaptConfig
 from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.banked_alignment import BankedAlignment
 from common.modes.pca_lora.artifacts import load_codec, load_model
 from common.learn.lora import LoraConfig, init_adapters
 

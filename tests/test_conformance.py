@@ -1,6 +1,6 @@
 """Conformance: each row of docs/conformance/<mode>.toml sent over a real socket to a real RX serving loop.
 
-The RX is an :class:`~rx_node.daemon.RxNode` served by :func:`rx_node.daemon.serve` on a loopback
+The RX is an :class:`~rx_node.daemon.RxNode` served by :func:`rx_node.serving.serve` on a loopback
 TCP port (``tests.helpers.ServedRx``); the client is a raw ZeroMQ DEALER that speaks the wire protocol.
 Each row gets its own session and connection. After the row's message the client sends a probe (a
 message of an unknown type, always answered ERROR ``bad_message`` with seq -1 and never round-final):

@@ -27,7 +27,7 @@ from rx_node.daemon import RxNode
 from semalign.campaigns.processes import throwaway_keys
 from tests.helpers import ServedRx
 from tests.test_fed_lora_defects import Device, federation, trained  # noqa: F401  (fixture)
-from tests.test_fed_lora_mode import node_for
+from tests.test_fed_lora_mode import node_for, run_devices
 
 MODE = get_mode("fed-lora")
 
@@ -137,32 +137,11 @@ def four_devices(n_hostile: int):
     return out
 
 
-def run_all(address, halves, rounds, tmp_path):
-    import threading
-
-    out, errors = {}, []
-
-    def one(h):
-        try:
-            out[h.config.device_id] = node_for(address, h).run(rounds, ResultsLog(tmp_path / f"d{h.config.device_id}",
-                                                                                   {"mode": "fed-lora"}))
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(h,)) for h in halves]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    return out
-
-
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_a_hostile_update_is_clipped_over_the_daemons(serve_half, tmp_path, clip):
     half = MODE.build_rx({"fed_devices": 4, "fed_policy": "fixed", "fed_aggregation": "stack-svd",
                           "fed_clip_factor": clip})
-    records = run_all(serve_half(half), four_devices(1), 3, tmp_path)
+    records = run_devices(serve_half(half), four_devices(1), 3, tmp_path)
     hist = half.station.history
     acc = hist[-1]["global_acc"]
     scales = [h["devices"][3]["clip_scale"] for h in hist]

@@ -5,7 +5,8 @@ fed-lora federation on one RX with 2 workers; every round of every mode recorded
 import csv
 import json
 
-from semalign.campaigns.mixed_load import mixed_table, parse_mix, run_mixed, slf_artifacts
+from semalign.campaigns.mixed_load import mixed_table, run_mixed
+from semalign.campaigns.mixed_rx import parse_mix, slf_artifacts
 
 
 def test_mixed_modes_load_records_every_round(tmp_path, digits_artifacts):
@@ -42,7 +43,7 @@ def test_parse_mix_names_the_modes():
 def test_interference_measures_each_condition_on_the_other_worker(tmp_path, digits_artifacts):
     """`semalign load --interference` at a tiny size: the probe's rounds run on worker 1, the slf and fed-lora
     sessions on worker 0, every condition measured (no figure is asserted)."""
-    from semalign.campaigns.mixed_load import can_pin, interference_table, run_interference
+    from semalign.campaigns.interference import can_pin, interference_table, run_interference
 
     slf = slf_artifacts(tmp_path / "slf", widths=(8, 16), epochs=1)
     s = run_interference(tmp_path / "run", rounds=2, blocks=1, dataset="digits", artifacts=digits_artifacts,

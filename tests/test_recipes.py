@@ -17,7 +17,8 @@ from common.link.channel.emulator import LinkParams, state_from_mcs
 from common.link.channel.nr import max_mcs
 from common.link.sidelink.ip import undelayed_delivery
 from common.modes.base import RoundContext, RoundIO
-from common.modes.pca_lora.adapter_bank import AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.adapter_bank import AdapterBank, model_digest
+from common.modes.pca_lora.banked_alignment import BankedAlignment
 from common.learn.reference import train_dense_reference
 from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, RECIPES, AdaptConfig
 from common.modes.pca_lora.alignment import LoraAlignment

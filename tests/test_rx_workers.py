@@ -264,27 +264,28 @@ def test_curve_front_end_admits_listed_keys_and_refuses_others(digits_artifacts,
 def test_pinning_rule_sticky_least_pinned_and_one_owner_modes_on_worker_0(digits_artifacts):
     """Sticky pins to the worker with the fewest; a HELLO of a one-owner mode (fed-lora) goes to worker 0."""
     from common.modes.base import get_mode
-    from rx_node.workers import FrontEnd, _Worker
+    from rx_node.worker_pool import WorkerSlot
+    from rx_node.workers import FrontEnd
 
     assert get_mode("fed-lora").rx_one_owner and not get_mode("pca-lora").rx_one_owner
     assert get_mode("pca-lora").rx_one_writer_options == ("adapter_bank",)
     front = FrontEnd({}, {}, None, 2, modes=["pca-lora", "fed-lora"], one_owner={"fed-lora"})
     try:
         assert oct(front.dir.stat().st_mode & 0o777) == "0o700"
-        front._workers = [_Worker(i, 0, None, 0.0, front.backend, ready=True) for i in range(2)]
+        front._workers = [WorkerSlot(i, 0, None, 0.0, front.backend, ready=True) for i in range(2)]
         codec, _ = load_codec(digits_artifacts)
         data = [b"\x80"]  # any frame that is not a HELLO (an empty msgpack map)
-        a = front._pick(b"peer-a", data)
-        b = front._pick(b"peer-b", data)
+        a = front.routes.pick(front._workers, b"peer-a", data)
+        b = front.routes.pick(front._workers, b"peer-b", data)
         assert {a.index, b.index} == {0, 1}  # the second connection goes to the worker with fewer pins
-        assert all(front._pick(b"peer-a", data) is a for _ in range(5))  # sticky
+        assert all(front.routes.pick(front._workers, b"peer-a", data) is a for _ in range(5))  # sticky
         fed = hello(codec, session_id=9, mode="fed-lora")
         for peer in (b"peer-c", b"peer-d", b"peer-b"):  # new connections and one pinned to worker 1
-            assert front._pick(peer, [fed]).index == 0
-        assert front._pick(b"peer-b", data).index == 0  # re-pinned for good
+            assert front.routes.pick(front._workers, peer, [fed]).index == 0
+        assert front.routes.pick(front._workers, b"peer-b", data).index == 0  # re-pinned for good
         front._workers[0].ready = False  # worker 0 restarting: a fed-lora HELLO waits (dropped, re-sent)
-        assert front._pick(b"peer-e", [fed]) is None
-        assert front._pick(b"peer-f", data).index == 1
+        assert front.routes.pick(front._workers, b"peer-e", [fed]) is None
+        assert front.routes.pick(front._workers, b"peer-f", data).index == 1
     finally:
         front.close()
     assert not front.dir.exists()

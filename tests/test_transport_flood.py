@@ -44,7 +44,7 @@ def _dealer(ctx, address, **opts):
 
 
 class _ServingLoop:
-    """A small stand-in for rx_node.daemon.serve: one reply per message; dropped replies are recorded."""
+    """A small stand-in for rx_node.serving.serve: one reply per message; dropped replies are recorded."""
 
     def __init__(self, rx: RxSocket):
         self.rx = rx

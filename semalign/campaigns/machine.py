@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 from common.cpu import cpu_record
 
@@ -17,3 +18,12 @@ def machine_info() -> dict:
     return {**cpu_record(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "loadavg": list(os.getloadavg())}
+
+
+def loadavg_line() -> str:
+    """``/proc/loadavg`` as one line (load averages over 1, 5, 15 min, running/total tasks, last pid); "" where
+    there is none."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return ""

@@ -62,6 +62,14 @@ def wait_all(procs: list[subprocess.Popen], timeout_s: float) -> None:
             p.wait()
 
 
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """Kill (SIGKILL) and reap every process of ``procs`` still running (a campaign's clean-up)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def throwaway_keys(key_dir: str | Path, tx_name: str = "tx") -> tuple[dict, dict]:
     """CURVE keys for a one-machine run, as RX and TX options (kept in ``key_dir`` if already there).
 

@@ -9,7 +9,9 @@ then the mode's own fields).
 
 from __future__ import annotations
 
+import csv
 from dataclasses import fields as dataclass_fields
+from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -26,6 +28,14 @@ COMMON_KEYS = {f.name for f in dataclass_fields(RoundRecord)} - {"fields"}
 def markdown_lines(head: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table as lines: ``| a | b |``, the ``|---|---|`` rule, then one line per row of cells."""
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """``rows`` as a CSV file with the header ``fields`` (in that order; a row's other keys are left out)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def fmt(v, spec: str) -> str:

@@ -7,7 +7,7 @@ payloads never change what another key's rounds use; a session bound to
 nothing (a plain HELLO without a credential) keeps nothing. ``--bank-shared``
 makes every session one owner (:data:`SHARED`: the operator trusts every key
 it admits). :meth:`AdapterBank.owner` is one owner's view, which
-:class:`BankedAlignment` adapts through.
+:class:`~common.modes.pca_lora.banked_alignment.BankedAlignment` adapts through.
 
 Within an owner, a new alpha warm-starts from the adapter of the nearest
 stored alpha; a returning alpha reuses its own adapter without training when
@@ -51,21 +51,16 @@ import json
 import logging
 import os
 import re
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from common.modes.pca_lora.adapt_config import AdaptReport
-from common.modes.pca_lora.alignment import AlignmentStrategy, LoraAlignment
 from common.artifacts import load_tensors
-from common.codecs.base import Codec
 from common.files import atomic_write_bytes
-from common.learn.lora import LoraState, merge_into
+from common.learn.lora import LoraState
 
 BANK_FORMAT_VERSION = 2  # 2: adapters keyed by (owner, alpha); 1 (refused): by alpha, shared by every key
 MANIFEST = "manifest.json"
@@ -148,7 +143,8 @@ class AdapterBank:
                 self._write_manifest()
 
     def owner(self, owner: str) -> "OwnerBank":
-        """The view of ``owner``'s adapters (what :class:`BankedAlignment` reads and writes)."""
+        """The view of ``owner``'s adapters (what
+        :class:`~common.modes.pca_lora.banked_alignment.BankedAlignment` reads and writes)."""
         return OwnerBank(self, owner_digest(owner))
 
     # ------------------------------------------------------------ lookup
@@ -330,88 +326,3 @@ class OwnerBank:
 
     def put(self, alpha: int, state: LoraState) -> None:
         self.bank.put(self.okey, alpha, state)
-
-
-class BankedAlignment(AlignmentStrategy):
-    """Alignment (any recipe) that reuses, warm-starts from, and stores into one owner's adapters
-    (:class:`OwnerBank`; the RX makes one per round, for the round's session owner).
-
-    Exact alpha in the bank (a returning alpha): with ``warm_steps = 0`` (the
-    default) its adapter is used as it is, without training, when the hold-out
-    check accepts it against the frozen model on this payload (or when the
-    payload is too small for a hold-out); rejected, a new adapter is trained
-    from scratch. With ``warm_steps > 0``, training continues from it for that
-    many steps. Otherwise the nearest stored alpha's adapter is the starting
-    point (the first layer's delta lives in ``d_raw`` space, so it carries
-    across alphas), with the full step count. A payload without training
-    vectors gets the stored adapter for its alpha, if any (:meth:`without_training`).
-    The report says which. Every adapter kept is stored back.
-    """
-
-    def __init__(self, inner: LoraAlignment, bank: OwnerBank):
-        self.inner = inner
-        self.bank = bank
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def calibrate(self, model: nn.Sequential, codec: Codec) -> dict | None:
-        return self.inner.calibrate(model, codec)
-
-    def warm_up(self, model: nn.Sequential, codec: Codec) -> dict | None:
-        """The inner strategy's warm-up: nothing it trains reaches the bank."""
-        return self.inner.warm_up(model, codec)
-
-    def aligned_alphas(self) -> list[int]:
-        return sorted(self.bank.alphas())
-
-    def without_training(self, model: nn.Sequential, alpha: int, codec: Codec) -> tuple[nn.Sequential, dict]:
-        stored = self.bank.get(alpha)
-        if stored is None:
-            return super().without_training(model, alpha, codec)
-        t0 = time.perf_counter()
-        merged = merge_into(model, stored)
-        return merged, {"strategy": self.name, "steps": 0, "steps_requested": 0, "complete": True,
-                        "steps_by": "none", "reused": True, "warm_start": True, "warm_from_alpha": alpha,
-                        "kept": "adapted", "duration_ms": (time.perf_counter() - t0) * 1e3}
-
-    def adapt(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec
-              ) -> tuple[nn.Sequential, AdaptReport]:
-        alpha = int(z.shape[1])
-        exact = self.bank.get(alpha)
-        init, init_alpha, steps = None, None, None
-        if exact is not None and self.inner.config.warm_steps == 0:
-            t0 = time.perf_counter()
-            candidate = merge_into(model, exact)
-            kept, acc_frozen, acc_stored, n_hold = self.inner.holdout_verdict(model, candidate, z, y, codec)
-            if kept == "adapted":  # nothing to align: the stored adapter is as good as it gets here
-                n_params = sum(t.numel() for t in (*exact.B, *(exact.d or [])))
-                return candidate, AdaptReport(self.name, 0, 0, True, float("nan"), n_params,
-                                              (time.perf_counter() - t0) * 1e3, True, alpha, "adapted",
-                                              len(z) - n_hold, n_hold, acc_frozen, acc_stored, steps_by="none",
-                                              reused=True)
-        elif exact is not None:
-            init, init_alpha, steps = exact, alpha, self.inner.config.warm_steps
-        else:
-            near = self.bank.nearest(alpha)
-            init, init_alpha = (near[1], near[0]) if near else (None, None)
-        merged, report, state = self.inner.adapt_state(model, z, y, codec, init=init,
-                                                       init_alpha=init_alpha, steps=steps)
-        if report.kept == "adapted" and state is not None:
-            self.bank.put(alpha, state)
-        return merged, report
-
-    def adapt_part(self, model, z, y, codec, sizes, parts, carry=None):
-        """Streaming: the first part starts from the bank's adapter for this alpha or the nearest one;
-        the adapter of the last part is stored when kept."""
-        alpha, init, init_alpha = int(z.shape[1]), None, None
-        if carry is None:
-            stored = self.bank.get(alpha)
-            near = (alpha, stored) if stored is not None else self.bank.nearest(alpha)
-            if near:
-                init_alpha, init = near
-        merged, report, carry = self.inner.adapt_part(model, z, y, codec, sizes, parts, carry, init, init_alpha)
-        if merged is not None and report.kept == "adapted" and carry["state"] is not None:
-            self.bank.put(alpha, carry["state"])
-        return merged, report, carry

@@ -16,16 +16,16 @@ payload. :class:`LoraAlignment` runs one of three *recipes*
 Deterministic by default: work is bounded by a step count calibrated to the
 time budget once per process (:meth:`LoraAlignment.calibrate`, run by the RX's warm-up),
 not by the clock; the budget stays as a wall-clock safety cap, and the report
-says when it cut a run. :class:`~common.modes.pca_lora.adapter_bank.BankedAlignment`
+says when it cut a run. :class:`~common.modes.pca_lora.banked_alignment.BankedAlignment`
 adds an adapter bank (warm starts, and returning alphas that need no training).
 (The other modes align differently and bring their own halves; see
 :mod:`common.modes.base`.)
 
-What a round is asked and reports is in :mod:`.adapt_config`; step counts from
-measured costs in :mod:`.calibration`; a round in parts in :mod:`.parts_plan`;
-the folded classifier and the dense deltas in :mod:`.folded_mlp`; the hold-out
-check in :mod:`.holdout`; the trainers in :mod:`common.learn.fastlora` and
-their autograd references in :mod:`common.learn.reference`.
+What a strategy is asked is in :mod:`.strategy`; what a round is asked and reports in
+:mod:`.adapt_config`; step counts from measured costs in :mod:`.calibration`; a round in parts in
+:mod:`.parts_plan`; each recipe's training in :mod:`.recipes`; the folded classifier and the dense
+deltas in :mod:`.folded_mlp`; the hold-out check in :mod:`.holdout`; the trainers in
+:mod:`common.learn.fastlora` and their autograd references in :mod:`common.learn.reference`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import numpy as np
@@ -41,68 +40,17 @@ import torch
 from torch import nn
 
 from common.codecs.base import Codec
-from common.learn import fastlora
-from common.learn.lora import LoraConfig, LoraState, init_adapters, merge_into
-from common.learn.reference import train_dense_reference, train_reference
+from common.learn.lora import LoraConfig, LoraState, merge_into
 from common.modes.pca_lora.adapt_config import AdaptConfig, AdaptReport, requested_precision
 from common.modes.pca_lora.calibration import (BF16_STEP_RATIO, CALIBRATIONS, PRECISION_CHOICES, Calibration,
                                                calibration_key, frozen_precision, split_stages, timed)
-from common.modes.pca_lora.folded_mlp import compatible, dense_start, dense_state, mlp_weights
+from common.modes.pca_lora.folded_mlp import mlp_weights
 from common.modes.pca_lora.holdout import holdout_check, split_holdout
 from common.modes.pca_lora.parts_plan import Stretch, cap_plan, summed_report
+from common.modes.pca_lora.recipes import RecipeRun, train_dense, train_lora, train_synthetic
+from common.modes.pca_lora.strategy import AlignmentStrategy
 
 log = logging.getLogger("semalign.align")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the frozen layers' arithmetic
-
-
-class AlignmentStrategy(ABC):
-    """Adapts a frozen classifier to labelled vectors; never modifies the model passed in."""
-
-    name: str
-
-    @abstractmethod
-    def adapt(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray,
-              codec: Codec) -> tuple[nn.Sequential, AdaptReport]:
-        """Received features ``z`` float32 (n, alpha) with labels ``y`` uint8 (n,).
-
-        ``codec`` decodes them (``x_hat = codec.decode(z)``, the model's input).
-        Returns the adapted model (input ``x_hat``) and a report.
-        """
-
-    @abstractmethod
-    def adapt_part(self, model: nn.Sequential, z: np.ndarray, y: np.ndarray, codec: Codec, sizes: list[int],
-                   parts: int, carry=None) -> tuple[nn.Sequential, AdaptReport, object]:
-        """Streaming adaptation: part ``len(sizes)`` of ``parts`` of a round's training vectors arrived.
-
-        ``z`` (n, alpha) / ``y`` (n,) are all the parts so far, ``sizes`` their
-        vector counts; ``carry`` is what the previous part returned (None for
-        the first). Each part runs its stretch of the steps one payload would
-        get, continuing the previous part's training (adapter, optimiser state,
-        schedule); the hold-out is drawn within each part, so no held-out
-        vector was ever trained on. Returns
-        the adapted model (None before the last part: merge and hold-out check
-        run once, at the end), the report and the carry for the next part.
-        """
-
-    def calibrate(self, model: nn.Sequential, codec: Codec) -> dict | None:
-        """Measure what the strategy needs to know about this machine (start-up); a summary or None."""
-        return None
-
-    def warm_up(self, model: nn.Sequential, codec: Codec) -> dict | None:
-        """Before serving: :meth:`calibrate`, and pay every one-time cost of the adaptation paths a
-        round may take, so the first round gets the steps its plan says. Stores nothing (an adapter
-        bank stays as it was). Returns the calibration summary or None."""
-        return self.calibrate(model, codec)
-
-    def without_training(self, model: nn.Sequential, alpha: int, codec: Codec) -> tuple[nn.Sequential, dict]:
-        """The model for a payload at ``alpha`` that carries no training vectors, and its report dict."""
-        return model, {"strategy": "none", "steps": 0, "complete": True, "steps_by": "none"}
-
-    def aligned_alphas(self) -> list[int]:
-        """Alphas (besides d_pre) this RX can serve without training vectors (an adapter bank's)."""
-        return []
-
 
 class LoraAlignment(AlignmentStrategy):
     """The RX's adaptation: one of :data:`RECIPES` (``AdaptConfig.recipe``), trained, then merged.
@@ -252,22 +200,8 @@ class LoraAlignment(AlignmentStrategy):
         return dict(PRECISION_CHOICES[key])
 
     def _train_synthetic(self, weights, biases, z, y, codec, stage: int, k: int, precision: str) -> None:
-        """``k`` training steps of stage ``stage`` on synthetic folded inputs (for timing only)."""
-        g = torch.Generator().manual_seed(1)
-        m = torch.randn(z.shape[1], codec.d_raw, generator=g) / codec.d_raw ** 0.5
-        c = torch.zeros(codec.d_raw)
-        if self.config.recipe == "lora":
-            layers = tuple(range(min(self.config.frozen_layers, len(weights) - 1), len(weights)))
-            state = init_adapters(weights, layers, self.lora, self.config.bias,
-                                  torch.Generator().manual_seed(0))
-            fastlora.train(weights, biases, z, y, m, c, state, steps=k, lr=1e-3,
-                           batch=self.config.batch_size, gen=torch.Generator().manual_seed(0))
-            return
-        ws = [weights[0] @ m.t(), *[w.clone() for w in weights[1:]]]
-        bs = [weights[0] @ c + biases[0], *[b.clone() for b in biases[1:]]]
-        fastlora.train_dense(ws, bs, z, y, trained=1 if stage == 0 else len(ws), steps=k, lr=1e-3,
-                             batch=self.config.batch_size, gen=torch.Generator().manual_seed(0),
-                             frozen_dtype=DTYPES[precision] if stage == 0 else torch.float32)
+        """``k`` timed steps of stage ``stage`` (:func:`~common.modes.pca_lora.recipes.train_synthetic`)."""
+        train_synthetic(self.config, self.lora, weights, biases, z, y, codec, stage, k, precision)
 
     def _plan(self, alpha: int, codec: Codec, model: nn.Sequential, deep: bool, budget_ms: float | None,
               steps: int | None) -> tuple[list[int], str, Calibration | None]:
@@ -381,60 +315,11 @@ class LoraAlignment(AlignmentStrategy):
         # steps of each stage this call runs: all of them, or the stretch's share
         spans = [(0, k) for k in plan] if stretch is None else stretch.spans()
         requested = sum(n for _, n in spans)
-        warm = False
+        run = RecipeRun(cfg, weights, biases, codec, z, zt, yt, fit_idx, m, c, gen, left, clock, stretch)
         if recipe == "lora":
-            layers = tuple(range(min(cfg.frozen_layers, len(weights) - 1), len(weights)))
-            if init is not None and compatible(init, weights, layers):
-                state = LoraState(init.layers, [a.clone() for a in init.A], [b.clone() for b in init.B],
-                                  None if init.d is None else [d.clone() for d in init.d], init.scaling)
-                if cfg.bias and state.d is None:
-                    state.d = [torch.zeros(weights[l].shape[0]) for l in layers]
-                warm = True
-            else:
-                state = init_adapters(weights, layers, self.lora, cfg.bias, gen)
-            if len(fit_idx) == 0 or requested == 0:
-                done, loss = [0], float("nan")
-            elif linear is not None:
-                n_done, loss = fastlora.train(weights, biases, zt[fit_idx], yt[fit_idx], m, c, state,
-                                              steps=requested, lr=cfg.lr, batch=cfg.batch_size,
-                                              schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                              resume=stretch.resume(0) if stretch else None, clock=clock)
-                done = [n_done]
-            else:
-                x = torch.as_tensor(codec.decode(z))
-                n_done, loss = train_reference(weights, biases, x[fit_idx], yt[fit_idx], state, steps=requested, lr=cfg.lr,
-                                               batch=cfg.batch_size, schedule=cfg.schedule, gen=gen)
-                done = [n_done]
-            n_params = sum(t.numel() for t in (*state.A, *state.B, *(state.d or [])))
+            state, done, loss, n_params, warm = train_lora(run, self.lora, init, requested)
         else:
-            ws, bs, a0 = dense_start(weights, biases, m, c, codec.d_raw, init)
-            warm = init is not None
-            lr1 = cfg.deep_lr if deep else cfg.lr
-            done, loss = [], float("nan")
-            x = zt if linear is not None else torch.as_tensor(codec.decode(z))
-            for stage, (_, n_steps) in enumerate(spans):
-                if len(fit_idx) == 0 or n_steps == 0:
-                    done.append(0)
-                    continue
-                trained = 1 if stage == 0 else len(ws)
-                lr = lr1 if stage == 0 else cfg.stage2_lr
-                dtype = DTYPES[precision] if trained < len(ws) else torch.float32
-                if linear is not None:
-                    n_done, loss, _ = fastlora.train_dense(ws, bs, x[fit_idx], yt[fit_idx], trained=trained,
-                                                           steps=n_steps, lr=lr, batch=cfg.batch_size,
-                                                           schedule=cfg.schedule, gen=gen, cap_s=left(),
-                                                           frozen_dtype=dtype, clock=clock,
-                                                           resume=stretch.resume(stage) if stretch else None)
-                else:
-                    n_done, loss = train_dense_reference(ws, bs, x[fit_idx], yt[fit_idx], trained=trained, steps=n_steps,
-                                                         lr=lr, batch=cfg.batch_size, schedule=cfg.schedule, gen=gen)
-                done.append(n_done)
-                if n_done < n_steps:
-                    break
-            trained_layers = len(ws) if (len(done) > 1 and done[1] > 0) or (init is not None and
-                                                                            max(init.layers) > 0) else 1
-            state = dense_state(ws, bs, weights, biases, m, c, a0, trained_layers)
-            n_params = sum(ws[l].numel() + bs[l].numel() for l in range(trained_layers))
+            state, done, loss, n_params, warm = train_dense(run, init, spans, deep, precision)
         total_done = sum(done)
         merged = merge_into(model, state) if finish else None
         kept, acc_frozen, acc_adapted = "adapted", None, None

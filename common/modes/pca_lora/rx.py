@@ -41,8 +41,9 @@ from common.codecs.base import Codec
 from common.learn import process_tuning
 from common.learn.models import accuracy, fold_decoder, predict
 from common.modes.base import Reply, RoundContext, RoundError, RxHalf
-from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, BankedAlignment
-from common.modes.pca_lora.alignment import AlignmentStrategy
+from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank
+from common.modes.pca_lora.banked_alignment import BankedAlignment
+from common.modes.pca_lora.strategy import AlignmentStrategy
 from common.modes.pca_lora.limits import RxLimits
 from common.modes.pca_lora.messages import MAX_TRAIN_PARTS, NO_LABEL, Payload, TrainAck, TrainPart
 from common.wire.protocol import Result

@@ -41,19 +41,16 @@ from common.learn import fastlora
 from common.learn.batched_dense import train_dense_batched
 from common.link.channel.emulator import LinkParams, state_from_mcs
 from common.modes.base import get_mode
-from common.modes.pca_lora.alignment import DTYPES, LoraAlignment
+from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.recipes import DTYPES
 from common.modes.pca_lora.folded_mlp import dense_start, mlp_weights
 from common.modes.pca_lora.holdout import split_holdout
 from common.modes.pca_lora.messages import Payload
 from common.wire.protocol import Channel, decode
-from semalign.campaigns.machine import machine_info
+from semalign.campaigns.machine import loadavg_line, machine_info
 from semalign.campaigns.pca_lora.replay_load import round_frames
 from semalign.campaigns.pca_lora.runner import campaign_inputs, ensure_artifacts
 from semalign.campaigns.tables import markdown_lines
-
-
-def _loadavg() -> str:
-    return Path("/proc/loadavg").read_text().strip()
 
 
 def payloads(artifacts: Path, dataset: str, n_sessions: int, mcs: int) -> list[Payload]:
@@ -183,7 +180,7 @@ def _accuracy(ws: list[torch.Tensor], bs: list[torch.Tensor], z: torch.Tensor, y
 def measure(sessions: list[Session], plan: Plan, z_test: torch.Tensor, y_test: torch.Tensor, repeats: int) -> dict:
     """Single and batched training of ``sessions``, interleaved (the order alternates per repeat); the
     per-session comparison from the last repeat's weights."""
-    n_sessions, load_start = len(sessions), _loadavg()
+    n_sessions, load_start = len(sessions), loadavg_line()
     single_wall, single_cpu, batch_wall, batch_cpu = [], [], [], []
     singles = batched = None
     for r in range(repeats):
@@ -226,7 +223,7 @@ def measure(sessions: list[Session], plan: Plan, z_test: torch.Tensor, y_test: t
             "rx_same_loss": all(r["rx_same_loss"] for r in rows),
             "max_weight_diff": max(r["max_weight_diff"] for r in rows),
             "max_abs_acc_diff_pp": max(abs(r["acc_diff_pp"]) for r in rows),
-            "loadavg_start": load_start, "loadavg_end": _loadavg(), "sessions": rows,
+            "loadavg_start": load_start, "loadavg_end": loadavg_line(), "sessions": rows,
             "single_ms_all": single_wall, "batched_ms_all": batch_wall}
 
 
@@ -268,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     artifacts = ensure_artifacts(a.dataset, a.artifacts)
     inputs = campaign_inputs(artifacts, a.dataset, a.out)
     model, codec, data = inputs.model, inputs.codec, inputs.data
-    load_start = _loadavg()
+    load_start = loadavg_line()
     rx_strategy = LoraAlignment()  # the RX's default: recipe, budgets, calibrated steps
     rx_strategy.warm_up(model, codec)
     exact = LoraAlignment(adapt=dataclasses.replace(rx_strategy.config, budget_ms=None, deep_budget_ms=None))
@@ -292,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['single_ms']:.1f} ms, N batched {row['batched_ms']:.1f} ms "
                   f"({row['batched_over_single']:.2f}x one), rounds/s x{row['rounds_per_s_gain']:.2f} "
                   f"(CPU x{row['rounds_per_s_gain_cpu']:.2f}); load {row['loadavg_end']}", flush=True)
-    result = {"rows": rows, "loadavg_start": load_start, "loadavg_end": _loadavg(), "machine": machine_info(),
+    result = {"rows": rows, "loadavg_start": load_start, "loadavg_end": loadavg_line(), "machine": machine_info(),
               "settings": {"dataset": a.dataset, "artifacts": str(artifacts), "mcs": a.mcs, "repeats": a.repeats,
                            "recipe": rx_strategy.config.recipe}}
     print("\n".join(table(rows)))

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, BankedAlignment, model_digest
+from common.modes.pca_lora.adapter_bank import SHARED, AdapterBank, model_digest
+from common.modes.pca_lora.banked_alignment import BankedAlignment
 from common.modes.pca_lora.alignment import LoraAlignment
 from common.modes.pca_lora.budget import BudgetError, PayloadLayout, budget_bytes
 from common.link.channel import build_trace

@@ -23,7 +23,6 @@ each pair's logs under ``out/N<n>-W<w>/``.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -33,10 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from common.files import read_jsonl
-from semalign.campaigns.processes import free_port, launch, stop_process, wait_all
+from semalign.campaigns.processes import free_port, kill_all, launch, stop_process, wait_all
 from semalign.campaigns.pca_lora.replay_load import replay
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
-from semalign.campaigns.tables import markdown_lines
+from semalign.campaigns.machine import loadavg_line
+from semalign.campaigns.tables import markdown_lines, write_csv
 
 log = logging.getLogger("semalign.load")
 
@@ -124,9 +124,7 @@ def run_pair(out: Path, n_tx: int, workers: int, artifacts: Path, dataset: str, 
         wait_all(txs, timeout_s)
         memory = rx_memory(rx.pid)
     finally:
-        for tx in txs:
-            if tx.poll() is None:
-                tx.kill()
+        kill_all(txs)
         stop_process(rx)
     per_tx = []
     for i in range(n_tx):
@@ -189,12 +187,9 @@ def run_load(out: Path, workers: list[int], txs: list[int], rounds: int = 30, da
                                           "generator": generator,
                                           "cpus": os.cpu_count(), "python": sys.version.split()[0],
                                           "rx_extra": rx_extra or {}},
-               "uptime": _uptime()}
+               "uptime": loadavg_line()}
     (out / "load.json").write_text(json.dumps(summary, indent=1))
-    with open(out / "load.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "load.csv", CSV_FIELDS, rows)
     plot(rows, out / "load.png")
     return summary
 
@@ -223,13 +218,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _uptime() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return ""
 
 
 def table(rows: list[dict]) -> str:

@@ -51,12 +51,12 @@ from common.learn.models import accuracy, predict
 from common.modes.pca_lora.adapter_bank import (
     SHARED,
     AdapterBank,
-    BankedAlignment,
     model_digest,
 )
 from common.learn import process_tuning
 from common.modes.pca_lora.adapt_config import DEFAULT_RECIPE, AdaptConfig
 from common.modes.pca_lora.alignment import LoraAlignment
+from common.modes.pca_lora.banked_alignment import BankedAlignment
 from common.modes.pca_lora.budget import PayloadLayout
 from semalign.campaigns.machine import machine_info
 from semalign.campaigns.pca_lora.replay import Replay, StepsFrom, step_counts

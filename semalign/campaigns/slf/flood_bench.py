@@ -14,8 +14,11 @@ the other, an attacker key:
    sessions, 64 per key). Reported: sessions opened / refused (codes), and the victim's next
    semantic round: served by its alignment (``decoder: aligned``) or not;
 3. ``replay``: the first attacker key sends ``D`` SLF_DOWNLOADs to each of its ``S`` session ids,
-   reading every reply (up to 64 in flight). Reported: replies by type, bytes received, the RX's RSS
-   idle / peak (``VmHWM`` after a reset) / 2 s after, and the victim's semantic round after it.
+   reading every reply (up to 64 in flight). Reported: replies by type, bytes received, the RX's peak
+   RSS increase (``VmHWM`` after a reset).
+
+After each, the RX's RSS 2 s later (against its idle RSS before the first) and the victim's next
+semantic round.
 
 It prints one JSON object with the load average before and after. The properties are guarded by
 ``tests/test_reply_budget.py``, ``tests/test_session_binding.py`` and
@@ -190,10 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
                 out["sessions"] = session_flood(attackers, trx_shape, a.sessions)
             elif kind == "replay":
                 out["replay"] = replay_flood(attackers[0], pids, a.replay_sessions, a.downloads)
-                time.sleep(2.0)
-                out["replay"]["rss_after_mib"] = round(rss_bytes(pids) / 2**20, 1)
             else:
                 p.error(f"unknown attack {kind!r}; use semantic, sessions, replay")
+            time.sleep(2.0)
+            out[kind]["rss_after_mib"] = round(rss_bytes(pids) / 2**20, 1)
             took, reply = victim_round(victim, trx_shape, seq, token)
             out[kind]["victim_round_after_s"] = round(took, 4)
             out[kind]["victim_answer_after"] = describe(reply)

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import traceback
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 from common.learn.process_tuning import release_freed_memory
 from common.link.sidelink import PayloadLost, Sidelink
@@ -267,6 +267,19 @@ class RxNode:
 
     # ------------------------------------------------------------ HELLO
 
+    def _session_to_evict(self, owner: str | None) -> int:
+        """The id of the session a new session of ``owner`` replaces when the RX is full: ``owner``'s own
+        idle-longest session if it holds one, else the idle-longest of the owner holding the most sessions
+        (unbound sessions count as one owner). So a flood evicts the flooders' sessions first, never the
+        session of a key that holds fewer."""
+        if owner is not None:
+            own = next((sid for sid, s in self.sessions.items() if s.owner == owner), None)
+            if own is not None:
+                return own
+        held = Counter(s.owner for s in self.sessions.values())
+        most = max(held.values())
+        return next(sid for sid, s in self.sessions.items() if held[s.owner] == most)
+
     def _on_hello(self, peer: bytes, msg: Hello, received_ns: int, owner: str | None) -> list[bytes]:
         """Open or continue session ``msg.session_id``, bound to the sender's key (or credential).
 
@@ -326,10 +339,10 @@ class RxNode:
         else:
             if reopened:
                 del self.sessions[msg.session_id]
-            while len(self.sessions) >= self.max_sessions:  # the least recently active session goes
-                _, gone = self.sessions.popitem(last=False)
-                log.info("session %d evicted (idle longest; %d sessions at most)", gone.session_id,
-                         self.max_sessions, extra=PER_PEER)
+            while len(self.sessions) >= self.max_sessions:
+                gone = self.sessions.pop(self._session_to_evict(bound))
+                log.info("session %d evicted (the RX holds %d sessions at most; its owner's idle longest)",
+                         gone.session_id, self.max_sessions, extra=PER_PEER)
             session = self.sessions[msg.session_id] = Session(msg.session_id, msg.mode, bound)
         same_peer = peer in session.peers
         session.attach(peer)

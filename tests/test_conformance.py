@@ -133,6 +133,8 @@ def covers_every_code(mode: str, codes: set[str]) -> None:
     assert codes <= in_table, f"{mode}.toml lacks rows for {sorted(codes - in_table)}"
 
 
+# replies_unread is no one message's answer (a key's connections must leave replies untaken):
+# tests/test_reply_budget.py checks it
 COMMON_CODES = {"bad_message", "version", "oversize", "mode", "fingerprint", "params", "session_owner",
                 "too_many_sessions", "no_session", "unexpected", "lost", "link", "internal"}
 

@@ -203,3 +203,30 @@ def test_sessions_per_key_are_bounded(keys, digits_artifacts, tmp_path):
     finally:
         sock.close()
         stop(proc)
+
+
+def test_a_full_rx_evicts_the_flooders_sessions_never_another_owners(digits_artifacts, digits, tmp_path):
+    """RxNode.max_sessions (1024) reached by 16 owners of 64 sessions each: every further session evicts one
+    of the owner holding the most (its own first), never the one session of the owner that adapted a round
+    before the flood. Before, the idle-longest session went: the victim's next round got ``no_session``."""
+    proc, address = start_rx(digits_artifacts, log_file=tmp_path / "rx.log")
+    codec, _ = load_codec(digits_artifacts)
+    victim, flood = TxSocket(address), TxSocket(address)
+    try:
+        assert _ask(victim, _hello(codec, 1, credential=b"v" * 16), ("HELLO", "ERROR"))[1].TYPE == "HELLO"
+        first = _ask(victim, encode(payload(codec, digits, seq=0, session_id=1)), ("RESULT", "ERROR"))[1]
+        assert first.TYPE == "RESULT", first
+        refused = []
+        for owner in range(17):  # 17 x 64 = 1088 sessions for 1023 free places
+            cred = bytes([65 + owner]) * 16
+            for i in range(64):
+                got = _ask(flood, _hello(codec, 10_000 + 64 * owner + i, credential=cred), ("HELLO", "ERROR"))[1]
+                if got.TYPE != "HELLO":
+                    refused.append(got.code)
+        assert refused == [], refused[:3]
+        again = _ask(victim, encode(payload(codec, digits, seq=1, session_id=1)), ("RESULT", "ERROR"))[1]
+        assert again.TYPE == "RESULT", again
+    finally:
+        victim.close()
+        flood.close()
+        stop(proc)

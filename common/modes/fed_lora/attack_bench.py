@@ -7,7 +7,8 @@ train -> update -> form steps as over the daemons, with policy ``fixed`` (every 
 take part. A hostile device trains honestly, then uploads ``G + s (U - G)`` with ``s = -scale``: its
 honest delta from the global start, sign-flipped and scaled (``B' = -scale B`` for the factors, so
 ``B' A = -scale B A``; the head ``h_G - scale (h - h_G)``): finite, well-formed, and passes every
-tensor check. Devices ``4 - n_hostile .. 3`` are hostile. ``python -m common.modes.fed_lora.attack_bench``
+tensor check. Devices ``4 - n_hostile .. 3`` are hostile, from round ``--honest-rounds`` on (0: from
+the first; the issue's attack: 2 honest rounds, then ``--scale 1e10``, values up to ~1e11). ``python -m common.modes.fed_lora.attack_bench``
 prints the table of ``docs/modes/fed_lora.md`` ("Poisoning").
 """
 
@@ -39,8 +40,9 @@ def hostile(arrays: dict, start: dict, scale: float) -> dict:
 
 
 def run(aggregation: str, clip_factor: float, n_hostile: int, seed: int, rounds: int,
-        scale: float = 10.0) -> list[float]:
-    """Global accuracy after each of ``rounds`` rounds (4 devices, ``n_hostile`` of them hostile)."""
+        scale: float = 10.0, honest_rounds: int = 0) -> list[float]:
+    """Global accuracy after each of ``rounds`` rounds (4 devices, ``n_hostile`` of them hostile from round
+    ``honest_rounds`` on)."""
     mode = get_mode("fed-lora")
     rx = mode.build_rx({"fed_devices": 4, "fed_policy": "fixed", "fed_aggregation": aggregation,
                         "fed_clip_factor": clip_factor, "seed": seed})
@@ -60,7 +62,7 @@ def run(aggregation: str, clip_factor: float, n_hostile: int, seed: int, rounds:
                 continue
             start = adapter_from_wire(plan.tensors, t.shapes[plan.module])
             arrays, loss, train_s = t.train_module(r, plan.module, start)
-            if k >= 4 - n_hostile:
+            if k >= 4 - n_hostile and r >= honest_rounds:
                 arrays = hostile(arrays, start, scale)
             msg = FedUpdate(100 + k, r, k, plan.module, len(t.y), 1.0, train_s, adapter_to_wire(arrays))
             try:
@@ -79,6 +81,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--scale", type=float, default=10.0)
+    ap.add_argument("--honest-rounds", type=int, default=0, help="rounds the hostile devices first train honestly")
     ap.add_argument("--rules", default="fedavg:0,fedavg:3,stack-svd:0,stack-svd:3,trimmed-mean:3,median:3")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -90,7 +93,7 @@ def main(argv=None) -> None:
         agg, clip = rule.split(":")
         cells = []
         for h in (0, 1, 2):
-            final = [run(agg, float(clip), h, s, a.rounds, a.scale)[-1] for s in seeds]
+            final = [run(agg, float(clip), h, s, a.rounds, a.scale, a.honest_rounds)[-1] for s in seeds]
             cells.append(f"{np.mean(final):.3f} ({', '.join(f'{x:.3f}' for x in final)})")
         print(f"| {agg} | {clip if float(clip) else 'off'} | " + " | ".join(cells) + " |", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}; {time.time() - t0:.0f} s")

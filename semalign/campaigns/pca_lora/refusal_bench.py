@@ -7,7 +7,10 @@ after the other:
 
 - ``multipart``: one ZeroMQ message of ``N`` frames of ``M`` MiB each (the protocol takes one frame);
 - ``bomb``: one frame holding a msgpack array nesting of ``S**3`` two-character strings (every
-  container within ``--max-container-len``: 256 by default, the issue's 50.5 MB / 16.7 M objects).
+  container within ``--max-container-len``: 256 by default, the issue's 50.5 MB / 16.7 M objects);
+- ``parts``: ``--part-sessions`` sessions (40) of the attacker's key each send one PAYLOAD_TRAIN of
+  about ``--part-mb`` MB (9.8) and never finish their round: the answers by code, the RX's peak RSS
+  increase and its RSS increase 2 s after the last part, against the bytes sent.
 
 For each it prints the time from the last byte handed to ZeroMQ to the ERROR, the code, the peak
 RSS increase of the RX's processes (``VmHWM`` after resetting it through ``/proc/PID/clear_refs``;
@@ -32,10 +35,10 @@ import zmq
 from common.data.datasets import load_dataset
 from common.modes.pca_lora.artifacts import load_codec
 from common.net.transport import TxSocket
-from common.modes.pca_lora.messages import Payload
+from common.modes.pca_lora.messages import Payload, TrainPart
 from common.wire.protocol import PROTOCOL_VERSION, Hello, encode
 from semalign.campaigns.pca_lora.runner import ensure_artifacts
-from semalign.campaigns.probes import PeakRss, rx_pids, tx_socket, wait_for
+from semalign.campaigns.probes import PeakRss, rss_bytes, rx_pids, tx_socket, wait_for
 from semalign.campaigns.processes import free_port, launch, stop_process, throwaway_keys
 
 
@@ -56,10 +59,11 @@ def object_bomb(strings_per_level: int = 256, session_id: int = 1, seq: int = 0)
     return head + array(n) + middle * n
 
 
-def hello_frame(codec, session_id: int) -> bytes:
-    """A TX's HELLO for a pca-lora session on ``codec`` (float16 values, 1 s deadline)."""
+def hello_frame(codec, session_id: int, train_parts: int | None = None) -> bytes:
+    """A TX's HELLO for a pca-lora session on ``codec`` (float16 values, 1 s deadline; rounds in
+    ``train_parts`` parts when given)."""
     params = {"codec": codec.name, "d_raw": codec.d_raw, "d_pre": codec.d_max, "value_dtype": "float16",
-              "deadline_s": 1.0}
+              "deadline_s": 1.0, **({"train_parts": train_parts} if train_parts else {})}
     return encode(Hello("tx", session_id, "pca-lora", codec.fingerprint, params, 0, 0, os.getpid(), time.time_ns()))
 
 
@@ -110,13 +114,42 @@ def attack(kind: str, attacker: TxSocket, pids: list[int], honest: TxSocket, cod
             "honest_reply": honest_out["msg"].TYPE}
 
 
+def parked_parts(attacker: TxSocket, pids: list[int], codec, data, sessions: int, part_bytes: int) -> dict:
+    """Sessions 1000.. of the attacker's key (rounds in 2 parts) each send one PAYLOAD_TRAIN of about
+    ``part_bytes`` and never finish the round."""
+    n = max(1, part_bytes // (2 * codec.d_max + 5))  # float16 values, a uint8 label, a uint32 id
+    z = np.random.default_rng(0).normal(size=(n, codec.d_max)).astype(np.float32)
+    labels = np.resize(data.y_train, n)
+    answers: dict[str, int] = {}
+    for sid in range(1000, 1000 + sessions):
+        attacker.send(hello_frame(codec, sid, train_parts=2))
+        assert wait_for(attacker, ("HELLO",), 60), f"no HELLO for session {sid}"
+    before = rss_bytes(pids)
+    peak = PeakRss(pids)
+    sent = 0
+    for sid in range(1000, 1000 + sessions):
+        frame = encode(TrainPart.build(sid, 0, codec.fingerprint, "float16", z, np.arange(n), labels, 0))
+        sent += len(frame)
+        attacker.send(frame)
+        got = wait_for(attacker, ("TRAIN_ACK", "ERROR"), 300)
+        kind = "none" if got is None else got.TYPE if got.TYPE != "ERROR" else f"ERROR {got.code}"
+        answers[kind] = answers.get(kind, 0) + 1
+    time.sleep(2.0)
+    increase = sum(peak.increases().values())
+    return {"attack": "parts", "sessions": sessions, "part_bytes": len(frame), "bytes": sent, "answers": answers,
+            "rss_peak_increase_mib": round(increase / 2**20, 1),
+            "rss_held_increase_mib": round((rss_bytes(pids) - before) / 2**20, 1)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--frame-mib", type=int, default=32)
     p.add_argument("--bomb-strings", type=int, default=256)
-    p.add_argument("--attacks", default="multipart,bomb")
+    p.add_argument("--part-sessions", type=int, default=40)
+    p.add_argument("--part-mb", type=float, default=9.8)
+    p.add_argument("--attacks", default="multipart,bomb", help="any of multipart, bomb, parts")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="semalign-refusal-"))
     artifacts = ensure_artifacts("digits", work / "artifacts", progress=False)
@@ -140,6 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
         rest_s, _ = honest_round(honest, codec, data, 1)
         out["honest_round_at_rest_s"] = round(rest_s, 3)
         for i, kind in enumerate(a.attacks.split(",")):
+            if kind == "parts":
+                out["runs"].append(parked_parts(attacker, rx_pids(rx.pid), codec, data, a.part_sessions,
+                                                int(a.part_mb * 1e6)))
+                after_s, reply = honest_round(honest, codec, data, 2 + i)
+                out["runs"][-1].update(honest_round_s=round(after_s, 3), honest_reply=reply.TYPE)
+                continue
             out["runs"].append(attack(kind, attacker, rx_pids(rx.pid), honest, codec, data, 2 + i, a.frames,
                                       a.frame_mib << 20, a.bomb_strings))
         out["rx_alive"] = rx.poll() is None

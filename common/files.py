@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import socket
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -28,8 +29,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, fsync: 
     The temporary file is removed when ``write`` raises. Returns ``path``.
     """
     p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, name = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)  # unique: writers may race
+    tmp = Path(name)
+    os.fchmod(fd, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -177,6 +177,8 @@ def test_leftovers_of_an_interrupted_write_are_removed(tmp_path):
     (tmp_path / f"{OK}-alpha-0030.pt.tmp").write_bytes(b"half")
     (tmp_path / f"{OK}-alpha-0040.pt").write_bytes(b"written, never listed")
     (tmp_path / "manifest.json.tmp").write_text("{")
+    (tmp_path / f"{OK}-alpha-0050.pt.k3x_9q.tmp").write_bytes(b"half")  # atomic_write's unique temporary name
+    (tmp_path / "manifest.json.a1b2c3.tmp").write_text("{")
     (tmp_path / "notes.txt").write_text("not ours")
     bank = _open(4, "fp", "model", tmp_path)
     assert bank.alphas() == [10] and not bank.bank.skipped

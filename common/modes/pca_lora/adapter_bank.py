@@ -65,7 +65,7 @@ from common.learn.lora import LoraState
 BANK_FORMAT_VERSION = 2  # 2: adapters keyed by (owner, alpha); 1 (refused): by alpha, shared by every key
 MANIFEST = "manifest.json"
 SHARED = "shared"  # the one owner of every session under --bank-shared
-_OWN_FILE = re.compile(r"^([0-9a-f]{32}-alpha-\d+(-1)?\.pt(\.tmp)?|manifest\.json\.tmp)$")
+_OWN_FILE = re.compile(r"^([0-9a-f]{32}-alpha-\d+(-1)?\.pt|([0-9a-f]{32}-alpha-\d+(-1)?\.pt|manifest\.json)(\.\w+)?\.tmp)$")
 
 log = logging.getLogger("semalign.bank")
 

@@ -33,7 +33,8 @@ PAPER_TRAIN_FRACTION = 0.8  # the paper's 8:2 train/test split
 PAPER_BATCH_SIZE = 128
 PAPER_PRETRAIN_LR = 1e-3
 SCHEDULES = ("constant", "cosine")  # learning-rate schedules of common.learn.train (cosine: annealed to 0)
-HEAD_INPUTS = ("reconstructions", "clean")
+HEAD_INPUTS = ("clean", "mixed", "reconstructions")  # what the task head learns from (TransceiverConfig.head_on)
+MIXED_RECONSTRUCTION_SHARE = 0.5  # head_on = "mixed": chance that an image is replaced by its reconstruction
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,15 @@ class TransceiverConfig:
     of the DMC it is trained over. ``seed`` also seeds the weights, batch
     order and channel draws. ``epochs`` / ``head_epochs``: passes over the
     train split for the transceiver and for its task head, both with Adam at
-    peak ``lr`` under ``schedule`` (:data:`SCHEDULES`). ``head_on``: what the
-    head learns from, ``"reconstructions"`` (the transceiver's own link: its
-    encoder, its DMC, its decoder) or ``"clean"`` images.
+    peak ``lr``, the transceiver under ``schedule`` and the head under
+    ``head_schedule`` (:data:`SCHEDULES`). ``head_on``: what the head learns
+    from, ``"clean"`` images, ``"reconstructions"`` (the transceiver's own
+    link: its encoder, its DMC, its decoder, fresh channel draws every step)
+    or ``"mixed"`` (each image of a batch independently replaced by its
+    reconstruction with chance :data:`MIXED_RECONSTRUCTION_SHARE`).
+    ``head_shift``: augmentation of the head's inputs, each translated by a
+    random whole-pixel offset in ``-head_shift..head_shift`` on each axis
+    (0 = none).
     """
 
     name: str
@@ -65,7 +72,9 @@ class TransceiverConfig:
     batch_size: int = PAPER_BATCH_SIZE
     lr: float = PAPER_PRETRAIN_LR
     schedule: str = "constant"
-    head_on: str = "clean"
+    head_schedule: str = "cosine"
+    head_on: str = "mixed"
+    head_shift: int = 2
     shape: TransceiverShape = field(default_factory=TransceiverShape)
 
     def __post_init__(self):
@@ -81,10 +90,14 @@ class TransceiverConfig:
             raise ValueError(f"max_pool must be >= 2 or None, got {self.max_pool}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("schedule", "head_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                raise ValueError(f"{name} must be one of {SCHEDULES}, got {getattr(self, name)!r}")
         if self.head_on not in HEAD_INPUTS:
             raise ValueError(f"head_on must be one of {HEAD_INPUTS}, got {self.head_on!r}")
+        if not 0 <= self.head_shift < self.shape.image_size // 2:
+            raise ValueError(f"head_shift must be in 0..{self.shape.image_size // 2 - 1} pixels, "
+                             f"got {self.head_shift}")
         if not (self.epochs > 0 and self.head_epochs > 0 and self.batch_size > 0 and self.lr > 0):
             raise ValueError(f"epochs={self.epochs}, head_epochs={self.head_epochs}, "
                              f"batch_size={self.batch_size}, lr={self.lr} must be > 0")

@@ -318,3 +318,11 @@ def test_fashion_mnist_sources(tmp_path, monkeypatch):
     d = load_dataset("fashion-mnist", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert d.name == "fashion-mnist" and d.x_train.shape == (6, 784) and d.x_train.max() == pytest.approx(1.0)
     assert load_dataset("fashion-mnist", cache_dir=tmp_path / "c").name == "fashion-mnist"  # from the cache
+
+
+def test_a_config_saved_before_the_head_options_reads_as_it_was_trained():
+    old = TransceiverConfig("t", "digits", eps=0.0, seed=0).to_dict()
+    del old["head_schedule"], old["head_shift"]
+    old["head_on"] = "clean"
+    back = TransceiverConfig.from_dict(old)
+    assert (back.head_schedule, back.head_shift) == (back.schedule, 0)

@@ -59,11 +59,11 @@ def pretrain(
                                            "cut to this many, then split 8:2 into train/test) [default: the whole "
                                            "shard]."),
     head_epochs: Optional[float] = typer.Option(None, help="slf: task-head epochs over the training split "
-                                                "[default: 10]."),
+                                                "[default: 20]."),
     dataset: Optional[str] = DatasetOpt,
     data_dir: Optional[str] = DataDirOpt,
     d_pre: Optional[int] = typer.Option(None, help="PCA components kept and used for pre-training [default: 200 for mnist, 40 for digits]."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs over the training set [default: 8; slf: 10]."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs over the training set [default: 8; slf: 20]."),
     batch_size: Optional[int] = typer.Option(None, help="Mini-batch size in vectors [default: 512; slf: 128]."),
     lr: Optional[float] = typer.Option(None, help="Peak Adam learning rate of the one-cycle schedule [default: 3e-3; "
                                        "slf: constant 1e-3]."),

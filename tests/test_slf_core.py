@@ -17,7 +17,7 @@ from common.modes.slf.dmc import (bits_per_index, dmc_numpy, dmc_torch, pack_ind
 from common.modes.slf.recovery import (finetune_flops, forward_flops, recovery_time, state_bytes,
                                        transceiver_forward_flops)
 from common.modes.slf.training import (LR_FINETUNE, LR_RETRAIN, SlfConfig, evaluate_link, pretrain_head,
-                                       pretrain_transceiver, slf_finetune, vq_loss)
+                                       pretrain_transceiver, random_shifts, slf_finetune, vq_loss)
 from common.modes.slf.transceiver import DECODER_LAYERS, TaskHead, Transceiver, TransceiverShape, frozen_layers
 
 TINY = TransceiverShape(image_size=8, widths=(4, 8), code_dim=4, n_codewords=8, head_channels=(4, 4),
@@ -113,22 +113,61 @@ def test_pretraining_lowers_codebook_loss(images, digits):
     assert report.steps == 12 and report.complete
     assert float(after.codebook) < 0.5 * float(before.codebook)
     assert float(after.total) < float(before.total)
-    head, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG)
+    clean_cfg = dataclasses.replace(DIGITS_CFG, head_on="clean")
+    head, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), clean_cfg)
     assert not any(p.requires_grad for p in head.parameters())
     metrics = evaluate_link(model, model, head, images, torch.from_numpy(digits.y_train[:256]), 0.0)
     assert metrics.n == 256 and 0 < metrics.mse < 0.25 and 0 <= metrics.accuracy <= 1
     before = copy.deepcopy(model.state_dict())
-    on_recon, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG, transceiver=model)
+    on_mixed, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG, transceiver=model)
     assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())  # the transceiver is left alone
-    assert not any(p.requires_grad for p in on_recon.parameters())
-    assert not all(torch.equal(a, b) for a, b in zip(head.parameters(), on_recon.parameters()))
+    assert not any(p.requires_grad for p in on_mixed.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(head.parameters(), on_mixed.parameters()))
+    again, _ = pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG, transceiver=model)
+    assert all(torch.equal(a, b) for a, b in zip(on_mixed.parameters(), again.parameters()))  # seeded
+    with pytest.raises(ValueError, match="head_on='mixed' needs a transceiver"):
+        pretrain_head(images, torch.from_numpy(digits.y_train[:256]), DIGITS_CFG)
+
+
+def test_random_shifts_are_seeded_translations():
+    shape = TransceiverShape(channels=2, image_size=8)
+    x = torch.rand(50, 2 * 8 * 8) + 0.5  # no zero pixel: a pixel of 0 was shifted in
+    a = random_shifts(x, shape, 2, torch.Generator().manual_seed(5))
+    b = random_shifts(x, shape, 2, torch.Generator().manual_seed(5))
+    assert a.shape == (50, 2, 8, 8) and torch.equal(a, b)
+    assert not torch.equal(a, random_shifts(x, shape, 2, torch.Generator().manual_seed(6)))
+    assert torch.equal(random_shifts(x, shape, 0, torch.Generator()), x.reshape(50, 2, 8, 8))
+    images = x.reshape(50, 2, 8, 8)
+    moved = 0
+    for got, img in zip(a, images):  # each image is one translation of its own, the same for both channels
+        hits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(got, torch.roll(img, (-dy, -dx), (1, 2)) * _inside(dy, dx))]
+        assert len(hits) == 1
+        moved += hits[0] != (0, 0)
+    assert moved > 25
+
+
+def _inside(dy: int, dx: int, side: int = 8) -> torch.Tensor:
+    """Mask (side, side) of the pixels that a shift by (dy, dx) takes from inside the image."""
+    rows, cols = torch.arange(side) + dy, torch.arange(side) + dx
+    ok = lambda r: (r >= 0) & (r < side)
+    return (ok(rows)[:, None] & ok(cols)[None, :]).float()
 
 
 def test_config_schedule_and_head_input_are_checked():
     with pytest.raises(ValueError, match="schedule"):
         dataclasses.replace(DIGITS_CFG, schedule="linear")
+    with pytest.raises(ValueError, match="head_schedule"):
+        dataclasses.replace(DIGITS_CFG, head_schedule="step")
     with pytest.raises(ValueError, match="head_on"):
         dataclasses.replace(DIGITS_CFG, head_on="noisy")
+    with pytest.raises(ValueError, match=r"head_shift must be in 0..3 pixels, got 4"):
+        dataclasses.replace(DIGITS_CFG, head_shift=4)  # TINY's images are 8 x 8
+    with pytest.raises(ValueError, match="head_shift"):
+        dataclasses.replace(DIGITS_CFG, head_shift=-1)
+    custom = dataclasses.replace(DIGITS_CFG, head_schedule="constant", head_on="reconstructions", head_shift=1)
+    assert TransceiverConfig.from_dict(custom.to_dict()) == custom
+    assert {"head_schedule", "head_on", "head_shift"} <= set(custom.to_dict())
     assert TransceiverConfig.from_dict(DIGITS_CFG.to_dict()) == DIGITS_CFG
 
 
@@ -279,3 +318,11 @@ def test_fashion_mnist_sources(tmp_path, monkeypatch):
     d = load_dataset("fashion-mnist", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert d.name == "fashion-mnist" and d.x_train.shape == (6, 784) and d.x_train.max() == pytest.approx(1.0)
     assert load_dataset("fashion-mnist", cache_dir=tmp_path / "c").name == "fashion-mnist"  # from the cache
+
+
+def test_a_config_saved_before_the_head_options_reads_as_it_was_trained():
+    old = TransceiverConfig("t", "digits", eps=0.0, seed=0).to_dict()
+    del old["head_schedule"], old["head_shift"]
+    old["head_on"] = "clean"
+    back = TransceiverConfig.from_dict(old)
+    assert (back.head_schedule, back.head_shift) == (back.schedule, 0)

@@ -2,8 +2,8 @@
 
 :func:`pretrain_config` trains one :class:`TransceiverConfig` on its own split
 of its dataset: the VQ-VAE transceiver over the DMC of the config's ``eps``,
-then the task head (on the transceiver's own reconstructions through its DMC, or on clean
-images: ``config.head_on``; frozen afterwards), and measures on the
+then the task head (on clean images, the transceiver's own reconstructions through its DMC, or a mix:
+``config.head_on``; shifted by up to ``config.head_shift`` pixels; frozen afterwards), and measures on the
 held-out split: the head's accuracy on clean images, and accuracy + MSE of
 the transceiver's own link (its encoder, its DMC, its decoder, its head).
 :func:`pretrain_and_save` writes the checksummed artifacts.
@@ -71,7 +71,7 @@ def pretrain_config(config: TransceiverConfig, data: Dataset,
     advance(max(0, math.ceil(config.epochs) - done[0]), "")  # a last partial pass reports no epoch
     done[0] = 0
     head, hrep = pretrain_head(x, y, config, lambda e, loss: epoch_done(f"head loss {loss:.4f}"),
-                               model if config.head_on == "reconstructions" else None)
+                               None if config.head_on == "clean" else model)
     advance(max(0, math.ceil(config.head_epochs) - done[0]), "")
     model.eval()
     with torch.no_grad():

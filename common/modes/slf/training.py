@@ -20,8 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from common.learn.train import FitReport, TrainConfig, fit
-from common.modes.slf.configs import PAPER_BATCH_SIZE, TransceiverConfig
+from common.modes.slf.configs import MIXED_RECONSTRUCTION_SHARE, PAPER_BATCH_SIZE, TransceiverConfig
 from common.modes.slf.dmc import dmc_numpy, dmc_torch
+from common.modes.slf.shape import TransceiverShape
 from common.modes.slf.transceiver import (
     DECODER_LAYERS,
     TaskHead,
@@ -82,26 +83,54 @@ def pretrain_head(x: torch.Tensor, y: torch.Tensor, config: TransceiverConfig,
                   transceiver: Transceiver | None = None) -> tuple[TaskHead, FitReport]:
     """Train the task head on images ``x`` (n, C*H*W) float32 in [0, 1] / labels ``y`` (n,) int64, then freeze it.
 
-    With ``transceiver`` (left unchanged) the head learns from what its RX will see: each batch is encoded,
-    sent over the DMC of ``config.eps`` (fresh draws every step) and decoded; without, from the clean
-    images. Adam at ``config.lr`` under ``config.schedule``.
+    ``config.head_on`` "reconstructions" / "mixed" need ``transceiver`` (left unchanged): all / each with
+    chance :data:`MIXED_RECONSTRUCTION_SHARE` of a batch's images are encoded, sent over the DMC of
+    ``config.eps`` (fresh draws every step) and decoded before the head sees them; then every image is
+    translated by up to ``config.head_shift`` pixels (:func:`random_shifts`). Adam at ``config.lr`` under
+    ``config.head_schedule``; augmentation and channel draws are seeded by ``config.seed``.
     """
+    if (config.head_on == "clean") != (transceiver is None):
+        raise ValueError(f"head_on={config.head_on!r} needs a transceiver exactly when it is not 'clean'")
     head = TaskHead(config.shape, seed=config.seed)
     train = TrainConfig(epochs=config.head_epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
-                        schedule=config.schedule)
+                        schedule=config.head_schedule)
     gen = torch.Generator().manual_seed(config.seed + 1)
+    share = {"clean": 0.0, "mixed": MIXED_RECONSTRUCTION_SHARE, "reconstructions": 1.0}[config.head_on]
 
     def inputs(xb: torch.Tensor) -> torch.Tensor:
-        if transceiver is None:
-            return xb
-        with torch.no_grad():
-            received = dmc_torch(transceiver.encode(xb), transceiver.shape.n_codewords, config.eps, gen)
-            return transceiver.decode(received)
+        images = as_images(xb, config.shape)
+        if share:
+            pick = torch.rand(len(images), generator=gen) < share
+            with torch.no_grad():
+                sent = dmc_torch(transceiver.encode(images[pick]), config.shape.n_codewords, config.eps, gen)
+                images = images.clone()
+                images[pick] = transceiver.decode(sent)
+        return random_shifts(images, config.shape, config.head_shift, gen)
 
     report = fit(list(head.parameters()), lambda xb, yb: F.cross_entropy(head(inputs(xb)), yb), [x, y.long()],
                  train, on_epoch=on_epoch)
     head.requires_grad_(False)
     return head.eval(), report
+
+
+def random_shifts(x: torch.Tensor, shape: TransceiverShape, max_shift: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Images ``x`` (n, C*H*W) or (n, C, H, W) float32, each translated by its own random whole-pixel offset.
+
+    Offsets are drawn from ``generator``, uniform in ``-max_shift..max_shift`` on each axis, independently
+    per image; pixels shifted in are 0 (the background). Returns (n, C, H, W) float32; ``max_shift = 0``
+    returns the images unchanged.
+    """
+    images = as_images(x, shape)
+    if max_shift == 0:
+        return images
+    n, side = len(images), shape.image_size
+    offsets = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    padded = F.pad(images, (max_shift,) * 4)
+    grid = torch.arange(side) + max_shift
+    rows, cols = grid + offsets[:, :1], grid + offsets[:, 1:]  # (n, side) each
+    picked = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (n, H, W, C)
+    return picked.permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)

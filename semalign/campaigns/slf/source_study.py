@@ -84,7 +84,8 @@ def source_study(cfg: SlfSweepConfig, run: CaseRunner, tx: Side, src: Side, own:
     dev = cfg.device
     data = source_data(tx.config, own, src.config, other)
     head_cfg = dataclasses.replace(src.config, shape=dataclasses.replace(src.config.shape, n_classes=data.n_classes),
-                                   head_epochs=cfg.head_epochs)
+                                   head_epochs=cfg.head_epochs, head_on="clean", head_shift=0,
+                                   head_schedule=src.config.schedule)  # the 20-class head: on clean images, as before
     head, rep = pretrain_head(torch.from_numpy(data.head_x), torch.from_numpy(data.head_y), head_cfg,
                               lambda e, loss: advance(1, f"20-class head: epoch {e}, loss {loss:.4f}"))
     head = head.to(dev).eval()

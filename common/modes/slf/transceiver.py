@@ -13,7 +13,7 @@ decoder convs, :data:`DECODER_LAYERS` in that order, so that "the last ``l``
 layers" of the paper's ``Freeze_l`` is well defined for ``l`` in 0..4 (the
 paper's 3 conv layers and 1 embedding layer). The TX quantises with the same
 codebook that the RX dequantises with. The task head (2 conv + 2 linear with
-max-pooling) classifies images; it is trained on clean images and frozen.
+max-pooling) classifies images; it is trained (on clean images, reconstructions or a mix: configs.py) and frozen.
 """
 
 from __future__ import annotations

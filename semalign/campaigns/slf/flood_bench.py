@@ -127,18 +127,13 @@ def replay_flood(sock, pids, sessions: int, downloads: int) -> dict:
     peak = PeakRss(pids)
     t0 = time.monotonic()
     requests = [(100_000 + i, 1 + j) for i in range(sessions) for j in range(downloads)]
-    in_flight = 0
-    for sid, seq in requests:
-        sock.send(encode(DecoderRequest(sid, seq)))
-        in_flight += 1
-        while in_flight >= WINDOW:
-            got = sock.recv(60_000)
-            assert got is not None, "no reply within 60 s"
-            received += len(got)
-            kind = describe(decode(got))
-            kinds[kind] = kinds.get(kind, 0) + 1
-            in_flight -= 1
-    while in_flight:
+    in_flight, sent = 0, 0
+    while sent < len(requests) or in_flight:
+        if sent < len(requests) and in_flight < WINDOW:  # at most WINDOW requests unanswered
+            sock.send(encode(DecoderRequest(*requests[sent])))
+            sent += 1
+            in_flight += 1
+            continue
         got = sock.recv(60_000)
         assert got is not None, "no reply within 60 s"
         received += len(got)

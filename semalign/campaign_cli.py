@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Optional
 
@@ -257,6 +259,10 @@ def slf_sweep(
     device: str = typer.Option("cpu", help="torch device: cpu, or cuda where torch sees a GPU."),
     threads: int = typer.Option(1, help="torch CPU threads."),
     seed: int = typer.Option(0, help="Fine-tuning seed (batch order, channel draws, l = 0 re-initialisation)."),
+    quick: bool = typer.Option(False, help="A reduced sweep for a first look: l = 0,2,4, 1 fine-tuning epoch over "
+                               "2,000 images, eps 1e-5,1e-1 and l = 0,4 for Fig. 3, dissimilarities 0,1, a 1-epoch "
+                               "head, 1,000 evaluation images, no float16 rows (these replace the options of the same "
+                               "studies)."),
     data_dir: Optional[str] = DataDirOpt,
     progress: bool = typer.Option(True, help="Show a progress bar."),
     log_level: str = LogOpt,
@@ -270,7 +276,7 @@ def slf_sweep(
     --finetune-images, --threads, or --device cuda where torch sees a GPU.
     """
     from semalign.campaigns.slf.sweep import run_slf_sweep
-    from semalign.campaigns.slf.sweep_config import SlfSweepConfig
+    from semalign.campaigns.slf.sweep_config import QUICK, SlfSweepConfig
     from semalign.campaigns.slf.sweep_report import format_tables
 
     setup_logging(log_level, "slf-sweep")
@@ -284,6 +290,8 @@ def slf_sweep(
             finetune_lr=finetune_lr,
             deadlines_s=() if deadlines.strip() == "auto" else _floats(deadlines, "--deadlines"),
             rates_bps=_floats(rates, "--rates"), device=device, threads=threads, seed=seed)
+        if quick:
+            cfg = dataclasses.replace(cfg, **QUICK)
         result = run_slf_sweep(cfg, out, data_dir, progress)
     except (ValueError, RuntimeError) as e:
         fail(str(e))

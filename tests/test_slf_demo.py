@@ -325,3 +325,21 @@ def test_float16_tensors_round_trip_within_half_precision():
     assert e.value.code == "dtype"
     np.testing.assert_array_equal(back["codebook.weight"].numpy(),
                                   state["codebook.weight"].numpy().astype(np.float16).astype(np.float32))
+
+
+def test_quick_sweep_runs_the_reduced_studies(monkeypatch):
+    from semalign.campaigns.slf import sweep, sweep_config
+    from semalign.cli import app
+
+    seen = {}
+
+    def capture(cfg, out, data_dir, progress):
+        seen["cfg"] = cfg
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(sweep, "run_slf_sweep", capture)
+    result = CliRunner().invoke(app, ["slf-sweep", "--quick", "--table-epochs", "9", "--seed", "3", "--no-progress"])
+    assert "captured" in result.output and result.exit_code != 0
+    cfg = seen["cfg"]
+    assert {k: getattr(cfg, k) for k in sweep_config.QUICK} == sweep_config.QUICK  # the reduced studies win
+    assert cfg.seed == 3 and cfg.tx_trx == "trx1"  # the other options stay as given

@@ -24,6 +24,13 @@ PAPER_TABLE1 = {
 PAPER_MIN_MSE_REDUCTION = 0.846  # "SLF reduces the baseline MSE from a minimum of 84.6 % to 92.1 %"
 
 
+# ``semalign slf-sweep --quick``: every study at a reduced size (3 of Table I's l values, 1 fine-tuning epoch
+# over 2,000 images, 2 eps values and 2 dissimilarities for Fig. 3, 1,000 evaluation images, no float16 rows)
+QUICK = {"layers": (0, 2, 4), "table_epochs": 1.0, "fp16": False, "eps_values": (1e-5, 1e-1), "fig3_layers": (0, 4),
+         "fig3_epochs": 1.0, "dissimilarities": (0.0, 1.0), "head_epochs": 1.0, "finetune_images": 2000,
+         "eval_images": 1000}
+
+
 @dataclass(frozen=True)
 class SlfSweepConfig:
     """What ``semalign slf-sweep`` runs (defaults: about 6-10 minutes on one core here).

@@ -322,7 +322,6 @@ def test_fashion_mnist_sources(tmp_path, monkeypatch):
 
 def test_a_config_saved_before_the_head_options_reads_as_it_was_trained():
     old = TransceiverConfig("t", "digits", eps=0.0, seed=0).to_dict()
-    del old["head_schedule"], old["head_shift"]
-    old["head_on"] = "clean"
+    del old["head_on"], old["head_schedule"], old["head_shift"]
     back = TransceiverConfig.from_dict(old)
-    assert (back.head_schedule, back.head_shift) == (back.schedule, 0)
+    assert (back.head_on, back.head_schedule, back.head_shift) == ("clean", back.schedule, 0)

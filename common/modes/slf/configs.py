@@ -109,9 +109,10 @@ class TransceiverConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "TransceiverConfig":
-        """The config of ``to_dict``; one saved before ``head_schedule`` / ``head_shift`` existed gets what
-        it was trained with (the head under the transceiver's ``schedule``, no shifts), not today's defaults."""
-        raw = {"head_schedule": raw.get("schedule", "constant"), "head_shift": 0, **raw}
+        """The config of ``to_dict``; one saved before ``head_on`` / ``head_schedule`` / ``head_shift`` existed
+        gets what it was trained with (a head on clean images under the transceiver's ``schedule``, no shifts),
+        not today's defaults."""
+        raw = {"head_on": "clean", "head_schedule": raw.get("schedule", "constant"), "head_shift": 0, **raw}
         return cls(**raw)
 
     def pool_indices(self, n_train: int) -> np.ndarray:
